@@ -1,0 +1,1 @@
+"""Edge side of STAC: decoding, semantic segmentation and the default segmentation model."""

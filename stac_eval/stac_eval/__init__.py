@@ -1,0 +1,1 @@
+"""Replay evaluation and benchmarks of STAC (no ROS imports)."""

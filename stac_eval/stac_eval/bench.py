@@ -1,0 +1,72 @@
+"""`stac-bench`: one command, one subcommand per benchmark; each prints a table and writes JSON.
+
+A benchmark module `stac_eval.bench_<name>` provides `add_arguments(parser)` and
+`run(args) -> dict`; the dispatcher adds the command line and the environment to the JSON.
+Modules are imported lazily so `stac-bench codec` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+BENCHMARKS = {
+    "model": "forward / backward-to-input timings and val mIoU of the segmentation model",
+    "codec": "H.264 encode/decode speed, QP-map overhead and bytes per frame",
+    "spatial": "bits-vs-mIoU curves and BD-rate of STAC against the baselines (intra)",
+    "live": "the ROS 2 graph on a clip: encoder CPU time, fps, latency, bits/s",
+}
+
+
+def _module(name: str):
+    return importlib.import_module(f"stac_eval.bench_{name}")
+
+
+def build_parser(available: dict[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stac-bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="benchmark", required=True)
+    for name, help_text in available.items():
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+        _module(name).add_arguments(p)
+    return parser
+
+
+def available_benchmarks() -> dict[str, str]:
+    """The benchmarks whose module is installed (a package may not be built yet)."""
+    found = {}
+    for name, help_text in BENCHMARKS.items():
+        if importlib.util.find_spec(f"stac_eval.bench_{name}") is not None:
+            found[name] = help_text
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(available_benchmarks()).parse_args(argv)
+    started = time.time()
+    result = _module(args.benchmark).run(args)
+    result["meta"] = {
+        "command": shlex.join(["stac-bench", *argv]),
+        "wall_s": round(time.time() - started, 2),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Edge side of STAC: DNN input-gradient sensitivity and its allocation to QP maps."""
