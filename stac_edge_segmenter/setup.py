@@ -14,7 +14,9 @@ setup(
     zip_safe=True,
     maintainer="STAC for ROS 2 developers",
     maintainer_email="stac@example.org",
-    description="Edge side of STAC: decodes the robot's H.264 stream and runs semantic segmentation.",
+    description=(
+        "Edge side of STAC: decodes the robot's H.264 stream and runs semantic segmentation."
+    ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [],

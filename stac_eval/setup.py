@@ -14,7 +14,7 @@ setup(
     zip_safe=True,
     maintainer="STAC for ROS 2 developers",
     maintainer_email="stac@example.org",
-    description="Replay evaluation and benchmarks of STAC: bits-vs-mIoU curves, BD-rate, codec and model timings.",
+    description="Replay evaluation and benchmarks of STAC: bits-vs-mIoU, BD-rate, timings.",
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

@@ -14,7 +14,9 @@ setup(
     zip_safe=True,
     maintainer="STAC for ROS 2 developers",
     maintainer_email="stac@example.org",
-    description="Edge side of STAC: DNN input-gradient sensitivity turned into per-macroblock QP maps.",
+    description=(
+        "Edge side of STAC: DNN input-gradient sensitivity turned into per-macroblock QP maps."
+    ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [],
