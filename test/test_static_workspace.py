@@ -1,0 +1,125 @@
+"""Static checks of the workspace: packages, launch files and parameter files.
+
+`ros2 launch` is not available on machines without a ROS install, so launch files are
+checked here statically: every Node's package/executable is installed in the colcon install
+space, every referenced file exists, and every parameter in a params file is declared by the
+node that receives it.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+
+PYTHON_PACKAGES = ["stac_encoder", "stac_edge_segmenter", "stac_sensitivity", "stac_eval"]
+LAUNCH_FILES = sorted((REPO_ROOT / "launch").glob("*.launch.py"))
+PARAMS_FILES = sorted((REPO_ROOT / "config").glob("*.yaml"))
+INSTALL = REPO_ROOT / "install"
+
+
+def _literal_kwargs(call: ast.Call) -> dict[str, object]:
+    out = {}
+    for kw in call.keywords:
+        try:
+            out[kw.arg] = ast.literal_eval(kw.value)
+        except ValueError:
+            out[kw.arg] = kw.value
+    return out
+
+
+def launch_nodes(path: Path) -> list[dict[str, object]]:
+    """The keyword arguments of every `Node(...)` call in a launch file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    return [
+        _literal_kwargs(c)
+        for c in calls
+        if (isinstance(c.func, ast.Name) and c.func.id == "Node")
+        or (isinstance(c.func, ast.Attribute) and c.func.attr == "Node")
+    ]
+
+
+def console_scripts(package: str) -> dict[str, str]:
+    """executable name -> 'module:function' from a package's setup.py."""
+    text = (REPO_ROOT / package / "setup.py").read_text()
+    return dict(re.findall(r'"([\w-]+)\s*=\s*([\w.]+:\w+)"', text))
+
+
+def declared_parameters(module: str) -> set[str]:
+    """Parameter names a node module declares (declare_parameter / PARAMETERS tables)."""
+    package = module.split(".")[0]
+    source = (REPO_ROOT / package / Path(*module.split("."))).with_suffix(".py").read_text()
+    names = set(re.findall(r'declare_parameter\(\s*"([\w.]+)"', source))
+    names |= set(re.findall(r'ParameterSpec\(\s*"([\w.]+)"', source))
+    return names
+
+
+@pytest.mark.parametrize("package", PYTHON_PACKAGES + ["stac_msgs"])
+def test_package_manifest(package):
+    root = ET.parse(REPO_ROOT / package / "package.xml").getroot()
+    assert root.get("format") == "3"
+    assert root.findtext("name") == package
+    build_type = root.find("export/build_type").text
+    assert build_type == ("ament_cmake" if package == "stac_msgs" else "ament_python")
+    if build_type == "ament_python":
+        assert (REPO_ROOT / package / "resource" / package).is_file()
+        assert (REPO_ROOT / package / package / "__init__.py").is_file()
+        assert (
+            f"install_scripts=$base/lib/{package}"
+            in (REPO_ROOT / package / "setup.cfg").read_text()
+        )
+
+
+@pytest.mark.parametrize("package", PYTHON_PACKAGES)
+def test_console_scripts_are_installed(package):
+    for executable, target in console_scripts(package).items():
+        path = INSTALL / package / "lib" / package / executable
+        assert path.is_file() and os.access(path, os.X_OK), (
+            f"{executable} ({target}) is not installed at {path}: run scripts/setup.sh"
+        )
+
+
+@pytest.mark.skipif(not LAUNCH_FILES, reason="no launch files in launch/")
+@pytest.mark.parametrize("launch_file", LAUNCH_FILES, ids=lambda p: p.name)
+def test_launch_file_nodes_are_installed(launch_file):
+    nodes = launch_nodes(launch_file)
+    text = launch_file.read_text()
+    assert "def generate_launch_description" in text
+    assert nodes or "IncludeLaunchDescription" in text, f"{launch_file.name} starts nothing"
+    for node in nodes:
+        package, executable = node["package"], node["executable"]
+        assert package in PYTHON_PACKAGES, f"unknown package {package}"
+        assert executable in console_scripts(package), f"{package} has no {executable}"
+        assert (INSTALL / package / "lib" / package / executable).is_file()
+    for referenced in re.findall(r'"([\w.-]+\.(?:yaml|rviz|launch\.py))"', text):
+        assert any((REPO_ROOT / d / referenced).is_file() for d in ("config", "launch")), (
+            f"{launch_file.name} references missing file {referenced}"
+        )
+
+
+@pytest.mark.skipif(not PARAMS_FILES, reason="no parameter files in config/")
+@pytest.mark.parametrize("params_file", PARAMS_FILES, ids=lambda p: p.name)
+def test_params_file_matches_declared_parameters(params_file):
+    """Every parameter in a params file is declared by the node it is meant for."""
+    content = yaml.safe_load(params_file.read_text())
+    assert isinstance(content, dict) and content, f"{params_file.name} is empty"
+    modules_by_node = {}
+    for launch_file in LAUNCH_FILES:
+        for node in launch_nodes(launch_file):
+            if isinstance(node.get("name"), str):
+                module = console_scripts(node["package"])[node["executable"]].split(":")[0]
+                modules_by_node[node["name"]] = module
+    for node_name, section in content.items():
+        assert set(section) == {"ros__parameters"}, f"{node_name}: only ros__parameters allowed"
+        assert node_name in modules_by_node, f"{params_file.name}: no launched node {node_name}"
+        declared = declared_parameters(modules_by_node[node_name])
+        unknown = set(section["ros__parameters"]) - declared
+        assert not unknown, f"{params_file.name}: {node_name} does not declare {sorted(unknown)}"
