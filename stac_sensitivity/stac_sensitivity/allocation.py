@@ -1,0 +1,178 @@
+"""Equal-marginal-loss allocation: per-macroblock sensitivity -> H.264 QP offset map.
+
+STAC minimises bits subject to a first-order loss budget sum(|g_i| q_i / 2) <= B. The optimum
+spends the budget equally over macroblocks: q_i proportional to 1 / g_i. H.264's quantizer step
+doubles every 6 QP, so this becomes an additive QP offset
+
+    dQP_i = alpha * 6 * log2(G / g_i),   G = geometric mean of g over the frame,
+
+which has mean 0 (it only redistributes bits; the base quality sets the rate). alpha scales the
+rule: 1 is the pure first-order optimum, smaller values hedge against the model's error (the
+first-order bound overstates errors in flat areas, and x264 caps QP at 51). The offsets are
+clamped to [-dmax, +dmax] and snapped to a bank of levels prepared offline, so the map sent back
+to the robot is a small array of level indices. A budget shift then moves the whole map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+H264_MAX_QP = 51
+# Sensitivities below this fraction of the frame's largest one count as this fraction: a
+# macroblock with an exactly zero gradient would otherwise ask for an infinite offset.
+SENSITIVITY_FLOOR_FRACTION = 1e-6
+
+
+def evenly_spaced_levels(max_offset_qp: int, num_levels: int) -> tuple[int, ...]:
+    """num_levels integer QP offsets spread evenly over [-max_offset_qp, +max_offset_qp]."""
+    if not 0 < max_offset_qp <= H264_MAX_QP:
+        raise ValueError(f"max_offset_qp must be in 1..{H264_MAX_QP}, got {max_offset_qp}")
+    if not 2 <= num_levels <= 2 * max_offset_qp + 1:
+        raise ValueError(
+            f"num_levels must be in 2..{2 * max_offset_qp + 1} for max_offset_qp "
+            f"{max_offset_qp}, got {num_levels}"
+        )
+    spread = np.linspace(-max_offset_qp, max_offset_qp, num_levels)
+    return tuple(int(v) for v in np.round(spread))
+
+
+@dataclass(frozen=True)
+class AllocationConfig:
+    """How sensitivities become QP offsets (the part fixed offline, see calibration.py).
+
+    alpha: scale of the rule (offset_qp = alpha * 6 * log2(G / g)).
+    max_offset_qp: the clamp dmax, in QP.
+    levels_qp: the level bank, strictly increasing integer offsets; empty = every integer in
+        [-max_offset_qp, +max_offset_qp].
+    smoothing_sigma_mb: Gaussian smoothing of log-sensitivity across macroblocks, in
+        macroblocks (0 = off); damps single noisy macroblocks.
+    budget_shift_qp: integer added to every offset after the levels are chosen (+ = fewer bits).
+    """
+
+    alpha: float = 0.5
+    max_offset_qp: int = 10
+    levels_qp: tuple[int, ...] = field(default=())
+    smoothing_sigma_mb: float = 0.0
+    budget_shift_qp: int = 0
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.alpha) or self.alpha < 0:
+            raise ValueError(f"alpha must be finite and >= 0, got {self.alpha}")
+        if not 0 < self.max_offset_qp <= H264_MAX_QP:
+            raise ValueError(f"max_offset_qp must be in 1..{H264_MAX_QP}, got {self.max_offset_qp}")
+        if self.smoothing_sigma_mb < 0:
+            raise ValueError(f"smoothing_sigma_mb must be >= 0, got {self.smoothing_sigma_mb}")
+        if abs(self.budget_shift_qp) > H264_MAX_QP:
+            raise ValueError(f"|budget_shift_qp| must be <= {H264_MAX_QP}")
+        if not self.levels_qp:
+            bank = tuple(range(-self.max_offset_qp, self.max_offset_qp + 1))
+            object.__setattr__(self, "levels_qp", bank)
+        _check_levels(self.levels_qp)
+
+    @property
+    def levels(self) -> np.ndarray:
+        """The level bank as an int8 array."""
+        return np.asarray(self.levels_qp, dtype=np.int8)
+
+
+def _check_levels(levels_qp: tuple[int, ...]) -> None:
+    if not 2 <= len(levels_qp) <= 256:
+        raise ValueError(f"the level bank needs 2..256 levels, got {len(levels_qp)}")
+    if any(int(v) != v or abs(v) > H264_MAX_QP for v in levels_qp):
+        raise ValueError(f"levels must be integers in [-51, 51], got {levels_qp}")
+    if any(b <= a for a, b in zip(levels_qp, levels_qp[1:], strict=False)):
+        raise ValueError(f"levels must be strictly increasing, got {levels_qp}")
+
+
+@dataclass(frozen=True)
+class QPAllocation:
+    """A QP map in the form the edge sends: level indices into a bank, plus a uniform shift.
+
+    level_indices: uint8 (rows, cols); levels_qp: the bank; budget_shift_qp: added to all.
+    """
+
+    level_indices: np.ndarray
+    levels_qp: tuple[int, ...]
+    budget_shift_qp: int = 0
+
+    def __post_init__(self) -> None:
+        _check_levels(self.levels_qp)
+        if self.level_indices.ndim != 2 or self.level_indices.dtype != np.uint8:
+            raise ValueError("level_indices must be a 2-D uint8 array (rows, cols)")
+        if self.level_indices.size and int(self.level_indices.max()) >= len(self.levels_qp):
+            raise ValueError("a level index points past the end of the level bank")
+
+    @property
+    def offsets_qp(self) -> np.ndarray:
+        """The per-macroblock QP offsets, int8 (rows, cols), shift included."""
+        bank = np.asarray(self.levels_qp, dtype=np.int16) + self.budget_shift_qp
+        return np.clip(bank[self.level_indices], -H264_MAX_QP, H264_MAX_QP).astype(np.int8)
+
+
+def continuous_offsets_qp(sensitivity: np.ndarray, config: AllocationConfig) -> np.ndarray:
+    """The unclamped, unquantised rule alpha * 6 * log2(G / g_i) as float64 (rows, cols).
+
+    All-zero sensitivity (a frame the DNN is indifferent to) gives an all-zero map.
+    """
+    g = _check_sensitivity(sensitivity)
+    largest = float(g.max())
+    if largest == 0.0:
+        return np.zeros_like(g)
+    log_g = np.log2(np.maximum(g, largest * SENSITIVITY_FLOOR_FRACTION))
+    if config.smoothing_sigma_mb > 0:
+        log_g = gaussian_filter(log_g, config.smoothing_sigma_mb, mode="nearest")
+    return config.alpha * 6.0 * (log_g.mean() - log_g)
+
+
+def allocate(sensitivity: np.ndarray, config: AllocationConfig) -> QPAllocation:
+    """Per-macroblock sensitivity (rows, cols), >= 0 -> QP map as level indices into the bank."""
+    offsets = np.clip(
+        continuous_offsets_qp(sensitivity, config), -config.max_offset_qp, config.max_offset_qp
+    )
+    return QPAllocation(
+        level_indices=nearest_level_indices(offsets, config.levels_qp),
+        levels_qp=config.levels_qp,
+        budget_shift_qp=config.budget_shift_qp,
+    )
+
+
+def nearest_level_indices(offsets_qp: np.ndarray, levels_qp: tuple[int, ...]) -> np.ndarray:
+    """Index of the bank level nearest to each offset (ties go to the lower level), uint8."""
+    bank = np.asarray(levels_qp, dtype=np.float64)
+    upper = np.clip(np.searchsorted(bank, offsets_qp, side="left"), 1, len(bank) - 1)
+    lower = upper - 1
+    nearer_upper = (bank[upper] - offsets_qp) < (offsets_qp - bank[lower])
+    return np.where(nearer_upper, upper, lower).astype(np.uint8)
+
+
+def _check_sensitivity(sensitivity: np.ndarray) -> np.ndarray:
+    g = np.asarray(sensitivity, dtype=np.float64)
+    if g.ndim != 2 or g.size == 0:
+        raise ValueError(f"sensitivity must be a non-empty (rows, cols) array, got {g.shape}")
+    if not np.all(np.isfinite(g)) or np.any(g < 0):
+        raise ValueError("sensitivity must be finite and >= 0 everywhere")
+    return g
+
+
+def budget_shift_for_target(
+    bytes_at_shift: Callable[[int], int], target_bytes: int, max_shift_qp: int = H264_MAX_QP
+) -> int:
+    """Smallest uniform shift (QP) whose coded size is at most target_bytes, by bisection.
+
+    bytes_at_shift codes the frame with the map shifted by s and returns its size; bytes fall
+    as s rises. If even +max_shift_qp overshoots, that largest shift is returned.
+    """
+    if target_bytes <= 0:
+        raise ValueError(f"target_bytes must be positive, got {target_bytes}")
+    low, high = -max_shift_qp, max_shift_qp
+    while low < high:
+        middle = (low + high) // 2
+        if bytes_at_shift(middle) <= target_bytes:
+            high = middle
+        else:
+            low = middle + 1
+    return low
