@@ -10,6 +10,7 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
     ],
+    package_data={package_name: ["weights/*.pt", "weights/*.json", "configs/*.yaml"]},
     install_requires=["setuptools"],
     zip_safe=True,
     maintainer="STAC for ROS 2 developers",
@@ -19,6 +20,8 @@ setup(
     ),
     license="Apache-2.0",
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "stac-train = stac_edge_segmenter.train:main",
+        ],
     },
 )

