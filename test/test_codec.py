@@ -1,0 +1,285 @@
+"""QPMapEncoder: the QP map really reaches x264's macroblock quantizers (stac_encoder.h264_encoder).
+
+Real frames from ../shared/data/video/solidWhiteRight.mp4; one encoder thread unless a test is
+about threads. Quality and size claims are measured with our decoder and with OpenCV's.
+"""
+
+from __future__ import annotations
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from stac_encoder import annexb
+from stac_encoder.h264_decoder import H264Decoder
+from stac_encoder.h264_encoder import (
+    EncodedPacket,
+    EncoderConfig,
+    EncoderError,
+    QPMapEncoder,
+    macroblock_grid,
+    validate_qp_map,
+)
+from stac_encoder.x264_ctypes import X264LibraryError, load_x264, open_x264
+
+CLIP = "video/solidWhiteRight.mp4"
+FRAME_COUNT = 3
+
+
+@pytest.fixture(scope="module")
+def clip_frames(data_dir) -> list[np.ndarray]:
+    """The clip's first frames, 960x540 rgb24."""
+    path = data_dir / CLIP
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    with av.open(str(path)) as container:
+        frames = []
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == FRAME_COUNT:
+                return frames
+    pytest.fail(f"{path} has fewer than {FRAME_COUNT} frames")
+
+
+@pytest.fixture(scope="module")
+def small_frames(clip_frames) -> list[np.ndarray]:
+    """The same frames at 320x180, for tests whose claim does not depend on size."""
+    return [cv2.resize(frame, (320, 180), interpolation=cv2.INTER_AREA) for frame in clip_frames]
+
+
+def encode_all(
+    frames, config=None, qp_map=None, pixel_format="rgb24", **encode_kwargs
+) -> list[EncodedPacket]:
+    height, width = frames[0].shape[:2]
+    with QPMapEncoder(config or EncoderConfig(crf=28), width, height, pixel_format) as encoder:
+        return [encoder.encode(frame, qp_map=qp_map, **encode_kwargs) for frame in frames]
+
+
+def decode_all(packets, width, height) -> list[np.ndarray]:
+    decoder = H264Decoder(width, height)
+    results = [decoder.decode(packet.data) for packet in packets]
+    assert all(result.ok for result in results), [result.detail for result in results]
+    return [result.image for result in results]
+
+
+def psnr_db(reference: np.ndarray, decoded: np.ndarray) -> float:
+    error = np.mean((reference.astype(np.float64) - decoded.astype(np.float64)) ** 2)
+    return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
+
+
+def half_map(grid, left_qp: int, right_qp: int) -> np.ndarray:
+    qp_map = np.full(grid, right_qp, dtype=np.int8)
+    qp_map[:, : grid[1] // 2] = left_qp
+    return qp_map
+
+
+def half_psnrs(frames, packets) -> list[tuple[float, float]]:
+    height, width = frames[0].shape[:2]
+    split_px = (macroblock_grid(width, height)[1] // 2) * 16
+    decoded = decode_all(packets, width, height)
+    return [
+        (psnr_db(f[:, :split_px], d[:, :split_px]), psnr_db(f[:, split_px:], d[:, split_px:]))
+        for f, d in zip(frames, decoded, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_left_right_map_moves_quality_to_the_finer_half(clip_frames, threads):
+    config = EncoderConfig(crf=28, threads=threads)
+    grid = macroblock_grid(960, 540)
+    finer_left = half_psnrs(clip_frames, encode_all(clip_frames, config, half_map(grid, -8, 8)))
+    finer_right = half_psnrs(clip_frames, encode_all(clip_frames, config, half_map(grid, 8, -8)))
+    for left_db, right_db in finer_left:
+        assert left_db >= right_db + 3.0
+    for left_db, right_db in finer_right:
+        assert right_db >= left_db + 3.0
+
+
+def test_map_works_in_bitrate_mode(small_frames):
+    config = EncoderConfig(rate_control="bitrate", bitrate_kbps=300)
+    grid = macroblock_grid(320, 180)
+    packets = encode_all(small_frames, config, half_map(grid, -8, 8))
+    for left_db, right_db in half_psnrs(small_frames, packets):
+        assert left_db >= right_db + 3.0
+
+
+def test_all_zero_map_costs_the_same_as_no_map(clip_frames):
+    zero_map = np.zeros(macroblock_grid(960, 540), dtype=np.int8)
+    without_map = sum(p.size_bytes for p in encode_all(clip_frames))
+    with_zero_map = sum(p.size_bytes for p in encode_all(clip_frames, qp_map=zero_map))
+    assert abs(with_zero_map - without_map) <= 0.03 * without_map
+
+
+def test_stricter_uniform_map_costs_more_bytes(clip_frames):
+    grid = macroblock_grid(960, 540)
+    sizes = [
+        sum(p.size_bytes for p in encode_all(clip_frames, qp_map=np.full(grid, qp, np.int8)))
+        for qp in (-4, 0, 4)
+    ]
+    assert sizes[0] > sizes[1] > sizes[2]
+
+
+def test_lower_bitrate_target_gives_fewer_bytes(small_frames):
+    sizes = [
+        sum(
+            p.size_bytes
+            for p in encode_all(small_frames, EncoderConfig(rate_control="bitrate", bitrate_kbps=k))
+        )
+        for k in (100, 1000)
+    ]
+    assert sizes[0] < sizes[1]
+
+
+@pytest.mark.parametrize("size", [(200, 120), (321, 181), (50, 34)])
+def test_sizes_not_divisible_by_16_round_trip(small_frames, size):
+    width, height = size
+    frames = [cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in small_frames]
+    grid = macroblock_grid(width, height)
+    assert grid == (-(-height // 16), -(-width // 16))
+    packets = encode_all(frames, EncoderConfig(crf=18), qp_map=np.zeros(grid, np.int8))
+    decoded = decode_all(packets, width, height)
+    for frame, image in zip(frames, decoded, strict=True):
+        assert image.shape == (height, width, 3)
+        assert psnr_db(frame, image) > 30.0
+
+
+def test_bgr_input_gives_the_same_stream_as_rgb(small_frames):
+    bgr_frames = [np.ascontiguousarray(frame[:, :, ::-1]) for frame in small_frames]
+    from_rgb = encode_all(small_frames, pixel_format="rgb24")
+    from_bgr = encode_all(bgr_frames, pixel_format="bgr24")
+    assert [p.data for p in from_rgb] == [p.data for p in from_bgr]
+    decoded = decode_all(from_rgb, 320, 180)
+    assert psnr_db(small_frames[0], decoded[0]) > 30.0  # channels not swapped on the way
+
+
+def test_opencv_decodes_the_stream_to_the_same_frames(small_frames, tmp_path):
+    size = (200, 120)  # not a multiple of 16: the SPS cropping must be honoured too
+    frames = [cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in small_frames]
+    grid = macroblock_grid(*size)
+    packets = encode_all(frames, qp_map=half_map(grid, -6, 6))
+    path = tmp_path / "stream.h264"
+    path.write_bytes(b"".join(p.data for p in packets))
+    capture = cv2.VideoCapture(str(path))
+    opencv_frames = []
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            break
+        opencv_frames.append(image)
+    capture.release()
+    assert len(opencv_frames) == len(frames)
+    ours = decode_all(packets, *size)
+    for bgr, rgb in zip(opencv_frames, ours, strict=True):
+        assert bgr.shape == (120, 200, 3)
+        assert psnr_db(bgr[:, :, ::-1], rgb) > 40.0
+
+
+def test_every_frame_comes_out_at_once_with_slices_only_where_expected(small_frames):
+    packets = encode_all(small_frames * 2, EncoderConfig(crf=28, gop_frames=4))
+    assert [p.frame_index for p in packets] == list(range(6))
+    assert [p.keyframe for p in packets] == [True, False, False, False, True, False]
+    for packet in packets:
+        assert packet.slice_bytes == annexb.slice_bytes(packet.data) > 0
+        assert annexb.contains_idr(packet.data) == packet.keyframe
+        header_types = {annexb.NAL_TYPE_SPS, annexb.NAL_TYPE_PPS}
+        assert header_types.issubset(packet.nal_types) == packet.keyframe
+
+
+def test_force_keyframe_makes_an_idr(small_frames):
+    height, width = small_frames[0].shape[:2]
+    with QPMapEncoder(EncoderConfig(crf=28), width, height) as encoder:
+        flags = [encoder.encode(small_frames[0]).keyframe for _ in range(3)]
+        forced = encoder.encode(small_frames[1], force_keyframe=True)
+    assert flags == [True, False, False]
+    assert forced.keyframe and annexb.contains_idr(forced.data)
+
+
+def test_version_sei_can_be_left_out_and_slice_bytes_do_not_change(small_frames):
+    with_sei = encode_all(small_frames[:1])[0]
+    without_sei = encode_all(small_frames[:1], EncoderConfig(crf=28, emit_version_sei=False))[0]
+    assert annexb.NAL_TYPE_SEI in with_sei.nal_types
+    assert annexb.NAL_TYPE_SEI not in without_sei.nal_types
+    assert without_sei.slice_bytes == with_sei.slice_bytes
+    assert without_sei.size_bytes < with_sei.size_bytes
+
+
+def test_two_threads_use_slices_without_delay(small_frames):
+    packets = encode_all(small_frames, EncoderConfig(crf=28, threads=2))
+    assert len(packets) == len(small_frames)
+    assert all(p.nal_types.count(annexb.NAL_TYPE_SLICE) == 2 for p in packets[1:])
+    decode_all(packets, 320, 180)
+
+
+@pytest.mark.parametrize(
+    ("qp_map", "message"),
+    [
+        (np.zeros((11, 20), np.int8), "shape"),
+        (np.zeros((12, 21), np.int8), "shape"),
+        (np.zeros((12, 20), np.int16), "dtype"),
+        (np.zeros((12, 20), np.float32), "dtype"),
+        (np.full((12, 20), 52, np.int8), "offsets"),
+        (np.full((12, 20), -128, np.int8), "offsets"),
+        ([[0] * 20] * 12, "numpy"),
+    ],
+)
+def test_bad_qp_maps_are_rejected(small_frames, qp_map, message):
+    assert macroblock_grid(320, 180) == (12, 20)
+    with (
+        QPMapEncoder(EncoderConfig(), 320, 180) as encoder,
+        pytest.raises(ValueError, match=message),
+    ):
+        encoder.encode(small_frames[0], qp_map=qp_map)
+
+
+def test_extreme_valid_offsets_are_accepted():
+    grid = (12, 20)
+    assert validate_qp_map(np.full(grid, 51, np.int8), grid).shape == grid
+    assert validate_qp_map(np.full(grid, -51, np.int8), grid).shape == grid
+
+
+def test_bad_frames_are_rejected(small_frames):
+    with QPMapEncoder(EncoderConfig(), 320, 180) as encoder:
+        with pytest.raises(ValueError, match="shape"):
+            encoder.encode(small_frames[0][:-1])
+        with pytest.raises(ValueError, match="uint8"):
+            encoder.encode(small_frames[0].astype(np.float32))
+        with pytest.raises(ValueError, match="shape"):
+            encoder.encode(small_frames[0][:, :, :1])
+    with pytest.raises(EncoderError, match="closed"):
+        encoder.encode(small_frames[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"aq_strength": 0.0},
+        {"rate_control": "cqp"},
+        {"crf": 52.0},
+        {"preset": "warp9"},
+        {"threads": 0},
+        {"gop_frames": 0},
+        {"bitrate_kbps": 0},
+    ],
+)
+def test_bad_configs_are_rejected(kwargs):
+    with pytest.raises(ValueError, match="EncoderConfig"):
+        EncoderConfig(**kwargs)
+
+
+def test_bad_sizes_and_pixel_formats_are_rejected():
+    with pytest.raises(ValueError, match="2x2"):
+        QPMapEncoder(EncoderConfig(), 1, 16)
+    with pytest.raises(ValueError, match="pixel_format"):
+        QPMapEncoder(EncoderConfig(), 32, 16, "yuv420p")
+
+
+def test_the_bundled_libx264_is_build_165_and_other_libraries_are_refused(tmp_path):
+    library = load_x264()
+    assert library.path.name.startswith("libx264") and library.path.name.endswith(".so.165")
+    with pytest.raises(X264LibraryError, match="cannot load"):
+        open_x264(tmp_path / "missing.so")
+    avutil = next(library.path.parent.glob("libavutil*"), None)
+    if avutil is not None:
+        with pytest.raises(X264LibraryError, match="not libx264 API build 165"):
+            open_x264(avutil)
