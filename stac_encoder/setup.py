@@ -14,11 +14,12 @@ setup(
     zip_safe=True,
     maintainer="STAC for ROS 2 developers",
     maintainer_email="stac@example.org",
-    description=(
-        "Robot side of STAC: H.264 encoding with a per-macroblock QP map from the edge."
-    ),
+    description=("Robot side of STAC: H.264 encoding with a per-macroblock QP map from the edge."),
     license="Apache-2.0",
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "encoder_node = stac_encoder.encoder_node:main",
+            "video_source_node = stac_encoder.video_source_node:main",
+        ],
     },
 )

@@ -68,6 +68,16 @@ def image_to_numpy(msg: Image) -> np.ndarray:
     return np.array(pixels, copy=True)
 
 
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """Pixels of an rgb8, bgr8 or mono8 message as HxWx3 RGB uint8."""
+    pixels = image_to_numpy(msg)
+    if msg.encoding == "bgr8":
+        return np.ascontiguousarray(pixels[..., ::-1])
+    if msg.encoding == "mono8":
+        return np.repeat(pixels[..., None], 3, axis=2)
+    return pixels
+
+
 def numpy_to_image(pixels: np.ndarray, encoding: str, header: Header | None = None) -> Image:
     """An Image message holding `pixels` (HxWx3 for rgb8/bgr8, HxW or HxWx1 for mono8)."""
     channels = CHANNELS_BY_ENCODING.get(encoding)

@@ -1,0 +1,182 @@
+"""`encoder_node` (robot): camera images in, H.264 access units out, QP maps from the edge.
+
+A thin shell over `stac_encoder.robot_encoder.RobotEncoder`. Topics (remap as needed):
+  image    sensor_msgs/Image   in   the camera (rgb8, bgr8 or mono8)
+  qp_map   stac_msgs/QPMap     in   maps from the edge's sensitivity node
+  encoded  stac_msgs/EncodedFrame out
+Service ~/request_keyframe (std_srvs/Trigger): the next frame is an IDR picture.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from rclpy.duration import Duration
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_srvs.srv import Trigger
+
+from stac_encoder.h264_encoder import PRESETS, EncoderConfig
+from stac_encoder.image_conversion import ImageConversionError, image_to_numpy, to_uint8_field
+from stac_encoder.qp_map_warp import WarpConfig
+from stac_encoder.robot_encoder import QPMapUpdate, RobotEncoder, RobotEncoderConfig
+from stac_encoder.ros_common import (
+    ENCODED_QOS,
+    QP_MAP_QOS,
+    ParameterSpec,
+    StatisticsReporter,
+    camera_qos,
+    declare_parameters,
+    run_node,
+    stamp_to_s,
+)
+from stac_encoder.statistics import NodeStatistics
+from stac_msgs.msg import EncodedFrame, QPMap
+
+PIXEL_FORMAT_BY_ENCODING = {"rgb8": "rgb24", "bgr8": "bgr24", "mono8": "rgb24"}
+
+PARAMETERS = (
+    ParameterSpec(
+        "rate_control",
+        "crf",
+        "Base quality mode: constant quality ('crf') or target bitrate ('bitrate').",
+        choices=("crf", "bitrate"),
+    ),
+    ParameterSpec("crf", 28.0, "x264 CRF for rate_control 'crf' (lower = better).", 0.0, 51.0),
+    ParameterSpec(
+        "bitrate_kbps", 1000, "Target bitrate for rate_control 'bitrate', kbit/s.", 1, 1_000_000
+    ),
+    ParameterSpec("fps", 25.0, "Nominal camera rate the rate control assumes, Hz.", 1.0, 240.0),
+    ParameterSpec("preset", "veryfast", "x264 speed preset.", choices=PRESETS),
+    ParameterSpec("gop_frames", 50, "Keyframe (IDR) interval in frames.", 1, 100_000),
+    ParameterSpec("threads", 1, "x264 threads (sliced).", 1, 64),
+    ParameterSpec(
+        "aq_strength",
+        0.001,
+        "x264 variance-AQ strength (> 0; 0.001 = the QP map alone redistributes bits).",
+        0.001,
+        3.0,
+    ),
+    ParameterSpec(
+        "max_map_age_s",
+        2.0,
+        "A map computed on a frame older than this (camera clock) is replaced by a zero map, s.",
+        0.01,
+        3600.0,
+    ),
+    ParameterSpec("warp_qp_map", True, "Carry the QP map to each frame with DIS optical flow."),
+    ParameterSpec(
+        "flow_width_px", 320, "Width frames are downscaled to for optical flow, px.", 32, 4096
+    ),
+    ParameterSpec(
+        "camera_qos",
+        "sensor_data",
+        "QoS of the camera subscription.",
+        choices=("sensor_data", "reliable"),
+    ),
+)
+
+
+def encoder_config_from(params: dict) -> RobotEncoderConfig:
+    return RobotEncoderConfig(
+        encoder=EncoderConfig(
+            rate_control=params["rate_control"],
+            crf=params["crf"],
+            bitrate_kbps=params["bitrate_kbps"],
+            fps=params["fps"],
+            preset=params["preset"],
+            gop_frames=params["gop_frames"],
+            threads=params["threads"],
+            aq_strength=params["aq_strength"],
+        ),
+        max_map_age_s=params["max_map_age_s"],
+        warp_qp_map=params["warp_qp_map"],
+        warp=WarpConfig(flow_width_px=params["flow_width_px"]),
+    )
+
+
+class EncoderNode(Node):
+    def __init__(self) -> None:
+        super().__init__("stac_encoder")
+        self.params = declare_parameters(self, PARAMETERS)
+        self.encoder = RobotEncoder(encoder_config_from(self.params))
+        self.statistics = NodeStatistics()
+        self._publisher = self.create_publisher(EncodedFrame, "encoded", ENCODED_QOS)
+        self.create_subscription(
+            Image, "image", self._on_image, camera_qos(self.params["camera_qos"])
+        )
+        self.create_subscription(QPMap, "qp_map", self._on_qp_map, QP_MAP_QOS)
+        self.create_service(Trigger, "~/request_keyframe", self._on_request_keyframe)
+        self._reporter = StatisticsReporter(self, self.statistics, role="robot")
+        self._base_quality = (
+            self.params["crf"]
+            if self.params["rate_control"] == "crf"
+            else float(self.params["bitrate_kbps"])
+        )
+
+    def _on_image(self, msg: Image) -> None:
+        self.statistics.count("frames_in")
+        try:
+            pixels = image_to_numpy(msg)
+            if msg.encoding == "mono8":
+                pixels = np.repeat(pixels[..., None], 3, axis=2)
+            result = self.encoder.encode(
+                pixels, stamp_to_s(msg.header.stamp), PIXEL_FORMAT_BY_ENCODING[msg.encoding]
+            )
+        except (ImageConversionError, ValueError, RuntimeError) as error:
+            self.statistics.count("frames_failed")
+            self.get_logger().error(f"frame not encoded: {error}", throttle_duration_sec=1.0)
+            return
+        out = EncodedFrame(
+            header=msg.header,
+            frame_seq=result.frame_seq,
+            codec="h264",
+            width=result.width,
+            height=result.height,
+            keyframe=result.packet.keyframe,
+            qp_map_seq=result.qp_map_seq,
+            rate_control=self.params["rate_control"],
+            base_quality=self._base_quality,
+        )
+        out.data = to_uint8_field(result.packet.data)
+        self._publisher.publish(out)
+        self.statistics.count("frames_encoded")
+        self.statistics.add_uplink(time.monotonic(), result.packet.size_bytes)
+
+    def _on_qp_map(self, msg: QPMap) -> None:
+        self.statistics.add_feedback(time.monotonic(), len(msg.qp_offsets))
+        try:
+            offsets = np.asarray(msg.qp_offsets, dtype=np.int8)
+            if offsets.size != int(msg.rows) * int(msg.cols) or msg.macroblock_size != 16:
+                raise ValueError(
+                    f"QP map {msg.map_seq}: {offsets.size} offsets for {msg.rows}x{msg.cols} "
+                    f"macroblocks of {msg.macroblock_size} px"
+                )
+            update = QPMapUpdate(
+                map_seq=msg.map_seq,
+                source_frame_seq=msg.source_frame_seq,
+                source_stamp_s=stamp_to_s(msg.source_stamp),
+                offsets=offsets.reshape(msg.rows, msg.cols),
+            )
+            if self.encoder.submit_qp_map(update):
+                self.statistics.count("qp_maps")
+        except ValueError as error:
+            self.get_logger().error(f"QP map rejected: {error}")
+
+    def _on_request_keyframe(self, request: Trigger.Request, response: Trigger.Response):
+        self.encoder.request_keyframe()
+        response.success, response.message = True, "the next frame will be a keyframe"
+        return response
+
+    def close(self) -> None:
+        self._publisher.wait_for_all_acked(Duration(seconds=2))
+        self.encoder.close()
+
+
+def main(args: list[str] | None = None) -> None:
+    run_node(EncoderNode, args)
+
+
+if __name__ == "__main__":
+    main()
