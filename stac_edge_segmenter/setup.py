@@ -21,6 +21,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "segmenter_node = stac_edge_segmenter.segmenter_node:main",
             "stac-train = stac_edge_segmenter.train:main",
         ],
     },

@@ -19,6 +19,8 @@ setup(
     ),
     license="Apache-2.0",
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "sensitivity_node = stac_sensitivity.sensitivity_node:main",
+        ],
     },
 )

@@ -1,0 +1,131 @@
+"""`segmenter_node` (edge): H.264 from the robot in, class-id masks and overlays out.
+
+Topics:
+  encoded  stac_msgs/EncodedFrame  in
+  mask     sensor_msgs/Image mono8 out  class id per pixel, header = the camera frame's
+  overlay  sensor_msgs/Image rgb8  out  mask colours over the decoded frame, for rviz
+
+Every access unit is decoded in the subscription callback (P-frames need their references);
+inference runs in a worker thread on the newest decoded frame only. A decoded frame that a
+newer one replaces before inference reaches it is counted as skipped: no backlog builds up
+when the model is slower than the camera.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+from rclpy.duration import Duration
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
+from stac_edge_segmenter.latest_slot import LatestSlot
+from stac_edge_segmenter.loading import load_model
+from stac_edge_segmenter.overlay import mask_overlay
+from stac_encoder.image_conversion import numpy_to_image
+from stac_encoder.ros_common import (
+    ENCODED_QOS,
+    OUTPUT_QOS,
+    ParameterSpec,
+    StatisticsReporter,
+    declare_parameters,
+    run_node,
+    stamp_to_s,
+)
+from stac_encoder.statistics import NodeStatistics
+from stac_msgs.msg import EncodedFrame
+
+PARAMETERS = (
+    ParameterSpec(
+        "model_config", "", "Model configuration YAML; empty = the shipped CamVid model."
+    ),
+    ParameterSpec("device", "", "torch device ('cpu', 'cuda', 'cuda:1'); empty = automatic."),
+    ParameterSpec("torch_threads", 0, "CPU threads for inference; 0 = torch's default.", 0, 256),
+    ParameterSpec("overlay_alpha", 0.5, "Weight of the class colours in the overlay.", 0.0, 1.0),
+    ParameterSpec("publish_overlay", True, "Publish the colour overlay (costs ~2 ms/frame)."),
+)
+
+
+class SegmenterNode(Node):
+    def __init__(self) -> None:
+        super().__init__("stac_segmenter")
+        self.params = declare_parameters(self, PARAMETERS)
+        if self.params["torch_threads"]:
+            torch.set_num_threads(self.params["torch_threads"])
+        self.model = load_model(self.params["model_config"] or None, self.params["device"] or None)
+        self.statistics = NodeStatistics()
+        self._decoder = EncodedStreamDecoder()
+        self._slot: LatestSlot[DecodedFrame] = LatestSlot()
+        self._busy = threading.Event()
+        self._mask_publisher = self.create_publisher(Image, "mask", OUTPUT_QOS)
+        self._overlay_publisher = self.create_publisher(Image, "overlay", OUTPUT_QOS)
+        self.create_subscription(EncodedFrame, "encoded", self._on_encoded, ENCODED_QOS)
+        self._reporter = StatisticsReporter(self, self.statistics, role="edge")
+        self._worker = threading.Thread(target=self._segment_loop, name="segmenter", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"model {self.model.spec.name!r} ({self.model.num_classes} classes) on "
+            f"{self.model.device}"
+        )
+
+    def _on_encoded(self, msg: EncodedFrame) -> None:
+        self.statistics.count("frames_in")
+        self.statistics.add_uplink(time.monotonic(), len(msg.data))
+        result = self._decoder.decode(msg.data, msg.frame_seq, msg.width, msg.height)
+        if not result.ok:
+            self.statistics.count("frames_failed")
+            self.get_logger().warning(
+                f"frame {msg.frame_seq} not decoded ({result.status.value}): {result.detail}",
+                throttle_duration_sec=1.0,
+            )
+            return
+        self.statistics.count("frames_pending")
+        displaced = self._slot.put(DecodedFrame(msg.header, msg.frame_seq, result.image))
+        if displaced is not None:
+            self.statistics.count("frames_pending", -1)
+            self.statistics.count("frames_skipped")
+
+    def _segment_loop(self) -> None:
+        while not self._slot.closed:
+            frame = self._slot.take(timeout_s=0.5)
+            if frame is None:
+                continue
+            try:
+                self._segment(frame)
+            except Exception as error:  # noqa: BLE001 - a frame's failure must not stop the node
+                self.statistics.count("frames_failed")
+                self.get_logger().error(f"frame {frame.frame_seq} not segmented: {error}")
+            finally:
+                self.statistics.count("frames_pending", -1)
+
+    def _segment(self, frame: DecodedFrame) -> None:
+        class_ids = self.model.predict(frame.image).class_ids[0]
+        self._mask_publisher.publish(numpy_to_image(class_ids, "mono8", frame.header))
+        if self.params["publish_overlay"]:
+            overlay = mask_overlay(
+                frame.image, class_ids, self.model.palette, self.params["overlay_alpha"]
+            )
+            self._overlay_publisher.publish(numpy_to_image(overlay, "rgb8", frame.header))
+        self.statistics.count("frames_segmented")
+        now_s = self.get_clock().now().nanoseconds * 1e-9
+        self.statistics.add_latency(
+            time.monotonic(), 1e3 * (now_s - stamp_to_s(frame.header.stamp))
+        )
+
+    def close(self) -> None:
+        """Stop the worker after the frame in hand; a frame still waiting stays pending."""
+        self._slot.close()
+        self._worker.join(timeout=10.0)
+        self._mask_publisher.wait_for_all_acked(Duration(seconds=2))
+        self.get_logger().info(f"final statistics: {self.statistics.snapshot(time.monotonic())}")
+
+
+def main(args: list[str] | None = None) -> None:
+    run_node(SegmenterNode, args)
+
+
+if __name__ == "__main__":
+    main()

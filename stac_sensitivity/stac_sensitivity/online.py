@@ -1,0 +1,81 @@
+"""The edge's online step: a decoded frame in, a QP map out (gradients + level picking only).
+
+Everything that can be fixed ahead (level bank, dmax, offset scale, class weights) comes from
+the offline calibration stored beside the model weights (see calibration.py); online the edge
+runs one forward + backward pass and picks a level per macroblock.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from stac_edge_segmenter.loading import SegmentationModel
+from stac_sensitivity.allocation import QPAllocation, allocate
+from stac_sensitivity.calibration import find_calibration, load_calibration
+from stac_sensitivity.sensitivity import compute_sensitivity
+
+
+@dataclass(frozen=True)
+class QPMapResult:
+    """A map for one frame: the allocation (levels + shift), its offsets and its cost."""
+
+    allocation: QPAllocation
+    offsets_qp: np.ndarray
+    compute_ms: float
+
+
+class QPMapComputer:
+    """Computes QP maps for decoded frames with a model and its calibration."""
+
+    def __init__(
+        self,
+        model: SegmentationModel,
+        calibration_path: str | Path | None = None,
+        budget_shift_qp: int = 0,
+    ) -> None:
+        self.model = model
+        if calibration_path:
+            self.calibration = load_calibration(calibration_path)
+            self.calibration_path = Path(calibration_path)
+        else:
+            self.calibration, self.calibration_path = find_calibration(model.spec.weights)
+        self._allocation_config = self.calibration.allocation_config(budget_shift_qp)
+
+    @property
+    def levels_qp(self) -> tuple[int, ...]:
+        return self._allocation_config.levels_qp
+
+    @property
+    def max_offset_qp(self) -> int:
+        return self._allocation_config.max_offset_qp
+
+    @property
+    def budget_shift_qp(self) -> int:
+        return self._allocation_config.budget_shift_qp
+
+    def compute(self, frame_rgb: np.ndarray) -> QPMapResult:
+        """One HxWx3 uint8 RGB frame -> its QP map (rows, cols) int8."""
+        started = time.perf_counter()
+        result = compute_sensitivity(
+            self.model.logits,
+            frame_rgb[None],
+            device=self.model.device,
+            class_weights=self.calibration.class_weights,
+        )
+        allocation = allocate(result.macroblock_sensitivity[0], self._allocation_config)
+        return QPMapResult(allocation, allocation.offsets_qp, 1e3 * (time.perf_counter() - started))
+
+
+def qp_heatmap(frame_rgb: np.ndarray, offsets_qp: np.ndarray, max_abs_qp: int) -> np.ndarray:
+    """The frame with its QP map blended on top: red = finer (more bits), blue = coarser."""
+    height, width = frame_rgb.shape[:2]
+    scaled = np.clip(127.5 - 127.5 * offsets_qp.astype(np.float32) / max(max_abs_qp, 1), 0, 255)
+    colours = cv2.applyColorMap(scaled.astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    rows, cols = offsets_qp.shape
+    upscaled = cv2.resize(colours, (cols * 16, rows * 16), interpolation=cv2.INTER_NEAREST)
+    return cv2.addWeighted(frame_rgb, 0.5, upscaled[:height, :width], 0.5, 0.0)

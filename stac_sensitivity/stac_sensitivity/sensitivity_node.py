@@ -1,0 +1,161 @@
+"""`sensitivity_node` (edge): decoded frames in, QP maps back to the robot.
+
+Topics:
+  encoded     stac_msgs/EncodedFrame  in   the robot's stream (decoded here, every frame)
+  qp_map      stac_msgs/QPMap         out  to the robot's encoder
+  qp_heatmap  sensor_msgs/Image rgb8  out  the frame with its map blended on top, for rviz
+Service ~/compute_now (std_srvs/Trigger): compute a map on the next decoded frame.
+
+A map is computed every `period_frames` decoded frames (0 = only when asked), on the newest
+due frame, in a worker thread: the gradient pass (~0.2-0.5 s on a CPU) never stalls decoding,
+and a due frame that a newer one replaces before the worker is free is simply dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_srvs.srv import Trigger
+
+from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
+from stac_edge_segmenter.latest_slot import LatestSlot
+from stac_edge_segmenter.loading import load_model
+from stac_encoder.image_conversion import numpy_to_image
+from stac_encoder.ros_common import (
+    ENCODED_QOS,
+    OUTPUT_QOS,
+    QP_MAP_QOS,
+    ParameterSpec,
+    StatisticsReporter,
+    declare_parameters,
+    run_node,
+)
+from stac_encoder.statistics import NodeStatistics
+from stac_msgs.msg import EncodedFrame, QPMap
+from stac_sensitivity.online import QPMapComputer, QPMapResult, qp_heatmap
+
+PARAMETERS = (
+    ParameterSpec(
+        "model_config", "", "Model configuration YAML; empty = the shipped CamVid model."
+    ),
+    ParameterSpec("device", "", "torch device ('cpu', 'cuda'); empty = automatic."),
+    ParameterSpec("torch_threads", 0, "CPU threads for the gradient pass; 0 = default.", 0, 256),
+    ParameterSpec(
+        "calibration_file",
+        "",
+        "Offline calibration JSON; empty = the one beside the model weights (or defaults).",
+    ),
+    ParameterSpec(
+        "period_frames", 5, "Compute a map every N decoded frames; 0 = on request only.", 0, 10_000
+    ),
+    ParameterSpec(
+        "budget_shift_qp",
+        0,
+        "Uniform QP shift added to every map (+ = fewer bits, - = more).",
+        -51,
+        51,
+    ),
+    ParameterSpec("publish_heatmap", True, "Publish the QP-map heatmap image for rviz."),
+)
+
+
+class SensitivityNode(Node):
+    def __init__(self) -> None:
+        super().__init__("stac_sensitivity")
+        self.params = declare_parameters(self, PARAMETERS)
+        if self.params["torch_threads"]:
+            torch.set_num_threads(self.params["torch_threads"])
+        model = load_model(self.params["model_config"] or None, self.params["device"] or None)
+        self.computer = QPMapComputer(
+            model, self.params["calibration_file"] or None, self.params["budget_shift_qp"]
+        )
+        self.statistics = NodeStatistics()
+        self._decoder = EncodedStreamDecoder()
+        self._slot: LatestSlot[DecodedFrame] = LatestSlot()
+        self._decoded_since_map = 0
+        self._compute_requested = True  # the first decodable frame gets a map at once
+        self._map_seq = 0
+        self._map_publisher = self.create_publisher(QPMap, "qp_map", QP_MAP_QOS)
+        self._heatmap_publisher = self.create_publisher(Image, "qp_heatmap", OUTPUT_QOS)
+        self.create_subscription(EncodedFrame, "encoded", self._on_encoded, ENCODED_QOS)
+        self.create_service(Trigger, "~/compute_now", self._on_compute_now)
+        self._reporter = StatisticsReporter(self, self.statistics, role="edge")
+        self._worker = threading.Thread(target=self._map_loop, name="sensitivity", daemon=True)
+        self._worker.start()
+        source = self.computer.calibration_path or "built-in defaults"
+        self.get_logger().info(
+            f"calibration: {source}; levels {self.computer.levels_qp}, "
+            f"period {self.params['period_frames']} frames"
+        )
+
+    def _on_encoded(self, msg: EncodedFrame) -> None:
+        self.statistics.count("frames_in")
+        result = self._decoder.decode(msg.data, msg.frame_seq, msg.width, msg.height)
+        if not result.ok:
+            self.statistics.count("frames_failed")
+            return
+        self._decoded_since_map += 1
+        period = self.params["period_frames"]
+        due = self._compute_requested or (period and self._decoded_since_map >= period)
+        if due:
+            self._compute_requested = False
+            self._decoded_since_map = 0
+            if self._slot.put(DecodedFrame(msg.header, msg.frame_seq, result.image)) is not None:
+                self.statistics.count("frames_skipped")
+
+    def _on_compute_now(self, request: Trigger.Request, response: Trigger.Response):
+        self._compute_requested = True
+        response.success, response.message = True, "a map will be computed on the next frame"
+        return response
+
+    def _map_loop(self) -> None:
+        while not self._slot.closed:
+            frame = self._slot.take(timeout_s=0.5)
+            if frame is None:
+                continue
+            try:
+                self._publish_map(frame, self.computer.compute(frame.image))
+            except Exception as error:  # a frame's failure must not stop the node
+                self.statistics.count("frames_failed")
+                self.get_logger().error(f"no map for frame {frame.frame_seq}: {error}")
+
+    def _publish_map(self, frame: DecodedFrame, result: QPMapResult) -> None:
+        self._map_seq += 1
+        rows, cols = result.offsets_qp.shape
+        msg = QPMap(
+            map_seq=self._map_seq,
+            source_frame_seq=frame.frame_seq,
+            source_stamp=frame.header.stamp,
+            macroblock_size=16,
+            cols=cols,
+            rows=rows,
+            levels=len(self.computer.levels_qp),
+            qp_offsets=result.offsets_qp.reshape(-1).tolist(),
+            max_abs_offset_qp=self.computer.max_offset_qp,
+            budget_shift_qp=float(self.computer.budget_shift_qp),
+        )
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = frame.header.frame_id
+        self._map_publisher.publish(msg)
+        self.statistics.count("qp_maps")
+        self.statistics.add_feedback(time.monotonic(), rows * cols)
+        if self.params["publish_heatmap"]:
+            heatmap = qp_heatmap(frame.image, result.offsets_qp, self.computer.max_offset_qp)
+            self._heatmap_publisher.publish(numpy_to_image(heatmap, "rgb8", frame.header))
+        self.get_logger().debug(f"map {self._map_seq} in {result.compute_ms:.0f} ms")
+
+    def close(self) -> None:
+        self._slot.close()
+        self._worker.join(timeout=10.0)
+
+
+def main(args: list[str] | None = None) -> None:
+    run_node(SensitivityNode, args)
+
+
+if __name__ == "__main__":
+    main()
