@@ -11,6 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from stac_sensitivity.allocation import QPAllocation
+
 
 class JpegError(RuntimeError):
     """OpenCV failed to encode or decode a JPEG."""
@@ -32,19 +34,28 @@ def jpeg_round_trip(rgb: np.ndarray, quality: int) -> tuple[np.ndarray, int]:
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), int(encoded.size)
 
 
-def two_level_offsets(
+def two_level_allocation(
     sensitivity: np.ndarray,
     top_fraction: float,
     fine_offset_qp: int = -6,
     coarse_offset_qp: int = 6,
-) -> np.ndarray:
-    """int8 (rows, cols) map: the most sensitive top_fraction of macroblocks fine, rest coarse."""
+) -> QPAllocation:
+    """The most sensitive top_fraction of macroblocks at fine_offset_qp, the rest coarse.
+
+    Returned as a two-level QPAllocation (level 0 fine, level 1 coarse), so its feedback cost is
+    measured with the same wire form as STAC's map.
+    """
     if sensitivity.ndim != 2 or sensitivity.size == 0:
         raise ValueError(f"sensitivity must be a non-empty (rows, cols) array, {sensitivity.shape}")
     if not 0.0 <= top_fraction <= 1.0:
         raise ValueError(f"top_fraction must be in [0, 1], got {top_fraction}")
+    if fine_offset_qp >= coarse_offset_qp:
+        raise ValueError(f"fine offset {fine_offset_qp} must be below coarse {coarse_offset_qp}")
     count = round(top_fraction * sensitivity.size)
     order = np.argsort(-sensitivity.reshape(-1), kind="stable")
-    offsets = np.full(sensitivity.size, coarse_offset_qp, dtype=np.int8)
-    offsets[order[:count]] = fine_offset_qp
-    return offsets.reshape(sensitivity.shape)
+    indices = np.ones(sensitivity.size, dtype=np.uint8)
+    indices[order[:count]] = 0
+    return QPAllocation(
+        level_indices=indices.reshape(sensitivity.shape),
+        levels_qp=(fine_offset_qp, coarse_offset_qp),
+    )

@@ -1,0 +1,107 @@
+"""What STAC fixes offline, stored next to the model: the file the online allocator reads.
+
+The paper generates part of the compression strategy offline so that the edge, online, only
+computes gradients and picks levels. Here the offline part (stac-calibrate, calibrate.py) fixes
+the offset scale alpha, the clamp dmax, the level bank, the smoothing, per-class loss weights
+and the encoder's AQ strength for a given model, by measuring mIoU per bit on training frames.
+A model without a calibration file gets the settings of the feasibility experiment
+(../shared/FINDINGS.md: alpha 0.5, dmax 10, no smoothing, map only).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stac_sensitivity.allocation import AllocationConfig
+
+CALIBRATION_FORMAT = "stac-calibration-v1"
+CALIBRATION_SUFFIX = ".stac_calibration.json"
+# x264 reads the map only with AQ on; this strength makes its own variance AQ negligible.
+MAP_ONLY_AQ_STRENGTH = 0.001
+
+
+class CalibrationError(ValueError):
+    """A calibration file that is missing fields, has another format, or bad values."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Offline-fixed STAC settings for one model.
+
+    class_weights: per-class weight of the cross-entropy in the sensitivity (None = plain).
+    aq_strength: x264 AQ strength to encode with (0.001 = the map alone sets the quantizers).
+    provenance: how the file was made (frames, sweep, objective, search log), for the record.
+    """
+
+    alpha: float = 0.5
+    max_offset_qp: int = 10
+    levels_qp: tuple[int, ...] = ()
+    smoothing_sigma_mb: float = 0.0
+    class_weights: tuple[float, ...] | None = None
+    aq_strength: float = MAP_ONLY_AQ_STRENGTH
+    provenance: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        config = self.allocation_config()  # validates alpha, dmax, levels, smoothing
+        object.__setattr__(self, "levels_qp", config.levels_qp)
+        if self.class_weights is not None:
+            weights = np.asarray(self.class_weights, dtype=np.float64)
+            if weights.ndim != 1 or not np.all(np.isfinite(weights)) or np.any(weights < 0):
+                raise CalibrationError("class_weights must be a list of finite values >= 0")
+        if not 0.0 < self.aq_strength <= 3.0:
+            raise CalibrationError(f"aq_strength must be in (0, 3], got {self.aq_strength}")
+
+    def allocation_config(self, budget_shift_qp: int = 0) -> AllocationConfig:
+        """The allocator settings this calibration stands for."""
+        return AllocationConfig(
+            alpha=self.alpha,
+            max_offset_qp=self.max_offset_qp,
+            levels_qp=self.levels_qp,
+            smoothing_sigma_mb=self.smoothing_sigma_mb,
+            budget_shift_qp=budget_shift_qp,
+        )
+
+
+def default_calibration_path(weights_path: str | Path) -> Path:
+    """Where the calibration of a weights file lives: beside it, `<stem>.stac_calibration.json`."""
+    weights_path = Path(weights_path)
+    return weights_path.with_name(weights_path.stem + CALIBRATION_SUFFIX)
+
+
+def save_calibration(calibration: Calibration, path: str | Path) -> Path:
+    path = Path(path)
+    data = {"format": CALIBRATION_FORMAT, **asdict(calibration)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    """Read a file written by save_calibration; CalibrationError on anything else."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CalibrationError(f"cannot read calibration {path}: {error}") from error
+    if not isinstance(data, dict) or data.pop("format", None) != CALIBRATION_FORMAT:
+        raise CalibrationError(f"{path} is not a {CALIBRATION_FORMAT} file")
+    try:
+        data["levels_qp"] = tuple(data["levels_qp"])
+        if data.get("class_weights") is not None:
+            data["class_weights"] = tuple(data["class_weights"])
+        return Calibration(**data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CalibrationError(f"bad calibration {path}: {error}") from error
+
+
+def find_calibration(weights_path: str | Path | None) -> tuple[Calibration, Path | None]:
+    """The calibration beside the weights, or the built-in defaults (path None) if none."""
+    if weights_path is not None:
+        path = default_calibration_path(weights_path)
+        if path.is_file():
+            return load_calibration(path), path
+    return Calibration(), None
