@@ -186,6 +186,34 @@ def test_every_frame_comes_out_at_once_with_slices_only_where_expected(small_fra
         assert header_types.issubset(packet.nal_types) == packet.keyframe
 
 
+@pytest.mark.parametrize(
+    ("config", "new_base_quality"),
+    [
+        (EncoderConfig(crf=20), 40.0),
+        (EncoderConfig(rate_control="bitrate", bitrate_kbps=4000), 100),
+    ],
+    ids=["crf", "bitrate"],
+)
+def test_base_quality_moves_mid_stream_without_a_keyframe(small_frames, config, new_base_quality):
+    frames = small_frames * 3
+    with QPMapEncoder(config, 320, 180) as encoder:
+        before = [encoder.encode(frame) for frame in frames[:4]]
+        encoder.set_base_quality(new_base_quality)
+        after = [encoder.encode(frame) for frame in frames[4:]]
+    assert not any(packet.keyframe for packet in after)
+    assert sum(p.size_bytes for p in after[-3:]) < 0.5 * sum(p.size_bytes for p in before[-3:])
+    decode_all(before + after, 320, 180)
+
+
+def test_base_quality_out_of_range_is_rejected():
+    with (
+        QPMapEncoder(EncoderConfig(crf=20), 32, 32) as encoder,
+        pytest.raises(ValueError, match="crf"),
+    ):
+        encoder.set_base_quality(60.0)
+    assert encoder.config.crf == 20
+
+
 def test_force_keyframe_makes_an_idr(small_frames):
     height, width = small_frames[0].shape[:2]
     with QPMapEncoder(EncoderConfig(crf=28), width, height) as encoder:

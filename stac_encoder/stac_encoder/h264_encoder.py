@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -193,7 +193,8 @@ def validate_qp_map(qp_map: object, grid: tuple[int, int]) -> np.ndarray:
 class QPMapEncoder:
     """H.264 encoder for one fixed frame size whose quantizers follow a per-macroblock QP map.
 
-    encode() takes an HxWx3 uint8 frame (rgb24 or bgr24) and returns its access unit at once.
+    encode() takes an HxWx3 uint8 frame (rgb24 or bgr24) and returns its access unit at once;
+    set_base_quality() moves the CRF or bitrate mid-stream.
     Frames of odd size are padded by one replicated row/column for 4:2:0 chroma; x264 pads to
     whole macroblocks and writes the cropping into the SPS, so decoders output the even size
     (the decoder here crops to the exact size it is given). Not thread-safe: one caller.
@@ -345,6 +346,30 @@ class QPMapEncoder:
         )
         self._frame_index += 1
         return packet
+
+    def set_base_quality(self, base_quality: float) -> None:
+        """Move the budget knob from the next frame on, without a keyframe.
+
+        base_quality means what EncodedFrame.base_quality means: the CRF in "crf" mode, the
+        target in kbit/s in "bitrate" mode (the VBV follows). Raises ValueError when out of range.
+        """
+        if self._handle is None:
+            raise EncoderError("encoder is closed")
+        if self.config.rate_control == "crf":
+            config = replace(self.config, crf=float(base_quality))
+        else:
+            config = replace(self.config, bitrate_kbps=round(base_quality))
+        param = X264Param()
+        self._lib.cdll.x264_encoder_parameters(self._handle, ctypes.byref(param))
+        param.rc.f_rf_constant = config.crf
+        if config.rate_control == "bitrate":
+            options = config.x264_options()
+            param.rc.i_bitrate = config.bitrate_kbps
+            param.rc.i_vbv_max_bitrate = int(options["vbv-maxrate"])
+            param.rc.i_vbv_buffer_size = int(options["vbv-bufsize"])
+        if self._lib.cdll.x264_encoder_reconfig(self._handle, ctypes.byref(param)) < 0:
+            raise EncoderError(f"x264 refused base quality {base_quality}")
+        self.config = config
 
     def close(self) -> None:
         """Free x264's encoder; further encode() calls raise EncoderError."""
