@@ -119,8 +119,8 @@ class SegmenterNode(Node):
         """Stop the worker after the frame in hand; a frame still waiting stays pending."""
         self._slot.close()
         self._worker.join(timeout=10.0)
-        self._mask_publisher.wait_for_all_acked(Duration(seconds=2))
-        self.get_logger().info(f"final statistics: {self.statistics.snapshot(time.monotonic())}")
+        if self.context.ok():  # after SIGTERM rclpy has already shut the context down
+            self._mask_publisher.wait_for_all_acked(Duration(seconds=2))
 
 
 def main(args: list[str] | None = None) -> None:

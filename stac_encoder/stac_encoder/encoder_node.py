@@ -170,7 +170,8 @@ class EncoderNode(Node):
         return response
 
     def close(self) -> None:
-        self._publisher.wait_for_all_acked(Duration(seconds=2))
+        if self.context.ok():  # after SIGTERM rclpy has already shut the context down
+            self._publisher.wait_for_all_acked(Duration(seconds=2))
         self.encoder.close()
 
 

@@ -116,21 +116,12 @@ class StatisticsReporter:
         self._publisher = node.create_publisher(Statistics, STATISTICS_TOPIC, OUTPUT_QOS)
         self._timer = node.create_timer(period_s, self.report)
 
-    def message(self) -> Statistics:
-        snap = self._statistics.snapshot(time.monotonic())
-        msg = Statistics(node_name=self._node.get_name(), role=self._role, **snap.as_dict())
-        msg.header.stamp = self._node.get_clock().now().to_msg()
-        return msg
-
     def report(self) -> None:
-        msg = self.message()
+        snapshot = self._statistics.snapshot(time.monotonic())
+        msg = Statistics(node_name=self._node.get_name(), role=self._role, **snapshot.as_dict())
+        msg.header.stamp = self._node.get_clock().now().to_msg()
         self._publisher.publish(msg)
-        self._node.get_logger().info(
-            f"in {msg.frames_in} enc {msg.frames_encoded} seg {msg.frames_segmented} "
-            f"skip {msg.frames_skipped} fail {msg.frames_failed} maps {msg.qp_maps} | "
-            f"up {msg.uplink_bps / 1e3:.1f} kbit/s fb {msg.feedback_bps / 1e3:.2f} kbit/s | "
-            f"latency p50 {msg.latency_ms_median:.0f} ms p95 {msg.latency_ms_p95:.0f} ms"
-        )
+        self._node.get_logger().info(snapshot.summary())
 
 
 def stamp_to_s(stamp) -> float:
@@ -151,5 +142,12 @@ def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> No
             close = getattr(node, "close", None)
             if close is not None:
                 close()
+            statistics = getattr(node, "statistics", None)
+            if isinstance(statistics, NodeStatistics):
+                # stdout, not the logger: rosout is gone once SIGTERM shut the context down
+                print(
+                    f"[{node.get_name()}] final: {statistics.snapshot(time.monotonic()).summary()}",
+                    flush=True,
+                )
             node.destroy_node()
         rclpy.try_shutdown()

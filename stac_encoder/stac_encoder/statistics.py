@@ -58,6 +58,17 @@ class StatisticsSnapshot:
         out.update(out.pop("counters"))
         return out
 
+    def summary(self) -> str:
+        """One log line: frame accounting, link rates, latency."""
+        c = self.counters
+        return (
+            f"in {c.frames_in} encoded {c.frames_encoded} segmented {c.frames_segmented} "
+            f"skipped {c.frames_skipped} failed {c.frames_failed} pending {c.frames_pending} "
+            f"maps {c.qp_maps} | uplink {self.uplink_bps / 1e3:.1f} kbit/s "
+            f"feedback {self.feedback_bps / 1e3:.2f} kbit/s | latency p50 "
+            f"{self.latency_ms_median:.0f} ms p95 {self.latency_ms_p95:.0f} ms"
+        )
+
 
 @dataclass
 class NodeStatistics:
@@ -94,8 +105,8 @@ class NodeStatistics:
             return StatisticsSnapshot(
                 counters=FrameCounters(**asdict(self.counters)),
                 window_s=self.window_s,
-                uplink_bps=8.0 * self._uplink_bytes.values(now_s).sum() / self.window_s,
-                feedback_bps=8.0 * self._feedback_bytes.values(now_s).sum() / self.window_s,
+                uplink_bps=float(8.0 * self._uplink_bytes.values(now_s).sum() / self.window_s),
+                feedback_bps=float(8.0 * self._feedback_bytes.values(now_s).sum() / self.window_s),
                 latency_ms_median=float(np.median(latency)) if latency.size else 0.0,
                 latency_ms_p95=float(np.percentile(latency, 95)) if latency.size else 0.0,
             )
