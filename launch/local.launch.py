@@ -1,0 +1,82 @@
+"""Robot and edge on one machine, optionally fed from a video file or bag, with rviz.
+
+ros2 launch launch/local.launch.py video_uri:=/usr/share/doc/opencv-doc/examples/data/vtest.avi
+"""
+
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.conditions import IfCondition
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, ThisLaunchFileDir
+from launch_ros.actions import Node
+
+from launch import LaunchDescription
+
+
+def generate_launch_description() -> LaunchDescription:
+    arguments = [
+        DeclareLaunchArgument(
+            "camera_topic",
+            default_value="/camera/image_raw",
+            description="sensor_msgs/Image topic of the camera (or of the video player).",
+        ),
+        DeclareLaunchArgument(
+            "model_config",
+            default_value="",
+            description="Segmentation model configuration YAML; empty = the shipped CamVid model.",
+        ),
+        DeclareLaunchArgument(
+            "crf", default_value="28.0", description="Budget: base quality (x264 CRF)."
+        ),
+        DeclareLaunchArgument(
+            "budget_shift_qp",
+            default_value="0",
+            description="Budget: uniform QP shift added to every QP map.",
+        ),
+        DeclareLaunchArgument(
+            "play_video",
+            default_value="false",
+            description="Publish video_uri on camera_topic instead of using a camera driver.",
+        ),
+        DeclareLaunchArgument(
+            "video_uri",
+            default_value="",
+            description="Video file, rosbag2 or 'camera:N' for the player.",
+        ),
+        DeclareLaunchArgument("rviz", default_value="true", description="Start rviz2."),
+    ]
+    here = ThisLaunchFileDir()
+    robot = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(PathJoinSubstitution([here, "robot.launch.py"])),
+        launch_arguments={
+            "camera_topic": LaunchConfiguration("camera_topic"),
+            "crf": LaunchConfiguration("crf"),
+            "camera_qos": "reliable",
+        }.items(),
+    )
+    edge = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(PathJoinSubstitution([here, "edge.launch.py"])),
+        launch_arguments={
+            "model_config": LaunchConfiguration("model_config"),
+            "budget_shift_qp": LaunchConfiguration("budget_shift_qp"),
+        }.items(),
+    )
+    player = Node(
+        package="stac_encoder",
+        executable="video_source_node",
+        name="video_source",
+        parameters=[
+            PathJoinSubstitution([here, "..", "config", "robot.yaml"]),
+            {"uri": LaunchConfiguration("video_uri")},
+        ],
+        remappings=[("image", LaunchConfiguration("camera_topic")), ("encoded", "/stac/encoded")],
+        condition=IfCondition(LaunchConfiguration("play_video")),
+        output="screen",
+    )
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        name="rviz2",
+        arguments=["-d", PathJoinSubstitution([here, "..", "config", "stac.rviz"])],
+        condition=IfCondition(LaunchConfiguration("rviz")),
+    )
+    return LaunchDescription([*arguments, robot, edge, player, rviz])
