@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--eval-every", type=int, default=0, help="val mIoU every N its (0: at end)")
+    p.add_argument(
+        "--train-limit", type=int, default=None, help="use only the first N train frames"
+    )
     p.add_argument("--val-limit", type=int, default=None, help="use only the first N val frames")
     p.add_argument("--resume", action="store_true", help="continue from out-dir/checkpoint.pt")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
@@ -226,7 +229,7 @@ def train(args: argparse.Namespace) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    train_split = load_split(args.data_dir / "train")
+    train_split = load_split(args.data_dir / "train", limit=args.train_limit)
     val_split = load_split(args.data_dir / "val", limit=args.val_limit)
     model = build_lite0_fpn(
         num_classes=NUM_CLASSES, fpn_channels=args.fpn_channels, imagenet_backbone=True

@@ -1,0 +1,301 @@
+"""Segmentation models by configuration, behind one interface: `load_model(config, device)`.
+
+A model configuration is a YAML file:
+
+    kind: stac_lite0_fpn | torchvision | torchscript | smp
+    weights: file            # relative paths are relative to the YAML file
+    classes: [sky, ...]      # K names; the network must output K channels
+    palette: [[r, g, b], ...]  # K colours for overlays
+    normalization: {mean: [r, g, b], std: [r, g, b]}  # in 0..255 pixel units
+    input_size: [width, height]  # working resolution, or null for the frame's own size
+    architecture: name       # torchvision: a torchvision.models.segmentation builder;
+                             # smp: a segmentation_models_pytorch architecture
+    options: {}              # extra keyword arguments for that builder (smp: encoder_name, ...)
+
+Without a configuration the shipped CamVid model (EfficientNet-Lite0 + FPN) is loaded.
+torchvision and segmentation_models_pytorch are imported only when a configuration asks for them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+import yaml
+from torch import nn
+
+from stac_edge_segmenter.model import load_lite0_fpn
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "camvid_lite0_fpn.yaml"
+KINDS = ("stac_lite0_fpn", "torchvision", "torchscript", "smp")
+_KEYS = {
+    "name",
+    "kind",
+    "weights",
+    "classes",
+    "palette",
+    "normalization",
+    "input_size",
+    "architecture",
+    "options",
+}
+
+
+class ModelConfigError(ValueError):
+    """A model configuration that cannot describe a usable model."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A validated model configuration."""
+
+    name: str
+    kind: str
+    weights: Path
+    classes: list[str]
+    palette: np.ndarray  # Kx3 uint8
+    mean: tuple[float, float, float]  # 0..255 units
+    std: tuple[float, float, float]
+    input_size: tuple[int, int] | None  # (width, height); None: each frame's own size
+    architecture: str | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """class_ids NxHxW uint8 and probabilities NxKxHxW float32, at the input frames' size."""
+
+    class_ids: np.ndarray
+    probabilities: np.ndarray
+
+
+def read_spec(config: str | Path) -> ModelSpec:
+    """Parse and validate a model YAML file."""
+    path = Path(config).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model configuration not found: {path}")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise ModelConfigError(f"{path}: expected a mapping at the top level")
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise ModelConfigError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(_KEYS)}")
+    return _spec_from_mapping(raw, path)
+
+
+def _spec_from_mapping(raw: dict, path: Path) -> ModelSpec:
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise ModelConfigError(f"{path}: kind must be one of {KINDS}, got {kind!r}")
+    if kind in ("torchvision", "smp") and not raw.get("architecture"):
+        raise ModelConfigError(f"{path}: kind {kind} needs an 'architecture'")
+    if not raw.get("weights"):
+        raise ModelConfigError(f"{path}: 'weights' (a file) is required")
+    classes = _classes(raw.get("classes"), path)
+    normalization = raw.get("normalization") or {}
+    return ModelSpec(
+        name=str(raw.get("name", path.stem)),
+        kind=kind,
+        weights=(path.parent / Path(raw["weights"]).expanduser()).resolve(),
+        classes=classes,
+        palette=_palette(raw.get("palette"), len(classes), path),
+        mean=_triple(normalization.get("mean"), "normalization.mean", path),
+        std=_triple(normalization.get("std"), "normalization.std", path, positive=True),
+        input_size=_input_size(raw.get("input_size"), path),
+        architecture=raw.get("architecture"),
+        options=dict(raw.get("options") or {}),
+    )
+
+
+def _classes(value, path: Path) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(c, str) for c in value):
+        raise ModelConfigError(f"{path}: 'classes' must be a non-empty list of names")
+    return value
+
+
+def _palette(value, num_classes: int, path: Path) -> np.ndarray:
+    palette = np.asarray(value if value is not None else [], dtype=np.int64)
+    if palette.shape != (num_classes, 3) or palette.min() < 0 or palette.max() > 255:
+        raise ModelConfigError(
+            f"{path}: 'palette' must hold {num_classes} [r, g, b] rows in 0..255 "
+            f"(one per class), got shape {palette.shape}"
+        )
+    return palette.astype(np.uint8)
+
+
+def _triple(value, key: str, path: Path, positive: bool = False) -> tuple[float, float, float]:
+    if not isinstance(value, list) or len(value) != 3:
+        raise ModelConfigError(f"{path}: '{key}' must be three numbers (r, g, b), got {value!r}")
+    triple = tuple(float(v) for v in value)
+    if positive and min(triple) <= 0:
+        raise ModelConfigError(f"{path}: '{key}' must be positive, got {value!r}")
+    return triple
+
+
+def _input_size(value, path: Path) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2 or min(int(v) for v in value) <= 0:
+        raise ModelConfigError(f"{path}: 'input_size' must be [width, height] or null")
+    return int(value[0]), int(value[1])
+
+
+class SegmentationModel:
+    """A loaded network with its classes, palette, normalisation and working resolution."""
+
+    def __init__(self, network: nn.Module, spec: ModelSpec, device: torch.device) -> None:
+        self.network = network.to(device).eval()
+        self.spec = spec
+        self.device = device
+        self._mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.spec.classes
+
+    @property
+    def palette(self) -> np.ndarray:
+        return self.spec.palette
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.spec.classes)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Nx3xHxW float RGB in 0..255 on `device` -> NxKxHxW logits at the input size.
+
+        Differentiable w.r.t. x: normalisation and resizing to the working resolution and
+        back happen inside, so dL/dx is the sensitivity of the frame as given."""
+        if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            raise ValueError(f"expected a float Nx3xHxW tensor, got {x.dtype} {tuple(x.shape)}")
+        height, width = x.shape[-2:]
+        x = (x - self._mean) / self._std
+        working = self.spec.input_size
+        if working is not None and (width, height) != working:
+            x = F.interpolate(x, size=working[::-1], mode="bilinear", align_corners=False)
+        output = self.network(x)
+        logits = output["out"] if isinstance(output, dict) else output
+        if logits.ndim != 4 or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"model {self.spec.name!r} output shape {tuple(logits.shape)}, but the "
+                f"configuration declares {self.num_classes} classes"
+            )
+        if logits.shape[-2:] != (height, width):
+            logits = F.interpolate(
+                logits, size=(height, width), mode="bilinear", align_corners=False
+            )
+        return logits
+
+    def predict(self, images: np.ndarray, batch_size: int = 4) -> Prediction:
+        """HxWx3 or NxHxWx3 uint8 RGB frames (any size) -> class ids and probabilities."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(
+                f"expected HxWx3 or NxHxWx3 uint8 RGB, got {images.dtype} {images.shape}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        probabilities = np.empty(
+            (len(images), self.num_classes, *images.shape[1:3]), dtype=np.float32
+        )
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = torch.from_numpy(images[start : start + batch_size]).to(self.device)
+                logits = self.logits(batch.permute(0, 3, 1, 2).float())
+                probabilities[start : start + batch_size] = logits.softmax(1).cpu().numpy()
+        return Prediction(
+            class_ids=probabilities.argmax(1).astype(np.uint8), probabilities=probabilities
+        )
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(config: str | Path | None = None, device: str | None = None) -> SegmentationModel:
+    """The model a YAML configuration describes; the shipped CamVid model when None."""
+    spec = read_spec(DEFAULT_CONFIG if config is None else config)
+    return build_model(spec, device)
+
+
+def build_model(spec: ModelSpec, device: str | None = None) -> SegmentationModel:
+    """Load the network of a validated spec onto `device` (default: CUDA when available)."""
+    if not spec.weights.is_file():
+        raise FileNotFoundError(f"weights file of model {spec.name!r} not found: {spec.weights}")
+    torch_device = torch.device(device) if device else default_device()
+    network = _LOADERS[spec.kind](spec)
+    if spec.kind != "torchscript" and torch_device.type == "cpu":
+        # channels-last is faster for depthwise-heavy networks on the CPU; outputs are equal.
+        network = network.to(memory_format=torch.channels_last)
+    return SegmentationModel(network, spec, torch_device)
+
+
+def _load_lite0_fpn(spec: ModelSpec) -> nn.Module:
+    return load_lite0_fpn(spec.weights, num_classes=len(spec.classes))
+
+
+def _load_torchscript(spec: ModelSpec) -> nn.Module:
+    try:
+        return torch.jit.load(str(spec.weights), map_location="cpu")
+    except RuntimeError as error:
+        raise ValueError(f"{spec.weights} is not a loadable TorchScript file: {error}") from error
+
+
+def _import_optional(module: str, package: str, kind: str):
+    try:
+        return importlib.import_module(module)
+    except (ImportError, OSError, RuntimeError) as error:
+        raise ImportError(
+            f"model kind {kind!r} needs the library {package}, which cannot be imported here "
+            f"({type(error).__name__}: {error}); install it or use a TorchScript export"
+        ) from error
+
+
+def _load_torchvision(spec: ModelSpec) -> nn.Module:
+    segmentation = _import_optional("torchvision.models.segmentation", "torchvision", spec.kind)
+    builder = getattr(segmentation, spec.architecture, None)
+    if not callable(builder):
+        raise ModelConfigError(f"torchvision has no segmentation model {spec.architecture!r}")
+    network = builder(
+        weights=None, weights_backbone=None, num_classes=len(spec.classes), **spec.options
+    )
+    return _with_state_dict(network, spec)
+
+
+def _load_smp(spec: ModelSpec) -> nn.Module:
+    smp = _import_optional("segmentation_models_pytorch", "segmentation-models-pytorch", spec.kind)
+    options = {"encoder_weights": None, **spec.options}
+    network = smp.create_model(spec.architecture, classes=len(spec.classes), **options)
+    return _with_state_dict(network, spec)
+
+
+def _with_state_dict(network: nn.Module, spec: ModelSpec) -> nn.Module:
+    """Load a state-dict file; a shape mismatch is reported as a class-count problem."""
+    state = torch.load(spec.weights, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(
+            f"weights {spec.weights} do not fit {spec.architecture} with "
+            f"{len(spec.classes)} classes (does the class list match?): {error}"
+        ) from error
+    return network
+
+
+_LOADERS: dict[str, Callable[[ModelSpec], nn.Module]] = {
+    "stac_lite0_fpn": _load_lite0_fpn,
+    "torchvision": _load_torchvision,
+    "torchscript": _load_torchscript,
+    "smp": _load_smp,
+}
