@@ -3,12 +3,15 @@
 Frames of a clip (default solidWhiteRight.mp4) are decoded and resized into memory first, so
 only `QPMapEncoder.encode` (colour conversion, map validation, x264) and `H264Decoder.decode`
 (FFmpeg, conversion to rgb24) are timed. The map is a STAC-like one: a smooth random field of
-per-macroblock offsets in [-10, 10] (the allocator's clamp), fixed seed. Map and no-map runs
-alternate and each keeps its best of `--repeats`, because the CPU is shared; the overhead is
-(best map time - best no-map time) / best no-map time, in wall time and in process CPU time
-(less disturbed by other processes; with 2 threads CPU time exceeds wall time). The all-zero
-map isolates the cost of the mechanism itself; the STAC-like map also changes what x264 codes
-(at equal CRF it spends more bytes, see the map bytes column), which costs time too.
+per-macroblock offsets in [-10, 10] (the allocator's clamp), fixed seed.
+
+Speed runs use a target bitrate, so that map and no-map code about the same number of bytes (at
+equal CRF the mean-zero map spends ~1.4x the bytes, see the bytes table, and more bytes cost
+more time whatever their source). The no-map, all-zero-map and STAC-like-map encoders run in
+lockstep, frame by frame in rotating order, because the CPU is shared with other processes;
+each frame's time is its best over `--repeats`, so a frame preempted once does not count.
+Overhead = (map time - no-map time) / no-map time, in wall time and in process CPU time (with
+2 threads CPU time exceeds wall time). The all-zero map isolates the mechanism's own cost.
 """
 
 from __future__ import annotations
@@ -55,7 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--preset", choices=PRESETS, default="veryfast")
-    parser.add_argument("--crf", type=float, default=28.0, help="base quality of the speed runs")
+    parser.add_argument(
+        "--speed-kbps", type=int, default=1000, help="target bitrate of the encode-speed runs"
+    )
+    parser.add_argument("--crf", type=float, default=28.0, help="CRF of the decode-speed stream")
     parser.add_argument("--size-crfs", type=float, nargs="+", default=list(DEFAULT_CRFS))
     parser.add_argument("--bitrates-kbps", type=int, nargs="+", default=list(DEFAULT_BITRATES_KBPS))
     parser.add_argument("--gop", type=int, default=25, help="keyframe interval in frames")
@@ -112,8 +118,36 @@ def decode_run(packets, width: int, height: int) -> float:
     return elapsed
 
 
+def lockstep_encode(frames, config: EncoderConfig, variants: dict) -> dict[str, np.ndarray]:
+    """Encode the frames once per map variant, frame by frame in rotating order, so that load
+    from other processes hits every variant alike.
+
+    Returns name -> array (frames, 3) of wall s, CPU s and bytes per frame.
+    """
+    height, width = frames[0].shape[:2]
+    names = list(variants)
+    encoders = {name: QPMapEncoder(config, width, height) for name in names}
+    per_frame = {name: np.zeros((len(frames), 3)) for name in names}
+    try:
+        for index, frame in enumerate(frames):
+            shift = index % len(names)
+            for name in names[shift:] + names[:shift]:
+                wall, cpu = time.perf_counter(), time.process_time()
+                packet = encoders[name].encode(frame, qp_map=variants[name])
+                per_frame[name][index] = (
+                    time.perf_counter() - wall,
+                    time.process_time() - cpu,
+                    packet.size_bytes,
+                )
+    finally:
+        for encoder in encoders.values():
+            encoder.close()
+    return per_frame
+
+
 def speed_for_size(frames, args) -> dict:
-    """Best-of-repeats encode timings of the three map variants per thread count, decode fps."""
+    """Encode timings of the three map variants per thread count (each frame's best over the
+    repeats, summed: a preempted frame in one repeat does not count), and decode fps."""
     height, width = frames[0].shape[:2]
     grid = macroblock_grid(width, height)
     variants = {
@@ -122,29 +156,30 @@ def speed_for_size(frames, args) -> dict:
         "map": stac_like_map(grid, args.seed),
     }
     result = {"encode": {}, "decode_fps": None}
+    count = len(frames)
     for threads in args.threads:
         config = EncoderConfig(
-            crf=args.crf, preset=args.preset, gop_frames=args.gop, threads=threads
+            rate_control="bitrate",
+            bitrate_kbps=args.speed_kbps,
+            preset=args.preset,
+            gop_frames=args.gop,
+            threads=threads,
         )
-        best = dict.fromkeys(variants, (float("inf"), 0.0, 0))
-        for _ in range(args.repeats):
-            for name, qp_map in variants.items():
-                wall, cpu, packets = encode_run(frames, config, qp_map)
-                size = sum(packet.size_bytes for packet in packets)
-                best[name] = min(best[name], (wall, cpu, size))
-        count = len(frames)
-        result["encode"][f"threads_{threads}"] = {
-            name: {
-                "fps": count / wall,
-                "wall_ms_per_frame": 1e3 * wall / count,
-                "cpu_ms_per_frame": 1e3 * cpu / count,
-                "bytes_per_frame": size / count,
+        runs = [lockstep_encode(frames, config, variants) for _ in range(args.repeats)]
+        rows = {}
+        for name in variants:
+            best = np.min(np.stack([run[name] for run in runs]), axis=0)  # deterministic bytes
+            wall_s, cpu_s, size_bytes = best.sum(axis=0)
+            rows[name] = {
+                "fps": count / wall_s,
+                "wall_ms_per_frame": 1e3 * wall_s / count,
+                "cpu_ms_per_frame": 1e3 * cpu_s / count,
+                "bytes_per_frame": size_bytes / count,
             }
-            for name, (wall, cpu, size) in best.items()
-        }
-        if threads == args.threads[0]:
-            decode_times = [decode_run(packets, width, height) for _ in range(args.repeats)]
-            result["decode_fps"] = len(frames) / min(decode_times)
+        result["encode"][f"threads_{threads}"] = rows
+    _, _, packets = encode_run(frames, EncoderConfig(crf=args.crf, gop_frames=args.gop), None)
+    decode_times = [decode_run(packets, width, height) for _ in range(args.repeats)]
+    result["decode_fps"] = count / min(decode_times)
     return result
 
 
@@ -178,7 +213,10 @@ def bytes_per_frame(frames, args) -> dict:
 
 
 def print_tables(result: dict) -> None:
-    print("\nencode, best of repeats: wall fps (CPU ms/frame); overhead = wall time vs no map")
+    kbps = result["settings"]["speed_kbps"]
+    print(
+        f"\nencode at {kbps} kbit/s, best of repeats: wall fps (CPU ms/frame); overhead vs no map"
+    )
     header = (
         f"{'size':>9} {'thr':>3} {'no map':>14} {'zero map':>14} {'STAC-like map':>14} "
         f"{'zero %':>7} {'map %':>6} {'map cpu %':>9} {'map bytes':>9}"
@@ -228,7 +266,8 @@ def run(args: argparse.Namespace) -> dict:
             "video": str(args.video),
             "frames": len(source),
             "preset": args.preset,
-            "crf": args.crf,
+            "speed_kbps": args.speed_kbps,
+            "decode_crf": args.crf,
             "gop": args.gop,
             "repeats": args.repeats,
             "map": f"smooth random, offsets in [-{MAP_MAX_ABS_QP}, {MAP_MAX_ABS_QP}]",
