@@ -288,6 +288,7 @@ def test_bad_frames_are_rejected(small_frames):
         {"threads": 0},
         {"gop_frames": 0},
         {"bitrate_kbps": 0},
+        {"profile": "high10"},
     ],
 )
 def test_bad_configs_are_rejected(kwargs):

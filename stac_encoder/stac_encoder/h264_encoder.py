@@ -68,6 +68,7 @@ PRESETS = (
     "slower",
     "veryslow",
 )
+PROFILES = ("baseline", "main", "high")  # 8-bit 4:2:0 profiles x264 can apply
 PIXEL_FORMATS = {"rgb24": cv2.COLOR_RGB2YUV_I420, "bgr24": cv2.COLOR_BGR2YUV_I420}
 _X264_VERSION_SEI_MARK = b"x264 - core"
 
@@ -82,8 +83,10 @@ class EncoderConfig:
 
     rate_control: "crf" (constant quality, `crf` 0-51, lower = better) or "bitrate" (ABR with a
     VBV of `vbv_buffer_s` seconds at `bitrate_kbps`). The QP map redistributes bits around
-    this base. gop_frames: IDR interval in frames. scenecut: let x264 insert extra keyframes
-    on scene changes. aq_strength: x264 variance-AQ strength, > 0 (0.001 = map only).
+    this base. gop_frames: IDR interval in frames (after a lost packet the receiver waits for
+    the next one). scenecut: let x264 insert extra keyframes on scene changes. aq_strength:
+    x264 variance-AQ strength, > 0 (0.001 = map only, 1.0 = x264's default AQ plus the map).
+    emit_version_sei: keep x264's version SEI (~600 bytes in the first access unit).
     """
 
     rate_control: str = "crf"
@@ -92,7 +95,7 @@ class EncoderConfig:
     vbv_buffer_s: float = 1.0
     fps: float = 25.0
     preset: str = "veryfast"
-    gop_frames: int = 250
+    gop_frames: int = 25
     scenecut: bool = False
     threads: int = 1
     aq_strength: float = 0.001
@@ -109,6 +112,7 @@ class EncoderConfig:
             (self.fps > 0.0, "fps must be > 0"),
             (self.preset in PRESETS, f"preset must be one of {PRESETS}"),
             (self.gop_frames >= 1, "gop_frames must be >= 1"),
+            (self.profile in PROFILES, f"profile must be one of {PROFILES}"),
             (self.threads >= 1, "threads must be >= 1"),
             (
                 0.0 < self.aq_strength <= 3.0,
