@@ -1,9 +1,15 @@
 """Macroblock aggregation and the DNN input-gradient sensitivity (stac_sensitivity)."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
+from stac_edge_segmenter.loading import DEFAULT_CONFIG, SegmentationModel, read_spec
+from stac_edge_segmenter.model import build_lite0_fpn
 from stac_sensitivity.macroblocks import macroblock_grid, macroblock_l1
+from stac_sensitivity.sensitivity import compute_sensitivity
 
 
 def test_grid_counts_partial_macroblocks():
@@ -36,3 +42,65 @@ def test_macroblock_l1_of_constant_gradient_counts_real_pixels_only():
 def test_macroblock_l1_rejects_wrong_rank():
     with pytest.raises(ValueError, match="gradient"):
         macroblock_l1(torch.ones(3, 16, 16))
+
+
+# --- the DNN input-gradient sensitivity ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The default architecture with random weights (the shipped weights are not needed to
+    test the gradient's plumbing; every property below holds for any network)."""
+    torch.manual_seed(0)
+    spec = dataclasses.replace(read_spec(DEFAULT_CONFIG), input_size=None)  # frames' own size
+    network = build_lite0_fpn(num_classes=len(spec.classes))
+    return SegmentationModel(network, spec, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def frames():
+    rng = np.random.default_rng(0)
+    smooth = rng.integers(0, 255, size=(2, 6, 8, 3)).astype(np.uint8)
+    upscaled = smooth.repeat(6, axis=1).repeat(6, axis=2)[:, :36, :44]  # 36x44: partial MBs
+    return np.ascontiguousarray(upscaled)
+
+
+def test_sensitivity_shape_finite_and_non_zero(model, frames):
+    result = compute_sensitivity(model.logits, frames)
+    assert result.macroblock_sensitivity.shape == (2, 3, 3)
+    assert result.macroblock_sensitivity.dtype == np.float64
+    assert np.all(np.isfinite(result.macroblock_sensitivity))
+    assert np.all(result.macroblock_sensitivity > 0)
+    assert result.class_ids.shape == (2, 36, 44) and result.class_ids.dtype == np.uint8
+
+
+def test_prediction_is_the_models_own(model, frames):
+    result = compute_sensitivity(model.logits, frames)
+    np.testing.assert_array_equal(result.class_ids, model.predict(frames).class_ids)
+
+
+def test_each_frames_gradient_is_independent_of_the_batch(model, frames):
+    batched = compute_sensitivity(model.logits, frames).macroblock_sensitivity
+    alone = compute_sensitivity(model.logits, frames[1:]).macroblock_sensitivity
+    np.testing.assert_allclose(batched[1], alone[0], rtol=1e-4)
+
+
+def test_class_weights_scale_the_loss(model, frames):
+    plain = compute_sensitivity(model.logits, frames[:1]).macroblock_sensitivity
+    doubled = compute_sensitivity(model.logits, frames[:1], class_weights=[2.0] * 11)
+    np.testing.assert_allclose(doubled.macroblock_sensitivity, 2 * plain, rtol=1e-4)
+    zero = compute_sensitivity(model.logits, frames[:1], class_weights=[0.0] * 11)
+    assert not zero.macroblock_sensitivity.any()
+
+
+@pytest.mark.parametrize("weights", [[1.0] * 3, [-1.0] * 11, [float("nan")] * 11])
+def test_bad_class_weights_are_value_errors(model, frames, weights):
+    with pytest.raises(ValueError, match="class weights"):
+        compute_sensitivity(model.logits, frames[:1], class_weights=weights)
+
+
+def test_bad_frames_are_value_errors(model, frames):
+    with pytest.raises(ValueError, match="uint8"):
+        compute_sensitivity(model.logits, frames.astype(np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        compute_sensitivity(model.logits, frames[0])

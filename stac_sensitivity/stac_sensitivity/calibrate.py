@@ -23,7 +23,6 @@ import torch
 
 from stac_edge_segmenter.camvid import IGNORE_INDEX
 from stac_edge_segmenter.loading import SegmentationModel, load_model
-from stac_eval.bd_rate import NoOverlapError
 from stac_eval.rate_accuracy import MethodCurve, curve_bd_rate, frame_confusion
 from stac_sensitivity.allocation import AllocationConfig, allocate, continuous_offsets_qp
 from stac_sensitivity.calibration import (
@@ -155,7 +154,7 @@ class Calibrator:
                 curve.add(point, c.slice_bytes, {"human": confusion})
         try:
             return curve_bd_rate(sweep.anchor, curve, "human")
-        except NoOverlapError:
+        except ValueError:  # no overlap, or a curve without 2 efficient points: unusable
             return float("inf")
 
 
@@ -194,10 +193,10 @@ def prepare_sweep(
     return TrainingSweep(images, truth, list(crfs), decoded, anchor, {})
 
 
-def coordinate_descent(calibrator: Calibrator) -> dict:
-    """One pass over SEARCH_GRID, each parameter set to its best value given the others."""
+def coordinate_descent(calibrator: Calibrator, grid: dict[str, tuple] = SEARCH_GRID) -> dict:
+    """One pass over the grid, each parameter set to its best value given the others."""
     best = dict(START)
-    for name, values in SEARCH_GRID.items():
+    for name, values in grid.items():
         scores = {value: calibrator.bd_rate({**best, name: value}) for value in values}
         best[name] = min(scores, key=scores.get)
     return best
@@ -210,12 +209,13 @@ def calibrate(
     crfs: Sequence[float],
     num_levels: int,
     device: str = "cpu",
+    grid: dict[str, tuple] = SEARCH_GRID,
 ) -> Calibration:
     """Search the settings, then fit a num_levels bank to the chosen rule's offsets."""
     started = time.time()
     sweep = prepare_sweep(model, images, labels, crfs)
     calibrator = Calibrator(model, sweep, device)
-    best = coordinate_descent(calibrator)
+    best = coordinate_descent(calibrator, grid)
     continuous_bd = calibrator.bd_rate(best)
     config = _allocation_config(best)
     maps = calibrator.sensitivities(best["class_weight_exponent"])
@@ -238,13 +238,16 @@ def calibrate(
             "crfs": list(crfs),
             "objective": "BD-rate vs uniform QP, practical variant, intra",
             "class_weight_exponent": best["class_weight_exponent"],
-            "bd_rate_pct_all_integer_levels": round(continuous_bd, 2),
-            "bd_rate_pct_with_bank": round(banked_bd, 2),
-            "level_snapping_loss_pct": round(banked_bd - continuous_bd, 2),
+            "bd_rate_pct_all_integer_levels": _finite_or_none(continuous_bd),
+            "bd_rate_pct_with_bank": _finite_or_none(banked_bd),
             "search": calibrator.log,
             "seconds": round(time.time() - started, 1),
         },
     )
+
+
+def _finite_or_none(value: float) -> float | None:
+    return round(value, 2) if np.isfinite(value) else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,86 @@
+"""`stac-bench spatial` end to end on 3 CamVid frames, and the baselines it compares against."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from stac_edge_segmenter.loading import DEFAULT_CONFIG
+from stac_edge_segmenter.model import build_lite0_fpn, save_lite0_fpn
+from stac_eval import bench
+from stac_eval.baselines import jpeg_round_trip, two_level_allocation
+
+
+def test_jpeg_round_trip_bytes_grow_with_quality_and_error_shrinks():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, size=(6, 8, 3)).astype(np.uint8).repeat(8, 0).repeat(8, 1)
+    results = [jpeg_round_trip(frame, quality) for quality in (10, 50, 95)]
+    sizes = [size for _, size in results]
+    errors = [np.abs(decoded.astype(int) - frame).mean() for decoded, _ in results]
+    assert sizes[0] < sizes[1] < sizes[2]
+    assert errors[0] > errors[1] > errors[2]
+    assert results[0][0].shape == frame.shape and results[0][0].dtype == np.uint8
+
+
+@pytest.mark.parametrize("quality", [0, 101])
+def test_jpeg_quality_out_of_range(quality):
+    with pytest.raises(ValueError, match="quality"):
+        jpeg_round_trip(np.zeros((8, 8, 3), np.uint8), quality)
+
+
+def test_two_level_map_marks_the_top_fraction_fine():
+    sensitivity = np.arange(20, dtype=float).reshape(4, 5)
+    offsets = two_level_allocation(sensitivity, 0.25).offsets_qp
+    assert offsets.dtype == np.int8
+    assert (offsets == -6).sum() == 5 and (offsets == 6).sum() == 15
+    assert np.all(offsets.reshape(-1)[15:] == -6)  # the five largest sensitivities
+
+
+def test_two_level_rejects_bad_fraction():
+    with pytest.raises(ValueError, match="top_fraction"):
+        two_level_allocation(np.ones((2, 2)), 1.5)
+
+
+@pytest.fixture()
+def untrained_model_yaml(tmp_path):
+    """The default architecture with random weights: the benchmark's plumbing does not depend on
+    what the network has learnt, and the shipped weights may not exist yet."""
+    weights = tmp_path / "random_lite0_fpn.pt"
+    network = build_lite0_fpn(num_classes=11)
+    save_lite0_fpn(weights, network.state_dict(), num_classes=11, fpn_channels=64)
+    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config["weights"] = str(weights)
+    path = tmp_path / "model.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_benchmark_runs_end_to_end_on_three_frames(data_dir, untrained_model_yaml, tmp_path):
+    camvid = data_dir / "camvid"
+    out = tmp_path / "spatial.json"
+    argv = ["spatial", "--images", str(camvid / "val"), "--labels", str(camvid / "valannot")]
+    argv += ["--limit", "3", "--crf", "28", "40", "--jpeg-quality", "30", "80"]
+    argv += ["--model", str(untrained_model_yaml), "--threads", "1", "--bootstrap", "10"]
+    assert bench.main([*argv, "--out", str(out)]) == 0
+
+    result = json.loads(out.read_text())
+    baselines = {"uniform", "x264_aq", "two_level", "jpeg"}
+    for key in ("bd_rate_pct", "bd_rate_pct_pseudo", "bd_rate_pct_oracle"):
+        assert set(result[key]) == baselines
+        assert all(v is None or isinstance(v, float) for v in result[key].values())
+    curves = result["curves"]
+    assert set(curves) == baselines | {"stac_practical", "stac_oracle"}
+    for name, curve in curves.items():
+        assert curve["frames"] == 3 and len(curve["points"]) == 2
+        low, high = (point["bytes_per_frame"] for point in curve["points"])
+        assert (low < high) if name == "jpeg" else (low > high), name
+        assert all(
+            0 <= p["miou_human"] <= 1 and 0 <= p["miou_pseudo"] <= 1 for p in curve["points"]
+        )
+    for name in ("stac_practical", "stac_oracle", "two_level"):
+        feedback = [p["feedback_bytes_per_frame"] for p in curves[name]["points"]]
+        assert all(0 < size < 23 * 30 for size in feedback)
+    assert result["setup"]["frames"] == 3
+    for plot in result["plots"].values():
+        assert (tmp_path / plot.rsplit("/", 1)[-1]).stat().st_size > 1000
