@@ -296,6 +296,19 @@ def test_bad_configs_are_rejected(kwargs):
         EncoderConfig(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [({"aq-strength": "0"}, "adaptive quantization off"), ({"bframes": "2"}, "delay")],
+)
+def test_encoder_refuses_x264_settings_that_ignore_the_map_or_delay_frames(
+    monkeypatch, override, message
+):
+    original = EncoderConfig.x264_options
+    monkeypatch.setattr(EncoderConfig, "x264_options", lambda self: {**original(self), **override})
+    with pytest.raises(EncoderError, match=message):
+        QPMapEncoder(EncoderConfig(), 64, 64)
+
+
 def test_bad_sizes_and_pixel_formats_are_rejected():
     with pytest.raises(ValueError, match="2x2"):
         QPMapEncoder(EncoderConfig(), 1, 16)
