@@ -221,7 +221,7 @@ class QPMapEncoder:
         self._lib = load_x264()
         self._handle = self._open()
         self._frame_index = 0
-        self._i420 = np.empty((self._coded_height * 3 // 2, self._coded_width), np.uint8)
+        self._i420 = np.empty(0, np.uint8)  # planar Y, U, V of the frame being encoded
 
     def _build_param(self) -> X264Param:
         param = X264Param()
@@ -293,7 +293,7 @@ class QPMapEncoder:
         pad_right = self._coded_width - self.width
         if pad_bottom or pad_right:
             frame = cv2.copyMakeBorder(frame, 0, pad_bottom, 0, pad_right, cv2.BORDER_REPLICATE)
-        cv2.cvtColor(frame, PIXEL_FORMATS[self.pixel_format], dst=self._i420)
+        self._i420 = np.ascontiguousarray(cv2.cvtColor(frame, PIXEL_FORMATS[self.pixel_format]))
 
     def _picture(self, offsets: np.ndarray | None, force_keyframe: bool) -> X264Picture:
         picture = X264Picture()
