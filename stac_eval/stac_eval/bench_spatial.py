@@ -55,16 +55,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--labels", type=Path, default=None, help="directory of class-id PNGs named as the frames"
     )
     parser.add_argument("--limit", type=int, default=None, help="use only the first N frames")
-    parser.add_argument("--crf", type=float, nargs="+", default=list(DEFAULT_CRFS))
-    parser.add_argument("--jpeg-quality", type=int, nargs="+", default=list(DEFAULT_JPEG_QUALITIES))
-    parser.add_argument("--two-level-top-fraction", type=float, default=0.4)
+    parser.add_argument(
+        "--crf", type=float, nargs="+", default=list(DEFAULT_CRFS), help="H.264 base qualities"
+    )
+    parser.add_argument(
+        "--jpeg-quality", type=int, nargs="+", default=list(DEFAULT_JPEG_QUALITIES), help="1..100"
+    )
+    parser.add_argument(
+        "--two-level-top-fraction", type=float, default=0.4, help="share of fine macroblocks"
+    )
     parser.add_argument(
         "--calibration", type=Path, default=None, help="stac-calibrate output (default: found)"
     )
     parser.add_argument("--model", type=Path, default=None, help="model YAML (default: shipped)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4, help="frames per DNN batch")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     parser.add_argument("--bootstrap", type=int, default=200, help="BD-rate CI resamples (0: off)")
     parser.add_argument(
         "--plot", type=Path, default=None, help="curves PNG (default: beside --out)"

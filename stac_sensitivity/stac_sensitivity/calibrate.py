@@ -58,12 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", type=Path, default=None, help="their class-id PNGs")
     parser.add_argument("--limit", type=int, default=24, help="number of frames to use")
     parser.add_argument("--stride", type=int, default=15, help="take every Nth frame")
-    parser.add_argument("--crf", type=float, nargs="+", default=list(DEFAULT_CRFS))
+    parser.add_argument(
+        "--crf", type=float, nargs="+", default=list(DEFAULT_CRFS), help="H.264 base qualities"
+    )
     parser.add_argument("--levels", type=int, default=8, help="size of the level bank")
     parser.add_argument("--model", type=Path, default=None, help="model YAML (default: shipped)")
     parser.add_argument("--out", type=Path, default=None, help="default: beside the weights")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     return parser
 
 
@@ -132,9 +134,8 @@ class Calibrator:
         key = (tuple(sorted(params.items())), levels_qp)
         if key not in self._cache:
             self._cache[key] = self._evaluate(params, levels_qp)
-            self.log.append(
-                {**params, "levels_qp": list(levels_qp), "bd_rate_pct": self._cache[key]}
-            )
+            entry = {**params, "levels_qp": list(levels_qp)}
+            self.log.append({**entry, "bd_rate_pct": _finite_or_none(self._cache[key])})
             print(f"  {params} levels={list(levels_qp) or 'all'}: {self._cache[key]:+.2f}%")
         return self._cache[key]
 
