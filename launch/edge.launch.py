@@ -33,12 +33,14 @@ def generate_launch_description() -> LaunchDescription:
             description="Parameter file of the edge nodes.",
         ),
     ]
-    model_config = {"model_config": LaunchConfiguration("model_config")}
     segmenter = Node(
         package="stac_edge_segmenter",
         executable="segmenter_node",
         name="stac_segmenter",
-        parameters=[LaunchConfiguration("params_file"), model_config],
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {"model_config": LaunchConfiguration("model_config")},
+        ],
         remappings=[
             ("encoded", "/stac/encoded"),
             ("mask", "/stac/mask"),
@@ -52,8 +54,8 @@ def generate_launch_description() -> LaunchDescription:
         name="stac_sensitivity",
         parameters=[
             LaunchConfiguration("params_file"),
-            model_config,
             {
+                "model_config": LaunchConfiguration("model_config"),
                 "budget_shift_qp": LaunchConfiguration("budget_shift_qp"),
                 "period_frames": LaunchConfiguration("period_frames"),
             },

@@ -8,7 +8,6 @@ node that receives it.
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from launch_introspection import launch_nodes
 
 from conftest import REPO_ROOT
 
@@ -26,32 +26,6 @@ INSTALL = REPO_ROOT / "install"
 # Nodes of other ROS packages that launch files may start; they come with a desktop ROS
 # install and cannot be checked on a machine without one.
 EXTERNAL_EXECUTABLES = {("rviz2", "rviz2")}
-
-
-def _literal(node: ast.AST) -> object:
-    """A literal value; lists/tuples element-wise; None for anything computed at launch."""
-    if isinstance(node, ast.List | ast.Tuple):
-        return [_literal(element) for element in node.elts]
-    try:
-        return ast.literal_eval(node)
-    except ValueError:
-        return None
-
-
-def _literal_kwargs(call: ast.Call) -> dict[str, object]:
-    return {kw.arg: _literal(kw.value) for kw in call.keywords}
-
-
-def launch_nodes(path: Path) -> list[dict[str, object]]:
-    """The keyword arguments of every `Node(...)` call in a launch file."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
-    return [
-        _literal_kwargs(c)
-        for c in calls
-        if (isinstance(c.func, ast.Name) and c.func.id == "Node")
-        or (isinstance(c.func, ast.Attribute) and c.func.attr == "Node")
-    ]
 
 
 def console_scripts(package: str) -> dict[str, str]:

@@ -1,0 +1,97 @@
+"""Read launch files without ROS: the Node actions they declare and the --ros-args those
+become, so tests can start the installed executables exactly as `ros2 launch` would."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+
+@dataclass(frozen=True)
+class LaunchConfigurationRef:
+    """A `LaunchConfiguration("name")` in a launch file."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class ConfigFileRef:
+    """A `PathJoinSubstitution([ThisLaunchFileDir(), "..", "config", "<file>"])`."""
+
+    path: Path
+
+
+def _literal(node: ast.AST) -> object:
+    """A literal value, lists/tuples/dicts element-wise; references for launch substitutions;
+    None for anything else computed at launch time."""
+    if isinstance(node, ast.List | ast.Tuple):
+        return [_literal(element) for element in node.elts]
+    if isinstance(node, ast.Dict):
+        return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values, strict=True)}
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        args = [_literal(a) for a in node.args]
+        if node.func.id == "LaunchConfiguration" and args and isinstance(args[0], str):
+            return LaunchConfigurationRef(args[0])
+        if node.func.id == "PathJoinSubstitution" and args and isinstance(args[0], list):
+            parts = [p for p in args[0][1:] if isinstance(p, str)]
+            return ConfigFileRef(REPO_ROOT.joinpath("launch", *parts).resolve())
+        return None
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return None
+
+
+def _calls(path: Path, name: str) -> list[ast.Call]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and (
+            (isinstance(n.func, ast.Name) and n.func.id == name)
+            or (isinstance(n.func, ast.Attribute) and n.func.attr == name)
+        )
+    ]
+
+
+def launch_nodes(path: Path) -> list[dict[str, object]]:
+    """The keyword arguments of every `Node(...)` in a launch file."""
+    return [{kw.arg: _literal(kw.value) for kw in c.keywords} for c in _calls(path, "Node")]
+
+
+def argument_defaults(path: Path) -> dict[str, object]:
+    """name -> default_value of every DeclareLaunchArgument in a launch file."""
+    defaults = {}
+    for call in _calls(path, "DeclareLaunchArgument"):
+        kwargs = {kw.arg: _literal(kw.value) for kw in call.keywords}
+        defaults[_literal(call.args[0])] = kwargs.get("default_value")
+    return defaults
+
+
+def ros_args(path: Path, executable: str, **overrides: str) -> list[str]:
+    """The --ros-args `ros2 launch <path>` passes to `executable` (defaults of the launch
+    arguments, or `overrides` by argument name)."""
+    defaults = argument_defaults(path)
+
+    def resolve(value: object) -> object:
+        if isinstance(value, LaunchConfigurationRef):
+            return resolve(overrides.get(value.name, defaults[value.name]))
+        return value
+
+    (node,) = [n for n in launch_nodes(path) if n["executable"] == executable]
+    args = ["--ros-args", "-r", f"__node:={node['name']}"]
+    for entry in node.get("parameters") or []:
+        entry = resolve(entry)
+        if isinstance(entry, ConfigFileRef):
+            args += ["--params-file", str(entry.path)]
+        elif isinstance(entry, dict):
+            for key, value in entry.items():
+                value = resolve(value)
+                args += ["-p", f"{key}:={value if value != '' else repr('')}"]
+    for source, target in node.get("remappings") or []:
+        args += ["-r", f"{source}:={resolve(target)}"]
+    return args
