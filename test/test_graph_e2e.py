@@ -16,11 +16,11 @@ from pathlib import Path
 import cv2
 import pytest
 import rclpy
-from launch_introspection import ros_args
 from sensor_msgs.msg import Image
 
 from conftest import REPO_ROOT
 from stac_encoder.ros_common import ENCODED_QOS, OUTPUT_QOS, QP_MAP_QOS, STATISTICS_TOPIC
+from stac_eval.launch_args import ros_args
 from stac_msgs.msg import EncodedFrame, QPMap, Statistics
 
 FRAMES = 30

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from launch_introspection import launch_nodes
 
 from conftest import REPO_ROOT
+from stac_eval.launch_args import launch_nodes
 
 PYTHON_PACKAGES = ["stac_encoder", "stac_edge_segmenter", "stac_sensitivity", "stac_eval"]
 LAUNCH_FILES = sorted((REPO_ROOT / "launch").glob("*.launch.py"))

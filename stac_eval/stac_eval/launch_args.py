@@ -1,13 +1,16 @@
 """Read launch files without ROS: the Node actions they declare and the --ros-args those
-become, so tests can start the installed executables exactly as `ros2 launch` would."""
+become, so the demo, the live benchmark and the tests start the installed executables exactly
+as `ros2 launch` would on a machine that has it (launch_ros is not available as a wheel).
+
+Only the forms our launch files use are understood: literal values, LaunchConfiguration of a
+declared argument, and PathJoinSubstitution([ThisLaunchFileDir(), ...literal parts]).
+"""
 
 from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
 from pathlib import Path
-
-from conftest import REPO_ROOT
 
 
 @dataclass(frozen=True)
@@ -24,20 +27,23 @@ class ConfigFileRef:
     path: Path
 
 
-def _literal(node: ast.AST) -> object:
+def _literal(node: ast.AST, launch_dir: Path) -> object:
     """A literal value, lists/tuples/dicts element-wise; references for launch substitutions;
     None for anything else computed at launch time."""
     if isinstance(node, ast.List | ast.Tuple):
-        return [_literal(element) for element in node.elts]
+        return [_literal(element, launch_dir) for element in node.elts]
     if isinstance(node, ast.Dict):
-        return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values, strict=True)}
+        return {
+            _literal(k, launch_dir): _literal(v, launch_dir)
+            for k, v in zip(node.keys, node.values, strict=True)
+        }
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-        args = [_literal(a) for a in node.args]
+        args = [_literal(a, launch_dir) for a in node.args]
         if node.func.id == "LaunchConfiguration" and args and isinstance(args[0], str):
             return LaunchConfigurationRef(args[0])
         if node.func.id == "PathJoinSubstitution" and args and isinstance(args[0], list):
             parts = [p for p in args[0][1:] if isinstance(p, str)]
-            return ConfigFileRef(REPO_ROOT.joinpath("launch", *parts).resolve())
+            return ConfigFileRef(launch_dir.joinpath(*parts).resolve())
         return None
     try:
         return ast.literal_eval(node)
@@ -60,15 +66,17 @@ def _calls(path: Path, name: str) -> list[ast.Call]:
 
 def launch_nodes(path: Path) -> list[dict[str, object]]:
     """The keyword arguments of every `Node(...)` in a launch file."""
-    return [{kw.arg: _literal(kw.value) for kw in c.keywords} for c in _calls(path, "Node")]
+    return [
+        {kw.arg: _literal(kw.value, path.parent) for kw in c.keywords} for c in _calls(path, "Node")
+    ]
 
 
 def argument_defaults(path: Path) -> dict[str, object]:
     """name -> default_value of every DeclareLaunchArgument in a launch file."""
     defaults = {}
     for call in _calls(path, "DeclareLaunchArgument"):
-        kwargs = {kw.arg: _literal(kw.value) for kw in call.keywords}
-        defaults[_literal(call.args[0])] = kwargs.get("default_value")
+        kwargs = {kw.arg: _literal(kw.value, path.parent) for kw in call.keywords}
+        defaults[_literal(call.args[0], path.parent)] = kwargs.get("default_value")
     return defaults
 
 
