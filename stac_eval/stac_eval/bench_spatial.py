@@ -6,7 +6,7 @@ every point of its sweep, decoded, and segmented. Methods:
 - uniform: H.264 with no map (same encoder settings as STAC: AQ on at strength 0.001).
 - x264_aq: x264's own variance adaptive quantization (AQ mode 1, strength 1), no map.
 - two_level: AccMPEG-style map, the top fraction of macroblocks by sensitivity at -6 QP, the
-  rest at +6 (same sensitivity as stac_practical).
+  rest at +6 (same sensitivity and encoder settings as stac_practical).
 - jpeg: OpenCV JPEG per frame (compressed_image_transport), swept over quality.
 - stac_oracle: STAC map from the gradient on the uncompressed frame.
 - stac_practical: STAC map from the gradient on the frame decoded at the base quality (uniform
@@ -38,7 +38,7 @@ from stac_eval.rate_accuracy import (
 from stac_sensitivity.allocation import AllocationConfig, QPAllocation, allocate
 from stac_sensitivity.calibration import Calibration, find_calibration, load_calibration
 from stac_sensitivity.frame_dirs import read_frames
-from stac_sensitivity.intra import MAP_ONLY_AQ_STRENGTH, X264_DEFAULT_AQ_STRENGTH, code_intra
+from stac_sensitivity.intra import X264_DEFAULT_AQ_STRENGTH, code_intra
 from stac_sensitivity.sensitivity import compute_sensitivity
 from stac_sensitivity.wire import encode_qp_map
 
@@ -145,11 +145,8 @@ class SpatialBenchmark:
             }
 
     def _run_map(self, method, point, crf, images, allocations: list[QPAllocation], truth):
-        aq_strength = MAP_ONLY_AQ_STRENGTH
-        if method in STAC_VARIANTS:
-            aq_strength = self.calibration.aq_strength
         coded = [
-            code_intra(frame, crf, allocation.offsets_qp, aq_strength=aq_strength)
+            code_intra(frame, crf, allocation.offsets_qp, aq_strength=self.calibration.aq_strength)
             for frame, allocation in zip(images, allocations, strict=True)
         ]
         feedback = [len(encode_qp_map(allocation)) for allocation in allocations]

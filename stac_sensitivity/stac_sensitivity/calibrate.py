@@ -37,11 +37,11 @@ from stac_sensitivity.sensitivity import compute_sensitivity
 DEFAULT_CRFS = (24, 30, 36, 42)
 # Coordinate-descent grids, searched in this order (each starts from the best so far).
 SEARCH_GRID: dict[str, tuple] = {
-    "class_weight_exponent": (0.0, 0.25, 0.5, 1.0),
+    "class_weight_exponent": (0.0, 0.5, 1.0),
+    "aq_strength": (0.001, 0.5, 1.0, 1.5, 2.0),
     "alpha": (0.3, 0.4, 0.5, 0.65, 0.8),
     "max_offset_qp": (6, 8, 10, 13, 16),
     "smoothing_sigma_mb": (0.0, 0.7, 1.5),
-    "aq_strength": (0.001, 0.3, 1.0),
 }
 START = {
     "class_weight_exponent": 0.0,
