@@ -19,6 +19,7 @@ setup(
     entry_points={
         "console_scripts": [
             "stac-bench = stac_eval.bench:main",
+            "stac-demo = stac_eval.demo:main",
         ],
     },
 )

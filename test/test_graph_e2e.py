@@ -1,36 +1,26 @@
 """The ROS graph end to end: the installed node executables, started with the --ros-args the
-launch files pass, as separate processes over Fast DDS (loopback only).
+launch files pass (stac_eval.graph_runner, the machinery of `stac-demo`), as separate
+processes over Fast DDS (loopback only).
 
 30 frames go source -> encoder -> segmenter + sensitivity -> QP maps back to the encoder;
-every frame is accounted for, maps are applied, masks carry the camera stamps, and every
-process exits 0 on SIGTERM without a traceback.
+every frame is accounted for, maps are applied, masks carry the camera stamps, every process
+exits 0 on SIGTERM without a traceback, and the bag and the overlay video are readable.
 """
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
 from pathlib import Path
 
+import av
 import cv2
 import pytest
-import rclpy
-from sensor_msgs.msg import Image
+from rosbags.highlevel import AnyReader
 
 from conftest import REPO_ROOT
-from stac_encoder.ros_common import ENCODED_QOS, OUTPUT_QOS, QP_MAP_QOS, STATISTICS_TOPIC
-from stac_eval.launch_args import ros_args
-from stac_msgs.msg import EncodedFrame, QPMap, Statistics
+from stac_eval.demo import summarise
+from stac_eval.graph_runner import GraphRun, GraphRunConfig, stac_typestore
 
 FRAMES = 30
-LAUNCH = REPO_ROOT / "launch"
-INSTALL = REPO_ROOT / "install"
-EXTRA = {"torch_threads": "1"}  # two CI cores shared by four processes
-
-
-def executable(package: str, name: str) -> str:
-    return str(INSTALL / package / "lib" / package / name)
 
 
 @pytest.fixture(scope="module")
@@ -48,122 +38,87 @@ def clip(data_dir, tmp_path_factory) -> Path:
     return path
 
 
-class Observer:
-    """An in-test node recording what crosses the graph."""
-
-    def __init__(self) -> None:
-        self.node = rclpy.create_node("e2e_observer")
-        self.encoded: list[EncodedFrame] = []
-        self.masks: list[Image] = []
-        self.maps: list[QPMap] = []
-        self.statistics: dict[str, Statistics] = {}
-        self.node.create_subscription(
-            EncodedFrame, "/stac/encoded", self.encoded.append, ENCODED_QOS
-        )
-        self.node.create_subscription(Image, "/stac/mask", self.masks.append, OUTPUT_QOS)
-        self.node.create_subscription(QPMap, "/stac/qp_map", self.maps.append, QP_MAP_QOS)
-        self.node.create_subscription(Statistics, STATISTICS_TOPIC, self._on_statistics, OUTPUT_QOS)
-
-    def _on_statistics(self, msg: Statistics) -> None:
-        self.statistics[msg.node_name] = msg
-
-    def spin_until(self, condition, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            rclpy.spin_once(self.node, timeout_sec=0.1)
-            if condition():
-                return True
-        return False
-
-
-def start(package: str, name: str, args: list[str], log_dir: Path) -> subprocess.Popen:
-    log = (log_dir / f"{name}.log").open("w")
-    return subprocess.Popen(
-        [executable(package, name), *args], stdout=log, stderr=subprocess.STDOUT, text=True
+@pytest.fixture(scope="module")
+def run(clip, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("graph")
+    config = GraphRunConfig(
+        video_uri=str(clip),
+        out_dir=out_dir,
+        launch_dir=REPO_ROOT / "launch",
+        pace="fixed",
+        rate_hz=6.0,
+        torch_threads=1,
+        startup_timeout_s=120.0,
+        drain_timeout_s=120.0,
     )
-
-
-def extra_params(**params: str) -> list[str]:
-    return [arg for key, value in params.items() for arg in ("-p", f"{key}:={value}")]
+    return GraphRun(config).run(), out_dir
 
 
 @pytest.mark.dds
 @pytest.mark.slow
-def test_thirty_frames_through_the_graph(clip, tmp_path):
-    rclpy.init()
-    observer = Observer()
-    processes: dict[str, subprocess.Popen] = {}
-    try:
-        processes["segmenter_node"] = start(
-            "stac_edge_segmenter",
-            "segmenter_node",
-            ros_args(LAUNCH / "edge.launch.py", "segmenter_node") + extra_params(**EXTRA),
-            tmp_path,
-        )
-        processes["sensitivity_node"] = start(
-            "stac_sensitivity",
-            "sensitivity_node",
-            ros_args(LAUNCH / "edge.launch.py", "sensitivity_node") + extra_params(**EXTRA),
-            tmp_path,
-        )
-        processes["encoder_node"] = start(
-            "stac_encoder",
-            "encoder_node",
-            ros_args(LAUNCH / "robot.launch.py", "encoder_node", camera_qos="reliable"),
-            tmp_path,
-        )
-        nodes = {"stac_segmenter", "stac_sensitivity", "stac_encoder"}
-        assert observer.spin_until(lambda: nodes <= set(observer.statistics), 120), (
-            f"nodes up: {sorted(observer.statistics)}; logs in {tmp_path}"
-        )
-        source = start(
-            "stac_encoder",
-            "video_source_node",
-            ros_args(LAUNCH / "local.launch.py", "video_source_node", video_uri=str(clip))
-            + extra_params(pace="fixed", rate_hz="6.0"),
-            tmp_path,
-        )
-        # keep taking messages while the clip plays: the observer's queues are shallow
-        assert observer.spin_until(lambda: source.poll() is not None, 120), "source hung"
-        assert source.returncode == 0, (tmp_path / "video_source_node.log").read_text()
+def test_every_process_exits_cleanly(run):
+    result, _ = run
+    assert set(result.exit_codes) == {
+        "segmenter_node",
+        "sensitivity_node",
+        "encoder_node",
+        "video_source_node",
+    }
+    for name, code in result.exit_codes.items():
+        log = result.logs[name].read_text()
+        assert code == 0, f"{name} exited {code}:\n{log[-3000:]}"
+        assert "Traceback" not in log, f"{name} logged a traceback:\n{log[-3000:]}"
 
-        def all_accounted() -> bool:
-            seg = observer.statistics.get("stac_segmenter")
-            return (
-                seg is not None
-                and seg.frames_in == FRAMES
-                and seg.frames_pending == 0
-                and len(observer.masks) == seg.frames_segmented
-            )
 
-        assert observer.spin_until(all_accounted, 120), (
-            f"masks seen {len(observer.masks)}, "
-            f"segmenter: {observer.statistics.get('stac_segmenter')}"
-        )
-    finally:
-        for process in processes.values():
-            process.send_signal(signal.SIGTERM)
-        exit_codes = {name: p.wait(timeout=30) for name, p in processes.items()}
-        observer.node.destroy_node()
-        rclpy.try_shutdown()
-
-    logs = {name: (tmp_path / f"{name}.log").read_text() for name in processes}
-    for name, text in logs.items():
-        assert exit_codes[name] == 0, f"{name} exited {exit_codes[name]}:\n{text[-3000:]}"
-        assert "Traceback" not in text, f"{name} logged a traceback:\n{text[-3000:]}"
-
-    encoder = observer.statistics["stac_encoder"]
+@pytest.mark.dds
+@pytest.mark.slow
+def test_every_frame_is_accounted_for(run):
+    result, _ = run
+    assert result.frames_published == FRAMES
+    encoder = result.statistics["stac_encoder"]
     assert (encoder.frames_in, encoder.frames_encoded, encoder.frames_failed) == (FRAMES, FRAMES, 0)
-    assert [m.frame_seq for m in observer.encoded] == list(range(1, FRAMES + 1))
-    assert observer.encoded[0].keyframe
-    assert any(m.qp_map_seq > 0 for m in observer.encoded[FRAMES // 2 :]), "no QP map applied"
-    assert observer.maps and observer.maps[0].map_seq >= 1
-
-    segmenter = observer.statistics["stac_segmenter"]
-    assert segmenter.frames_failed == 0
+    assert [r.frame_seq for r in result.encoded] == list(range(1, FRAMES + 1))
+    segmenter = result.statistics["stac_segmenter"]
+    assert segmenter.frames_in == FRAMES
+    assert (segmenter.frames_failed, segmenter.frames_pending) == (0, 0)
     assert segmenter.frames_segmented + segmenter.frames_skipped == FRAMES
     assert segmenter.frames_segmented >= 1
-    camera_stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in observer.encoded}
-    for mask in observer.masks:
-        assert (mask.header.stamp.sec, mask.header.stamp.nanosec) in camera_stamps
-        assert (mask.encoding, mask.width, mask.height) == ("mono8", 480, 270)
+    report = summarise(result, float("nan"), 0, "test")
+    assert report["frames"]["every_frame_accounted_for"]
+
+
+@pytest.mark.dds
+@pytest.mark.slow
+def test_maps_come_back_and_are_applied(run):
+    result, _ = run
+    assert result.encoded[0].keyframe
+    assert result.qp_map_bytes, "no QP map was published"
+    assert any(r.qp_map_seq > 0 for r in result.encoded[FRAMES // 2 :]), "no QP map applied"
+
+
+@pytest.mark.dds
+@pytest.mark.slow
+def test_masks_carry_the_camera_stamps(run):
+    result, _ = run
+    camera_stamps = {r.stamp_ns for r in result.encoded}
+    assert len(result.masks_by_stamp) == result.statistics["stac_segmenter"].frames_segmented
+    for stamp_ns, mask in result.masks_by_stamp.items():
+        assert stamp_ns in camera_stamps
+        assert mask.shape == (270, 480)
+
+
+@pytest.mark.dds
+@pytest.mark.slow
+def test_bag_and_overlay_video_are_readable(run):
+    result, out_dir = run
+    with AnyReader([out_dir / "bag"], default_typestore=stac_typestore()) as reader:
+        topics = {c.topic: c for c in reader.connections}
+        encoded = [
+            reader.deserialize(raw, c.msgtype)
+            for c, _, raw in reader.messages(connections=[topics["/stac/encoded"]])
+        ]
+    assert [m.frame_seq for m in encoded] == list(range(1, FRAMES + 1))
+    assert {"/stac/qp_map", "/stac/mask", "/stac/statistics"} <= set(topics)
+    with av.open(str(out_dir / "overlay.mp4")) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    assert frames == len(result.masks_by_stamp)

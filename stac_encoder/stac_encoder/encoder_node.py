@@ -60,7 +60,7 @@ PARAMETERS = (
     ),
     ParameterSpec(
         "max_map_age_s",
-        2.0,
+        5.0,
         "A map computed on a frame older than this (camera clock) is replaced by a zero map, s.",
         0.01,
         3600.0,

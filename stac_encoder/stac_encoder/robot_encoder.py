@@ -40,7 +40,7 @@ class RobotEncoderConfig:
     warp_qp_map: carry the map to each new frame with DIS optical flow."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    max_map_age_s: float = 2.0
+    max_map_age_s: float = 5.0
     warp_qp_map: bool = True
     warp: WarpConfig = field(default_factory=WarpConfig)
 
