@@ -1,0 +1,77 @@
+"""Edge helpers: the newest-wins slot, mask overlays and node statistics."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from stac_edge_segmenter.latest_slot import LatestSlot
+from stac_edge_segmenter.overlay import mask_overlay
+from stac_encoder.statistics import NodeStatistics, SlidingWindow
+
+
+def test_slot_keeps_the_newest_and_reports_what_it_displaced():
+    slot: LatestSlot[int] = LatestSlot()
+    assert slot.put(1) is None
+    assert slot.put(2) == 1
+    assert slot.take(timeout_s=0) == 2
+    assert slot.take(timeout_s=0.01) is None
+
+
+def test_slot_wakes_a_waiting_consumer():
+    slot: LatestSlot[str] = LatestSlot()
+    got = []
+    consumer = threading.Thread(target=lambda: got.append(slot.take(timeout_s=5)))
+    consumer.start()
+    slot.put("frame")
+    consumer.join(timeout=5)
+    assert got == ["frame"]
+
+
+def test_close_returns_the_unconsumed_item_and_releases_the_consumer():
+    slot: LatestSlot[int] = LatestSlot()
+    slot.put(7)
+    assert slot.close() == 7
+    assert slot.closed and slot.take(timeout_s=5) is None
+
+
+def test_overlay_blends_palette_colours():
+    image = np.full((2, 3, 3), 100, np.uint8)
+    mask = np.array([[0, 1, 1], [1, 0, 0]], np.uint8)
+    palette = np.array([[0, 0, 0], [200, 50, 0]], np.uint8)
+    out = mask_overlay(image, mask, palette, alpha=0.5)
+    np.testing.assert_array_equal(out[0, 0], [50, 50, 50])
+    np.testing.assert_array_equal(out[0, 1], [150, 75, 50])
+    np.testing.assert_array_equal(mask_overlay(image, mask, palette, alpha=0.0), image)
+
+
+def test_overlay_rejects_mismatches():
+    palette = np.zeros((2, 3), np.uint8)
+    with pytest.raises(ValueError, match="sizes differ"):
+        mask_overlay(np.zeros((2, 2, 3), np.uint8), np.zeros((3, 2), np.uint8), palette)
+    with pytest.raises(ValueError, match="no colour"):
+        mask_overlay(np.zeros((2, 2, 3), np.uint8), np.full((2, 2), 5, np.uint8), palette)
+
+
+def test_rates_and_latencies_cover_the_window_only():
+    stats = NodeStatistics(window_s=1.0)
+    stats.add_uplink(0.2, 1000)
+    stats.add_uplink(1.5, 500)
+    stats.add_feedback(1.6, 100)
+    for i, latency in enumerate([10, 20, 30, 40, 1000]):
+        stats.add_latency(1.1 + i * 0.1, latency)
+    stats.count("frames_in", 3)
+    snapshot = stats.snapshot(now_s=2.0)
+    assert snapshot.uplink_bps == 8 * 500
+    assert snapshot.feedback_bps == 8 * 100
+    assert snapshot.latency_ms_median == 30
+    assert 40 < snapshot.latency_ms_p95 <= 1000
+    assert snapshot.counters.frames_in == 3
+    assert "in 3" in snapshot.summary()
+
+
+def test_window_must_be_positive():
+    with pytest.raises(ValueError):
+        SlidingWindow(0.0)

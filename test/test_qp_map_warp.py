@@ -1,0 +1,57 @@
+"""DIS optical flow carries the QP map with the content."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stac_encoder.qp_map_warp import QPMapWarper, WarpConfig
+
+
+@pytest.fixture(scope="module")
+def scene() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 256, (40, 80, 3), dtype=np.uint8)
+    return np.kron(small, np.ones((8, 8, 1), np.uint8))  # blocky texture flow can lock onto
+
+
+def shifted(scene: np.ndarray, dx: int) -> np.ndarray:
+    return np.ascontiguousarray(scene[:, 96 - dx : 96 - dx + 480])
+
+
+def hot_map(rows: int, cols: int) -> np.ndarray:
+    qp_map = np.zeros((rows, cols), np.int8)
+    qp_map[8, 10] = -8
+    return qp_map
+
+
+def test_map_follows_content_moving_right(scene):
+    warper = QPMapWarper(480, 320, WarpConfig(flow_width_px=240))
+    warper.add_frame(1, shifted(scene, 0))
+    assert not warper.set_map(hot_map(warper.rows, warper.cols), 1)
+    for seq, dx in enumerate((8, 16, 24, 32), start=2):
+        warper.add_frame(seq, shifted(scene, dx))
+    assert np.argwhere(warper.current_map() == -8).tolist() == [[8, 12]]
+
+
+def test_late_map_is_warped_from_its_source_frame(scene):
+    warper = QPMapWarper(480, 320, WarpConfig(flow_width_px=240))
+    for seq, dx in enumerate((0, 16, 32), start=1):
+        warper.add_frame(seq, shifted(scene, dx))
+    assert warper.set_map(hot_map(warper.rows, warper.cols), 1)
+    assert np.argwhere(warper.current_map() == -8).tolist() == [[8, 12]]
+
+
+def test_unknown_source_frame_uses_the_map_as_is(scene):
+    warper = QPMapWarper(480, 320, WarpConfig(history_frames=2))
+    for seq in range(1, 5):
+        warper.add_frame(seq, shifted(scene, 0))
+    assert not warper.set_map(hot_map(warper.rows, warper.cols), 1)
+    np.testing.assert_array_equal(warper.current_map(), hot_map(warper.rows, warper.cols))
+
+
+def test_wrong_map_shape_is_rejected(scene):
+    warper = QPMapWarper(480, 320)
+    with pytest.raises(ValueError, match="shape"):
+        warper.set_map(np.zeros((3, 3), np.int8), 1)
+    assert warper.current_map() is None

@@ -1,0 +1,121 @@
+"""The robot's encoding loop: map ageing, newest-map policy, keyframes, size changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stac_encoder.h264_decoder import H264Decoder
+from stac_encoder.robot_encoder import QPMapUpdate, RobotEncoder, RobotEncoderConfig
+
+WIDTH, HEIGHT = 96, 64  # 6 x 4 macroblocks
+
+
+def frames(count: int, width: int = WIDTH, height: int = HEIGHT, seed: int = 0):
+    """A textured scene panning 2 px per frame (real motion for the flow warper)."""
+    rng = np.random.default_rng(seed)
+    scene = rng.integers(0, 256, (height, width + 2 * count, 3), dtype=np.uint8)
+    return [np.ascontiguousarray(scene[:, 2 * i : 2 * i + width]) for i in range(count)]
+
+
+def update(map_seq: int, source_frame_seq: int, stamp_s: float, value: int = -6) -> QPMapUpdate:
+    return QPMapUpdate(map_seq, source_frame_seq, stamp_s, np.full((4, 6), value, np.int8))
+
+
+def test_frames_are_numbered_and_the_first_is_a_keyframe():
+    encoder = RobotEncoder()
+    results = [encoder.encode(f, i * 0.1) for i, f in enumerate(frames(3))]
+    assert [r.frame_seq for r in results] == [1, 2, 3]
+    assert [r.packet.keyframe for r in results] == [True, False, False]
+    assert all(r.qp_map_seq == 0 for r in results)
+    decoder = H264Decoder(WIDTH, HEIGHT)
+    assert all(decoder.decode(r.packet.data, r.frame_seq).ok for r in results)
+
+
+def test_map_is_applied_from_the_next_frame_and_changes_the_bits():
+    video = frames(4)
+    plain = RobotEncoder(RobotEncoderConfig(warp_qp_map=False))
+    mapped = RobotEncoder(RobotEncoderConfig(warp_qp_map=False))
+    for i in range(2):
+        plain.encode(video[i], i * 0.1)
+        mapped.encode(video[i], i * 0.1)
+    assert mapped.submit_qp_map(update(1, 2, 0.1, value=-10))
+    with_map = mapped.encode(video[2], 0.2)
+    without = plain.encode(video[2], 0.2)
+    assert with_map.qp_map_seq == 1 and without.qp_map_seq == 0
+    assert with_map.packet.size_bytes > 1.5 * without.packet.size_bytes
+
+
+def test_a_map_older_than_the_age_limit_falls_back_to_zero():
+    encoder = RobotEncoder(RobotEncoderConfig(max_map_age_s=0.5))
+    video = frames(3)
+    encoder.encode(video[0], 10.0)
+    encoder.submit_qp_map(update(1, 1, 10.0))
+    assert encoder.encode(video[1], 10.4).qp_map_seq == 1
+    assert encoder.encode(video[2], 10.6).qp_map_seq == 0
+
+
+def test_older_maps_are_ignored_and_the_newest_wins():
+    encoder = RobotEncoder()
+    encoder.encode(frames(1)[0], 0.0)
+    assert encoder.submit_qp_map(update(5, 1, 0.0))
+    assert not encoder.submit_qp_map(update(4, 1, 0.0))
+    assert encoder.submit_qp_map(update(6, 1, 0.0))
+    assert encoder.encode(frames(2)[1], 0.1).qp_map_seq == 6
+
+
+def test_a_late_map_is_warped_from_its_source_frame():
+    encoder = RobotEncoder()
+    video = frames(6)
+    for i in range(5):
+        encoder.encode(video[i], i * 0.1)
+    assert encoder.submit_qp_map(update(1, 2, 0.1))
+    assert encoder.encode(video[5], 0.5).qp_map_seq == 1
+
+
+@pytest.mark.parametrize(
+    "offsets",
+    [
+        np.zeros((5, 6), np.int8),  # wrong grid
+        np.zeros((4, 6), np.int16),  # wrong dtype
+        np.full((4, 6), -60, np.int8),  # beyond H.264's QP range
+        np.zeros(24, np.int8),  # not 2-D
+    ],
+)
+def test_malformed_maps_are_rejected(offsets):
+    encoder = RobotEncoder()
+    encoder.encode(frames(1)[0], 0.0)
+    with pytest.raises(ValueError):
+        encoder.submit_qp_map(QPMapUpdate(1, 1, 0.0, offsets))
+    assert encoder.encode(frames(2)[1], 0.1).qp_map_seq == 0
+
+
+def test_keyframe_on_request():
+    encoder = RobotEncoder()
+    video = frames(3)
+    encoder.encode(video[0], 0.0)
+    encoder.request_keyframe()
+    assert encoder.encode(video[1], 0.1).packet.keyframe
+    assert not encoder.encode(video[2], 0.2).packet.keyframe
+
+
+def test_a_new_picture_size_restarts_with_a_keyframe_and_drops_the_old_map():
+    encoder = RobotEncoder()
+    encoder.encode(frames(1)[0], 0.0)
+    encoder.submit_qp_map(update(1, 1, 0.0))
+    assert encoder.encode(frames(2)[1], 0.1).qp_map_seq == 1
+    bigger = encoder.encode(frames(1, 128, 80)[0], 0.2)
+    assert bigger.packet.keyframe and (bigger.width, bigger.height) == (128, 80)
+    assert bigger.qp_map_seq == 0
+
+
+def test_bgr_input_encodes_like_rgb():
+    rgb = frames(1)[0]
+    a = RobotEncoder().encode(rgb, 0.0, "rgb24")
+    b = RobotEncoder().encode(np.ascontiguousarray(rgb[..., ::-1]), 0.0, "bgr24")
+    assert a.packet.data == b.packet.data
+
+
+def test_bad_frames_are_rejected():
+    with pytest.raises(ValueError, match="HxWx3"):
+        RobotEncoder().encode(np.zeros((64, 96), np.uint8), 0.0)
