@@ -78,6 +78,8 @@ def test_tiny_run_exports_loadable_weights_and_resumes_exactly(tmp_path, data_di
 
     _train(tmp_path, "resumed", 1, data_dir)
     resumed = _train(tmp_path, "resumed", 2, data_dir, resume=True)
+    commands = json.loads((tmp_path / "resumed" / "model.metrics.json").read_text())["command"]
+    assert len(commands) == 2 and commands[1].endswith("--resume  # from iteration 1")
     for name, tensor in straight.items():
         torch.testing.assert_close(resumed[name], tensor, msg=f"{name} differs after resume")
 

@@ -9,6 +9,7 @@ weights file the loader reads plus a JSON with val accuracy, wall time and the e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -197,33 +198,33 @@ def make_optimizer(model: LiteFPN, args: argparse.Namespace) -> torch.optim.Adam
     return torch.optim.AdamW(groups, weight_decay=args.weight_decay)
 
 
-def save_checkpoint(
-    path: Path,
-    model,
-    optimizer,
-    iteration: int,
-    order: np.ndarray,
-    rng,
-    elapsed_s: float,
-    args: argparse.Namespace,
-) -> None:
+@dataclass
+class RunState:
+    """Where a run stands; saved in every checkpoint so a resumed run continues exactly and
+    reports its whole history (a run may be resumed with a new --iterations budget)."""
+
+    iteration: int
+    elapsed_s: float
+    order: np.ndarray  # sample indices still to draw in this epoch
+    history: list[dict]
+    commands: list[str]
+
+
+def save_checkpoint(path: Path, model, optimizer, rng, run: RunState) -> None:
     """Everything needed to continue the run exactly: weights, optimiser, sample order, RNGs."""
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "iteration": iteration,
-        "order": order,
         "rng": rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
-        "elapsed_s": elapsed_s,
-        "args": {k: str(v) for k, v in vars(args).items()},
+        "run": dataclasses.asdict(run),
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
 
 
-def train(args: argparse.Namespace) -> dict:
+def train(args: argparse.Namespace, command: str) -> dict:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -240,10 +241,10 @@ def train(args: argparse.Namespace) -> dict:
     augment = Augmenter(*args.crop, args.scale_min, args.scale_max, rng)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = args.out_dir / "checkpoint.pt"
-    start_iteration, elapsed_before_s, order = 0, 0.0, rng.permutation(len(train_split))
+    run = RunState(0, 0.0, rng.permutation(len(train_split)), [], [command])
     if args.resume:
-        start_iteration, elapsed_before_s, order = _resume(checkpoint_path, model, optimizer, rng)
-    history = []
+        run = _resume(checkpoint_path, model, optimizer, rng, command)
+    start_iteration, elapsed_before_s, order = run.iteration, run.elapsed_s, run.order
     started = time.monotonic()
     model.train()
     progress = tqdm(
@@ -271,20 +272,19 @@ def train(args: argparse.Namespace) -> dict:
         loss.backward()
         optimizer.step()
         progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        done = iteration + 1
-        elapsed_s = elapsed_before_s + time.monotonic() - started
-        if done % args.checkpoint_every == 0 or done == args.iterations:
-            save_checkpoint(checkpoint_path, model, optimizer, done, order, rng, elapsed_s, args)
-        if args.eval_every and done % args.eval_every == 0 and done != args.iterations:
+        run.iteration, run.order = iteration + 1, order
+        run.elapsed_s = elapsed_before_s + time.monotonic() - started
+        if args.eval_every and run.iteration % args.eval_every == 0:
             miou = evaluate(model, val_split.images, val_split.labels, device).mean_iou()
-            history.append({"iteration": done, "val_miou": round(miou, 4)})
-            tqdm.write(f"iteration {done}: loss {loss.item():.3f}, val mIoU {miou:.4f}")
-    train_s = elapsed_before_s + time.monotonic() - started
+            run.history.append({"iteration": run.iteration, "val_miou": round(miou, 4)})
+            tqdm.write(f"iteration {run.iteration}: loss {loss.item():.3f}, val mIoU {miou:.4f}")
+        if run.iteration % args.checkpoint_every == 0 or run.iteration == args.iterations:
+            save_checkpoint(checkpoint_path, model, optimizer, rng, run)
     matrix = evaluate(model, val_split.images, val_split.labels, device)
-    return _report(args, matrix, history, train_s, len(train_split), len(val_split), device, model)
+    return _report(args, matrix, run, len(train_split), len(val_split), device, model)
 
 
-def _resume(path: Path, model, optimizer, rng) -> tuple[int, float, np.ndarray]:
+def _resume(path: Path, model, optimizer, rng, command: str) -> RunState:
     if not path.is_file():
         raise FileNotFoundError(f"--resume given but no checkpoint at {path}")
     state = torch.load(path, map_location="cpu", weights_only=False)
@@ -292,14 +292,15 @@ def _resume(path: Path, model, optimizer, rng) -> tuple[int, float, np.ndarray]:
     optimizer.load_state_dict(state["optimizer"])
     rng.bit_generator.state = state["rng"]
     torch.set_rng_state(state["torch_rng"])
-    return int(state["iteration"]), float(state["elapsed_s"]), np.asarray(state["order"])
+    run = RunState(**state["run"])
+    run.commands.append(f"{command}  # from iteration {run.iteration}")
+    return run
 
 
 def _report(
     args,
     matrix: ConfusionMatrix,
-    history,
-    train_s: float,
+    run: RunState,
     train_frames: int,
     val_frames: int,
     device: torch.device,
@@ -316,12 +317,12 @@ def _report(
         "batch_size": args.batch_size,
         "epochs": round(args.iterations * args.batch_size / train_frames, 2),
         "train_frames": train_frames,
-        "train_wall_s": round(train_s, 1),
-        "history": history,
+        "train_wall_s": round(run.elapsed_s, 1),
+        "history": run.history,
         "device": str(device),
         "threads": args.threads,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "command": shlex.join(["stac-train", *sys.argv[1:]]),
+        "command": run.commands[-1] if len(run.commands) == 1 else run.commands,
         "args": {k: str(v) for k, v in vars(args).items()},
     }
 
@@ -331,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations < 1 or args.batch_size < 1:
         raise SystemExit("--iterations and --batch-size must be positive")
     started = time.time()
-    report = train(args)
+    command = shlex.join(["stac-train", *(sys.argv[1:] if argv is None else argv)])
+    report = train(args, command)
     report["total_wall_s"] = round(time.time() - started, 1)
     model_state = torch.load(
         args.out_dir / "checkpoint.pt", map_location="cpu", weights_only=False
