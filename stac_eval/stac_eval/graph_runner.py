@@ -92,6 +92,8 @@ class GraphRunResult:
     statistics: dict[str, Statistics] = field(default_factory=dict)
     exit_codes: dict[str, int] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
+    cpu_at_play_s: dict[str, float] = field(default_factory=dict)
+    play_s: float = 0.0
     logs: dict[str, Path] = field(default_factory=dict)
     wall_s: float = 0.0
 
@@ -261,8 +263,11 @@ class GraphRun:
             ):
                 missing = expected - set(self.result.statistics)
                 raise RuntimeError(f"nodes did not come up: {sorted(missing)}; see {self._log_dir}")
+            self.result.cpu_at_play_s = self._cpu_of_live_processes()
+            play_started = time.monotonic()
             source = self._start_source()
             self._play(recorder, source)
+            self.result.play_s = time.monotonic() - play_started
             self._drain(recorder)
         finally:
             self._stop_all()
@@ -338,11 +343,18 @@ class GraphRun:
         # one more statistics period, so the final counters are the ones recorded
         recorder.spin_until(lambda: False, 1.2)
 
-    def _stop_all(self) -> None:
+    def _cpu_of_live_processes(self) -> dict[str, float]:
+        cpu = {}
         for name, process in self._processes.items():
             if process.poll() is None:
                 with contextlib.suppress(OSError, ValueError, IndexError):
-                    self.result.cpu_s[name] = _process_cpu_s(process.pid)
+                    cpu[name] = _process_cpu_s(process.pid)
+        return cpu
+
+    def _stop_all(self) -> None:
+        self.result.cpu_s = self._cpu_of_live_processes()
+        for process in self._processes.values():
+            if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for name, process in self._processes.items():
             try:

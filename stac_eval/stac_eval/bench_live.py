@@ -1,0 +1,101 @@
+"""`stac-bench live`: the ROS graph on the dashcam clip at its recorded 25 fps.
+
+Runs the real nodes as separate processes (stac_eval.graph_runner) and measures the robot's
+encoder node (CPU time per frame from /proc, over the playback only, so start-up is excluded;
+sustained fps), capture-to-mask latency, and the uplink and feedback bit rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from stac_eval.bench_codec import default_video
+from stac_eval.demo import find_launch_dir
+from stac_eval.graph_runner import GraphRun, GraphRunConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--video",
+        type=Path,
+        default=default_video(),
+        help="clip played at its recorded rate (default: $STAC_DATA_DIR or ../shared/data, "
+        "video/solidWhiteRight.mp4)",
+    )
+    parser.add_argument("--max-frames", type=int, default=0, help="0 = the whole clip")
+    parser.add_argument("--crf", type=float, default=28.0, help="encoder base quality")
+    parser.add_argument("--torch-threads", type=int, default=1, help="per edge node")
+    parser.add_argument("--launch-dir", type=Path, default=None)
+
+
+def run(args: argparse.Namespace) -> dict:
+    if not args.video.is_file():
+        raise SystemExit(f"stac-bench live: clip not found: {args.video}")
+    with tempfile.TemporaryDirectory(prefix="stac-live-") as out_dir:
+        config = GraphRunConfig(
+            video_uri=str(args.video),
+            out_dir=Path(out_dir),
+            launch_dir=args.launch_dir or find_launch_dir(),
+            pace="recorded",
+            max_frames=args.max_frames,
+            crf=args.crf,
+            torch_threads=args.torch_threads,
+            record_bag=False,
+            overlay_video=False,
+        )
+        result = GraphRun(config).run()
+    encoded = result.encoded
+    if len(encoded) < 2:
+        raise SystemExit("stac-bench live: fewer than two frames were encoded")
+    playback_s = (encoded[-1].stamp_ns - encoded[0].stamp_ns) * 1e-9
+    encoder_cpu_s = result.cpu_s["encoder_node"] - result.cpu_at_play_s["encoder_node"]
+    cpu_ms_per_frame = 1e3 * encoder_cpu_s / len(encoded)
+    latency = np.asarray(result.mask_latency_ms)
+    clip_s = playback_s * len(encoded) / (len(encoded) - 1)
+    segmenter = result.statistics["stac_segmenter"]
+    out = {
+        "clip": str(args.video),
+        "frames_encoded": len(encoded),
+        "resolution": _resolution(result),
+        "encoder_cpu_ms_per_frame": round(cpu_ms_per_frame, 2),
+        "encoder_max_fps_one_core": round(1e3 / cpu_ms_per_frame, 1),
+        "sustained_fps": round((len(encoded) - 1) / playback_s, 2),
+        "latency_ms_median": round(float(np.median(latency)), 1) if latency.size else None,
+        "latency_ms_p95": round(float(np.percentile(latency, 95)), 1) if latency.size else None,
+        "uplink_bps": round(8 * sum(r.size_bytes for r in encoded) / clip_s, 1),
+        "feedback_bps": round(8 * sum(result.qp_map_bytes) / clip_s, 1),
+        "qp_maps": len(result.qp_map_bytes),
+        "frames_with_qp_map": sum(1 for r in encoded if r.qp_map_seq > 0),
+        "frames_segmented": segmenter.frames_segmented,
+        "frames_skipped": segmenter.frames_skipped,
+        "exit_codes": result.exit_codes,
+    }
+    _print_table(out)
+    return out
+
+
+def _resolution(result) -> str:
+    mask = next(iter(result.masks_by_stamp.values()), None)
+    return "unknown" if mask is None else f"{mask.shape[1]}x{mask.shape[0]}"
+
+
+def _print_table(out: dict) -> None:
+    rows = [
+        ("frames encoded", out["frames_encoded"]),
+        ("resolution", out["resolution"]),
+        ("encoder CPU per frame", f"{out['encoder_cpu_ms_per_frame']} ms"),
+        ("encoder fps one core could sustain", out["encoder_max_fps_one_core"]),
+        ("sustained fps (recorded pace)", out["sustained_fps"]),
+        ("capture-to-mask latency p50 / p95", f"{out['latency_ms_median']} / "
+         f"{out['latency_ms_p95']} ms"),
+        ("uplink", f"{out['uplink_bps'] / 1e3:.1f} kbit/s"),
+        ("feedback", f"{out['feedback_bps'] / 1e3:.2f} kbit/s ({out['qp_maps']} maps)"),
+        ("segmented / skipped", f"{out['frames_segmented']} / {out['frames_skipped']}"),
+    ]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
