@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from stac_edge_segmenter.latest_slot import LatestSlot
+from stac_edge_segmenter.latest_slot import LatestSlot, NewestItemWorker
 from stac_edge_segmenter.overlay import mask_overlay
 from stac_encoder.statistics import NodeStatistics, SlidingWindow
 
@@ -75,3 +75,24 @@ def test_rates_and_latencies_cover_the_window_only():
 def test_window_must_be_positive():
     with pytest.raises(ValueError):
         SlidingWindow(0.0)
+
+
+def test_worker_survives_a_failing_item_and_processes_the_next():
+    handled, failed, done = [], [], threading.Event()
+
+    def handle(item: int) -> None:
+        if item == 1:
+            raise RuntimeError("bad frame")
+        handled.append(item)
+        done.set()
+
+    worker = NewestItemWorker(handle, lambda item, error: failed.append((item, str(error))), "t")
+    worker.submit(1)
+    for _ in range(500):  # wait (up to 5 s) until the failure is reported
+        if failed:
+            break
+        threading.Event().wait(0.01)
+    worker.submit(2)
+    assert done.wait(5)
+    assert worker.close() is None
+    assert failed == [(1, "bad frame")] and handled == [2]

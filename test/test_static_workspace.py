@@ -8,10 +8,10 @@ node that receives it.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 import yaml
@@ -35,12 +35,8 @@ def console_scripts(package: str) -> dict[str, str]:
 
 
 def declared_parameters(module: str) -> set[str]:
-    """Parameter names a node module declares (declare_parameter / PARAMETERS tables)."""
-    package = module.split(".")[0]
-    source = (REPO_ROOT / package / Path(*module.split("."))).with_suffix(".py").read_text()
-    names = set(re.findall(r'declare_parameter\(\s*"([\w.]+)"', source))
-    names |= set(re.findall(r'ParameterSpec\(\s*"([\w.]+)"', source))
-    return names
+    """Parameter names a node module declares (its PARAMETERS table of ParameterSpec)."""
+    return {spec.name for spec in importlib.import_module(module).PARAMETERS}
 
 
 @pytest.mark.parametrize("package", PYTHON_PACKAGES + ["stac_msgs"])

@@ -8,6 +8,7 @@ displaced (to count it as skipped); the consumer `take`s the newest one when it 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -44,3 +45,41 @@ class LatestSlot(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+class NewestItemWorker(Generic[T]):
+    """A thread that hands the newest submitted item to `handle`, one at a time.
+
+    `on_error(item, error)` is called when `handle` raises: one bad item must not stop the
+    stream. `submit` returns the unconsumed item it displaced (for skip accounting).
+    """
+
+    def __init__(
+        self,
+        handle: Callable[[T], None],
+        on_error: Callable[[T, Exception], None],
+        name: str,
+    ) -> None:
+        self._slot: LatestSlot[T] = LatestSlot()
+        self._handle, self._on_error = handle, on_error
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: T) -> T | None:
+        return self._slot.put(item)
+
+    def _loop(self) -> None:
+        while not self._slot.closed:
+            item = self._slot.take(timeout_s=0.5)
+            if item is None:
+                continue
+            try:
+                self._handle(item)
+            except Exception as error:  # the worker outlives a failing item
+                self._on_error(item, error)
+
+    def close(self, timeout_s: float = 10.0) -> T | None:
+        """Stop after the item in hand; return the item left waiting, if any."""
+        leftover = self._slot.close()
+        self._thread.join(timeout=timeout_s)
+        return leftover

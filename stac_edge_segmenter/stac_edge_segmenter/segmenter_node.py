@@ -13,7 +13,6 @@ when the model is slower than the camera.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import torch
@@ -22,8 +21,8 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
-from stac_edge_segmenter.latest_slot import LatestSlot
-from stac_edge_segmenter.loading import load_model
+from stac_edge_segmenter.latest_slot import NewestItemWorker
+from stac_edge_segmenter.loading import SegmentationModel, load_model
 from stac_edge_segmenter.overlay import mask_overlay
 from stac_encoder.image_conversion import numpy_to_image
 from stac_encoder.ros_common import (
@@ -38,34 +37,41 @@ from stac_encoder.ros_common import (
 from stac_encoder.statistics import NodeStatistics
 from stac_msgs.msg import EncodedFrame
 
-PARAMETERS = (
+MODEL_PARAMETERS = (
     ParameterSpec(
         "model_config", "", "Model configuration YAML; empty = the shipped CamVid model."
     ),
     ParameterSpec("device", "", "torch device ('cpu', 'cuda', 'cuda:1'); empty = automatic."),
-    ParameterSpec("torch_threads", 0, "CPU threads for inference; 0 = torch's default.", 0, 256),
+    ParameterSpec("torch_threads", 0, "CPU threads for the model; 0 = torch's default.", 0, 256),
+)
+PARAMETERS = (
+    *MODEL_PARAMETERS,
     ParameterSpec("overlay_alpha", 0.5, "Weight of the class colours in the overlay.", 0.0, 1.0),
     ParameterSpec("publish_overlay", True, "Publish the colour overlay (costs ~2 ms/frame)."),
 )
+
+
+def load_model_from(params: dict) -> SegmentationModel:
+    """The model the MODEL_PARAMETERS of a node describe."""
+    if params["torch_threads"]:
+        torch.set_num_threads(params["torch_threads"])
+    return load_model(params["model_config"] or None, params["device"] or None)
 
 
 class SegmenterNode(Node):
     def __init__(self) -> None:
         super().__init__("stac_segmenter")
         self.params = declare_parameters(self, PARAMETERS)
-        if self.params["torch_threads"]:
-            torch.set_num_threads(self.params["torch_threads"])
-        self.model = load_model(self.params["model_config"] or None, self.params["device"] or None)
+        self.model = load_model_from(self.params)
         self.statistics = NodeStatistics()
         self._decoder = EncodedStreamDecoder()
-        self._slot: LatestSlot[DecodedFrame] = LatestSlot()
-        self._busy = threading.Event()
         self._mask_publisher = self.create_publisher(Image, "mask", OUTPUT_QOS)
         self._overlay_publisher = self.create_publisher(Image, "overlay", OUTPUT_QOS)
         self.create_subscription(EncodedFrame, "encoded", self._on_encoded, ENCODED_QOS)
         self._reporter = StatisticsReporter(self, self.statistics, role="edge")
-        self._worker = threading.Thread(target=self._segment_loop, name="segmenter", daemon=True)
-        self._worker.start()
+        self._worker: NewestItemWorker[DecodedFrame] = NewestItemWorker(
+            self._segment, self._on_segment_error, name="segmenter"
+        )
         self.get_logger().info(
             f"model {self.model.spec.name!r} ({self.model.num_classes} classes) on "
             f"{self.model.device}"
@@ -83,25 +89,22 @@ class SegmenterNode(Node):
             )
             return
         self.statistics.count("frames_pending")
-        displaced = self._slot.put(DecodedFrame(msg.header, msg.frame_seq, result.image))
+        displaced = self._worker.submit(DecodedFrame(msg.header, msg.frame_seq, result.image))
         if displaced is not None:
             self.statistics.count("frames_pending", -1)
             self.statistics.count("frames_skipped")
 
-    def _segment_loop(self) -> None:
-        while not self._slot.closed:
-            frame = self._slot.take(timeout_s=0.5)
-            if frame is None:
-                continue
-            try:
-                self._segment(frame)
-            except Exception as error:  # noqa: BLE001 - a frame's failure must not stop the node
-                self.statistics.count("frames_failed")
-                self.get_logger().error(f"frame {frame.frame_seq} not segmented: {error}")
-            finally:
-                self.statistics.count("frames_pending", -1)
+    def _on_segment_error(self, frame: DecodedFrame, error: Exception) -> None:
+        self.statistics.count("frames_failed")
+        self.get_logger().error(f"frame {frame.frame_seq} not segmented: {error}")
 
     def _segment(self, frame: DecodedFrame) -> None:
+        try:
+            self._segment_and_publish(frame)
+        finally:
+            self.statistics.count("frames_pending", -1)
+
+    def _segment_and_publish(self, frame: DecodedFrame) -> None:
         class_ids = self.model.predict(frame.image).class_ids[0]
         self._mask_publisher.publish(numpy_to_image(class_ids, "mono8", frame.header))
         if self.params["publish_overlay"]:
@@ -117,8 +120,7 @@ class SegmenterNode(Node):
 
     def close(self) -> None:
         """Stop the worker after the frame in hand; a frame still waiting stays pending."""
-        self._slot.close()
-        self._worker.join(timeout=10.0)
+        self._worker.close()
         if self.context.ok():  # after SIGTERM rclpy has already shut the context down
             self._mask_publisher.wait_for_all_acked(Duration(seconds=2))
 

@@ -13,17 +13,15 @@ and a due frame that a newer one replaces before the worker is free is simply dr
 
 from __future__ import annotations
 
-import threading
 import time
 
-import torch
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
-from stac_edge_segmenter.latest_slot import LatestSlot
-from stac_edge_segmenter.loading import load_model
+from stac_edge_segmenter.latest_slot import NewestItemWorker
+from stac_edge_segmenter.segmenter_node import MODEL_PARAMETERS, load_model_from
 from stac_encoder.image_conversion import numpy_to_image
 from stac_encoder.ros_common import (
     ENCODED_QOS,
@@ -36,14 +34,10 @@ from stac_encoder.ros_common import (
 )
 from stac_encoder.statistics import NodeStatistics
 from stac_msgs.msg import EncodedFrame, QPMap
-from stac_sensitivity.online import QPMapComputer, QPMapResult, qp_heatmap
+from stac_sensitivity.online import QPMapComputer, qp_heatmap
 
 PARAMETERS = (
-    ParameterSpec(
-        "model_config", "", "Model configuration YAML; empty = the shipped CamVid model."
-    ),
-    ParameterSpec("device", "", "torch device ('cpu', 'cuda'); empty = automatic."),
-    ParameterSpec("torch_threads", 0, "CPU threads for the gradient pass; 0 = default.", 0, 256),
+    *MODEL_PARAMETERS,
     ParameterSpec(
         "calibration_file",
         "",
@@ -67,15 +61,13 @@ class SensitivityNode(Node):
     def __init__(self) -> None:
         super().__init__("stac_sensitivity")
         self.params = declare_parameters(self, PARAMETERS)
-        if self.params["torch_threads"]:
-            torch.set_num_threads(self.params["torch_threads"])
-        model = load_model(self.params["model_config"] or None, self.params["device"] or None)
         self.computer = QPMapComputer(
-            model, self.params["calibration_file"] or None, self.params["budget_shift_qp"]
+            load_model_from(self.params),
+            self.params["calibration_file"] or None,
+            self.params["budget_shift_qp"],
         )
         self.statistics = NodeStatistics()
         self._decoder = EncodedStreamDecoder()
-        self._slot: LatestSlot[DecodedFrame] = LatestSlot()
         self._decoded_since_map = 0
         self._compute_requested = True  # the first decodable frame gets a map at once
         self._map_seq = 0
@@ -84,8 +76,9 @@ class SensitivityNode(Node):
         self.create_subscription(EncodedFrame, "encoded", self._on_encoded, ENCODED_QOS)
         self.create_service(Trigger, "~/compute_now", self._on_compute_now)
         self._reporter = StatisticsReporter(self, self.statistics, role="edge")
-        self._worker = threading.Thread(target=self._map_loop, name="sensitivity", daemon=True)
-        self._worker.start()
+        self._worker: NewestItemWorker[DecodedFrame] = NewestItemWorker(
+            self._publish_map, self._on_map_error, name="sensitivity"
+        )
         source = self.computer.calibration_path or "built-in defaults"
         self.get_logger().info(
             f"calibration: {source}; levels {self.computer.levels_qp}, "
@@ -104,7 +97,8 @@ class SensitivityNode(Node):
         if due:
             self._compute_requested = False
             self._decoded_since_map = 0
-            if self._slot.put(DecodedFrame(msg.header, msg.frame_seq, result.image)) is not None:
+            frame = DecodedFrame(msg.header, msg.frame_seq, result.image)
+            if self._worker.submit(frame) is not None:
                 self.statistics.count("frames_skipped")
 
     def _on_compute_now(self, request: Trigger.Request, response: Trigger.Response):
@@ -112,18 +106,12 @@ class SensitivityNode(Node):
         response.success, response.message = True, "a map will be computed on the next frame"
         return response
 
-    def _map_loop(self) -> None:
-        while not self._slot.closed:
-            frame = self._slot.take(timeout_s=0.5)
-            if frame is None:
-                continue
-            try:
-                self._publish_map(frame, self.computer.compute(frame.image))
-            except Exception as error:  # a frame's failure must not stop the node
-                self.statistics.count("frames_failed")
-                self.get_logger().error(f"no map for frame {frame.frame_seq}: {error}")
+    def _on_map_error(self, frame: DecodedFrame, error: Exception) -> None:
+        self.statistics.count("frames_failed")
+        self.get_logger().error(f"no map for frame {frame.frame_seq}: {error}")
 
-    def _publish_map(self, frame: DecodedFrame, result: QPMapResult) -> None:
+    def _publish_map(self, frame: DecodedFrame) -> None:
+        result = self.computer.compute(frame.image)
         self._map_seq += 1
         rows, cols = result.offsets_qp.shape
         msg = QPMap(
@@ -149,8 +137,7 @@ class SensitivityNode(Node):
         self.get_logger().debug(f"map {self._map_seq} in {result.compute_ms:.0f} ms")
 
     def close(self) -> None:
-        self._slot.close()
-        self._worker.join(timeout=10.0)
+        self._worker.close()
 
 
 def main(args: list[str] | None = None) -> None:
