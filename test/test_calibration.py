@@ -77,9 +77,11 @@ def test_calibration_search_writes_a_usable_file(data_dir, tmp_path):
     network = build_lite0_fpn(num_classes=11)
     model = SegmentationModel(network, read_spec(DEFAULT_CONFIG), torch.device("cpu"))
     grid = {"alpha": (0.3, 0.6)}
-    calibration = calibrate(model, frames.images, frames.labels, [30, 42], num_levels=4, grid=grid)
+    calibration = calibrate(model, frames.images, frames.labels, [30, 42], (4,), grid=grid)
     assert calibration.alpha in (0.3, 0.6)
     assert 2 <= len(calibration.levels_qp) <= 4
     assert all(abs(level) <= calibration.max_offset_qp for level in calibration.levels_qp)
-    assert len(calibration.provenance["search"]) == 3  # two candidates, then the bank
+    searched = calibration.provenance["search"]
+    assert {entry["alpha"] for entry in searched} == {0.3, 0.6}
+    assert any(entry["with_feedback"] and len(entry["levels_qp"]) for entry in searched)
     assert load_calibration(save_calibration(calibration, tmp_path / "c.json")) == calibration
