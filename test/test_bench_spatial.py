@@ -82,5 +82,6 @@ def test_benchmark_runs_end_to_end_on_three_frames(data_dir, untrained_model_yam
         feedback = [p["feedback_bytes_per_frame"] for p in curves[name]["points"]]
         assert all(0 < size < 23 * 30 for size in feedback)
     assert result["setup"]["frames"] == 3
+    assert 0 <= result["uncompressed_miou_human"] <= 1
     for plot in result["plots"].values():
         assert (tmp_path / plot.rsplit("/", 1)[-1]).stat().st_size > 1000

@@ -34,6 +34,7 @@ from stac_eval.rate_accuracy import (
     bootstrap_bd_rate_ci,
     curve_bd_rate,
     frame_confusion,
+    miou_of,
 )
 from stac_sensitivity.allocation import AllocationConfig, QPAllocation, allocate
 from stac_sensitivity.calibration import Calibration, find_calibration, load_calibration
@@ -94,12 +95,17 @@ class SpatialBenchmark:
         }
         self.curves["jpeg"] = MethodCurve("jpeg", "quality", list(args.jpeg_quality), classes)
         self.example: dict | None = None
+        self.uncompressed_confusion = np.zeros((classes, classes), dtype=np.int64)
 
     def run_batch(self, images: np.ndarray, labels: np.ndarray | None) -> None:
         raw = self._sensitivity(images)
         truth = {"pseudo": raw.class_ids}
         if labels is not None:
             truth["human"] = labels
+            for label, prediction in zip(labels, raw.class_ids, strict=True):
+                self.uncompressed_confusion += frame_confusion(
+                    label, prediction, self.segmenter.num_classes, None
+                )
         for point, crf in enumerate(self.args.crf):
             self._run_crf(point, crf, images, raw.macroblock_sensitivity, truth)
         for point, quality in enumerate(self.args.jpeg_quality):
@@ -187,6 +193,10 @@ def run(args: argparse.Namespace) -> dict:
             flush=True,
         )
     result = summarise(bench.curves, frames.labels is not None, args.bootstrap)
+    uncompressed_miou = None
+    if frames.labels is not None:
+        uncompressed_miou = round(miou_of(bench.uncompressed_confusion, segmenter.num_classes), 4)
+    result["uncompressed_miou_human"] = uncompressed_miou
     result["setup"] = {
         "images": str(args.images),
         "labels": None if args.labels is None else str(args.labels),
@@ -202,7 +212,7 @@ def run(args: argparse.Namespace) -> dict:
     out_stem = args.out.with_suffix("")
     plot_path = args.plot or out_stem.with_name(out_stem.name + "_curves.png")
     heatmap_path = args.heatmap or out_stem.with_name(out_stem.name + "_qpmap.png")
-    plot_curves(bench.curves, plot_path)
+    plot_curves(bench.curves, plot_path, uncompressed_miou)
     if bench.example is not None:
         plot_qp_map(bench.example, heatmap_path)
     result["plots"] = {"curves": str(plot_path), "qp_map": str(heatmap_path)}
@@ -265,6 +275,8 @@ def summarise(curves: dict[str, MethodCurve], has_human: bool, resamples: int) -
 
 def print_tables(result: dict) -> None:
     print("\nbits-vs-mIoU curves (bytes per frame, slice bytes only; mIoU human / pseudo)")
+    if result["uncompressed_miou_human"] is not None:
+        print(f"  uncompressed frames: mIoU {result['uncompressed_miou_human']:.3f} (human)")
     for name, curve in result["curves"].items():
         print(f"  {name:15s}", end="")
         for point in curve["points"]:
@@ -293,7 +305,9 @@ def print_tables(result: dict) -> None:
         print(f"  {baseline:12s} {text}")
 
 
-def plot_curves(curves: dict[str, MethodCurve], path: Path) -> None:
+def plot_curves(
+    curves: dict[str, MethodCurve], path: Path, uncompressed_miou: float | None
+) -> None:
     """Bits vs mIoU, one line per method, one panel per kind of labels."""
     import matplotlib
 
@@ -311,6 +325,9 @@ def plot_curves(curves: dict[str, MethodCurve], path: Path) -> None:
         axis.set_xlabel("kbit per frame (intra)")
         axis.set_ylabel(f"mIoU vs {'human labels' if kind == 'human' else 'DNN on raw frame'}")
         axis.grid(True, which="both", alpha=0.3)
+        reference = uncompressed_miou if kind == "human" else 1.0
+        if reference is not None:
+            axis.axhline(reference, color="grey", linestyle="--", linewidth=1, label="uncompressed")
         axis.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
