@@ -43,12 +43,15 @@ DEFAULT_CRFS = (24, 30, 36, 42)
 # Coordinate-descent grids, searched in this order (each starts from the best so far).
 SEARCH_GRID: dict[str, tuple] = {
     "class_weight_exponent": (0.0, 0.5, 1.0),
-    "aq_strength": (0.001, 0.5, 1.0, 1.5, 2.0),
+    "aq_strength": (0.001, 0.5, 1.0, 1.5),
     "alpha": (0.3, 0.4, 0.5, 0.65, 0.8),
     "max_offset_qp": (6, 8, 10, 13, 16),
-    "smoothing_sigma_mb": (0.0, 0.7, 1.5),
+    "smoothing_sigma_mb": (0.0, 0.7, 1.2),
 }
 BANK_SIZES = (4, 8, 16)
+# The smallest bank within this many BD-rate points of the best wins (differences below it are
+# noise on a few dozen frames; fewer levels mean a smaller, simpler map).
+BANK_TOLERANCE_PCT = 0.5
 START = {
     "class_weight_exponent": 0.0,
     "alpha": 0.5,
@@ -124,6 +127,7 @@ class Calibrator:
         self.sweep = sweep
         self.device = device
         self.log: list[dict] = []
+        self._logged: list[dict] = []
         self._curves: dict[tuple, MethodCurve] = {}
 
     def sensitivities(self, exponent: float) -> np.ndarray:
@@ -158,9 +162,11 @@ class Calibrator:
         except ValueError:  # no overlap, or a curve without 2 efficient points: unusable
             value = float("inf")
         entry = {**params, "levels_qp": list(levels_qp), "with_feedback": with_feedback}
-        self.log.append({**entry, "bd_rate_pct": _finite_or_none(value)})
-        banks = f"levels={list(levels_qp) or 'all'}{' +feedback' if with_feedback else ''}"
-        print(f"  {params} {banks}: {value:+.2f}%", flush=True)
+        if entry not in self._logged:
+            self._logged.append(entry)
+            self.log.append({**entry, "bd_rate_pct": _finite_or_none(value)})
+            banks = f"levels={list(levels_qp) or 'all'}{' +feedback' if with_feedback else ''}"
+            print(f"  {params} {banks}: {value:+.2f}%", flush=True)
         return value
 
     def _code(self, params: dict, levels_qp: tuple[int, ...]) -> MethodCurve:
@@ -250,7 +256,8 @@ def calibrate(
         bank = fit_level_bank(calibrator, best, size)
         banks[bank] = calibrator.objective(best, bank, with_feedback=True)
     banks[()] = calibrator.objective(best, (), with_feedback=True)  # every integer level
-    levels = min(banks, key=banks.get)  # ties: the smallest bank
+    good_enough = min(banks.values()) + BANK_TOLERANCE_PCT
+    levels = next(bank for bank, value in banks.items() if value <= good_enough)
     exponent = best["class_weight_exponent"]
     return Calibration(
         alpha=best["alpha"],
