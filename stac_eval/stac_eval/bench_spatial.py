@@ -46,7 +46,6 @@ from stac_sensitivity.wire import encode_qp_map
 DEFAULT_CRFS = (20, 24, 28, 32, 36, 40, 44)
 DEFAULT_JPEG_QUALITIES = (5, 10, 20, 35, 50, 70, 90)
 BASELINES = ("uniform", "x264_aq", "two_level", "jpeg")
-STAC_VARIANTS = ("stac_practical", "stac_oracle")
 H264_METHODS = ("uniform", "x264_aq", "two_level", "stac_oracle", "stac_practical")
 
 
