@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_WEIGHTS,
         help="fp16 weights file written at the end; metrics JSON goes beside it",
     )
-    p.add_argument("--iterations", type=int, default=3600)
+    p.add_argument("--iterations", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop", type=_size, default=(384, 288), help="training crop WxH")
     p.add_argument("--scale-min", type=float, default=0.75)
