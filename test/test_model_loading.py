@@ -150,6 +150,7 @@ def test_optional_libraries_are_named_when_missing(tmp_path, kind, module, libra
         load_model(config)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # still supported in 2.13
 def test_torchscript_export_loads_and_matches(tmp_path, model, frames):
     frame = np.ascontiguousarray(np.resize(frames[0], (360, 480, 3)))  # the traced size
     example = (torch.from_numpy(frame).permute(2, 0, 1)[None].float() - 127.0) / 128.0
