@@ -28,7 +28,9 @@ def to_uint8_field(buffer: bytes | bytearray | memoryview | np.ndarray) -> array
     """
     if isinstance(buffer, np.ndarray):
         buffer = np.ascontiguousarray(buffer, dtype=np.uint8).reshape(-1)
-    return array.array("B", memoryview(buffer).cast("B"))
+    field = array.array("B")
+    field.frombytes(memoryview(buffer).cast("B"))  # one memcpy; array('B', view) iterates
+    return field
 
 
 def field_as_numpy(field) -> np.ndarray:

@@ -65,6 +65,9 @@ class GraphRunConfig:
     budget_shift_qp: int = 0
     period_frames: int = 5
     torch_threads: int = 1
+    # Robot and edge are separate machines in a deployment; on one machine the edge's model
+    # passes would starve the robot side, so the edge nodes run at this niceness.
+    edge_niceness: int = 10
     record_bag: bool = True
     overlay_video: bool = True
     startup_timeout_s: float = 180.0
@@ -233,11 +236,14 @@ class GraphRun:
         self._log_dir = config.out_dir / "logs"
         self._log_dir.mkdir(exist_ok=True)
 
-    def _start(self, package: str, executable: str, args: list[str]) -> subprocess.Popen:
+    def _start(
+        self, package: str, executable: str, args: list[str], niceness: int = 0
+    ) -> subprocess.Popen:
         log_path = self._log_dir / f"{executable}.log"
         self.result.logs[executable] = log_path
+        prefix = ["nice", "-n", str(niceness)] if niceness else []
         process = subprocess.Popen(
-            [_executable(package, executable), *args],
+            [*prefix, _executable(package, executable), *args],
             stdout=log_path.open("w"),
             stderr=subprocess.STDOUT,
         )
@@ -288,6 +294,7 @@ class GraphRun:
                     budget_shift_qp=str(config.budget_shift_qp),
                     period_frames=str(config.period_frames),
                 ),
+                niceness=config.edge_niceness,
             )
         self._start(
             "stac_encoder",
