@@ -73,6 +73,13 @@ def test_predict_shapes_and_class_range(model, frames):
     np.testing.assert_array_equal(prediction.class_ids, prediction.probabilities.argmax(1))
 
 
+def test_predict_without_probabilities_gives_the_same_mask(model, frames):
+    full = model.predict(frames)
+    masks_only = model.predict(frames, with_probabilities=False)
+    assert masks_only.probabilities is None
+    np.testing.assert_array_equal(masks_only.class_ids, full.class_ids)
+
+
 def test_predict_is_deterministic_and_batch_independent(model, frames):
     batched = model.predict(frames, batch_size=2)
     one_by_one = model.predict(frames, batch_size=1)

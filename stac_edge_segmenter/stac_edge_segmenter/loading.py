@@ -69,10 +69,11 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Prediction:
-    """class_ids NxHxW uint8 and probabilities NxKxHxW float32, at the input frames' size."""
+    """class_ids NxHxW uint8 and probabilities NxKxHxW float32 (None when not asked for),
+    at the input frames' size."""
 
     class_ids: np.ndarray
-    probabilities: np.ndarray
+    probabilities: np.ndarray | None
 
 
 def read_spec(config: str | Path) -> ModelSpec:
@@ -193,8 +194,13 @@ class SegmentationModel:
             )
         return logits
 
-    def predict(self, images: np.ndarray, batch_size: int = 4) -> Prediction:
-        """HxWx3 or NxHxWx3 uint8 RGB frames (any size) -> class ids and probabilities."""
+    def predict(
+        self, images: np.ndarray, batch_size: int = 4, with_probabilities: bool = True
+    ) -> Prediction:
+        """HxWx3 or NxHxWx3 uint8 RGB frames (any size) -> class ids and probabilities.
+
+        with_probabilities=False skips the softmax and its NxKxHxW copy (about a third of
+        the time of a 960x540 frame on a CPU) when only the mask is needed."""
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]
@@ -204,17 +210,20 @@ class SegmentationModel:
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        probabilities = np.empty(
-            (len(images), self.num_classes, *images.shape[1:3]), dtype=np.float32
-        )
+        class_ids = np.empty((len(images), *images.shape[1:3]), dtype=np.uint8)
+        probabilities = None
+        if with_probabilities:
+            probabilities = np.empty(
+                (len(images), self.num_classes, *images.shape[1:3]), dtype=np.float32
+            )
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 batch = torch.from_numpy(images[start : start + batch_size]).to(self.device)
                 logits = self.logits(batch.permute(0, 3, 1, 2).float())
-                probabilities[start : start + batch_size] = logits.softmax(1).cpu().numpy()
-        return Prediction(
-            class_ids=probabilities.argmax(1).astype(np.uint8), probabilities=probabilities
-        )
+                class_ids[start : start + batch_size] = logits.argmax(1).cpu().numpy()
+                if probabilities is not None:
+                    probabilities[start : start + batch_size] = logits.softmax(1).cpu().numpy()
+        return Prediction(class_ids=class_ids, probabilities=probabilities)
 
 
 def default_device() -> torch.device:

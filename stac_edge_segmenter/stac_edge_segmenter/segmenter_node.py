@@ -105,7 +105,7 @@ class SegmenterNode(Node):
             self.statistics.count("frames_pending", -1)
 
     def _segment_and_publish(self, frame: DecodedFrame) -> None:
-        class_ids = self.model.predict(frame.image).class_ids[0]
+        class_ids = self.model.predict(frame.image, with_probabilities=False).class_ids[0]
         self._mask_publisher.publish(numpy_to_image(class_ids, "mono8", frame.header))
         if self.params["publish_overlay"]:
             overlay = mask_overlay(

@@ -4,7 +4,8 @@ decoder), so the shared ROS glue lives here.
 
 QoS, and why:
 - camera: `sensor_data` (best effort, keep last 5) by default, like camera drivers publish;
-  `reliable` for replay where every frame must be accounted for.
+  `reliable` (keep all) for replay, where every frame must be accounted for: a slow encoder
+  then slows the player down instead of losing frames.
 - encoded frames: reliable, keep last 30. A lost access unit breaks the H.264 reference
   chain until the next keyframe; 30 frames absorb about a second of stall at 25 fps.
 - QP maps: reliable, keep last 1, transient local: only the newest map matters, and an
@@ -47,7 +48,7 @@ OUTPUT_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE
 )
 RELIABLE_CAMERA_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE
+    history=HistoryPolicy.KEEP_ALL, depth=1, reliability=ReliabilityPolicy.RELIABLE
 )
 STATISTICS_TOPIC = "/stac/statistics"
 

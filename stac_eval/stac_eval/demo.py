@@ -72,7 +72,9 @@ def masks_miou(result: GraphRunResult, video: str, model) -> tuple[float, int]:
     for frame in read_frames(video, max_frames=max(masks) + 1):
         mask = masks.get(frame.index)
         if mask is not None:
-            confusion.update(model.predict(frame.image).class_ids[0], mask)
+            confusion.update(
+                model.predict(frame.image, with_probabilities=False).class_ids[0], mask
+            )
     return confusion.mean_iou(), len(masks)
 
 

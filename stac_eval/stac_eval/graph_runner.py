@@ -332,21 +332,28 @@ class GraphRun:
         self.result.frames_published = int(published.group(1)) if published else None
 
     def _drain(self, recorder: GraphRecorder) -> None:
-        """Wait until the segmenter has accounted for every encoded frame."""
+        """Wait until the edge has dealt with every encoded frame and the counters are still:
+        the report then tells whether that is every frame the source published."""
+        quiet_since = [time.monotonic(), None]
 
-        def accounted() -> bool:
+        def settled() -> bool:
             seg = self.result.statistics.get("stac_segmenter")
             enc = self.result.statistics.get("stac_encoder")
+            if seg is None or enc is None:
+                return False
+            counters = (enc.frames_in, enc.frames_encoded, seg.frames_in, seg.frames_pending)
+            if counters != quiet_since[1]:
+                quiet_since[:] = [time.monotonic(), counters]
+            everything = enc.frames_in == self.result.frames_published
+            quiet_s = time.monotonic() - quiet_since[0]
             return (
-                seg is not None
-                and enc is not None
-                and enc.frames_in == self.result.frames_published
-                and seg.frames_in == enc.frames_encoded
+                seg.frames_in == enc.frames_encoded
                 and seg.frames_pending == 0
                 and len(self.result.masks_by_stamp) >= seg.frames_segmented
+                and (everything or quiet_s > 3.0)
             )
 
-        recorder.spin_until(accounted, self.config.drain_timeout_s)
+        recorder.spin_until(settled, self.config.drain_timeout_s)
         # one more statistics period, so the final counters are the ones recorded
         recorder.spin_until(lambda: False, 1.2)
 
