@@ -17,7 +17,8 @@ import pytest
 from rosbags.highlevel import AnyReader
 
 from conftest import REPO_ROOT
-from stac_eval.demo import summarise
+from stac_edge_segmenter.loading import load_model
+from stac_eval.demo import masks_miou, summarise
 from stac_eval.graph_runner import GraphRun, GraphRunConfig, stac_typestore
 
 FRAMES = 30
@@ -122,3 +123,12 @@ def test_bag_and_overlay_video_are_readable(run):
     with av.open(str(out_dir / "overlay.mp4")) as container:
         frames = sum(1 for _ in container.decode(video=0))
     assert frames == len(result.masks_by_stamp)
+
+
+@pytest.mark.dds
+@pytest.mark.slow
+def test_masks_are_scored_against_the_model_on_uncompressed_frames(run, clip):
+    result, _ = run
+    miou, frames = masks_miou(result, str(clip), load_model(device="cpu"))
+    assert frames == len(result.masks_by_stamp) >= 1
+    assert 0.3 < miou <= 1.0  # CRF 28 masks agree with the raw-frame masks, not perfectly

@@ -12,6 +12,7 @@ separate processes over DDS, then writes to the output folder:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shlex
 import sys
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from stac_encoder.frame_sources import read_frames
 from stac_eval.graph_runner import GraphRun, GraphRunConfig, GraphRunResult
@@ -69,12 +71,14 @@ def masks_miou(result: GraphRunResult, video: str, model) -> tuple[float, int]:
     if not masks:
         return float("nan"), 0
     confusion = ConfusionMatrix(model.num_classes)
-    for frame in read_frames(video, max_frames=max(masks) + 1):
-        mask = masks.get(frame.index)
-        if mask is not None:
-            confusion.update(
-                model.predict(frame.image, with_probabilities=False).class_ids[0], mask
-            )
+    frames = read_frames(video, max_frames=max(masks) + 1)
+    pairs = ((f.image, masks[f.index]) for f in frames if f.index in masks)
+    with tqdm(total=len(masks), desc="reference masks", unit="frame", mininterval=1.0) as bar:
+        while batch := list(itertools.islice(pairs, 8)):
+            images = np.stack([image for image, _ in batch])
+            reference = model.predict(images, with_probabilities=False).class_ids
+            confusion.update(reference, np.stack([mask for _, mask in batch]))
+            bar.update(len(batch))
     return confusion.mean_iou(), len(masks)
 
 
