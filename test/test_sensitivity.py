@@ -8,15 +8,16 @@ import torch
 
 from stac_edge_segmenter.loading import DEFAULT_CONFIG, SegmentationModel, read_spec
 from stac_edge_segmenter.model import build_lite0_fpn
-from stac_sensitivity.macroblocks import macroblock_grid, macroblock_l1
+from stac_encoder.h264_encoder import macroblock_grid
+from stac_sensitivity.macroblocks import macroblock_l1
 from stac_sensitivity.sensitivity import compute_sensitivity
 
 
 def test_grid_counts_partial_macroblocks():
-    assert macroblock_grid(360, 480) == (23, 30)
-    assert macroblock_grid(16, 17) == (1, 2)
+    assert macroblock_grid(480, 360) == (23, 30)
+    assert macroblock_grid(17, 16) == (1, 2)
     with pytest.raises(ValueError):
-        macroblock_grid(0, 16)
+        macroblock_grid(16, 0)
 
 
 def test_macroblock_l1_sums_abs_over_channels_and_blocks():

@@ -177,7 +177,9 @@ class EncodedPacket:
 
 
 def macroblock_grid(width: int, height: int) -> tuple[int, int]:
-    """(rows, cols) of 16x16 macroblocks covering a width x height picture."""
+    """(rows, cols) of 16x16 macroblocks covering a width x height picture (partial ones count)."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"picture size must be positive, got {width}x{height}")
     return math.ceil(height / MACROBLOCK_SIZE), math.ceil(width / MACROBLOCK_SIZE)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-MACROBLOCK = 16
+from stac_encoder.h264_encoder import MACROBLOCK_SIZE, macroblock_grid
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class QPMapWarper:
     def __init__(self, width: int, height: int, config: WarpConfig | None = None) -> None:
         self.config = config or WarpConfig()
         self.width, self.height = width, height
-        self.rows, self.cols = -(-height // MACROBLOCK), -(-width // MACROBLOCK)
+        self.rows, self.cols = macroblock_grid(width, height)
         scale = 1.0
         if self.config.flow_width_px and width > self.config.flow_width_px:
             scale = self.config.flow_width_px / width
@@ -48,8 +48,8 @@ class QPMapWarper:
         ys, xs = np.mgrid[0 : self.rows, 0 : self.cols].astype(np.float32)
         self._centres = np.stack(
             [
-                np.minimum((xs + 0.5) * MACROBLOCK, width - 1),
-                np.minimum((ys + 0.5) * MACROBLOCK, height - 1),
+                np.minimum((xs + 0.5) * MACROBLOCK_SIZE, width - 1),
+                np.minimum((ys + 0.5) * MACROBLOCK_SIZE, height - 1),
             ],
             axis=-1,
         )
@@ -77,7 +77,7 @@ class QPMapWarper:
 
     def _sample_positions(self, positions: np.ndarray, at: np.ndarray) -> np.ndarray:
         """Bilinear lookup of the position field at full-res pixel coordinates `at`."""
-        grid = at / MACROBLOCK - 0.5
+        grid = at / MACROBLOCK_SIZE - 0.5
         return np.stack(
             [
                 cv2.remap(
@@ -125,8 +125,8 @@ class QPMapWarper:
         """The anchor map read at the propagated positions, for the current frame."""
         if self._anchor_map is None or self._positions is None:
             return None
-        cols = np.clip((self._positions[..., 0] // MACROBLOCK).astype(int), 0, self.cols - 1)
-        rows = np.clip((self._positions[..., 1] // MACROBLOCK).astype(int), 0, self.rows - 1)
+        cols = np.clip((self._positions[..., 0] // MACROBLOCK_SIZE).astype(int), 0, self.cols - 1)
+        rows = np.clip((self._positions[..., 1] // MACROBLOCK_SIZE).astype(int), 0, self.rows - 1)
         return self._anchor_map[rows, cols]
 
     def clear_map(self) -> None:

@@ -14,19 +14,10 @@ counts only its real pixels, which is what its share of the loss bound is.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as functional
 
-MACROBLOCK_SIZE_PX = 16
-
-
-def macroblock_grid(height_px: int, width_px: int) -> tuple[int, int]:
-    """(rows, cols) of the macroblock grid covering a height x width frame (partial ones count)."""
-    if height_px <= 0 or width_px <= 0:
-        raise ValueError(f"frame size must be positive, got {height_px}x{width_px} (h x w)")
-    return math.ceil(height_px / MACROBLOCK_SIZE_PX), math.ceil(width_px / MACROBLOCK_SIZE_PX)
+from stac_encoder.h264_encoder import MACROBLOCK_SIZE, macroblock_grid
 
 
 def macroblock_l1(gradient: torch.Tensor) -> torch.Tensor:
@@ -37,10 +28,10 @@ def macroblock_l1(gradient: torch.Tensor) -> torch.Tensor:
     if gradient.ndim != 4:
         raise ValueError(f"gradient must be (N, C, H, W), got shape {tuple(gradient.shape)}")
     batch, _, height, width = gradient.shape
-    rows, cols = macroblock_grid(height, width)
+    rows, cols = macroblock_grid(width, height)
     per_pixel = gradient.abs().sum(dim=1)
     padded = functional.pad(
-        per_pixel, (0, cols * MACROBLOCK_SIZE_PX - width, 0, rows * MACROBLOCK_SIZE_PX - height)
+        per_pixel, (0, cols * MACROBLOCK_SIZE - width, 0, rows * MACROBLOCK_SIZE - height)
     )
-    blocks = padded.reshape(batch, rows, MACROBLOCK_SIZE_PX, cols, MACROBLOCK_SIZE_PX)
+    blocks = padded.reshape(batch, rows, MACROBLOCK_SIZE, cols, MACROBLOCK_SIZE)
     return blocks.sum(dim=(2, 4))
