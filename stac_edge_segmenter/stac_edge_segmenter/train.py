@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -35,12 +34,12 @@ from stac_edge_segmenter.model import (
     build_lite0_fpn,
     save_lite0_fpn,
 )
+from stac_encoder.frame_sources import shared_data_dir
 
 
 def default_data_dir() -> Path:
     """$STAC_DATA_DIR/camvid, else ../shared/data/camvid from the working directory."""
-    root = os.environ.get("STAC_DATA_DIR")
-    return Path(root) / "camvid" if root else Path("..") / "shared" / "data" / "camvid"
+    return shared_data_dir() / "camvid"
 
 
 def _size(text: str) -> tuple[int, int]:

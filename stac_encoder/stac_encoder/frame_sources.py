@@ -7,6 +7,7 @@ recorded, so a player can replay them at the recorded rate.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,12 @@ class SourceFrame:
     index: int
     image: np.ndarray
     offset_s: float
+
+
+def shared_data_dir() -> Path:
+    """The development data: $STAC_DATA_DIR, else ../shared/data from the working directory."""
+    root = os.environ.get("STAC_DATA_DIR")
+    return Path(root) if root else Path("..") / "shared" / "data"
 
 
 def _is_bag(path: Path) -> bool:

@@ -25,6 +25,7 @@ import av
 import cv2
 import numpy as np
 
+from stac_encoder.frame_sources import shared_data_dir
 from stac_encoder.h264_decoder import H264Decoder
 from stac_encoder.h264_encoder import PRESETS, EncoderConfig, QPMapEncoder, macroblock_grid
 
@@ -35,9 +36,7 @@ MAP_MAX_ABS_QP = 10
 
 
 def default_video() -> Path:
-    root = os.environ.get("STAC_DATA_DIR")
-    base = Path(root) if root else Path("..") / "shared" / "data"
-    return base / "video" / "solidWhiteRight.mp4"
+    return shared_data_dir() / "video" / "solidWhiteRight.mp4"
 
 
 def parse_size(text: str) -> tuple[int, int]:
