@@ -10,7 +10,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
-PACKAGES=(stac_msgs stac_encoder stac_edge_segmenter stac_sensitivity stac_eval)
+PACKAGES=(stac_msgs stac_codec stac_ros_common stac_encoder stac_edge_segmenter stac_sensitivity stac_eval)
 cd "$ROOT"
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -101,7 +101,7 @@ source "$VENV/bin/activate"
 export AMENT_PREFIX_PATH="$VENV\${AMENT_PREFIX_PATH:+:\$AMENT_PREFIX_PATH}"
 source "$ROOT/install/setup.bash"
 # User-facing commands (stac-train, stac-bench, stac-demo) live in the packages' lib dirs.
-export PATH="$ROOT/install/stac_eval/lib/stac_eval:$ROOT/install/stac_edge_segmenter/lib/stac_edge_segmenter:$ROOT/install/stac_sensitivity/lib/stac_sensitivity:\$PATH"
+export PATH="$ROOT/install/stac_eval/lib/stac_eval:$ROOT/install/stac_edge_segmenter/lib/stac_edge_segmenter:\$PATH"
 # DDS stays on this machine unless the user says otherwise.
 export ROS_AUTOMATIC_DISCOVERY_RANGE="\${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 EOF

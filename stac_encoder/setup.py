@@ -14,7 +14,10 @@ setup(
     zip_safe=True,
     maintainer="STAC for ROS 2 developers",
     maintainer_email="stac@example.org",
-    description=("Robot side of STAC: H.264 encoding with a per-macroblock QP map from the edge."),
+    description=(
+        "Robot side of STAC: the camera stream encoded as H.264 with the edge's "
+        "per-macroblock QP map."
+    ),
     license="Apache-2.0",
     entry_points={
         "console_scripts": [

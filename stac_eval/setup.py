@@ -19,7 +19,8 @@ setup(
     entry_points={
         "console_scripts": [
             "stac-bench = stac_eval.bench:main",
-            "stac-demo = stac_eval.demo:main",
+            "stac-demo = stac_eval.ros.demo:main",
+            "stac-calibrate = stac_eval.calibrate:main",
         ],
     },
 )

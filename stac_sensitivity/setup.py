@@ -21,7 +21,6 @@ setup(
     entry_points={
         "console_scripts": [
             "sensitivity_node = stac_sensitivity.sensitivity_node:main",
-            "stac-calibrate = stac_sensitivity.calibrate:main",
         ],
     },
 )

@@ -14,8 +14,8 @@ import numpy as np
 import rclpy
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from stac_encoder.image_conversion import field_as_numpy, to_uint8_field
 from stac_msgs.msg import EncodedFrame
+from stac_ros_common.image_pixels import field_as_numpy, to_uint8_field
 
 QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, depth=1, reliability=ReliabilityPolicy.RELIABLE)
 

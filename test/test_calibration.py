@@ -6,7 +6,8 @@ import torch
 
 from stac_edge_segmenter.loading import DEFAULT_CONFIG, SegmentationModel, read_spec
 from stac_edge_segmenter.model import build_lite0_fpn
-from stac_sensitivity.calibrate import calibrate, class_weights_for, lloyd_levels
+from stac_eval.calibrate import calibrate, class_weights_for, lloyd_levels
+from stac_eval.frame_dirs import read_frames
 from stac_sensitivity.calibration import (
     Calibration,
     CalibrationError,
@@ -15,7 +16,6 @@ from stac_sensitivity.calibration import (
     load_calibration,
     save_calibration,
 )
-from stac_sensitivity.frame_dirs import read_frames
 
 
 def test_save_load_round_trip_and_default_location(tmp_path):

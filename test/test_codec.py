@@ -1,4 +1,4 @@
-"""QPMapEncoder: the QP map really reaches x264's macroblock quantizers (stac_encoder.h264_encoder).
+"""QPMapEncoder: the QP map really reaches x264's macroblock quantizers (stac_codec.h264_encoder).
 
 Real frames from ../shared/data/video/solidWhiteRight.mp4; one encoder thread unless a test is
 about threads. Quality and size claims are measured with our decoder and with OpenCV's.
@@ -11,17 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from stac_encoder import annexb
-from stac_encoder.h264_decoder import H264Decoder
-from stac_encoder.h264_encoder import (
-    EncodedPacket,
-    EncoderConfig,
-    EncoderError,
-    QPMapEncoder,
-    macroblock_grid,
-    validate_qp_map,
-)
-from stac_encoder.x264_ctypes import X264LibraryError, load_x264, open_x264
+from stac_codec import annexb
+from stac_codec.h264_decoder import H264Decoder
+from stac_codec.h264_encoder import EncodedPacket, EncoderConfig, EncoderError, QPMapEncoder
+from stac_codec.qp_map import macroblock_grid, validate_qp_map
+from stac_codec.x264_ctypes import X264LibraryError, load_x264, open_x264
 
 CLIP = "video/solidWhiteRight.mp4"
 FRAME_COUNT = 3

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from stac_encoder import annexb
-from stac_encoder.h264_decoder import DecodeError, DecodeStatus, H264Decoder
-from stac_encoder.h264_encoder import EncoderConfig, QPMapEncoder
+from stac_codec import annexb
+from stac_codec.h264_decoder import DecodeError, DecodeStatus, H264Decoder
+from stac_codec.h264_encoder import EncoderConfig, QPMapEncoder
 
 WIDTH, HEIGHT = 160, 96
 GOP = 5

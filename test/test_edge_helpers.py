@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from stac_edge_segmenter.latest_slot import LatestSlot, NewestItemWorker
 from stac_edge_segmenter.overlay import mask_overlay
-from stac_encoder.statistics import NodeStatistics, SlidingWindow
+from stac_ros_common.newest_item_worker import LatestSlot, NewestItemWorker
+from stac_ros_common.statistics import NodeStatistics, SlidingWindow
 
 
 def test_slot_keeps_the_newest_and_reports_what_it_displaced():

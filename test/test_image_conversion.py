@@ -8,12 +8,8 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from stac_encoder.image_conversion import (
-    ImageConversionError,
-    image_to_numpy,
-    numpy_to_image,
-    to_uint8_field,
-)
+from stac_ros_common.image_conversion import numpy_to_image
+from stac_ros_common.image_pixels import ImageConversionError, image_to_numpy, to_uint8_field
 
 RNG = np.random.default_rng(1)
 

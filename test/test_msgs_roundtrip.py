@@ -8,8 +8,8 @@ from rclpy.serialization import deserialize_message, serialize_message
 from std_msgs.msg import Header
 
 from conftest import REPO_ROOT
-from stac_encoder.image_conversion import field_as_numpy, to_uint8_field
 from stac_msgs.msg import EncodedFrame, QPMap
+from stac_ros_common.image_pixels import field_as_numpy, to_uint8_field
 
 
 def _header() -> Header:

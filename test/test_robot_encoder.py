@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stac_encoder.h264_decoder import H264Decoder
+from stac_codec.h264_decoder import H264Decoder
 from stac_encoder.robot_encoder import QPMapUpdate, RobotEncoder, RobotEncoderConfig
 
 WIDTH, HEIGHT = 96, 64  # 6 x 4 macroblocks

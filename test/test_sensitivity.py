@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from stac_codec.qp_map import macroblock_grid
 from stac_edge_segmenter.loading import DEFAULT_CONFIG, SegmentationModel, read_spec
 from stac_edge_segmenter.model import build_lite0_fpn
-from stac_encoder.h264_encoder import macroblock_grid
 from stac_sensitivity.macroblocks import macroblock_l1
 from stac_sensitivity.sensitivity import compute_sensitivity
 

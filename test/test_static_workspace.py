@@ -19,7 +19,14 @@ import yaml
 from conftest import REPO_ROOT
 from stac_eval.launch_args import launch_nodes
 
-PYTHON_PACKAGES = ["stac_encoder", "stac_edge_segmenter", "stac_sensitivity", "stac_eval"]
+PYTHON_PACKAGES = [
+    "stac_codec",
+    "stac_ros_common",
+    "stac_encoder",
+    "stac_edge_segmenter",
+    "stac_sensitivity",
+    "stac_eval",
+]
 LAUNCH_FILES = sorted((REPO_ROOT / "launch").glob("*.launch.py"))
 PARAMS_FILES = sorted((REPO_ROOT / "config").glob("*.yaml"))
 INSTALL = REPO_ROOT / "install"

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from stac_sensitivity.allocation import AllocationConfig, QPAllocation, allocate
-from stac_sensitivity.wire import WireFormatError, decode_qp_map, encode_qp_map
+from stac_codec.qp_map import QPLevelMap
+from stac_codec.qp_map_wire import WireFormatError, decode_qp_map, encode_qp_map
+from stac_sensitivity.allocation import AllocationConfig, allocate
 
 BANK = (-10, -6, -3, 0, 3, 6, 10, 12)
 
@@ -46,7 +47,7 @@ def test_unstructured_maps_cost_about_the_packed_bits():
 
 
 def test_flat_map_costs_a_few_dozen_bytes():
-    flat = QPAllocation(np.full((23, 30), 3, np.uint8), BANK)
+    flat = QPLevelMap(np.full((23, 30), 3, np.uint8), BANK)
     assert len(encode_qp_map(flat)) < 30
 
 

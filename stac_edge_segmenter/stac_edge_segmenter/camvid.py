@@ -2,15 +2,24 @@
 
 A split lives in `<root>/<split>` (RGB PNGs) and `<root>/<split>annot` (class-id PNGs,
 ids 0-10, 11 = void). Labels are read as they are stored; void stays `IGNORE_INDEX`.
+The development data (CamVid, the dashcam clip) is found by `shared_data_dir`.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+
+def shared_data_dir() -> Path:
+    """The development data: $STAC_DATA_DIR, else ../shared/data from the working directory."""
+    root = os.environ.get("STAC_DATA_DIR")
+    return Path(root) if root else Path("..") / "shared" / "data"
+
 
 CLASS_NAMES: list[str] = [
     "sky",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stac_encoder.h264_decoder import DecodeResult, H264Decoder
+from stac_codec.h264_decoder import DecodeResult, H264Decoder
 
 
 @dataclass(frozen=True)

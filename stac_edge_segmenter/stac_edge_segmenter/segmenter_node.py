@@ -15,47 +15,27 @@ from __future__ import annotations
 
 import time
 
-import torch
 from rclpy.duration import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
-from stac_edge_segmenter.latest_slot import NewestItemWorker
-from stac_edge_segmenter.loading import SegmentationModel, load_model
+from stac_edge_segmenter.model_parameters import MODEL_PARAMETERS, load_model_from
 from stac_edge_segmenter.overlay import mask_overlay
-from stac_encoder.image_conversion import numpy_to_image
-from stac_encoder.ros_common import (
-    ENCODED_QOS,
-    OUTPUT_QOS,
-    ParameterSpec,
-    StatisticsReporter,
-    declare_parameters,
-    run_node,
-    stamp_to_s,
-)
-from stac_encoder.statistics import NodeStatistics
 from stac_msgs.msg import EncodedFrame
+from stac_ros_common.image_conversion import numpy_to_image
+from stac_ros_common.newest_item_worker import NewestItemWorker
+from stac_ros_common.node_runner import StatisticsReporter, run_node, stamp_to_s
+from stac_ros_common.parameter_spec import ParameterSpec
+from stac_ros_common.parameters import declare_parameters
+from stac_ros_common.qos import ENCODED_QOS, OUTPUT_QOS
+from stac_ros_common.statistics import NodeStatistics
 
-MODEL_PARAMETERS = (
-    ParameterSpec(
-        "model_config", "", "Model configuration YAML; empty = the shipped CamVid model."
-    ),
-    ParameterSpec("device", "", "torch device ('cpu', 'cuda', 'cuda:1'); empty = automatic."),
-    ParameterSpec("torch_threads", 0, "CPU threads for the model; 0 = torch's default.", 0, 256),
-)
 PARAMETERS = (
     *MODEL_PARAMETERS,
     ParameterSpec("overlay_alpha", 0.5, "Weight of the class colours in the overlay.", 0.0, 1.0),
     ParameterSpec("publish_overlay", True, "Publish the colour overlay (costs ~2 ms/frame)."),
 )
-
-
-def load_model_from(params: dict) -> SegmentationModel:
-    """The model the MODEL_PARAMETERS of a node describe."""
-    if params["torch_threads"]:
-        torch.set_num_threads(params["torch_threads"])
-    return load_model(params["model_config"] or None, params["device"] or None)
 
 
 class SegmenterNode(Node):

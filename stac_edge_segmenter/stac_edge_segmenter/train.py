@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from tqdm import tqdm
 
-from stac_edge_segmenter.camvid import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, load_split
+from stac_edge_segmenter.camvid import (
+    CLASS_NAMES,
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    load_split,
+    shared_data_dir,
+)
 from stac_edge_segmenter.metrics import ConfusionMatrix
 from stac_edge_segmenter.model import (
     DEFAULT_WEIGHTS,
@@ -34,7 +40,6 @@ from stac_edge_segmenter.model import (
     build_lite0_fpn,
     save_lite0_fpn,
 )
-from stac_encoder.frame_sources import shared_data_dir
 
 
 def default_data_dir() -> Path:

@@ -17,22 +17,16 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
-from stac_encoder.h264_encoder import PRESETS, EncoderConfig
-from stac_encoder.image_conversion import ImageConversionError, image_to_numpy, to_uint8_field
+from stac_codec.h264_encoder import PRESETS, EncoderConfig
 from stac_encoder.qp_map_warp import WarpConfig
 from stac_encoder.robot_encoder import QPMapUpdate, RobotEncoder, RobotEncoderConfig
-from stac_encoder.ros_common import (
-    ENCODED_QOS,
-    QP_MAP_QOS,
-    ParameterSpec,
-    StatisticsReporter,
-    camera_qos,
-    declare_parameters,
-    run_node,
-    stamp_to_s,
-)
-from stac_encoder.statistics import NodeStatistics
 from stac_msgs.msg import EncodedFrame, QPMap
+from stac_ros_common.image_pixels import ImageConversionError, image_to_numpy, to_uint8_field
+from stac_ros_common.node_runner import StatisticsReporter, run_node, stamp_to_s
+from stac_ros_common.parameter_spec import ParameterSpec
+from stac_ros_common.parameters import declare_parameters
+from stac_ros_common.qos import ENCODED_QOS, QP_MAP_QOS, camera_qos
+from stac_ros_common.statistics import NodeStatistics
 
 PIXEL_FORMAT_BY_ENCODING = {"rgb8": "rgb24", "bgr8": "bgr24", "mono8": "rgb24"}
 

@@ -7,7 +7,6 @@ recorded, so a player can replay them at the recorded rate.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stac_encoder.image_conversion import image_to_rgb
+from stac_ros_common.image_pixels import image_to_rgb
 
 BAG_SUFFIXES = (".mcap", ".db3")
 
@@ -32,12 +31,6 @@ class SourceFrame:
     index: int
     image: np.ndarray
     offset_s: float
-
-
-def shared_data_dir() -> Path:
-    """The development data: $STAC_DATA_DIR, else ../shared/data from the working directory."""
-    root = os.environ.get("STAC_DATA_DIR")
-    return Path(root) if root else Path("..") / "shared" / "data"
 
 
 def _is_bag(path: Path) -> bool:

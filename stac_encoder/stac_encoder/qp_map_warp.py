@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from stac_encoder.h264_encoder import MACROBLOCK_SIZE, macroblock_grid
+from stac_codec.qp_map import MACROBLOCK_SIZE, macroblock_grid
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stac_encoder.h264_encoder import (
-    EncodedPacket,
-    EncoderConfig,
-    QPMapEncoder,
-    macroblock_grid,
-    validate_qp_map,
-)
+from stac_codec.h264_encoder import EncodedPacket, EncoderConfig, QPMapEncoder
+from stac_codec.qp_map import macroblock_grid, validate_qp_map
 from stac_encoder.qp_map_warp import QPMapWarper, WarpConfig
 
 

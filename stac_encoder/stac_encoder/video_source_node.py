@@ -22,9 +22,11 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from stac_encoder.frame_sources import SourceError, read_frames
-from stac_encoder.image_conversion import numpy_to_image
-from stac_encoder.ros_common import ENCODED_QOS, ParameterSpec, camera_qos, declare_parameters
 from stac_msgs.msg import EncodedFrame
+from stac_ros_common.image_conversion import numpy_to_image
+from stac_ros_common.parameter_spec import ParameterSpec
+from stac_ros_common.parameters import declare_parameters
+from stac_ros_common.qos import ENCODED_QOS, camera_qos
 
 PARAMETERS = (
     ParameterSpec(

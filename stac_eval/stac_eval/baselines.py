@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from stac_sensitivity.allocation import QPAllocation
+from stac_codec.qp_map import QPLevelMap
 
 
 class JpegError(RuntimeError):
@@ -39,10 +39,10 @@ def two_level_allocation(
     top_fraction: float,
     fine_offset_qp: int = -6,
     coarse_offset_qp: int = 6,
-) -> QPAllocation:
+) -> QPLevelMap:
     """The most sensitive top_fraction of macroblocks at fine_offset_qp, the rest coarse.
 
-    Returned as a two-level QPAllocation (level 0 fine, level 1 coarse), so its feedback cost is
+    Returned as a two-level QPLevelMap (level 0 fine, level 1 coarse), so its feedback cost is
     measured with the same wire form as STAC's map.
     """
     if sensitivity.ndim != 2 or sensitivity.size == 0:
@@ -55,7 +55,7 @@ def two_level_allocation(
     order = np.argsort(-sensitivity.reshape(-1), kind="stable")
     indices = np.ones(sensitivity.size, dtype=np.uint8)
     indices[order[:count]] = 0
-    return QPAllocation(
+    return QPLevelMap(
         level_indices=indices.reshape(sensitivity.shape),
         levels_qp=(fine_offset_qp, coarse_offset_qp),
     )

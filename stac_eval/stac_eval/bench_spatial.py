@@ -25,9 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from stac_codec.qp_map import QPLevelMap
+from stac_codec.qp_map_wire import encode_qp_map
 from stac_edge_segmenter.loading import load_model
 from stac_eval.baselines import jpeg_round_trip, two_level_allocation
 from stac_eval.bd_rate import NoOverlapError
+from stac_eval.frame_dirs import read_frames
+from stac_eval.intra import X264_DEFAULT_AQ_STRENGTH, code_intra
 from stac_eval.rate_accuracy import (
     LABEL_KINDS,
     MethodCurve,
@@ -36,12 +40,9 @@ from stac_eval.rate_accuracy import (
     frame_confusion,
     miou_of,
 )
-from stac_sensitivity.allocation import AllocationConfig, QPAllocation, allocate
+from stac_sensitivity.allocation import AllocationConfig, allocate
 from stac_sensitivity.calibration import Calibration, find_calibration, load_calibration
-from stac_sensitivity.frame_dirs import read_frames
-from stac_sensitivity.intra import X264_DEFAULT_AQ_STRENGTH, code_intra
 from stac_sensitivity.sensitivity import compute_sensitivity
-from stac_sensitivity.wire import encode_qp_map
 
 DEFAULT_CRFS = (20, 24, 28, 32, 36, 40, 44)
 DEFAULT_JPEG_QUALITIES = (5, 10, 20, 35, 50, 70, 90)
@@ -149,7 +150,7 @@ class SpatialBenchmark:
                 "crf": crf,
             }
 
-    def _run_map(self, method, point, crf, images, allocations: list[QPAllocation], truth):
+    def _run_map(self, method, point, crf, images, allocations: list[QPLevelMap], truth):
         coded = [
             code_intra(frame, crf, allocation.offsets_qp, aq_strength=self.calibration.aq_strength)
             for frame, allocation in zip(images, allocations, strict=True)

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-H264_MAX_QP = 51
+from stac_codec.qp_map import MAX_ABS_QP_OFFSET, QPLevelMap, check_level_bank
+
 # Sensitivities below this fraction of the frame's largest one count as this fraction: a
 # macroblock with an exactly zero gradient would otherwise ask for an infinite offset.
 SENSITIVITY_FLOOR_FRACTION = 1e-6
@@ -29,8 +30,8 @@ SENSITIVITY_FLOOR_FRACTION = 1e-6
 
 def evenly_spaced_levels(max_offset_qp: int, num_levels: int) -> tuple[int, ...]:
     """num_levels integer QP offsets spread evenly over [-max_offset_qp, +max_offset_qp]."""
-    if not 0 < max_offset_qp <= H264_MAX_QP:
-        raise ValueError(f"max_offset_qp must be in 1..{H264_MAX_QP}, got {max_offset_qp}")
+    if not 0 < max_offset_qp <= MAX_ABS_QP_OFFSET:
+        raise ValueError(f"max_offset_qp must be in 1..{MAX_ABS_QP_OFFSET}, got {max_offset_qp}")
     if not 2 <= num_levels <= 2 * max_offset_qp + 1:
         raise ValueError(
             f"num_levels must be in 2..{2 * max_offset_qp + 1} for max_offset_qp "
@@ -62,55 +63,23 @@ class AllocationConfig:
     def __post_init__(self) -> None:
         if not np.isfinite(self.alpha) or self.alpha < 0:
             raise ValueError(f"alpha must be finite and >= 0, got {self.alpha}")
-        if not 0 < self.max_offset_qp <= H264_MAX_QP:
-            raise ValueError(f"max_offset_qp must be in 1..{H264_MAX_QP}, got {self.max_offset_qp}")
+        if not 0 < self.max_offset_qp <= MAX_ABS_QP_OFFSET:
+            raise ValueError(
+                f"max_offset_qp must be in 1..{MAX_ABS_QP_OFFSET}, got {self.max_offset_qp}"
+            )
         if self.smoothing_sigma_mb < 0:
             raise ValueError(f"smoothing_sigma_mb must be >= 0, got {self.smoothing_sigma_mb}")
-        if abs(self.budget_shift_qp) > H264_MAX_QP:
-            raise ValueError(f"|budget_shift_qp| must be <= {H264_MAX_QP}")
+        if abs(self.budget_shift_qp) > MAX_ABS_QP_OFFSET:
+            raise ValueError(f"|budget_shift_qp| must be <= {MAX_ABS_QP_OFFSET}")
         if not self.levels_qp:
             bank = tuple(range(-self.max_offset_qp, self.max_offset_qp + 1))
             object.__setattr__(self, "levels_qp", bank)
-        _check_levels(self.levels_qp)
+        check_level_bank(self.levels_qp)
 
     @property
     def levels(self) -> np.ndarray:
         """The level bank as an int8 array."""
         return np.asarray(self.levels_qp, dtype=np.int8)
-
-
-def _check_levels(levels_qp: tuple[int, ...]) -> None:
-    if not 2 <= len(levels_qp) <= 256:
-        raise ValueError(f"the level bank needs 2..256 levels, got {len(levels_qp)}")
-    if any(int(v) != v or abs(v) > H264_MAX_QP for v in levels_qp):
-        raise ValueError(f"levels must be integers in [-51, 51], got {levels_qp}")
-    if any(b <= a for a, b in zip(levels_qp, levels_qp[1:], strict=False)):
-        raise ValueError(f"levels must be strictly increasing, got {levels_qp}")
-
-
-@dataclass(frozen=True)
-class QPAllocation:
-    """A QP map in the form the edge sends: level indices into a bank, plus a uniform shift.
-
-    level_indices: uint8 (rows, cols); levels_qp: the bank; budget_shift_qp: added to all.
-    """
-
-    level_indices: np.ndarray
-    levels_qp: tuple[int, ...]
-    budget_shift_qp: int = 0
-
-    def __post_init__(self) -> None:
-        _check_levels(self.levels_qp)
-        if self.level_indices.ndim != 2 or self.level_indices.dtype != np.uint8:
-            raise ValueError("level_indices must be a 2-D uint8 array (rows, cols)")
-        if self.level_indices.size and int(self.level_indices.max()) >= len(self.levels_qp):
-            raise ValueError("a level index points past the end of the level bank")
-
-    @property
-    def offsets_qp(self) -> np.ndarray:
-        """The per-macroblock QP offsets, int8 (rows, cols), shift included."""
-        bank = np.asarray(self.levels_qp, dtype=np.int16) + self.budget_shift_qp
-        return np.clip(bank[self.level_indices], -H264_MAX_QP, H264_MAX_QP).astype(np.int8)
 
 
 def continuous_offsets_qp(sensitivity: np.ndarray, config: AllocationConfig) -> np.ndarray:
@@ -128,12 +97,12 @@ def continuous_offsets_qp(sensitivity: np.ndarray, config: AllocationConfig) -> 
     return config.alpha * 6.0 * (log_g.mean() - log_g)
 
 
-def allocate(sensitivity: np.ndarray, config: AllocationConfig) -> QPAllocation:
+def allocate(sensitivity: np.ndarray, config: AllocationConfig) -> QPLevelMap:
     """Per-macroblock sensitivity (rows, cols), >= 0 -> QP map as level indices into the bank."""
     offsets = np.clip(
         continuous_offsets_qp(sensitivity, config), -config.max_offset_qp, config.max_offset_qp
     )
-    return QPAllocation(
+    return QPLevelMap(
         level_indices=nearest_level_indices(offsets, config.levels_qp),
         levels_qp=config.levels_qp,
         budget_shift_qp=config.budget_shift_qp,
@@ -159,7 +128,7 @@ def _check_sensitivity(sensitivity: np.ndarray) -> np.ndarray:
 
 
 def budget_shift_for_target(
-    bytes_at_shift: Callable[[int], int], target_bytes: int, max_shift_qp: int = H264_MAX_QP
+    bytes_at_shift: Callable[[int], int], target_bytes: int, max_shift_qp: int = MAX_ABS_QP_OFFSET
 ) -> int:
     """Smallest uniform shift (QP) whose coded size is at most target_bytes, by bisection.
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as functional
 
-from stac_encoder.h264_encoder import MACROBLOCK_SIZE, macroblock_grid
+from stac_codec.qp_map import MACROBLOCK_SIZE, macroblock_grid
 
 
 def macroblock_l1(gradient: torch.Tensor) -> torch.Tensor:

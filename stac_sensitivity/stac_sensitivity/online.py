@@ -14,8 +14,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from stac_codec.qp_map import QPLevelMap
 from stac_edge_segmenter.loading import SegmentationModel
-from stac_sensitivity.allocation import QPAllocation, allocate
+from stac_sensitivity.allocation import allocate
 from stac_sensitivity.calibration import find_calibration, load_calibration
 from stac_sensitivity.sensitivity import compute_sensitivity
 
@@ -24,7 +25,7 @@ from stac_sensitivity.sensitivity import compute_sensitivity
 class QPMapResult:
     """A map for one frame: the allocation (levels + shift), its offsets and its cost."""
 
-    allocation: QPAllocation
+    allocation: QPLevelMap
     offsets_qp: np.ndarray
     compute_ms: float
 

@@ -20,20 +20,15 @@ from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
-from stac_edge_segmenter.latest_slot import NewestItemWorker
-from stac_edge_segmenter.segmenter_node import MODEL_PARAMETERS, load_model_from
-from stac_encoder.image_conversion import numpy_to_image
-from stac_encoder.ros_common import (
-    ENCODED_QOS,
-    OUTPUT_QOS,
-    QP_MAP_QOS,
-    ParameterSpec,
-    StatisticsReporter,
-    declare_parameters,
-    run_node,
-)
-from stac_encoder.statistics import NodeStatistics
+from stac_edge_segmenter.model_parameters import MODEL_PARAMETERS, load_model_from
 from stac_msgs.msg import EncodedFrame, QPMap
+from stac_ros_common.image_conversion import numpy_to_image
+from stac_ros_common.newest_item_worker import NewestItemWorker
+from stac_ros_common.node_runner import StatisticsReporter, run_node
+from stac_ros_common.parameter_spec import ParameterSpec
+from stac_ros_common.parameters import declare_parameters
+from stac_ros_common.qos import ENCODED_QOS, OUTPUT_QOS, QP_MAP_QOS
+from stac_ros_common.statistics import NodeStatistics
 from stac_sensitivity.online import QPMapComputer, qp_heatmap
 
 PARAMETERS = (

@@ -1,7 +1,7 @@
 """ctypes binding to libx264 (API build 165), the library shipped inside the pinned PyAV wheel.
 
 Why ctypes on libx264 and not FFmpeg's region-of-interest side data through PyAV: see the module
-docstring of `stac_encoder.h264_encoder`. This module only knows x264's C API: it mirrors the
+docstring of `stac_codec.h264_encoder`. This module only knows x264's C API: it mirrors the
 structs of x264.h for X264_BUILD 165 (x264_param_t, x264_picture_t, x264_nal_t), loads the
 library, and proves at load time that the mirror matches the binary:
 

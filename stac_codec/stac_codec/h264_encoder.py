@@ -1,6 +1,6 @@
 """Spatially adaptive H.264: encode frames with a per-macroblock QP offset map, zero delay.
 
-Route: libx264's own API through ctypes (`stac_encoder.x264_ctypes`), with the map handed to
+Route: libx264's own API through ctypes (`stac_codec.x264_ctypes`), with the map handed to
 x264 as `x264_picture_t.prop.quant_offsets` (one float per 16x16 macroblock, raster order).
 The alternative, FFmpeg's region-of-interest side data through PyAV, was rejected because:
 
@@ -16,7 +16,7 @@ The alternative, FFmpeg's region-of-interest side data through PyAV, was rejecte
   Pinned: av==18.1.0 (its wheel ships libx264 API build 165, found in site-packages/av.libs;
   STAC_LIBX264 can point at another libx264.so.165).
 
-Traps handled here (see ../shared/FINDINGS.md):
+Traps handled here (each measured on this encoder build):
 
 * x264 only reads quant_offsets inside adaptive quantization: AQ mode must be >= 1 and the
   strength > 0 (x264 silently switches AQ off at strength 0, and constant-QP mode disables AQ).
@@ -37,14 +37,14 @@ Traps handled here (see ../shared/FINDINGS.md):
 from __future__ import annotations
 
 import ctypes
-import math
 from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 
-from stac_encoder.annexb import NAL_TYPE_SEI, SLICE_NAL_TYPES
-from stac_encoder.x264_ctypes import (
+from stac_codec.annexb import NAL_TYPE_SEI, SLICE_NAL_TYPES
+from stac_codec.qp_map import macroblock_grid, validate_qp_map
+from stac_codec.x264_ctypes import (
     X264_CSP_I420,
     X264_TYPE_AUTO,
     X264_TYPE_IDR,
@@ -54,8 +54,6 @@ from stac_encoder.x264_ctypes import (
     load_x264,
 )
 
-MACROBLOCK_SIZE = 16
-MAX_ABS_QP_OFFSET = 51  # H.264 8-bit QP range is 0..51; a larger offset cannot mean anything
 RATE_CONTROLS = ("crf", "bitrate")
 PRESETS = (
     "ultrafast",
@@ -174,26 +172,6 @@ class EncodedPacket:
     @property
     def size_bytes(self) -> int:
         return len(self.data)
-
-
-def macroblock_grid(width: int, height: int) -> tuple[int, int]:
-    """(rows, cols) of 16x16 macroblocks covering a width x height picture (partial ones count)."""
-    if width <= 0 or height <= 0:
-        raise ValueError(f"picture size must be positive, got {width}x{height}")
-    return math.ceil(height / MACROBLOCK_SIZE), math.ceil(width / MACROBLOCK_SIZE)
-
-
-def validate_qp_map(qp_map: object, grid: tuple[int, int]) -> np.ndarray:
-    """Check a QP offset map from the network: int8, shape (rows, cols), |offset| <= 51."""
-    if not isinstance(qp_map, np.ndarray):
-        raise ValueError(f"QP map must be a numpy array, got {type(qp_map).__name__}")
-    if qp_map.dtype != np.int8:
-        raise ValueError(f"QP map must have dtype int8, got {qp_map.dtype}")
-    if qp_map.shape != grid:
-        raise ValueError(f"QP map shape {qp_map.shape} does not match the macroblock grid {grid}")
-    if qp_map.size and int(np.abs(qp_map.astype(np.int16)).max()) > MAX_ABS_QP_OFFSET:
-        raise ValueError(f"QP map offsets must lie in [-{MAX_ABS_QP_OFFSET}, {MAX_ABS_QP_OFFSET}]")
-    return qp_map
 
 
 class QPMapEncoder:
@@ -396,15 +374,3 @@ class QPMapEncoder:
 
 def _is_x264_version_sei(nal_type: int, payload: bytes) -> bool:
     return nal_type == NAL_TYPE_SEI and _X264_VERSION_SEI_MARK in payload
-
-
-__all__ = [
-    "MACROBLOCK_SIZE",
-    "MAX_ABS_QP_OFFSET",
-    "EncodedPacket",
-    "EncoderConfig",
-    "EncoderError",
-    "QPMapEncoder",
-    "macroblock_grid",
-    "validate_qp_map",
-]

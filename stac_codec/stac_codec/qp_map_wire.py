@@ -20,7 +20,7 @@ import struct
 
 import numpy as np
 
-from stac_sensitivity.allocation import QPAllocation
+from stac_codec.qp_map import QPLevelMap
 
 WIRE_VERSION = 2
 _HEADER = struct.Struct(">BHHbB")
@@ -34,18 +34,18 @@ class WireFormatError(ValueError):
     """A byte string that is not a QP map in this wire form."""
 
 
-def encode_qp_map(allocation: QPAllocation) -> bytes:
-    """The wire bytes of an allocation; len() of the result is the map's feedback size."""
-    rows, cols = allocation.level_indices.shape
-    levels = allocation.levels_qp
-    residuals = _residuals(allocation.level_indices.astype(np.int64), len(levels))
-    header = _HEADER.pack(WIRE_VERSION, rows, cols, allocation.budget_shift_qp, len(levels) - 1)
+def encode_qp_map(level_map: QPLevelMap) -> bytes:
+    """The wire bytes of a level map; len() of the result is the map's feedback size."""
+    rows, cols = level_map.level_indices.shape
+    levels = level_map.levels_qp
+    residuals = _residuals(level_map.level_indices.astype(np.int64), len(levels))
+    header = _HEADER.pack(WIRE_VERSION, rows, cols, level_map.budget_shift_qp, len(levels) - 1)
     code = _arithmetic_encode(residuals.tolist(), len(levels))
     body = header + np.asarray(levels, dtype=np.int8).tobytes() + code
     return body + binascii.crc_hqx(body, 0).to_bytes(2, "big")
 
 
-def decode_qp_map(data: bytes) -> QPAllocation:
+def decode_qp_map(data: bytes) -> QPLevelMap:
     """Inverse of encode_qp_map; raises WireFormatError on anything malformed."""
     if len(data) < _HEADER.size + 2:
         raise WireFormatError(f"{len(data)} bytes is shorter than header and checksum")
@@ -63,7 +63,7 @@ def decode_qp_map(data: bytes) -> QPAllocation:
     residuals = _arithmetic_decode(data[levels_end:], rows * cols, num_levels)
     indices = _indices_from_residuals(np.asarray(residuals).reshape(rows, cols), num_levels)
     try:
-        return QPAllocation(indices.astype(np.uint8), levels, shift)
+        return QPLevelMap(indices.astype(np.uint8), levels, shift)
     except ValueError as error:
         raise WireFormatError(str(error)) from error
 

@@ -28,15 +28,10 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from sensor_msgs.msg import Image
 from tqdm import tqdm
 
-from stac_encoder.image_conversion import image_to_numpy
-from stac_encoder.ros_common import (
-    ENCODED_QOS,
-    OUTPUT_QOS,
-    QP_MAP_QOS,
-    STATISTICS_TOPIC,
-)
 from stac_eval.launch_args import ros_args
 from stac_msgs.msg import EncodedFrame, QPMap, Statistics
+from stac_ros_common.image_pixels import image_to_numpy
+from stac_ros_common.qos import ENCODED_QOS, OUTPUT_QOS, QP_MAP_QOS, STATISTICS_TOPIC
 
 EDGE_NODES = {"segmenter_node": "stac_edge_segmenter", "sensitivity_node": "stac_sensitivity"}
 ROBOT_NODES = {"encoder_node": "stac_encoder"}

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stac_encoder.h264_decoder import H264Decoder
-from stac_encoder.h264_encoder import EncoderConfig, QPMapEncoder
+from stac_codec.h264_decoder import H264Decoder
+from stac_codec.h264_encoder import EncoderConfig, QPMapEncoder
 from stac_sensitivity.calibration import MAP_ONLY_AQ_STRENGTH
 
 # x264's default adaptive quantization (variance AQ, mode 1, strength 1).

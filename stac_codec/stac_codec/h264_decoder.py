@@ -14,7 +14,7 @@ Why the decoder keeps its own state: FFmpeg conceals errors. A lost P-frame is n
 (the next frames come out about 8 dB worse, unflagged), and after a corrupt frame only that frame
 carries AV_FRAME_FLAG_CORRUPT while the P-frames predicted from it come out unflagged. So loss is
 detected from the caller's sequence numbers (EncodedFrame.frame_seq) and from the slice headers'
-frame_num (`stac_encoder.annexb`), and every error drops the stream back to the next IDR.
+frame_num (`stac_codec.annexb`), and every error drops the stream back to the next IDR.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from stac_encoder import annexb
+from stac_codec import annexb
 
 OUTPUT_FORMATS = ("rgb24", "bgr24")
 

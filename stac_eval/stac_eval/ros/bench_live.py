@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from stac_eval.bench_codec import default_video
-from stac_eval.demo import find_launch_dir
-from stac_eval.graph_runner import GraphRun, GraphRunConfig
+from stac_eval.ros.demo import find_launch_dir
+from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,8 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stac_codec.qp_map_wire import encode_qp_map
 from stac_edge_segmenter.camvid import IGNORE_INDEX
 from stac_edge_segmenter.loading import SegmentationModel, load_model
+from stac_eval.frame_dirs import read_frames
+from stac_eval.intra import code_intra
 from stac_eval.rate_accuracy import MethodCurve, curve_bd_rate, frame_confusion
 from stac_sensitivity.allocation import AllocationConfig, allocate, continuous_offsets_qp
 from stac_sensitivity.calibration import (
@@ -39,10 +42,7 @@ from stac_sensitivity.calibration import (
     default_calibration_path,
     save_calibration,
 )
-from stac_sensitivity.frame_dirs import read_frames
-from stac_sensitivity.intra import code_intra
 from stac_sensitivity.sensitivity import compute_sensitivity
-from stac_sensitivity.wire import encode_qp_map
 
 DEFAULT_CRFS = (24, 30, 36, 42)
 # Coordinate-descent grids, searched in this order (each starts from the best so far).

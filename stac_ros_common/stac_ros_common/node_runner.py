@@ -1,0 +1,69 @@
+"""Running a node: the spin/shutdown idiom of Jazzy, and the once-a-second statistics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+from stac_msgs.msg import Statistics
+from stac_ros_common.qos import OUTPUT_QOS, STATISTICS_TOPIC
+from stac_ros_common.statistics import NodeStatistics
+
+
+class StatisticsReporter:
+    """Publishes a node's statistics on /stac/statistics and logs them, once per period."""
+
+    def __init__(
+        self, node: Node, statistics: NodeStatistics, role: str, period_s: float = 1.0
+    ) -> None:
+        self._node, self._statistics, self._role = node, statistics, role
+        self._publisher = node.create_publisher(Statistics, STATISTICS_TOPIC, OUTPUT_QOS)
+        self._timer = node.create_timer(period_s, self.report)
+
+    def report(self) -> None:
+        snapshot = self._statistics.snapshot(time.monotonic())
+        msg = Statistics(node_name=self._node.get_name(), role=self._role, **snapshot.as_dict())
+        msg.header.stamp = self._node.get_clock().now().to_msg()
+        self._publisher.publish(msg)
+        self._node.get_logger().info(snapshot.summary())
+
+
+def stamp_to_s(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def print_final_statistics(node: Node) -> None:
+    """The node's final frame accounting on stdout (rosout is gone once SIGTERM shut the
+    context down)."""
+    statistics = getattr(node, "statistics", None)
+    if isinstance(statistics, NodeStatistics):
+        summary = statistics.snapshot(time.monotonic()).summary()
+        print(f"[{node.get_name()}] final: {summary}", flush=True)
+
+
+def close_node(node: Node) -> None:
+    """Call the node's own close() (workers, publishers), report, destroy."""
+    close = getattr(node, "close", None)
+    if close is not None:
+        close()
+    print_final_statistics(node)
+    node.destroy_node()
+
+
+def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> None:
+    """Init, spin until SIGINT/SIGTERM, and shut down cleanly (the Jazzy idiom)."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = make_node()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            close_node(node)
+        rclpy.try_shutdown()
