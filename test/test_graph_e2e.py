@@ -19,7 +19,8 @@ from rosbags.highlevel import AnyReader
 from conftest import REPO_ROOT
 from stac_edge_segmenter.loading import load_model
 from stac_eval.ros.demo import masks_miou, summarise
-from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig, stac_typestore
+from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig
+from stac_eval.ros.recorder_node import stac_typestore
 
 FRAMES = 30
 

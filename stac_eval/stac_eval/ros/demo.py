@@ -23,7 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from stac_encoder.frame_sources import read_frames
-from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig, GraphRunResult
+from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig
+from stac_eval.ros.recorder_node import GraphRunResult
 
 DEFAULT_VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 

@@ -2,8 +2,8 @@
 
 The nodes are the installed executables, started with the --ros-args the launch files give
 them (`stac_eval.launch_args`), so what runs here is what `ros2 launch` runs. An in-process
-recorder node watches every topic, writes a rosbag2 (mcap) that Foxglove opens, an mp4 of the
-mask overlay, and keeps what the report needs (sizes, stamps, masks, statistics).
+recorder node (`stac_eval.ros.recorder_node`) watches every topic, writes the bag and the
+overlay video, and keeps what the report needs.
 """
 
 from __future__ import annotations
@@ -14,36 +14,20 @@ import re
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
-from fractions import Fraction
+from dataclasses import dataclass
 from pathlib import Path
 
-import av
-import numpy as np
 import rclpy
-from ament_index_python.packages import get_package_prefix, get_package_share_directory
-from rclpy.serialization import deserialize_message
-from rosbags.rosbag2 import StoragePlugin, Writer
-from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-from sensor_msgs.msg import Image
+from ament_index_python.packages import get_package_prefix
 from tqdm import tqdm
 
 from stac_eval.launch_args import ros_args
-from stac_msgs.msg import EncodedFrame, QPMap, Statistics
-from stac_ros_common.image_pixels import image_to_numpy
-from stac_ros_common.qos import ENCODED_QOS, OUTPUT_QOS, QP_MAP_QOS, STATISTICS_TOPIC
+from stac_eval.ros.recorder_node import GraphRecorder, GraphRunResult
 
 EDGE_NODES = {"segmenter_node": "stac_edge_segmenter", "sensitivity_node": "stac_sensitivity"}
 ROBOT_NODES = {"encoder_node": "stac_encoder"}
 NODE_NAMES = {"segmenter_node": "stac_segmenter", "sensitivity_node": "stac_sensitivity",
               "encoder_node": "stac_encoder"}  # fmt: skip
-# topic -> (message class, ROS type name, QoS); what the bag keeps.
-BAG_TOPICS = {
-    "/stac/encoded": (EncodedFrame, "stac_msgs/msg/EncodedFrame", ENCODED_QOS),
-    "/stac/qp_map": (QPMap, "stac_msgs/msg/QPMap", QP_MAP_QOS),
-    "/stac/mask": (Image, "sensor_msgs/msg/Image", OUTPUT_QOS),
-    STATISTICS_TOPIC: (Statistics, "stac_msgs/msg/Statistics", OUTPUT_QOS),
-}
 
 
 @dataclass(frozen=True)
@@ -67,147 +51,6 @@ class GraphRunConfig:
     overlay_video: bool = True
     startup_timeout_s: float = 180.0
     drain_timeout_s: float = 120.0
-
-
-@dataclass(frozen=True)
-class EncodedRecord:
-    frame_seq: int
-    stamp_ns: int
-    size_bytes: int
-    keyframe: bool
-    qp_map_seq: int
-
-
-@dataclass
-class GraphRunResult:
-    """Everything observed during one run (see `summarise` in stac_eval.demo)."""
-
-    frames_published: int | None = None
-    encoded: list[EncodedRecord] = field(default_factory=list)
-    masks_by_stamp: dict[int, np.ndarray] = field(default_factory=dict)
-    mask_latency_ms: list[float] = field(default_factory=list)
-    qp_map_bytes: list[int] = field(default_factory=list)
-    statistics: dict[str, Statistics] = field(default_factory=dict)
-    exit_codes: dict[str, int] = field(default_factory=dict)
-    cpu_s: dict[str, float] = field(default_factory=dict)
-    cpu_at_play_s: dict[str, float] = field(default_factory=dict)
-    play_s: float = 0.0
-    logs: dict[str, Path] = field(default_factory=dict)
-    wall_s: float = 0.0
-
-    def frame_seq_by_stamp(self) -> dict[int, int]:
-        return {record.stamp_ns: record.frame_seq for record in self.encoded}
-
-
-def _stamp_ns(stamp) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
-
-
-def stac_typestore():
-    """rosbags' Jazzy types plus stac_msgs, read from the installed .msg files."""
-    typestore = get_typestore(Stores.ROS2_JAZZY)
-    msg_dir = Path(get_package_share_directory("stac_msgs")) / "msg"
-    for path in sorted(msg_dir.glob("*.msg")):
-        typestore.register(get_types_from_msg(path.read_text(), f"stac_msgs/msg/{path.stem}"))
-    return typestore
-
-
-class OverlayVideo:
-    """Writes overlay images to an H.264 mp4 with their capture times as timestamps."""
-
-    def __init__(self, path: Path) -> None:
-        self._container = av.open(str(path), mode="w")
-        self._stream = None
-        self._first_ns: int | None = None
-
-    def add(self, rgb: np.ndarray, stamp_ns: int) -> None:
-        if self._stream is None:
-            self._stream = self._container.add_stream("libx264", rate=30)
-            self._stream.width, self._stream.height = rgb.shape[1], rgb.shape[0]
-            self._stream.pix_fmt = "yuv420p"
-            self._stream.time_base = Fraction(1, 1000)
-            self._stream.options = {"crf": "23", "preset": "veryfast"}
-            self._first_ns = stamp_ns
-        if (rgb.shape[1], rgb.shape[0]) != (self._stream.width, self._stream.height):
-            return  # a size change mid-run; the video keeps the first size
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        frame.pts = (stamp_ns - self._first_ns) // 1_000_000
-        frame.time_base = Fraction(1, 1000)
-        self._container.mux(self._stream.encode(frame))
-
-    def close(self) -> None:
-        if self._stream is not None:
-            self._container.mux(self._stream.encode(None))
-        self._container.close()
-
-
-class GraphRecorder:
-    """An in-process node that records the graph's topics into a result, a bag and a video."""
-
-    def __init__(self, result: GraphRunResult, out_dir: Path, config: GraphRunConfig) -> None:
-        self.result = result
-        self.node = rclpy.create_node("stac_demo_recorder")
-        self._bag = None
-        self._connections = {}
-        if config.record_bag:
-            self._bag = Writer(out_dir / "bag", version=9, storage_plugin=StoragePlugin.MCAP)
-            self._bag.open()
-            typestore = stac_typestore()
-            for topic, (_, type_name, _) in BAG_TOPICS.items():
-                self._connections[topic] = self._bag.add_connection(
-                    topic, type_name, typestore=typestore
-                )
-        self._video = OverlayVideo(out_dir / "overlay.mp4") if config.overlay_video else None
-        for topic, (msg_type, _, qos) in BAG_TOPICS.items():
-            self.node.create_subscription(
-                msg_type, topic, lambda raw, t=topic: self._on_raw(t, raw), qos, raw=True
-            )
-        self.node.create_subscription(Image, "/stac/overlay", self._on_overlay, OUTPUT_QOS)
-
-    def _on_raw(self, topic: str, raw: bytes) -> None:
-        now_ns = self.node.get_clock().now().nanoseconds
-        if self._bag is not None:
-            self._bag.write(self._connections[topic], now_ns, raw)
-        msg = deserialize_message(raw, BAG_TOPICS[topic][0])
-        if topic == "/stac/encoded":
-            self.result.encoded.append(
-                EncodedRecord(
-                    msg.frame_seq,
-                    _stamp_ns(msg.header.stamp),
-                    len(msg.data),
-                    msg.keyframe,
-                    msg.qp_map_seq,
-                )
-            )
-        elif topic == "/stac/mask":
-            stamp_ns = _stamp_ns(msg.header.stamp)
-            self.result.masks_by_stamp[stamp_ns] = image_to_numpy(msg)
-            self.result.mask_latency_ms.append((now_ns - stamp_ns) * 1e-6)
-        elif topic == "/stac/qp_map":
-            self.result.qp_map_bytes.append(len(msg.qp_offsets))
-        else:
-            self.result.statistics[msg.node_name] = msg
-
-    def _on_overlay(self, msg: Image) -> None:
-        if self._video is not None:
-            self._video.add(image_to_numpy(msg), _stamp_ns(msg.header.stamp))
-
-    def spin_until(self, condition, timeout_s: float, tick=None) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            rclpy.spin_once(self.node, timeout_sec=0.05)
-            if tick is not None:
-                tick()
-            if condition():
-                return True
-        return False
-
-    def close(self) -> None:
-        if self._bag is not None:
-            self._bag.close()
-        if self._video is not None:
-            self._video.close()
-        self.node.destroy_node()
 
 
 def _process_cpu_s(pid: int) -> float:
@@ -254,7 +97,9 @@ class GraphRun:
     def run(self) -> GraphRunResult:
         config = self.config
         rclpy.init()
-        recorder = GraphRecorder(self.result, config.out_dir, config)
+        recorder = GraphRecorder(
+            self.result, config.out_dir, config.record_bag, config.overlay_video
+        )
         started = time.monotonic()
         try:
             self._start_nodes()

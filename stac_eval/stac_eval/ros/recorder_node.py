@@ -1,0 +1,175 @@
+"""The demo's recorder: a ROS node that watches the graph's topics and keeps what the report
+needs (sizes, stamps, masks, statistics), writing a rosbag2 (mcap) that Foxglove opens and an
+mp4 of the mask overlay.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import rclpy
+from ament_index_python.packages import get_package_share_directory
+from rclpy.serialization import deserialize_message
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from sensor_msgs.msg import Image
+
+from stac_msgs.msg import EncodedFrame, QPMap, Statistics
+from stac_ros_common.image_pixels import image_to_numpy
+from stac_ros_common.qos import ENCODED_QOS, OUTPUT_QOS, QP_MAP_QOS, STATISTICS_TOPIC
+
+# topic -> (message class, ROS type name, QoS); what the bag keeps.
+BAG_TOPICS = {
+    "/stac/encoded": (EncodedFrame, "stac_msgs/msg/EncodedFrame", ENCODED_QOS),
+    "/stac/qp_map": (QPMap, "stac_msgs/msg/QPMap", QP_MAP_QOS),
+    "/stac/mask": (Image, "sensor_msgs/msg/Image", OUTPUT_QOS),
+    STATISTICS_TOPIC: (Statistics, "stac_msgs/msg/Statistics", OUTPUT_QOS),
+}
+
+
+@dataclass(frozen=True)
+class EncodedRecord:
+    frame_seq: int
+    stamp_ns: int
+    size_bytes: int
+    keyframe: bool
+    qp_map_seq: int
+
+
+@dataclass
+class GraphRunResult:
+    """Everything observed during one run (see `summarise` in stac_eval.ros.demo)."""
+
+    frames_published: int | None = None
+    encoded: list[EncodedRecord] = field(default_factory=list)
+    masks_by_stamp: dict[int, np.ndarray] = field(default_factory=dict)
+    mask_latency_ms: list[float] = field(default_factory=list)
+    qp_map_bytes: list[int] = field(default_factory=list)
+    statistics: dict[str, Statistics] = field(default_factory=dict)
+    exit_codes: dict[str, int] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    cpu_at_play_s: dict[str, float] = field(default_factory=dict)
+    play_s: float = 0.0
+    logs: dict[str, Path] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    def frame_seq_by_stamp(self) -> dict[int, int]:
+        return {record.stamp_ns: record.frame_seq for record in self.encoded}
+
+
+def _stamp_ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def stac_typestore():
+    """rosbags' Jazzy types plus stac_msgs, read from the installed .msg files."""
+    typestore = get_typestore(Stores.ROS2_JAZZY)
+    msg_dir = Path(get_package_share_directory("stac_msgs")) / "msg"
+    for path in sorted(msg_dir.glob("*.msg")):
+        typestore.register(get_types_from_msg(path.read_text(), f"stac_msgs/msg/{path.stem}"))
+    return typestore
+
+
+class OverlayVideo:
+    """Writes overlay images to an H.264 mp4 with their capture times as timestamps."""
+
+    def __init__(self, path: Path) -> None:
+        self._container = av.open(str(path), mode="w")
+        self._stream = None
+        self._first_ns: int | None = None
+
+    def add(self, rgb: np.ndarray, stamp_ns: int) -> None:
+        if self._stream is None:
+            self._stream = self._container.add_stream("libx264", rate=30)
+            self._stream.width, self._stream.height = rgb.shape[1], rgb.shape[0]
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.time_base = Fraction(1, 1000)
+            self._stream.options = {"crf": "23", "preset": "veryfast"}
+            self._first_ns = stamp_ns
+        if (rgb.shape[1], rgb.shape[0]) != (self._stream.width, self._stream.height):
+            return  # a size change mid-run; the video keeps the first size
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts = (stamp_ns - self._first_ns) // 1_000_000
+        frame.time_base = Fraction(1, 1000)
+        self._container.mux(self._stream.encode(frame))
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._container.mux(self._stream.encode(None))
+        self._container.close()
+
+
+class GraphRecorder:
+    """An in-process node that records the graph's topics into a result, a bag and a video."""
+
+    def __init__(
+        self, result: GraphRunResult, out_dir: Path, record_bag: bool, overlay_video: bool
+    ) -> None:
+        self.result = result
+        self.node = rclpy.create_node("stac_demo_recorder")
+        self._bag = None
+        self._connections = {}
+        if record_bag:
+            self._bag = Writer(out_dir / "bag", version=9, storage_plugin=StoragePlugin.MCAP)
+            self._bag.open()
+            typestore = stac_typestore()
+            for topic, (_, type_name, _) in BAG_TOPICS.items():
+                self._connections[topic] = self._bag.add_connection(
+                    topic, type_name, typestore=typestore
+                )
+        self._video = OverlayVideo(out_dir / "overlay.mp4") if overlay_video else None
+        for topic, (msg_type, _, qos) in BAG_TOPICS.items():
+            self.node.create_subscription(
+                msg_type, topic, lambda raw, t=topic: self._on_raw(t, raw), qos, raw=True
+            )
+        self.node.create_subscription(Image, "/stac/overlay", self._on_overlay, OUTPUT_QOS)
+
+    def _on_raw(self, topic: str, raw: bytes) -> None:
+        now_ns = self.node.get_clock().now().nanoseconds
+        if self._bag is not None:
+            self._bag.write(self._connections[topic], now_ns, raw)
+        msg = deserialize_message(raw, BAG_TOPICS[topic][0])
+        if topic == "/stac/encoded":
+            self.result.encoded.append(
+                EncodedRecord(
+                    msg.frame_seq,
+                    _stamp_ns(msg.header.stamp),
+                    len(msg.data),
+                    msg.keyframe,
+                    msg.qp_map_seq,
+                )
+            )
+        elif topic == "/stac/mask":
+            stamp_ns = _stamp_ns(msg.header.stamp)
+            self.result.masks_by_stamp[stamp_ns] = image_to_numpy(msg)
+            self.result.mask_latency_ms.append((now_ns - stamp_ns) * 1e-6)
+        elif topic == "/stac/qp_map":
+            self.result.qp_map_bytes.append(len(msg.qp_offsets))
+        else:
+            self.result.statistics[msg.node_name] = msg
+
+    def _on_overlay(self, msg: Image) -> None:
+        if self._video is not None:
+            self._video.add(image_to_numpy(msg), _stamp_ns(msg.header.stamp))
+
+    def spin_until(self, condition, timeout_s: float, tick=None) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            rclpy.spin_once(self.node, timeout_sec=0.05)
+            if tick is not None:
+                tick()
+            if condition():
+                return True
+        return False
+
+    def close(self) -> None:
+        if self._bag is not None:
+            self._bag.close()
+        if self._video is not None:
+            self._video.close()
+        self.node.destroy_node()
