@@ -23,11 +23,13 @@ from stac_sensitivity.sensitivity import compute_sensitivity
 
 @dataclass(frozen=True)
 class QPMapResult:
-    """A map for one frame: the allocation (levels + shift), its offsets and its cost."""
+    """A map for one frame: the allocation (levels + shift), its offsets and its cost, and the
+    DNN's class ids (HxW uint8) from the same forward pass, free with the map."""
 
     allocation: QPLevelMap
     offsets_qp: np.ndarray
     compute_ms: float
+    class_ids: np.ndarray
 
 
 class QPMapComputer:
@@ -69,7 +71,8 @@ class QPMapComputer:
             class_weights=self.calibration.class_weights,
         )
         allocation = allocate(result.macroblock_sensitivity[0], self._allocation_config)
-        return QPMapResult(allocation, allocation.offsets_qp, 1e3 * (time.perf_counter() - started))
+        elapsed_ms = 1e3 * (time.perf_counter() - started)
+        return QPMapResult(allocation, allocation.offsets_qp, elapsed_ms, result.class_ids[0])
 
 
 def qp_heatmap(frame_rgb: np.ndarray, offsets_qp: np.ndarray, max_abs_qp: int) -> np.ndarray:
