@@ -1,9 +1,13 @@
 """Edge side of STAC: decoding + segmentation, and the sensitivity feedback loop.
 
+By default both edge nodes run in one process (`edge_container`: one decoder, one model);
+`single_process:=false` starts them as separate processes, as on two edge machines.
+
 ros2 launch launch/edge.launch.py model_config:=/path/to/model.yaml budget_shift_qp:=2
 """
 
 from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, ThisLaunchFileDir
 from launch_ros.actions import Node
 
@@ -28,11 +32,38 @@ def generate_launch_description() -> LaunchDescription:
             description="Compute a QP map every N decoded frames.",
         ),
         DeclareLaunchArgument(
+            "single_process",
+            default_value="true",
+            description="Run segmenter and sensitivity node in one process sharing one decoder "
+            "and one model (false: two processes).",
+        ),
+        DeclareLaunchArgument(
             "params_file",
             default_value=PathJoinSubstitution([ThisLaunchFileDir(), "..", "config", "edge.yaml"]),
             description="Parameter file of the edge nodes.",
         ),
     ]
+    container = Node(
+        package="stac_sensitivity",
+        executable="edge_container",
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {
+                "model_config": LaunchConfiguration("model_config"),
+                "budget_shift_qp": LaunchConfiguration("budget_shift_qp"),
+                "period_frames": LaunchConfiguration("period_frames"),
+            },
+        ],
+        remappings=[
+            ("encoded", "/stac/encoded"),
+            ("mask", "/stac/mask"),
+            ("overlay", "/stac/overlay"),
+            ("qp_map", "/stac/qp_map"),
+            ("qp_heatmap", "/stac/qp_heatmap"),
+        ],
+        condition=IfCondition(LaunchConfiguration("single_process")),
+        output="screen",
+    )
     segmenter = Node(
         package="stac_edge_segmenter",
         executable="segmenter_node",
@@ -46,6 +77,7 @@ def generate_launch_description() -> LaunchDescription:
             ("mask", "/stac/mask"),
             ("overlay", "/stac/overlay"),
         ],
+        condition=UnlessCondition(LaunchConfiguration("single_process")),
         output="screen",
     )
     sensitivity = Node(
@@ -65,6 +97,7 @@ def generate_launch_description() -> LaunchDescription:
             ("qp_map", "/stac/qp_map"),
             ("qp_heatmap", "/stac/qp_heatmap"),
         ],
+        condition=UnlessCondition(LaunchConfiguration("single_process")),
         output="screen",
     )
-    return LaunchDescription([*arguments, segmenter, sensitivity])
+    return LaunchDescription([*arguments, container, segmenter, sensitivity])

@@ -21,6 +21,7 @@ setup(
     entry_points={
         "console_scripts": [
             "sensitivity_node = stac_sensitivity.sensitivity_node:main",
+            "edge_container = stac_sensitivity.edge_container:main",
         ],
     },
 )

@@ -8,8 +8,12 @@ from rclpy.serialization import deserialize_message, serialize_message
 from std_msgs.msg import Header
 
 from conftest import REPO_ROOT
+from stac_codec.qp_map import QPLevelMap
+from stac_codec.qp_map_wire import decode_qp_map, encode_qp_map
 from stac_msgs.msg import EncodedFrame, QPMap
 from stac_ros_common.image_pixels import field_as_numpy, to_uint8_field
+
+BANK = (-10, -6, -3, 0, 3, 6, 10, 12)
 
 
 def _header() -> Header:
@@ -40,29 +44,31 @@ def test_encoded_frame_round_trip():
 
 
 def test_qp_map_round_trip():
-    offsets = np.arange(-10, 10, dtype=np.int8).repeat(35)[: 23 * 30]
+    level_map = QPLevelMap(np.arange(23 * 30, dtype=np.uint8).reshape(23, 30) % 8, BANK, -2)
     msg = QPMap(
         header=_header(),
+        session_id=2**32 - 1,
         map_seq=3,
+        reference_map_seq=2,
         source_frame_seq=99,
         source_stamp=Time(sec=5, nanosec=6),
-        macroblock_size=16,
         cols=30,
         rows=23,
         levels=8,
-        qp_offsets=offsets.tolist(),
-        max_abs_offset_qp=10,
-        budget_shift_qp=-1.5,
-        base_quality=30.0,
+        max_abs_offset_qp=12,
+        budget_shift_qp=-2,
+        aq_strength=0.5,
+        data=to_uint8_field(encode_qp_map(level_map)),
     )
     back = deserialize_message(serialize_message(msg), QPMap)
     assert back.header == msg.header
-    assert (back.map_seq, back.source_frame_seq) == (3, 99)
+    assert (back.session_id, back.map_seq, back.reference_map_seq) == (2**32 - 1, 3, 2)
+    assert back.source_frame_seq == 99
     assert back.source_stamp == Time(sec=5, nanosec=6)
-    assert (back.macroblock_size, back.cols, back.rows, back.levels) == (16, 30, 23, 8)
-    np.testing.assert_array_equal(np.asarray(back.qp_offsets, dtype=np.int8), offsets)
-    assert back.max_abs_offset_qp == 10
-    assert (back.budget_shift_qp, back.base_quality) == (-1.5, 30.0)
+    assert (back.cols, back.rows, back.levels, back.max_abs_offset_qp) == (30, 23, 8, 12)
+    assert (back.budget_shift_qp, back.aq_strength) == (-2, 0.5)
+    decoded = decode_qp_map(field_as_numpy(back.data).tobytes())
+    np.testing.assert_array_equal(decoded.offsets_qp, level_map.offsets_qp)
 
 
 def test_message_definitions_document_every_field():

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from stac_codec.h264_decoder import H264Decoder
-from stac_encoder.robot_encoder import QPMapUpdate, RobotEncoder, RobotEncoderConfig
+from stac_encoder.robot_encoder import (
+    STALE_MAPS_BEFORE_RESYNC,
+    MapVerdict,
+    QPMapUpdate,
+    RobotEncoder,
+    RobotEncoderConfig,
+)
 
 WIDTH, HEIGHT = 96, 64  # 6 x 4 macroblocks
 
@@ -18,8 +24,14 @@ def frames(count: int, width: int = WIDTH, height: int = HEIGHT, seed: int = 0):
     return [np.ascontiguousarray(scene[:, 2 * i : 2 * i + width]) for i in range(count)]
 
 
-def update(map_seq: int, source_frame_seq: int, stamp_s: float, value: int = -6) -> QPMapUpdate:
-    return QPMapUpdate(map_seq, source_frame_seq, stamp_s, np.full((4, 6), value, np.int8))
+ACCEPTED, STALE = MapVerdict.ACCEPTED, MapVerdict.STALE
+
+
+def update(
+    map_seq: int, source_frame_seq: int, stamp_s: float, value: int = -6, **extra
+) -> QPMapUpdate:
+    offsets = np.full((4, 6), value, np.int8)
+    return QPMapUpdate(map_seq, source_frame_seq, stamp_s, offsets, **extra)
 
 
 def test_frames_are_numbered_and_the_first_is_a_keyframe():
@@ -39,7 +51,7 @@ def test_map_is_applied_from_the_next_frame_and_changes_the_bits():
     for i in range(2):
         plain.encode(video[i], i * 0.1)
         mapped.encode(video[i], i * 0.1)
-    assert mapped.submit_qp_map(update(1, 2, 0.1, value=-10))
+    assert mapped.submit_qp_map(update(1, 2, 0.1, value=-10)) is ACCEPTED
     with_map = mapped.encode(video[2], 0.2)
     without = plain.encode(video[2], 0.2)
     assert with_map.qp_map_seq == 1 and without.qp_map_seq == 0
@@ -58,9 +70,9 @@ def test_a_map_older_than_the_age_limit_falls_back_to_zero():
 def test_older_maps_are_ignored_and_the_newest_wins():
     encoder = RobotEncoder()
     encoder.encode(frames(1)[0], 0.0)
-    assert encoder.submit_qp_map(update(5, 1, 0.0))
-    assert not encoder.submit_qp_map(update(4, 1, 0.0))
-    assert encoder.submit_qp_map(update(6, 1, 0.0))
+    assert encoder.submit_qp_map(update(5, 1, 0.0)) is ACCEPTED
+    assert encoder.submit_qp_map(update(4, 1, 0.0)) is STALE
+    assert encoder.submit_qp_map(update(6, 1, 0.0)) is ACCEPTED
     assert encoder.encode(frames(2)[1], 0.1).qp_map_seq == 6
 
 
@@ -69,7 +81,7 @@ def test_a_late_map_is_warped_from_its_source_frame():
     video = frames(6)
     for i in range(5):
         encoder.encode(video[i], i * 0.1)
-    assert encoder.submit_qp_map(update(1, 2, 0.1))
+    assert encoder.submit_qp_map(update(1, 2, 0.1)) is ACCEPTED
     assert encoder.encode(video[5], 0.5).qp_map_seq == 1
 
 
@@ -119,3 +131,85 @@ def test_bgr_input_encodes_like_rgb():
 def test_bad_frames_are_rejected():
     with pytest.raises(ValueError, match="HxWx3"):
         RobotEncoder().encode(np.zeros((64, 96), np.uint8), 0.0)
+
+
+@pytest.mark.parametrize(
+    "bad_frame",
+    [
+        np.zeros((1, 1, 3), np.uint8),
+        np.zeros((1, 40, 3), np.uint8),
+        np.zeros((0, 0, 3), np.uint8),
+        np.zeros((2, 16385, 3), np.uint8),
+        np.zeros((64, 96, 3), np.float64),
+        np.zeros((64, 96, 3), np.int16),
+    ],
+    ids=["1x1", "1xN", "0x0", "too wide", "float64", "int16"],
+)
+def test_a_malformed_frame_changes_nothing(bad_frame):
+    """It is refused with ValueError; the stream goes on with the next frame number and no
+    keyframe, as if it had never arrived (the encoder is not closed, no false gap)."""
+    encoder = RobotEncoder()
+    video = frames(3)
+    first = encoder.encode(video[0], 0.0)
+    with pytest.raises(ValueError):
+        encoder.encode(bad_frame, 0.1)
+    after = encoder.encode(video[1], 0.2)
+    assert (first.frame_seq, after.frame_seq) == (1, 2) and not after.packet.keyframe
+    decoder = H264Decoder(WIDTH, HEIGHT)
+    assert all(decoder.decode(r.packet.data, r.frame_seq).ok for r in (first, after))
+
+
+def test_a_map_from_a_restarted_edge_session_is_accepted_at_once():
+    encoder = RobotEncoder()
+    encoder.encode(frames(1)[0], 0.0)
+    assert encoder.submit_qp_map(update(40, 1, 0.0, session_id=7)) is ACCEPTED
+    assert encoder.submit_qp_map(update(1, 1, 0.0, session_id=8)) is ACCEPTED
+    assert encoder.encode(frames(2)[1], 0.1).qp_map_seq == 1
+
+
+def test_after_one_bogus_map_seq_the_numbering_resynchronises():
+    encoder = RobotEncoder()
+    encoder.encode(frames(1)[0], 0.0)
+    assert encoder.submit_qp_map(update(2**64 - 1, 1, 0.0)) is ACCEPTED
+    verdicts = [encoder.submit_qp_map(update(seq, 1, 0.0)) for seq in range(5, 5 + 4)]
+    assert verdicts[: STALE_MAPS_BEFORE_RESYNC - 1] == [STALE] * (STALE_MAPS_BEFORE_RESYNC - 1)
+    assert verdicts[STALE_MAPS_BEFORE_RESYNC - 1] is MapVerdict.RESYNCED
+    assert verdicts[-1] is ACCEPTED
+    assert encoder.encode(frames(2)[1], 0.1).qp_map_seq == 8
+
+
+@pytest.mark.parametrize("stamp", [float("nan"), float("inf"), -float("inf"), 100.0])
+def test_maps_with_impossible_stamps_are_refused(stamp):
+    encoder = RobotEncoder()
+    encoder.encode(frames(1)[0], 10.0)
+    with pytest.raises(ValueError, match="stamp"):
+        encoder.submit_qp_map(update(1, 1, stamp))
+
+
+def test_a_map_from_a_frame_never_encoded_is_refused():
+    encoder = RobotEncoder()
+    encoder.encode(frames(1)[0], 0.0)
+    with pytest.raises(ValueError, match="never encoded"):
+        encoder.submit_qp_map(update(1, 500, 0.0))
+
+
+def test_a_map_older_than_the_age_limit_in_either_direction_is_not_applied():
+    encoder = RobotEncoder(RobotEncoderConfig(max_map_age_s=0.5))
+    video = frames(2)
+    encoder.encode(video[0], 10.0)
+    encoder.submit_qp_map(update(1, 1, 10.9))  # ahead of the frame, within the tolerance
+    assert encoder.encode(video[1], 10.1).qp_map_seq == 0
+
+
+def test_the_calibrations_aq_strength_reopens_the_encoder():
+    encoder = RobotEncoder()
+    video = frames(4)
+    encoder.encode(video[0], 0.0)
+    assert encoder.aq_strength == pytest.approx(0.001)
+    encoder.submit_qp_map(update(1, 1, 0.0, aq_strength=1.0))
+    switched = encoder.encode(video[1], 0.1)
+    assert encoder.aq_strength == 1.0
+    assert switched.packet.keyframe and switched.qp_map_seq == 1
+    assert not encoder.encode(video[2], 0.2).packet.keyframe
+    with pytest.raises(ValueError, match="aq_strength"):
+        encoder.submit_qp_map(update(2, 1, 0.0, aq_strength=7.0))

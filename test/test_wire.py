@@ -7,7 +7,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from stac_codec.qp_map import QPLevelMap
-from stac_codec.qp_map_wire import WireFormatError, decode_qp_map, encode_qp_map
+from stac_codec.qp_map_wire import WireFormatError, decode_qp_map, encode_qp_map, is_delta
 from stac_sensitivity.allocation import AllocationConfig, allocate
 
 BANK = (-10, -6, -3, 0, 3, 6, 10, 12)
@@ -69,3 +69,70 @@ def test_other_version_is_refused_even_with_a_valid_checksum():
     body = bytes([1]) + encode_qp_map(_allocation())[1:-2]
     with pytest.raises(WireFormatError, match="version"):
         decode_qp_map(body + binascii.crc_hqx(body, 0).to_bytes(2, "big"))
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + binascii.crc_hqx(body, 0).to_bytes(2, "big")
+
+
+def _changed(level_map: QPLevelMap, fraction: float, seed: int = 1) -> QPLevelMap:
+    """The same map with `fraction` of its macroblocks moved to another level."""
+    rng = np.random.default_rng(seed)
+    indices = level_map.level_indices.copy()
+    chosen = rng.random(indices.shape) < fraction
+    indices[chosen] = (indices[chosen] + 3) % len(level_map.levels_qp)
+    return QPLevelMap(indices, level_map.levels_qp, level_map.budget_shift_qp)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.05, 0.5, 1.0])
+def test_delta_round_trip_is_exact(fraction):
+    reference = _allocation(shape=(36, 48), smooth=1.0)
+    new = _changed(reference, fraction)
+    data = encode_qp_map(new, reference)
+    assert is_delta(data)
+    decoded = decode_qp_map(data, reference)
+    np.testing.assert_array_equal(decoded.level_indices, new.level_indices)
+    assert decoded.levels_qp == new.levels_qp
+
+
+def test_a_delta_with_few_changes_costs_a_fraction_of_a_key_map():
+    reference = _allocation(shape=(36, 48), smooth=1.0)
+    new = _changed(reference, 0.05)
+    assert len(encode_qp_map(new, reference)) < 0.4 * len(encode_qp_map(new))
+
+
+def test_a_delta_refuses_a_missing_or_wrong_reference():
+    reference = _allocation(shape=(36, 48), seed=1)
+    data = encode_qp_map(_changed(reference, 0.1), reference)
+    with pytest.raises(WireFormatError, match="needs its reference"):
+        decode_qp_map(data)
+    with pytest.raises(WireFormatError, match="not the one"):
+        decode_qp_map(data, _changed(reference, 0.01, seed=7))
+    with pytest.raises(WireFormatError, match="shape"):
+        decode_qp_map(data, _allocation(shape=(35, 48)))
+
+
+def test_encoding_a_delta_against_another_bank_is_refused():
+    with pytest.raises(ValueError, match="same shape and level bank"):
+        encode_qp_map(_allocation(levels=BANK), _allocation(levels=(-4, 4)))
+
+
+def test_a_forged_huge_map_is_refused_before_any_work():
+    body = bytes([3, 0]) + (65535).to_bytes(2, "big") * 2 + bytes([0, 1, 0xFC, 4]) + b"\x55" * 8
+    with pytest.raises(WireFormatError, match="out of bounds"):
+        decode_qp_map(_with_crc(body))
+
+
+def test_a_forged_code_with_a_valid_checksum_raises_the_domain_error():
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for _ in range(200):
+        header = bytes([3, 0, 0, 20, 0, 30, 0, 7])  # key map, 20 x 30, 8 levels
+        levels = np.asarray(BANK, dtype=np.int8).tobytes()
+        code = rng.integers(0, 256, int(rng.integers(0, 40)), dtype=np.uint8).tobytes()
+        try:
+            decode_qp_map(_with_crc(header + levels + code))
+            outcomes.add("decoded")
+        except WireFormatError:
+            outcomes.add("refused")
+    assert outcomes <= {"decoded", "refused"}

@@ -8,7 +8,9 @@ Topics:
 Every access unit is decoded in the subscription callback (P-frames need their references);
 inference runs in a worker thread on the newest decoded frame only. A decoded frame that a
 newer one replaces before inference reaches it is counted as skipped: no backlog builds up
-when the model is slower than the camera.
+when the model is slower than the camera. In the edge container a `SegmentationHook` (the
+sensitivity node) shares the decoder and the model: frames it wants get its pass instead of
+a plain forward, and their mask comes from that pass.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sensor_msgs.msg import Image
 from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
 from stac_edge_segmenter.model_parameters import MODEL_PARAMETERS, load_model_from
 from stac_edge_segmenter.overlay import mask_overlay
+from stac_edge_segmenter.segmentation_hook import SegmentationHook
 from stac_msgs.msg import EncodedFrame
 from stac_ros_common.image_conversion import numpy_to_image
 from stac_ros_common.newest_item_worker import NewestItemWorker
@@ -30,6 +33,7 @@ from stac_ros_common.parameter_spec import ParameterSpec
 from stac_ros_common.parameters import declare_parameters
 from stac_ros_common.qos import ENCODED_QOS, OUTPUT_QOS
 from stac_ros_common.statistics import NodeStatistics
+from stac_ros_common.wire_size import serialized_size_bytes
 
 PARAMETERS = (
     *MODEL_PARAMETERS,
@@ -39,10 +43,11 @@ PARAMETERS = (
 
 
 class SegmenterNode(Node):
-    def __init__(self) -> None:
-        super().__init__("stac_segmenter")
+    def __init__(self, hook: SegmentationHook | None = None, **node_options) -> None:
+        super().__init__("stac_segmenter", **node_options)
         self.params = declare_parameters(self, PARAMETERS)
         self.model = load_model_from(self.params)
+        self.hook = hook
         self.statistics = NodeStatistics()
         self._decoder = EncodedStreamDecoder()
         self._mask_publisher = self.create_publisher(Image, "mask", OUTPUT_QOS)
@@ -59,7 +64,7 @@ class SegmenterNode(Node):
 
     def _on_encoded(self, msg: EncodedFrame) -> None:
         self.statistics.count("frames_in")
-        self.statistics.add_uplink(time.monotonic(), len(msg.data))
+        self.statistics.add_uplink(time.monotonic(), serialized_size_bytes(msg))
         result = self._decoder.decode(msg.data, msg.frame_seq, msg.width, msg.height)
         if not result.ok:
             self.statistics.count("frames_failed")
@@ -68,8 +73,11 @@ class SegmenterNode(Node):
                 throttle_duration_sec=1.0,
             )
             return
+        frame = DecodedFrame(msg.header, msg.frame_seq, result.image)
+        if self.hook is not None:
+            self.hook.frame_decoded(frame)
         self.statistics.count("frames_pending")
-        displaced = self._worker.submit(DecodedFrame(msg.header, msg.frame_seq, result.image))
+        displaced = self._worker.submit(frame)
         if displaced is not None:
             self.statistics.count("frames_pending", -1)
             self.statistics.count("frames_skipped")
@@ -85,7 +93,10 @@ class SegmenterNode(Node):
             self.statistics.count("frames_pending", -1)
 
     def _segment_and_publish(self, frame: DecodedFrame) -> None:
-        class_ids = self.model.predict(frame.image, with_probabilities=False).class_ids[0]
+        if self.hook is not None and self.hook.wants(frame):
+            class_ids = self.hook.segment(frame)
+        else:
+            class_ids = self.model.predict(frame.image, with_probabilities=False).class_ids[0]
         self._mask_publisher.publish(numpy_to_image(class_ids, "mono8", frame.header))
         if self.params["publish_overlay"]:
             overlay = mask_overlay(

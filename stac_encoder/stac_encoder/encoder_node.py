@@ -5,6 +5,8 @@ A thin shell over `stac_encoder.robot_encoder.RobotEncoder`. Topics (remap as ne
   qp_map   stac_msgs/QPMap     in   maps from the edge's sensitivity node
   encoded  stac_msgs/EncodedFrame out
 Service ~/request_keyframe (std_srvs/Trigger): the next frame is an IDR picture.
+Maps arrive in the compact wire form (key maps and deltas, `stac_encoder.qp_map_receiver`);
+every refused map is counted and each kind of refusal logged once.
 """
 
 from __future__ import annotations
@@ -18,15 +20,29 @@ from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from stac_codec.h264_encoder import PRESETS, EncoderConfig
+from stac_encoder.qp_map_receiver import QPMapReceiver, ReceivedMapFields
 from stac_encoder.qp_map_warp import WarpConfig
-from stac_encoder.robot_encoder import QPMapUpdate, RobotEncoder, RobotEncoderConfig
+from stac_encoder.robot_encoder import (
+    STALE_MAPS_BEFORE_RESYNC,
+    MapVerdict,
+    QPMapUpdate,
+    RobotEncoder,
+    RobotEncoderConfig,
+)
 from stac_msgs.msg import EncodedFrame, QPMap
-from stac_ros_common.image_pixels import ImageConversionError, image_to_numpy, to_uint8_field
+from stac_ros_common.image_pixels import (
+    ImageConversionError,
+    field_as_numpy,
+    image_to_numpy,
+    to_uint8_field,
+)
 from stac_ros_common.node_runner import StatisticsReporter, run_node, stamp_to_s
 from stac_ros_common.parameter_spec import ParameterSpec
 from stac_ros_common.parameters import declare_parameters
 from stac_ros_common.qos import ENCODED_QOS, QP_MAP_QOS, camera_qos
+from stac_ros_common.rejections import RejectionLog
 from stac_ros_common.statistics import NodeStatistics
+from stac_ros_common.wire_size import serialized_size_bytes
 
 PIXEL_FORMAT_BY_ENCODING = {"rgb8": "rgb24", "bgr8": "bgr24", "mono8": "rgb24"}
 
@@ -59,6 +75,14 @@ PARAMETERS = (
         0.01,
         3600.0,
     ),
+    ParameterSpec(
+        "max_abs_offset_qp",
+        30,
+        "Largest |QP offset| (budget shift included) a map from the edge may ask for; a map "
+        "beyond it is refused.",
+        0,
+        51,
+    ),
     ParameterSpec("warp_qp_map", True, "Carry the QP map to each frame with DIS optical flow."),
     ParameterSpec(
         "flow_width_px", 320, "Width frames are downscaled to for optical flow, px.", 32, 4096
@@ -90,6 +114,19 @@ def encoder_config_from(params: dict) -> RobotEncoderConfig:
     )
 
 
+def received_fields(msg: QPMap) -> ReceivedMapFields:
+    """The QPMap fields the receiver core needs, without ROS types."""
+    return ReceivedMapFields(
+        session_id=msg.session_id,
+        map_seq=msg.map_seq,
+        reference_map_seq=msg.reference_map_seq,
+        rows=msg.rows,
+        cols=msg.cols,
+        max_abs_offset_qp=msg.max_abs_offset_qp,
+        data=field_as_numpy(msg.data).tobytes(),
+    )
+
+
 class EncoderNode(Node):
     def __init__(self) -> None:
         super().__init__("stac_encoder")
@@ -103,6 +140,8 @@ class EncoderNode(Node):
         self.create_subscription(QPMap, "qp_map", self._on_qp_map, QP_MAP_QOS)
         self.create_service(Trigger, "~/request_keyframe", self._on_request_keyframe)
         self._reporter = StatisticsReporter(self, self.statistics, role="robot")
+        self._receiver = QPMapReceiver(self.params["max_abs_offset_qp"])
+        self._rejections = RejectionLog(self.get_logger().warning)
         self._base_quality = (
             self.params["crf"]
             if self.params["rate_control"] == "crf"
@@ -136,27 +175,40 @@ class EncoderNode(Node):
         out.data = to_uint8_field(result.packet.data)
         self._publisher.publish(out)
         self.statistics.count("frames_encoded")
-        self.statistics.add_uplink(time.monotonic(), result.packet.size_bytes)
+        self.statistics.add_uplink(time.monotonic(), serialized_size_bytes(out))
 
     def _on_qp_map(self, msg: QPMap) -> None:
-        self.statistics.add_feedback(time.monotonic(), len(msg.qp_offsets))
+        self.statistics.add_feedback(time.monotonic(), serialized_size_bytes(msg))
         try:
-            offsets = np.asarray(msg.qp_offsets, dtype=np.int8)
-            if offsets.size != int(msg.rows) * int(msg.cols) or msg.macroblock_size != 16:
-                raise ValueError(
-                    f"QP map {msg.map_seq}: {offsets.size} offsets for {msg.rows}x{msg.cols} "
-                    f"macroblocks of {msg.macroblock_size} px"
+            level_map = self._receiver.receive(received_fields(msg))
+            verdict = self.encoder.submit_qp_map(
+                QPMapUpdate(
+                    map_seq=msg.map_seq,
+                    source_frame_seq=msg.source_frame_seq,
+                    source_stamp_s=stamp_to_s(msg.source_stamp),
+                    offsets=level_map.offsets_qp,
+                    session_id=msg.session_id,
+                    aq_strength=float(msg.aq_strength),
                 )
-            update = QPMapUpdate(
-                map_seq=msg.map_seq,
-                source_frame_seq=msg.source_frame_seq,
-                source_stamp_s=stamp_to_s(msg.source_stamp),
-                offsets=offsets.reshape(msg.rows, msg.cols),
             )
-            if self.encoder.submit_qp_map(update):
-                self.statistics.count("qp_maps")
-        except ValueError as error:
-            self.get_logger().error(f"QP map rejected: {error}")
+        except ValueError as error:  # MapRejectedError, or the encoder's own checks
+            self._refuse_map("qp_map/rejected", f"QP map refused: {error}")
+            return
+        if verdict is MapVerdict.STALE:
+            self._refuse_map(
+                "qp_map/stale", f"QP map {msg.map_seq} refused: not newer than the map held"
+            )
+            return
+        if verdict is MapVerdict.RESYNCED:
+            self.get_logger().warning(
+                f"QP map {msg.map_seq}: after {STALE_MAPS_BEFORE_RESYNC} stale maps in a row "
+                "the edge's numbering is taken to have restarted"
+            )
+        self.statistics.count("qp_maps")
+
+    def _refuse_map(self, kind: str, message: str) -> None:
+        self.statistics.count("qp_maps_rejected")
+        self._rejections.reject(kind, message)
 
     def _on_request_keyframe(self, request: Trigger.Request, response: Trigger.Response):
         self.encoder.request_keyframe()

@@ -2,14 +2,20 @@
 
 Plain Python (no ROS): `encoder_node` feeds it camera frames and QP maps; tests and the replay
 evaluation drive it directly. It numbers frames (the `frame_seq` the edge refers to when it
-sends a map back), re-creates the encoder when the picture size or channel order changes,
-drops maps that are older than `max_map_age_s` (measured on the camera clock, from the map's
-source frame to the frame being encoded) and forces keyframes on request.
+sends a map back), re-creates the encoder when the picture size or channel order changes (or
+when the edge's calibration asks for another x264 AQ strength, which x264 cannot change on a
+running encoder), drops maps whose source frame is more than `max_map_age_s` away from the
+frame being encoded (camera clock), and forces keyframes on request.
+
+A frame that cannot be encoded raises ValueError (or EncoderError) and changes nothing: it
+gets no frame_seq (so the edge sees no false gap) and the running encoder stays open.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+import math
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -17,22 +23,41 @@ from stac_codec.h264_encoder import EncodedPacket, EncoderConfig, QPMapEncoder
 from stac_codec.qp_map import macroblock_grid, validate_qp_map
 from stac_encoder.qp_map_warp import QPMapWarper, WarpConfig
 
+MAX_PICTURE_SIDE_PX = 16384  # H.264 levels allow no larger side
+# A map whose source stamp lies this far after the newest camera frame is from a broken clock.
+FUTURE_TOLERANCE_S = 1.0
+# This many stale maps in a row from one session: the sequence was reset (or one bogus
+# map_seq raised the mark); adopt the incoming numbering again.
+STALE_MAPS_BEFORE_RESYNC = 3
+
 
 @dataclass(frozen=True)
 class QPMapUpdate:
     """A map from the edge: offsets (rows, cols) int8, computed on frame `source_frame_seq`
-    captured at `source_stamp_s` (camera clock)."""
+    captured at `source_stamp_s` (camera clock), numbered `map_seq` within the edge session
+    `session_id`; aq_strength > 0 asks for that x264 AQ strength (0 = keep the robot's)."""
 
     map_seq: int
     source_frame_seq: int
     source_stamp_s: float
     offsets: np.ndarray
+    session_id: int = 0
+    aq_strength: float = 0.0
+
+
+class MapVerdict(enum.Enum):
+    """What submit_qp_map did with a map (the node counts and logs each kind)."""
+
+    ACCEPTED = "accepted"
+    STALE = "stale"  # not newer than the map already queued or applied
+    RESYNCED = "resynced"  # accepted after several stale maps: the numbering restarted
 
 
 @dataclass(frozen=True)
 class RobotEncoderConfig:
-    """max_map_age_s: a map whose source frame is older than this falls back to a zero map;
-    warp_qp_map: carry the map to each new frame with DIS optical flow."""
+    """max_map_age_s: a map whose source frame is further than this from the frame being
+    encoded falls back to a zero map; warp_qp_map: carry the map to each new frame with DIS
+    optical flow."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     max_map_age_s: float = 5.0
@@ -40,7 +65,7 @@ class RobotEncoderConfig:
     warp: WarpConfig = field(default_factory=WarpConfig)
 
     def __post_init__(self) -> None:
-        if self.max_map_age_s <= 0:
+        if not math.isfinite(self.max_map_age_s) or self.max_map_age_s <= 0:
             raise ValueError(f"max_map_age_s must be > 0, got {self.max_map_age_s}")
 
 
@@ -60,23 +85,45 @@ class RobotEncoder:
 
     def __init__(self, config: RobotEncoderConfig | None = None) -> None:
         self.config = config or RobotEncoderConfig()
+        self._aq_strength = self.config.encoder.aq_strength
         self._encoder: QPMapEncoder | None = None
         self._warper: QPMapWarper | None = None
         self._frame_seq = 0
+        self._newest_capture_s: float | None = None
         self._pending_map: QPMapUpdate | None = None
         self._active_map: QPMapUpdate | None = None
+        self._session_id: int | None = None
+        self._newest_map_seq = 0
+        self._stale_in_a_row = 0
         self._keyframe_requested = False
 
     @property
-    def frames_encoded(self) -> int:
-        return self._frame_seq
+    def aq_strength(self) -> float:
+        """The x264 AQ strength frames are encoded with now."""
+        return self._aq_strength
 
-    def submit_qp_map(self, update: QPMapUpdate) -> bool:
-        """Queue a map for the next frame; False when it is older than the one queued/applied.
+    def submit_qp_map(self, update: QPMapUpdate) -> MapVerdict:
+        """Queue a map for the next frame, newest wins.
 
-        Raises ValueError for a malformed map (wrong dtype, out-of-range offsets, or a shape
-        that does not fit the current picture size).
+        Raises ValueError for a malformed map (wrong dtype, out-of-range offsets, a shape that
+        does not fit the current picture size, a stamp that is not finite or lies in the
+        future, a source frame that was never encoded, an AQ strength out of range).
         """
+        self._validate(update)
+        if update.session_id != self._session_id:
+            self._session_id, self._newest_map_seq, self._stale_in_a_row = update.session_id, 0, 0
+        verdict = MapVerdict.ACCEPTED
+        if update.map_seq <= self._newest_map_seq:
+            self._stale_in_a_row += 1
+            if self._stale_in_a_row < STALE_MAPS_BEFORE_RESYNC:
+                return MapVerdict.STALE
+            verdict = MapVerdict.RESYNCED
+        self._stale_in_a_row = 0
+        self._newest_map_seq = update.map_seq
+        self._pending_map = update
+        return verdict
+
+    def _validate(self, update: QPMapUpdate) -> None:
         offsets = update.offsets
         grid = self._encoder.grid if self._encoder is not None else None
         if grid is None:
@@ -84,14 +131,21 @@ class RobotEncoder:
                 raise ValueError(f"QP map must be 2-D (rows, cols), got {type(offsets).__name__}")
             grid = offsets.shape
         validate_qp_map(offsets, grid)
-        newest = max(
-            (u.map_seq for u in (self._pending_map, self._active_map) if u is not None),
-            default=0,
-        )
-        if update.map_seq <= newest:
-            return False
-        self._pending_map = update
-        return True
+        if not math.isfinite(update.source_stamp_s):
+            raise ValueError(f"QP map {update.map_seq}: source stamp {update.source_stamp_s}")
+        newest = self._newest_capture_s
+        if newest is not None and update.source_stamp_s > newest + FUTURE_TOLERANCE_S:
+            raise ValueError(
+                f"QP map {update.map_seq}: source stamp {update.source_stamp_s:.3f} s is after "
+                f"the newest camera frame ({newest:.3f} s)"
+            )
+        if not 0 < update.source_frame_seq <= max(self._frame_seq, 1):
+            raise ValueError(
+                f"QP map {update.map_seq}: source frame {update.source_frame_seq} was never "
+                f"encoded (frames so far: {self._frame_seq})"
+            )
+        if update.aq_strength and not 0.0 < update.aq_strength <= 3.0:
+            raise ValueError(f"QP map {update.map_seq}: aq_strength {update.aq_strength}")
 
     def request_keyframe(self) -> None:
         self._keyframe_requested = True
@@ -100,37 +154,43 @@ class RobotEncoder:
         self, frame: np.ndarray, capture_stamp_s: float, pixel_format: str = "rgb24"
     ) -> EncodedFrameResult:
         """Encode one HxWx3 uint8 frame (rgb24 or bgr24) captured at `capture_stamp_s`."""
-        if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3:
-            shape = getattr(frame, "shape", None)
-            raise ValueError(f"frame must be an HxWx3 uint8 array, got shape {shape}")
-        height, width = frame.shape[:2]
+        height, width = _check_frame(frame)
+        if not math.isfinite(capture_stamp_s):
+            raise ValueError(f"capture stamp must be finite, got {capture_stamp_s}")
         self._ensure_encoder(width, height, pixel_format)
-        self._frame_seq += 1
+        packet_frame_seq = self._frame_seq + 1
         if self._warper is not None:
             rgb = frame if pixel_format == "rgb24" else frame[..., ::-1]
-            self._warper.add_frame(self._frame_seq, rgb)
+            self._warper.add_frame(packet_frame_seq, rgb)
         self._adopt_pending_map()
         qp_map, qp_map_seq = self._map_for(capture_stamp_s)
         packet = self._encoder.encode(frame, qp_map, force_keyframe=self._keyframe_requested)
+        self._frame_seq = packet_frame_seq
+        self._newest_capture_s = capture_stamp_s
         self._keyframe_requested = False
         return EncodedFrameResult(self._frame_seq, packet, qp_map_seq, width, height)
 
     def _ensure_encoder(self, width: int, height: int, pixel_format: str) -> None:
+        """An encoder for this size, channel order and AQ strength; the old one is closed
+        only once the new one is open (a failed build leaves the stream as it was)."""
         current = self._encoder
-        if current is not None and (current.width, current.height, current.pixel_format) == (
-            width,
-            height,
-            pixel_format,
+        if current is not None and (
+            (current.width, current.height, current.pixel_format, current.config.aq_strength)
+            == (width, height, pixel_format, self._aq_strength)
         ):
             return
+        base = current.config if current is not None else self.config.encoder
+        config = replace(base, aq_strength=self._aq_strength)
+        replacement = QPMapEncoder(config, width, height, pixel_format)
         if current is not None:
             current.close()
-            if macroblock_grid(current.width, current.height) != macroblock_grid(width, height):
+            if macroblock_grid(current.width, current.height) != replacement.grid:
                 self._pending_map = self._active_map = None
-        self._encoder = QPMapEncoder(self.config.encoder, width, height, pixel_format)
-        self._warper = (
-            QPMapWarper(width, height, self.config.warp) if self.config.warp_qp_map else None
-        )
+        self._encoder = replacement
+        if self._warper is None or (self._warper.width, self._warper.height) != (width, height):
+            self._warper = (
+                QPMapWarper(width, height, self.config.warp) if self.config.warp_qp_map else None
+            )
         if self._active_map is not None and self._pending_map is None:
             self._pending_map, self._active_map = self._active_map, None
 
@@ -140,15 +200,28 @@ class RobotEncoder:
             return
         if update.offsets.shape != self._encoder.grid:
             return  # computed for a picture size this stream no longer has
+        if update.aq_strength and update.aq_strength != self._aq_strength:
+            self._switch_aq_strength(update.aq_strength)
         self._active_map = update
         if self._warper is not None:
             self._warper.set_map(update.offsets, update.source_frame_seq)
+
+    def _switch_aq_strength(self, aq_strength: float) -> None:
+        """Re-open the encoder with another AQ strength (x264's reconfig cannot change it);
+        the new encoder starts with an IDR picture. On failure the old one keeps running."""
+        previous, self._aq_strength = self._aq_strength, aq_strength
+        encoder = self._encoder
+        try:
+            self._ensure_encoder(encoder.width, encoder.height, encoder.pixel_format)
+        except (ValueError, RuntimeError):
+            self._aq_strength = previous
+            raise
 
     def _map_for(self, capture_stamp_s: float) -> tuple[np.ndarray | None, int]:
         active = self._active_map
         if active is None:
             return None, 0
-        if capture_stamp_s - active.source_stamp_s > self.config.max_map_age_s:
+        if abs(capture_stamp_s - active.source_stamp_s) > self.config.max_map_age_s:
             return None, 0
         if self._warper is not None:
             return self._warper.current_map(), active.map_seq
@@ -158,3 +231,18 @@ class RobotEncoder:
         if self._encoder is not None:
             self._encoder.close()
             self._encoder = None
+
+
+def _check_frame(frame: object) -> tuple[int, int]:
+    """(height, width) of a usable camera frame; ValueError naming what is wrong otherwise."""
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3:
+        shape = getattr(frame, "shape", None)
+        raise ValueError(f"frame must be an HxWx3 uint8 array, got shape {shape}")
+    if frame.dtype != np.uint8:
+        raise ValueError(f"frame must be uint8, got {frame.dtype}")
+    height, width = frame.shape[:2]
+    if not (2 <= width <= MAX_PICTURE_SIDE_PX and 2 <= height <= MAX_PICTURE_SIDE_PX):
+        raise ValueError(
+            f"frame of {width}x{height} px: each side must be in 2..{MAX_PICTURE_SIDE_PX}"
+        )
+    return height, width

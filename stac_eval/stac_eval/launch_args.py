@@ -91,7 +91,9 @@ def ros_args(path: Path, executable: str, **overrides: str) -> list[str]:
         return value
 
     (node,) = [n for n in launch_nodes(path) if n["executable"] == executable]
-    args = ["--ros-args", "-r", f"__node:={node['name']}"]
+    args = ["--ros-args"]
+    if node.get("name"):  # a process of several nodes (a container) keeps their own names
+        args += ["-r", f"__node:={node['name']}"]
     for entry in node.get("parameters") or []:
         entry = resolve(entry)
         if isinstance(entry, ConfigFileRef):

@@ -42,6 +42,7 @@ class FrameCounters:
     frames_failed: int = 0
     frames_pending: int = 0
     qp_maps: int = 0
+    qp_maps_rejected: int = 0
 
 
 @dataclass
@@ -64,7 +65,8 @@ class StatisticsSnapshot:
         return (
             f"in {c.frames_in} encoded {c.frames_encoded} segmented {c.frames_segmented} "
             f"skipped {c.frames_skipped} failed {c.frames_failed} pending {c.frames_pending} "
-            f"maps {c.qp_maps} | uplink {self.uplink_bps / 1e3:.1f} kbit/s "
+            f"maps {c.qp_maps} (rejected {c.qp_maps_rejected}) | "
+            f"uplink {self.uplink_bps / 1e3:.1f} kbit/s "
             f"feedback {self.feedback_bps / 1e3:.2f} kbit/s | latency p50 "
             f"{self.latency_ms_median:.0f} ms p95 {self.latency_ms_p95:.0f} ms"
         )

@@ -2,33 +2,46 @@
 
 Topics:
   encoded     stac_msgs/EncodedFrame  in   the robot's stream (decoded here, every frame)
-  qp_map      stac_msgs/QPMap         out  to the robot's encoder
+  qp_map      stac_msgs/QPMap         out  to the robot's encoder (compact wire form)
   qp_heatmap  sensor_msgs/Image rgb8  out  the frame with its map blended on top, for rviz
 Service ~/compute_now (std_srvs/Trigger): compute a map on the next decoded frame.
 
-A map is computed every `period_frames` decoded frames (0 = only when asked), on the newest
-due frame, in a worker thread: the gradient pass (~0.2-0.5 s on a CPU) never stalls decoding,
-and a due frame that a newer one replaces before the worker is free is simply dropped.
+A map is computed every `period_frames` decoded frames (0 = only when asked). On its own, the
+node decodes the stream itself and computes maps in a worker thread on the newest due frame:
+the gradient pass (~0.2-0.5 s on a CPU) never stalls decoding, and a due frame that a newer one
+replaces before the worker is free is dropped (counted as skipped). In the edge container it
+is the segmenter's `SegmentationHook` instead: no decoder, no subscription, no model of its
+own; the segmenter's worker runs the sensitivity pass on the frames that are due and
+publishes the mask of that same forward.
+
+Maps go out through `stac_sensitivity.feedback.FeedbackEncoder` (hysteresis, key maps and
+deltas); feedback statistics count the serialized QPMap messages.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
+import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
+from stac_edge_segmenter.loading import SegmentationModel
 from stac_edge_segmenter.model_parameters import MODEL_PARAMETERS, load_model_from
 from stac_msgs.msg import EncodedFrame, QPMap
 from stac_ros_common.image_conversion import numpy_to_image
+from stac_ros_common.image_pixels import to_uint8_field
 from stac_ros_common.newest_item_worker import NewestItemWorker
 from stac_ros_common.node_runner import StatisticsReporter, run_node
 from stac_ros_common.parameter_spec import ParameterSpec
 from stac_ros_common.parameters import declare_parameters
 from stac_ros_common.qos import ENCODED_QOS, OUTPUT_QOS, QP_MAP_QOS
 from stac_ros_common.statistics import NodeStatistics
+from stac_ros_common.wire_size import serialized_size_bytes
+from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder, FeedbackMap
 from stac_sensitivity.online import QPMapComputer, qp_heatmap
 
 PARAMETERS = (
@@ -48,91 +61,164 @@ PARAMETERS = (
         -51,
         51,
     ),
+    ParameterSpec(
+        "hysteresis_levels",
+        1,
+        "A macroblock keeps its level from the previous map unless the new one differs by "
+        "more than this many levels (0 = off); stops noise from costing feedback bits.",
+        0,
+        255,
+    ),
+    ParameterSpec(
+        "key_map_interval", 10, "At most this many maps between key (non-delta) maps.", 1, 10_000
+    ),
     ParameterSpec("publish_heatmap", True, "Publish the QP-map heatmap image for rviz."),
 )
 
 
 class SensitivityNode(Node):
-    def __init__(self) -> None:
-        super().__init__("stac_sensitivity")
+    """Standalone with `model=None` (own model, decoder and worker); the segmenter's hook when
+    given the shared model (the edge container)."""
+
+    def __init__(self, model: SegmentationModel | None = None, **node_options) -> None:
+        super().__init__("stac_sensitivity", **node_options)
         self.params = declare_parameters(self, PARAMETERS)
+        self.standalone = model is None
         self.computer = QPMapComputer(
-            load_model_from(self.params),
+            load_model_from(self.params) if model is None else model,
             self.params["calibration_file"] or None,
             self.params["budget_shift_qp"],
         )
+        self.feedback = FeedbackEncoder(
+            FeedbackConfig(self.params["hysteresis_levels"], self.params["key_map_interval"])
+        )
         self.statistics = NodeStatistics()
-        self._decoder = EncodedStreamDecoder()
+        self._lock = threading.Lock()
         self._decoded_since_map = 0
         self._compute_requested = True  # the first decodable frame gets a map at once
-        self._map_seq = 0
+        self._last_frame_seq = 0
         self._map_publisher = self.create_publisher(QPMap, "qp_map", QP_MAP_QOS)
         self._heatmap_publisher = self.create_publisher(Image, "qp_heatmap", OUTPUT_QOS)
-        self.create_subscription(EncodedFrame, "encoded", self._on_encoded, ENCODED_QOS)
         self.create_service(Trigger, "~/compute_now", self._on_compute_now)
         self._reporter = StatisticsReporter(self, self.statistics, role="edge")
-        self._worker: NewestItemWorker[DecodedFrame] = NewestItemWorker(
-            self._publish_map, self._on_map_error, name="sensitivity"
-        )
+        self._worker: NewestItemWorker[DecodedFrame] | None = None
+        if self.standalone:
+            self._decoder = EncodedStreamDecoder()
+            self.create_subscription(EncodedFrame, "encoded", self._on_encoded, ENCODED_QOS)
+            self._worker = NewestItemWorker(self._map_only, self._on_map_error, "sensitivity")
         source = self.computer.calibration_path or "built-in defaults"
         self.get_logger().info(
             f"calibration: {source}; levels {self.computer.levels_qp}, "
-            f"period {self.params['period_frames']} frames"
+            f"period {self.params['period_frames']} frames, "
+            f"{'standalone' if self.standalone else 'sharing the segmenter'}"
         )
 
-    def _on_encoded(self, msg: EncodedFrame) -> None:
+    # The segmenter's hook (edge container) -------------------------------------------------
+
+    def frame_decoded(self, frame: DecodedFrame) -> None:
+        """Count decoded frames towards the next map; a robot restart asks for a key map."""
         self.statistics.count("frames_in")
-        result = self._decoder.decode(msg.data, msg.frame_seq, msg.width, msg.height)
-        if not result.ok:
-            self.statistics.count("frames_failed")
-            return
-        self._decoded_since_map += 1
-        period = self.params["period_frames"]
-        due = self._compute_requested or (period and self._decoded_since_map >= period)
-        if due:
+        with self._lock:
+            if frame.frame_seq <= self._last_frame_seq:
+                self.feedback.request_key()  # the robot's numbering started again
+            self._last_frame_seq = frame.frame_seq
+            self._decoded_since_map += 1
+
+    def wants(self, frame: DecodedFrame) -> bool:
+        with self._lock:
+            period = self.params["period_frames"]
+            return self._compute_requested or bool(
+                period and self._decoded_since_map >= period
+            )
+
+    def segment(self, frame: DecodedFrame) -> np.ndarray:
+        """The sensitivity pass on `frame`: publishes its map, returns its class ids."""
+        with self._lock:
             self._compute_requested = False
             self._decoded_since_map = 0
-            frame = DecodedFrame(msg.header, msg.frame_seq, result.image)
+        try:
+            return self._compute_and_publish(frame)
+        except Exception:
+            self.statistics.count("frames_failed")
+            raise
+
+    # Standalone ---------------------------------------------------------------------------
+
+    def _on_encoded(self, msg: EncodedFrame) -> None:
+        result = self._decoder.decode(msg.data, msg.frame_seq, msg.width, msg.height)
+        if not result.ok:
+            self.statistics.count("frames_in")
+            self.statistics.count("frames_failed")
+            return
+        frame = DecodedFrame(msg.header, msg.frame_seq, result.image)
+        self.frame_decoded(frame)
+        if self.wants(frame):
+            with self._lock:
+                self._compute_requested = False
+                self._decoded_since_map = 0
             if self._worker.submit(frame) is not None:
                 self.statistics.count("frames_skipped")
 
-    def _on_compute_now(self, request: Trigger.Request, response: Trigger.Response):
-        self._compute_requested = True
-        response.success, response.message = True, "a map will be computed on the next frame"
-        return response
+    def _map_only(self, frame: DecodedFrame) -> None:
+        self._compute_and_publish(frame)
 
     def _on_map_error(self, frame: DecodedFrame, error: Exception) -> None:
         self.statistics.count("frames_failed")
         self.get_logger().error(f"no map for frame {frame.frame_seq}: {error}")
 
-    def _publish_map(self, frame: DecodedFrame) -> None:
+    # Both ---------------------------------------------------------------------------------
+
+    def _on_compute_now(self, request: Trigger.Request, response: Trigger.Response):
+        with self._lock:
+            self._compute_requested = True
+        response.success, response.message = True, "a map will be computed on the next frame"
+        return response
+
+    def _compute_and_publish(self, frame: DecodedFrame) -> np.ndarray:
         result = self.computer.compute(frame.image)
-        self._map_seq += 1
-        rows, cols = result.offsets_qp.shape
-        msg = QPMap(
-            map_seq=self._map_seq,
-            source_frame_seq=frame.frame_seq,
-            source_stamp=frame.header.stamp,
-            macroblock_size=16,
-            cols=cols,
-            rows=rows,
-            levels=len(self.computer.levels_qp),
-            qp_offsets=result.offsets_qp.reshape(-1).tolist(),
-            max_abs_offset_qp=self.computer.max_offset_qp,
-            budget_shift_qp=float(self.computer.budget_shift_qp),
-        )
+        sent = self.feedback.encode(result.allocation)
+        msg = qp_map_message(sent, frame, self.computer.calibration.aq_strength)
         msg.header.stamp = self.get_clock().now().to_msg()
-        msg.header.frame_id = frame.header.frame_id
         self._map_publisher.publish(msg)
         self.statistics.count("qp_maps")
-        self.statistics.add_feedback(time.monotonic(), rows * cols)
+        self.statistics.add_feedback(time.monotonic(), serialized_size_bytes(msg))
         if self.params["publish_heatmap"]:
-            heatmap = qp_heatmap(frame.image, result.offsets_qp, self.computer.max_offset_qp)
+            heatmap = qp_heatmap(
+                frame.image, sent.level_map.offsets_qp, self.computer.max_offset_qp
+            )
             self._heatmap_publisher.publish(numpy_to_image(heatmap, "rgb8", frame.header))
-        self.get_logger().debug(f"map {self._map_seq} in {result.compute_ms:.0f} ms")
+        self.get_logger().debug(
+            f"map {sent.map_seq} ({'key' if sent.is_key else 'delta'}, {len(sent.data)} B) "
+            f"in {result.compute_ms:.0f} ms"
+        )
+        return result.class_ids
 
     def close(self) -> None:
-        self._worker.close()
+        if self._worker is not None:
+            self._worker.close()
+
+
+def qp_map_message(sent: FeedbackMap, frame: DecodedFrame, aq_strength: float) -> QPMap:
+    """The QPMap message of a map as it goes out (header stamp left to the caller)."""
+    level_map = sent.level_map
+    rows, cols = level_map.shape
+    largest = max(abs(level) for level in level_map.levels_qp) + abs(level_map.budget_shift_qp)
+    msg = QPMap(
+        session_id=sent.session_id,
+        map_seq=sent.map_seq,
+        reference_map_seq=sent.reference_map_seq,
+        source_frame_seq=frame.frame_seq,
+        source_stamp=frame.header.stamp,
+        cols=cols,
+        rows=rows,
+        levels=len(level_map.levels_qp),
+        max_abs_offset_qp=min(largest, 51),
+        budget_shift_qp=level_map.budget_shift_qp,
+        aq_strength=float(aq_strength),
+    )
+    msg.header.frame_id = frame.header.frame_id
+    msg.data = to_uint8_field(sent.data)
+    return msg
 
 
 def main(args: list[str] | None = None) -> None:

@@ -24,10 +24,14 @@ from tqdm import tqdm
 from stac_eval.launch_args import ros_args
 from stac_eval.ros.recorder_node import GraphRecorder, GraphRunResult
 
-EDGE_NODES = {"segmenter_node": "stac_edge_segmenter", "sensitivity_node": "stac_sensitivity"}
-ROBOT_NODES = {"encoder_node": "stac_encoder"}
-NODE_NAMES = {"segmenter_node": "stac_segmenter", "sensitivity_node": "stac_sensitivity",
-              "encoder_node": "stac_encoder"}  # fmt: skip
+# How the edge runs: executable -> package. "container": both edge nodes in one process
+# (one decoder, one model); "separate": one process each, as on two machines.
+EDGE_PROCESSES = {
+    "container": {"edge_container": "stac_sensitivity"},
+    "separate": {"segmenter_node": "stac_edge_segmenter", "sensitivity_node": "stac_sensitivity"},
+}
+EDGE_EXECUTABLES = {name for processes in EDGE_PROCESSES.values() for name in processes}
+NODE_NAMES = ("stac_segmenter", "stac_sensitivity", "stac_encoder")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class GraphRunConfig:
     crf: float = 28.0
     budget_shift_qp: int = 0
     period_frames: int = 5
+    edge_process: str = "container"
     torch_threads: int = 1
     # Robot and edge are separate machines in a deployment; on one machine the edge's model
     # passes would starve the robot side, so the edge nodes run at this niceness.
@@ -51,6 +56,18 @@ class GraphRunConfig:
     overlay_video: bool = True
     startup_timeout_s: float = 180.0
     drain_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.edge_process not in EDGE_PROCESSES:
+            raise ValueError(f"edge_process must be one of {sorted(EDGE_PROCESSES)}")
+
+
+def _process_peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of a live process (VmHWM in /proc/<pid>/status), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmHWM for process {pid}")
 
 
 def _process_cpu_s(pid: int) -> float:
@@ -90,7 +107,7 @@ class GraphRun:
 
     def _node_args(self, launch_file: str, executable: str, **overrides) -> list[str]:
         args = ros_args(self.config.launch_dir / launch_file, executable, **overrides)
-        if executable in EDGE_NODES:
+        if executable in EDGE_EXECUTABLES:
             args += ["-p", f"torch_threads:={self.config.torch_threads}"]
         return args
 
@@ -103,7 +120,7 @@ class GraphRun:
         started = time.monotonic()
         try:
             self._start_nodes()
-            expected = set(NODE_NAMES.values())
+            expected = set(NODE_NAMES)
             if not recorder.spin_until(
                 lambda: expected <= set(self.result.statistics), config.startup_timeout_s
             ):
@@ -124,7 +141,7 @@ class GraphRun:
 
     def _start_nodes(self) -> None:
         config = self.config
-        for executable, package in EDGE_NODES.items():
+        for executable, package in EDGE_PROCESSES[config.edge_process].items():
             self._start(
                 package,
                 executable,
@@ -207,6 +224,10 @@ class GraphRun:
 
     def _stop_all(self) -> None:
         self.result.cpu_s = self._cpu_of_live_processes()
+        for name, process in self._processes.items():
+            if process.poll() is None:
+                with contextlib.suppress(OSError, ValueError):
+                    self.result.peak_rss_mb[name] = _process_peak_rss_mb(process.pid)
         for process in self._processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

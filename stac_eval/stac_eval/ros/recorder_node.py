@@ -34,6 +34,8 @@ BAG_TOPICS = {
 
 @dataclass(frozen=True)
 class EncodedRecord:
+    """One EncodedFrame as seen on the wire; size_bytes is its serialized (CDR) size."""
+
     frame_seq: int
     stamp_ns: int
     size_bytes: int
@@ -49,11 +51,12 @@ class GraphRunResult:
     encoded: list[EncodedRecord] = field(default_factory=list)
     masks_by_stamp: dict[int, np.ndarray] = field(default_factory=dict)
     mask_latency_ms: list[float] = field(default_factory=list)
-    qp_map_bytes: list[int] = field(default_factory=list)
+    qp_map_bytes: list[int] = field(default_factory=list)  # serialized QPMap sizes
     statistics: dict[str, Statistics] = field(default_factory=dict)
     exit_codes: dict[str, int] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_at_play_s: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
     play_s: float = 0.0
     logs: dict[str, Path] = field(default_factory=dict)
     wall_s: float = 0.0
@@ -139,7 +142,7 @@ class GraphRecorder:
                 EncodedRecord(
                     msg.frame_seq,
                     _stamp_ns(msg.header.stamp),
-                    len(msg.data),
+                    len(raw),
                     msg.keyframe,
                     msg.qp_map_seq,
                 )
@@ -149,7 +152,7 @@ class GraphRecorder:
             self.result.masks_by_stamp[stamp_ns] = image_to_numpy(msg)
             self.result.mask_latency_ms.append((now_ns - stamp_ns) * 1e-6)
         elif topic == "/stac/qp_map":
-            self.result.qp_map_bytes.append(len(msg.qp_offsets))
+            self.result.qp_map_bytes.append(len(raw))
         else:
             self.result.statistics[msg.node_name] = msg
 
