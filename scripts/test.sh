@@ -7,6 +7,17 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 bash scripts/setup.sh
+
+# test/test_foxglove_browser.py plays the bags' /stac/video in a real browser (WebCodecs, as
+# Foxglove and Lichtblick do): Debian's chromium, installed once when missing.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "[test] installing chromium for the browser playback check"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
+
 # The colcon and venv scripts are not written for `set -u`.
 set +u
 # shellcheck disable=SC1091

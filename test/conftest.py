@@ -1,4 +1,5 @@
-"""Shared fixtures: the data directory, and DDS confined to this machine for every test.
+"""Shared fixtures: the data directory, DDS confined to this machine for every test, and the
+one run of the real ROS graph whose results and bag several test modules check.
 
 The environment is set at import time so that child processes started by tests inherit it.
 `scripts/run_tests.sh` additionally runs the whole suite in a private network namespace.
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+GRAPH_FRAMES = 30
+GRAPH_FRAME_SIZE = (480, 270)
 DATA_DIR = Path(os.environ.get("STAC_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -31,3 +34,42 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def python_exe() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def graph_clip(data_dir, tmp_path_factory) -> Path:
+    """GRAPH_FRAMES frames of the dashcam clip at GRAPH_FRAME_SIZE (MJPEG), small enough for CI."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(data_dir / "video" / "solidWhiteRight.mp4"))
+    path = tmp_path_factory.mktemp("clip") / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, GRAPH_FRAME_SIZE)
+    for _ in range(GRAPH_FRAMES):
+        ok, frame = capture.read()
+        assert ok
+        writer.write(cv2.resize(frame, GRAPH_FRAME_SIZE, interpolation=cv2.INTER_AREA))
+    writer.release()
+    capture.release()
+    return path
+
+
+@pytest.fixture(scope="session")
+def graph_run(graph_clip, tmp_path_factory):
+    """(GraphRunResult, output dir with bag/, overlay.mp4, logs/) of one run of the installed
+    nodes over DDS on graph_clip. Session-scoped: test_graph_e2e.py and
+    test_foxglove_browser.py share it, because the run is the slow part of the suite.
+    Imported here, not at the top, so tests without ROS do not load rclpy."""
+    from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig
+
+    out_dir = tmp_path_factory.mktemp("graph")
+    config = GraphRunConfig(
+        video_uri=str(graph_clip),
+        out_dir=out_dir,
+        launch_dir=REPO_ROOT / "launch",
+        pace="fixed",
+        rate_hz=6.0,
+        torch_threads=1,
+        startup_timeout_s=120.0,
+        drain_timeout_s=120.0,
+    )
+    return GraphRun(config).run(), out_dir

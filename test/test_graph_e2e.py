@@ -5,61 +5,26 @@ processes over Fast DDS (loopback only).
 30 frames go source -> encoder -> segmenter + sensitivity -> QP maps back to the encoder;
 every frame is accounted for, maps are applied, masks carry the camera stamps, every process
 exits 0 on SIGTERM without a traceback, and the bag and the overlay video are readable.
+The run itself is the session fixture `graph_run` in conftest.py; test_foxglove_browser.py
+plays the same bag's /stac/video in a browser.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import av
-import cv2
 import pytest
 from rosbags.highlevel import AnyReader
 
-from conftest import REPO_ROOT
+from conftest import GRAPH_FRAMES as FRAMES
 from stac_edge_segmenter.loading import load_model
 from stac_eval.ros.demo import masks_miou, summarise
-from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig
 from stac_eval.ros.recorder_node import stac_typestore
-
-FRAMES = 30
-
-
-@pytest.fixture(scope="module")
-def clip(data_dir, tmp_path_factory) -> Path:
-    """30 frames of the dashcam clip at 480x270 (MJPEG), small enough for CI."""
-    capture = cv2.VideoCapture(str(data_dir / "video" / "solidWhiteRight.mp4"))
-    path = tmp_path_factory.mktemp("clip") / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (480, 270))
-    for _ in range(FRAMES):
-        ok, frame = capture.read()
-        assert ok
-        writer.write(cv2.resize(frame, (480, 270), interpolation=cv2.INTER_AREA))
-    writer.release()
-    capture.release()
-    return path
-
-
-@pytest.fixture(scope="module")
-def run(clip, tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("graph")
-    config = GraphRunConfig(
-        video_uri=str(clip),
-        out_dir=out_dir,
-        launch_dir=REPO_ROOT / "launch",
-        pace="fixed",
-        rate_hz=6.0,
-        torch_threads=1,
-        startup_timeout_s=120.0,
-        drain_timeout_s=120.0,
-    )
-    return GraphRun(config).run(), out_dir
 
 
 @pytest.mark.dds
 @pytest.mark.slow
-def test_every_process_exits_cleanly(run):
-    result, _ = run
+def test_every_process_exits_cleanly(graph_run):
+    result, _ = graph_run
     assert set(result.exit_codes) == {"edge_container", "encoder_node", "video_source_node"}
     for name, code in result.exit_codes.items():
         log = result.logs[name].read_text()
@@ -69,8 +34,8 @@ def test_every_process_exits_cleanly(run):
 
 @pytest.mark.dds
 @pytest.mark.slow
-def test_every_frame_is_accounted_for(run):
-    result, _ = run
+def test_every_frame_is_accounted_for(graph_run):
+    result, _ = graph_run
     assert result.frames_published == FRAMES
     encoder = result.statistics["stac_encoder"]
     assert (encoder.frames_in, encoder.frames_encoded, encoder.frames_failed) == (FRAMES, FRAMES, 0)
@@ -86,8 +51,8 @@ def test_every_frame_is_accounted_for(run):
 
 @pytest.mark.dds
 @pytest.mark.slow
-def test_maps_come_back_and_are_applied(run):
-    result, _ = run
+def test_maps_come_back_and_are_applied(graph_run):
+    result, _ = graph_run
     assert result.encoded[0].keyframe
     assert result.qp_map_bytes, "no QP map was published"
     assert any(r.qp_map_seq > 0 for r in result.encoded[FRAMES // 2 :]), "no QP map applied"
@@ -95,8 +60,8 @@ def test_maps_come_back_and_are_applied(run):
 
 @pytest.mark.dds
 @pytest.mark.slow
-def test_masks_carry_the_camera_stamps(run):
-    result, _ = run
+def test_masks_carry_the_camera_stamps(graph_run):
+    result, _ = graph_run
     camera_stamps = {r.stamp_ns for r in result.encoded}
     assert len(result.masks_by_stamp) == result.statistics["stac_segmenter"].frames_segmented
     for stamp_ns, mask in result.masks_by_stamp.items():
@@ -106,16 +71,23 @@ def test_masks_carry_the_camera_stamps(run):
 
 @pytest.mark.dds
 @pytest.mark.slow
-def test_bag_and_overlay_video_are_readable(run):
-    result, out_dir = run
+def test_bag_and_overlay_video_are_readable(graph_run):
+    result, out_dir = graph_run
     with AnyReader([out_dir / "bag"], default_typestore=stac_typestore()) as reader:
         topics = {c.topic: c for c in reader.connections}
         encoded = [
             reader.deserialize(raw, c.msgtype)
             for c, _, raw in reader.messages(connections=[topics["/stac/encoded"]])
         ]
+        overlays = [
+            reader.deserialize(raw, c.msgtype)
+            for c, _, raw in reader.messages(connections=[topics["/stac/overlay"]])
+        ]
     assert [m.frame_seq for m in encoded] == list(range(1, FRAMES + 1))
-    assert {"/stac/qp_map", "/stac/mask", "/stac/statistics"} <= set(topics)
+    assert {"/stac/qp_map", "/stac/mask", "/stac/statistics", "/stac/video"} <= set(topics)
+    # the rgb8 overlay is what viewers show in colour (a mono8 class-id mask looks black)
+    assert len(overlays) == len(result.masks_by_stamp)
+    assert {(m.encoding, m.width, m.height) for m in overlays} == {("rgb8", 480, 270)}
     with av.open(str(out_dir / "overlay.mp4")) as container:
         frames = sum(1 for _ in container.decode(video=0))
     assert frames == len(result.masks_by_stamp)
@@ -123,8 +95,8 @@ def test_bag_and_overlay_video_are_readable(run):
 
 @pytest.mark.dds
 @pytest.mark.slow
-def test_masks_are_scored_against_the_model_on_uncompressed_frames(run, clip):
-    result, _ = run
-    miou, frames = masks_miou(result, str(clip), load_model(device="cpu"))
+def test_masks_are_scored_against_the_model_on_uncompressed_frames(graph_run, graph_clip):
+    result, _ = graph_run
+    miou, frames = masks_miou(result, str(graph_clip), load_model(device="cpu"))
     assert frames == len(result.masks_by_stamp) >= 1
     assert 0.3 < miou <= 1.0  # CRF 28 masks agree with the raw-frame masks, not perfectly

@@ -19,15 +19,25 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from sensor_msgs.msg import Image
 
+from stac_eval.foxglove_video import (
+    COMPRESSED_VIDEO_TYPE,
+    VIDEO_TOPIC,
+    VideoFrameError,
+    compressed_video_cdr,
+    register_compressed_video,
+)
 from stac_msgs.msg import EncodedFrame, QPMap, Statistics
 from stac_ros_common.image_pixels import image_to_numpy
 from stac_ros_common.qos import ENCODED_QOS, OUTPUT_QOS, QP_MAP_QOS, STATISTICS_TOPIC
 
-# topic -> (message class, ROS type name, QoS); what the bag keeps.
+# topic -> (message class, ROS type name, QoS); what the bag keeps. The bag also carries
+# /stac/encoded again as foxglove_msgs/msg/CompressedVideo on VIDEO_TOPIC
+# (stac_eval.foxglove_video), the only form in which Foxglove and Lichtblick play H.264.
 BAG_TOPICS = {
     "/stac/encoded": (EncodedFrame, "stac_msgs/msg/EncodedFrame", ENCODED_QOS),
     "/stac/qp_map": (QPMap, "stac_msgs/msg/QPMap", QP_MAP_QOS),
     "/stac/mask": (Image, "sensor_msgs/msg/Image", OUTPUT_QOS),
+    "/stac/overlay": (Image, "sensor_msgs/msg/Image", OUTPUT_QOS),  # rgb8: colours in viewers
     STATISTICS_TOPIC: (Statistics, "stac_msgs/msg/Statistics", OUTPUT_QOS),
 }
 
@@ -60,6 +70,8 @@ class GraphRunResult:
     play_s: float = 0.0
     logs: dict[str, Path] = field(default_factory=dict)
     wall_s: float = 0.0
+    # EncodedFrames left out of the bag's VIDEO_TOPIC, and why (empty when the video is complete)
+    video_errors: list[str] = field(default_factory=list)
 
     def frame_seq_by_stamp(self) -> dict[int, int]:
         return {record.stamp_ns: record.frame_seq for record in self.encoded}
@@ -70,8 +82,10 @@ def _stamp_ns(stamp) -> int:
 
 
 def stac_typestore():
-    """rosbags' Jazzy types plus stac_msgs, read from the installed .msg files."""
+    """rosbags' Jazzy types plus stac_msgs, read from the installed .msg files, and
+    foxglove_msgs/msg/CompressedVideo (no wheel ships it)."""
     typestore = get_typestore(Stores.ROS2_JAZZY)
+    register_compressed_video(typestore)
     msg_dir = Path(get_package_share_directory("stac_msgs")) / "msg"
     for path in sorted(msg_dir.glob("*.msg")):
         typestore.register(get_types_from_msg(path.read_text(), f"stac_msgs/msg/{path.stem}"))
@@ -117,20 +131,22 @@ class GraphRecorder:
         self.node = rclpy.create_node("stac_demo_recorder")
         self._bag = None
         self._connections = {}
+        self._typestore = stac_typestore()
         if record_bag:
             self._bag = Writer(out_dir / "bag", version=9, storage_plugin=StoragePlugin.MCAP)
             self._bag.open()
-            typestore = stac_typestore()
             for topic, (_, type_name, _) in BAG_TOPICS.items():
                 self._connections[topic] = self._bag.add_connection(
-                    topic, type_name, typestore=typestore
+                    topic, type_name, typestore=self._typestore
                 )
+            self._connections[VIDEO_TOPIC] = self._bag.add_connection(
+                VIDEO_TOPIC, COMPRESSED_VIDEO_TYPE, typestore=self._typestore
+            )
         self._video = OverlayVideo(out_dir / "overlay.mp4") if overlay_video else None
         for topic, (msg_type, _, qos) in BAG_TOPICS.items():
             self.node.create_subscription(
                 msg_type, topic, lambda raw, t=topic: self._on_raw(t, raw), qos, raw=True
             )
-        self.node.create_subscription(Image, "/stac/overlay", self._on_overlay, OUTPUT_QOS)
 
     def _on_raw(self, topic: str, raw: bytes) -> None:
         now_ns = self.node.get_clock().now().nanoseconds
@@ -138,6 +154,7 @@ class GraphRecorder:
             self._bag.write(self._connections[topic], now_ns, raw)
         msg = deserialize_message(raw, BAG_TOPICS[topic][0])
         if topic == "/stac/encoded":
+            self._write_video(msg, now_ns)
             self.result.encoded.append(
                 EncodedRecord(
                     msg.frame_seq,
@@ -153,8 +170,33 @@ class GraphRecorder:
             self.result.mask_latency_ms.append((now_ns - stamp_ns) * 1e-6)
         elif topic == "/stac/qp_map":
             self.result.qp_map_bytes.append(len(raw))
+        elif topic == "/stac/overlay":
+            self._on_overlay(msg)
         else:
             self.result.statistics[msg.node_name] = msg
+
+    def _write_video(self, msg: EncodedFrame, now_ns: int) -> None:
+        """The access unit once more as foxglove_msgs/msg/CompressedVideo, stamped with the
+        capture time, so Foxglove and Lichtblick can play the robot's stream. A frame they
+        could not play is left out, logged and counted in result.video_errors."""
+        if self._bag is None:
+            return
+        try:
+            cdr = compressed_video_cdr(
+                self._typestore,
+                sec=msg.header.stamp.sec,
+                nanosec=msg.header.stamp.nanosec,
+                frame_id=msg.header.frame_id,
+                data=bytes(msg.data),
+                keyframe=msg.keyframe,
+                codec=msg.codec,
+            )
+        except VideoFrameError as error:
+            problem = f"frame_seq {msg.frame_seq} not written to {VIDEO_TOPIC}: {error}"
+            self.result.video_errors.append(problem)
+            self.node.get_logger().error(problem)
+            return
+        self._bag.write(self._connections[VIDEO_TOPIC], now_ns, cdr)
 
     def _on_overlay(self, msg: Image) -> None:
         if self._video is not None:
