@@ -11,7 +11,8 @@ import yaml
 
 from stac_edge_segmenter.camvid import IGNORE_INDEX
 from stac_edge_segmenter.loading import DEFAULT_CONFIG, load_model
-from stac_edge_segmenter.train import Augmenter, class_weights, lr_factor, main
+from stac_edge_segmenter.model import DEFAULT_WEIGHTS
+from stac_edge_segmenter.train import Augmenter, class_weights, load_checkpoint, lr_factor, main
 
 
 def test_lr_warms_up_then_decays_to_zero():
@@ -58,33 +59,50 @@ def test_rare_classes_weigh_more_and_weights_average_one():
 
 
 def _train(tmp_path, name: str, iterations: int, data_dir, resume: bool = False) -> dict:
+    """A tiny run; its weights go to the default place, <out-dir>/weights.pt."""
     out = tmp_path / name
     argv = [
         "--data-dir", str(data_dir / "camvid"), "--out-dir", str(out),
-        "--weights-out", str(out / "model.pt"), "--iterations", str(iterations),
+        "--iterations", str(iterations),
         "--batch-size", "2", "--crop", "96x64", "--train-limit", "4", "--val-limit", "2",
         "--checkpoint-every", "1", "--warmup", "1", "--threads", "2",
     ]  # fmt: skip
     assert main([*argv, "--resume"] if resume else argv) == 0
-    return torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    return load_checkpoint(out / "checkpoint.pt")["model"]
 
 
 def test_tiny_run_exports_loadable_weights_and_resumes_exactly(tmp_path, data_dir):
+    shipped_before = DEFAULT_WEIGHTS.stat().st_mtime_ns
     straight = _train(tmp_path, "straight", 2, data_dir)
-    metrics = json.loads((tmp_path / "straight" / "model.metrics.json").read_text())
+    assert DEFAULT_WEIGHTS.stat().st_mtime_ns == shipped_before, "the shipped model was written"
+    metrics = json.loads((tmp_path / "straight" / "weights.metrics.json").read_text())
     assert metrics["iterations"] == 2 and metrics["val_frames"] == 2
     assert set(metrics["val_per_class_iou"]) >= {"sky", "pole", "bicyclist"}
     assert 0.0 <= metrics["val_miou"] <= 1.0 and metrics["command"].startswith("stac-train")
 
     _train(tmp_path, "resumed", 1, data_dir)
     resumed = _train(tmp_path, "resumed", 2, data_dir, resume=True)
-    commands = json.loads((tmp_path / "resumed" / "model.metrics.json").read_text())["command"]
+    commands = json.loads((tmp_path / "resumed" / "weights.metrics.json").read_text())["command"]
     assert len(commands) == 2 and commands[1].endswith("--resume  # from iteration 1")
     for name, tensor in straight.items():
         torch.testing.assert_close(resumed[name], tensor, msg=f"{name} differs after resume")
 
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    config["weights"] = str(tmp_path / "straight" / "model.pt")
+    config["weights"] = str(tmp_path / "straight" / "weights.pt")
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     frame = np.zeros((64, 96, 3), np.uint8)
     assert load_model(tmp_path / "tiny.yaml", "cpu").predict(frame).class_ids.shape == (1, 64, 96)
+
+
+class _Planted:
+    """A pickle that would run code when loaded without weights_only."""
+
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('the planted checkpoint ran code')",))
+
+
+def test_a_planted_checkpoint_is_refused_without_running_it(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": _Planted(), "optimizer": {}, "rng": {}, "run": {}}, path)
+    with pytest.raises(ValueError, match="not a stac-train checkpoint"):
+        load_checkpoint(path)

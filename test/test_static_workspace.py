@@ -71,7 +71,6 @@ def test_console_scripts_are_installed(package):
         )
 
 
-@pytest.mark.skipif(not LAUNCH_FILES, reason="no launch files in launch/")
 @pytest.mark.parametrize("launch_file", LAUNCH_FILES, ids=lambda p: p.name)
 def test_launch_file_nodes_are_installed(launch_file):
     nodes = launch_nodes(launch_file)
@@ -91,7 +90,6 @@ def test_launch_file_nodes_are_installed(launch_file):
         )
 
 
-@pytest.mark.skipif(not LAUNCH_FILES, reason="no launch files in launch/")
 @pytest.mark.parametrize("launch_file", LAUNCH_FILES, ids=lambda p: p.name)
 def test_launch_configurations_are_declared(launch_file):
     """Every LaunchConfiguration a file reads is a DeclareLaunchArgument of that file."""
@@ -109,14 +107,21 @@ def test_robot_and_edge_topics_meet():
             for source, target in node.get("remappings") or []:
                 if isinstance(target, str):
                     remapped.setdefault((node["executable"], source), set()).add(target)
-    if not remapped:
-        pytest.skip("no launch files in launch/")
-    assert remapped[("encoder_node", "encoded")] == remapped[("segmenter_node", "encoded")]
-    assert remapped[("encoder_node", "encoded")] == remapped[("sensitivity_node", "encoded")]
-    assert remapped[("encoder_node", "qp_map")] == remapped[("sensitivity_node", "qp_map")]
+    robot_encoded = remapped[("encoder_node", "encoded")]
+    assert robot_encoded == remapped[("segmenter_node", "encoded")]
+    assert robot_encoded == remapped[("sensitivity_node", "encoded")]
+    assert robot_encoded == remapped[("edge_container", "encoded")]
+    robot_maps = remapped[("encoder_node", "qp_map")]
+    assert robot_maps == remapped[("sensitivity_node", "qp_map")]
+    assert robot_maps == remapped[("edge_container", "qp_map")]
 
 
-@pytest.mark.skipif(not PARAMS_FILES, reason="no parameter files in config/")
+def test_the_workspace_has_its_launch_and_parameter_files():
+    names = {path.name for path in LAUNCH_FILES + PARAMS_FILES}
+    assert {"robot.launch.py", "edge.launch.py", "local.launch.py"} <= names
+    assert {"robot.yaml", "edge.yaml"} <= names
+
+
 @pytest.mark.parametrize("params_file", PARAMS_FILES, ids=lambda p: p.name)
 def test_params_file_matches_declared_parameters(params_file):
     """Every parameter in a params file is declared by the node it is meant for."""

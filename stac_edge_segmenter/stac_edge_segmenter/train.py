@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import math
+import pickle
 import shlex
 import sys
 import time
@@ -75,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights-out",
         type=Path,
-        default=DEFAULT_WEIGHTS,
-        help="fp16 weights file written at the end; metrics JSON goes beside it",
+        default=None,
+        help="fp16 weights file written at the end, metrics JSON beside it (default: "
+        "weights.pt in --out-dir; the shipped model is replaced only when named here: "
+        f"{DEFAULT_WEIGHTS.name})",
     )
     p.add_argument("--iterations", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=8)
@@ -215,13 +218,17 @@ class RunState:
 
 
 def save_checkpoint(path: Path, model, optimizer, rng, run: RunState) -> None:
-    """Everything needed to continue the run exactly: weights, optimiser, sample order, RNGs."""
+    """Everything needed to continue the run exactly: weights, optimiser, sample order, RNGs.
+
+    Only tensors and plain Python values, so that `load_checkpoint` can read it with
+    torch.load(weights_only=True): a checkpoint is never a pickle that runs code.
+    """
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
-        "run": dataclasses.asdict(run),
+        "run": {**dataclasses.asdict(run), "order": torch.from_numpy(np.asarray(run.order))},
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -288,15 +295,26 @@ def train(args: argparse.Namespace, command: str) -> dict:
     return _report(args, matrix, run, len(train_split), len(val_split), device, model)
 
 
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by `save_checkpoint`, read without executing any pickled code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise ValueError(f"{path} is not a stac-train checkpoint: {error}") from error
+    if not isinstance(state, dict) or not {"model", "optimizer", "rng", "run"} <= set(state):
+        raise ValueError(f"{path} is not a stac-train checkpoint")
+    return state
+
+
 def _resume(path: Path, model, optimizer, rng, command: str) -> RunState:
     if not path.is_file():
         raise FileNotFoundError(f"--resume given but no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     rng.bit_generator.state = state["rng"]
     torch.set_rng_state(state["torch_rng"])
-    run = RunState(**state["run"])
+    run = RunState(**{**state["run"], "order": state["run"]["order"].numpy()})
     run.commands.append(f"{command}  # from iteration {run.iteration}")
     return run
 
@@ -339,16 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["stac-train", *(sys.argv[1:] if argv is None else argv)])
     report = train(args, command)
     report["total_wall_s"] = round(time.time() - started, 1)
-    model_state = torch.load(
-        args.out_dir / "checkpoint.pt", map_location="cpu", weights_only=False
-    )["model"]
+    model_state = load_checkpoint(args.out_dir / "checkpoint.pt")["model"]
+    weights_out = args.weights_out or args.out_dir / "weights.pt"
     save_lite0_fpn(
-        args.weights_out, model_state, fpn_channels=args.fpn_channels, num_classes=NUM_CLASSES
+        weights_out, model_state, fpn_channels=args.fpn_channels, num_classes=NUM_CLASSES
     )
-    metrics_path = args.weights_out.with_suffix(".metrics.json")
+    metrics_path = weights_out.with_suffix(".metrics.json")
     metrics_path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("val_miou", "val_per_class_iou")}, indent=2))
-    print(f"wrote {args.weights_out} and {metrics_path}")
+    print(f"wrote {weights_out} and {metrics_path}")
     return 0
 
 

@@ -1,8 +1,11 @@
 """`stac-bench live`: the ROS graph on the dashcam clip at its recorded 25 fps.
 
-Runs the real nodes as separate processes (stac_eval.graph_runner) and measures the robot's
-encoder node (CPU time per frame from /proc, over the playback only, so start-up is excluded;
-sustained fps), capture-to-mask latency, and the uplink and feedback bit rates.
+Runs the real nodes as separate processes (stac_eval.ros.graph_runner) and measures the
+robot's encoder node (CPU time per frame from /proc, over the playback only, so start-up is
+excluded; sustained fps), the edge (CPU seconds per second of video from the start of playback
+to the end of the drain, peak resident memory, frames segmented per second), capture-to-mask
+latency, and the uplink and feedback bit rates (serialized messages). `--edge` compares the
+one-process edge with the two-process one.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 
 from stac_eval.bench_codec import default_video
 from stac_eval.ros.demo import find_launch_dir
-from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig
+from stac_eval.ros.graph_runner import EDGE_PROCESSES, GraphRun, GraphRunConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +31,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-frames", type=int, default=0, help="0 = the whole clip")
     parser.add_argument("--crf", type=float, default=28.0, help="encoder base quality")
-    parser.add_argument("--torch-threads", type=int, default=1, help="per edge node")
+    parser.add_argument(
+        "--edge",
+        choices=sorted(EDGE_PROCESSES),
+        default="container",
+        help="container: both edge nodes in one process (one decoder, one model); "
+        "separate: one process per node",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch threads per edge process (default: 2 for the container, 1 per separate "
+        "node, so both use two threads in all)",
+    )
     parser.add_argument("--launch-dir", type=Path, default=None)
 
 
@@ -43,7 +59,8 @@ def run(args: argparse.Namespace) -> dict:
             pace="recorded",
             max_frames=args.max_frames,
             crf=args.crf,
-            torch_threads=args.torch_threads,
+            edge_process=args.edge,
+            torch_threads=args.torch_threads or (2 if args.edge == "container" else 1),
             record_bag=False,
             overlay_video=False,
         )
@@ -57,8 +74,16 @@ def run(args: argparse.Namespace) -> dict:
     latency = np.asarray(result.mask_latency_ms)
     clip_s = playback_s * len(encoded) / (len(encoded) - 1)
     segmenter = result.statistics["stac_segmenter"]
+    edge = sorted(EDGE_PROCESSES[args.edge])
+    edge_cpu_s = sum(result.cpu_s[name] - result.cpu_at_play_s[name] for name in edge)
     out = {
         "clip": str(args.video),
+        "edge": args.edge,
+        "edge_processes": edge,
+        "torch_threads_per_edge_process": config.torch_threads,
+        "edge_cpu_s_per_video_s": round(edge_cpu_s / clip_s, 3),
+        "edge_peak_rss_mb": round(sum(result.peak_rss_mb[name] for name in edge), 1),
+        "segmented_per_s": round(segmenter.frames_segmented / clip_s, 2),
         "frames_encoded": len(encoded),
         "resolution": _resolution(result),
         "encoder_cpu_ms_per_frame": round(cpu_ms_per_frame, 2),
@@ -85,6 +110,10 @@ def _resolution(result) -> str:
 
 def _print_table(out: dict) -> None:
     rows = [
+        ("edge", f"{out['edge']} ({', '.join(out['edge_processes'])})"),
+        ("edge CPU s per s of video", out["edge_cpu_s_per_video_s"]),
+        ("edge peak resident memory", f"{out['edge_peak_rss_mb']} MiB"),
+        ("frames segmented per s", out["segmented_per_s"]),
         ("frames encoded", out["frames_encoded"]),
         ("resolution", out["resolution"]),
         ("encoder CPU per frame", f"{out['encoder_cpu_ms_per_frame']} ms"),
