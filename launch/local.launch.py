@@ -42,6 +42,13 @@ def generate_launch_description() -> LaunchDescription:
             default_value="",
             description="Video file, rosbag2 or 'camera:N' for the player.",
         ),
+        DeclareLaunchArgument(
+            "camera_qos",
+            default_value="sensor_data",
+            description="QoS of the encoder's camera subscription: sensor_data (matches camera "
+            "drivers, which publish best effort) or reliable (replay that must lose no frame; "
+            "the video player publishes reliable, which either setting receives).",
+        ),
         DeclareLaunchArgument("rviz", default_value="true", description="Start rviz2."),
     ]
     here = ThisLaunchFileDir()
@@ -50,7 +57,7 @@ def generate_launch_description() -> LaunchDescription:
         launch_arguments={
             "camera_topic": LaunchConfiguration("camera_topic"),
             "crf": LaunchConfiguration("crf"),
-            "camera_qos": "reliable",
+            "camera_qos": LaunchConfiguration("camera_qos"),
         }.items(),
     )
     edge = IncludeLaunchDescription(

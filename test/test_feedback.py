@@ -118,3 +118,17 @@ def test_damaged_bytes_are_refused_with_the_reason():
     data[-3] ^= 0x40
     with pytest.raises(MapRejectedError, match="checksum"):
         QPMapReceiver().receive(ReceivedMapFields(1, 1, 0, 2, 3, 20, bytes(data)))
+
+
+def test_a_reference_number_that_disagrees_with_the_data_is_refused():
+    encoder = FeedbackEncoder()
+    key = encoder.encode(noisy_maps(1)[0])
+    delta = encoder.encode(noisy_maps(2)[1])
+    receiver = QPMapReceiver()
+    receiver.receive(fields(key))
+    lying_key = ReceivedMapFields(key.session_id, 3, 1, 12, 16, 20, key.data)
+    with pytest.raises(MapRejectedError, match="data is a key map"):
+        receiver.receive(lying_key)
+    lying_delta = ReceivedMapFields(delta.session_id, 4, 0, 12, 16, 20, delta.data)
+    with pytest.raises(MapRejectedError, match="data is a delta"):
+        receiver.receive(lying_delta)

@@ -8,6 +8,7 @@ node that receives it.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import re
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
-from stac_eval.launch_args import launch_nodes
+from stac_eval.launch_args import argument_defaults, launch_nodes
 
 PYTHON_PACKAGES = [
     "stac_codec",
@@ -139,3 +140,21 @@ def test_params_file_matches_declared_parameters(params_file):
         declared = declared_parameters(modules_by_node[node_name])
         unknown = set(section["ros__parameters"]) - declared
         assert not unknown, f"{params_file.name}: {node_name} does not declare {sorted(unknown)}"
+
+
+def test_the_robot_subscribes_the_camera_as_drivers_publish_by_default():
+    """Camera drivers publish best effort: a reliable subscription would receive nothing.
+    Every launch file that sets the encoder's camera_qos defaults it to sensor_data."""
+    for launch_file in LAUNCH_FILES:
+        defaults = argument_defaults(launch_file)
+        tree = ast.parse(launch_file.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Dict):
+                continue
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and key.value == "camera_qos":
+                    assert isinstance(value, ast.Call), (
+                        f"{launch_file.name} hard-codes camera_qos {ast.unparse(value)}"
+                    )
+                    (argument,) = [a.value for a in value.args]
+                    assert defaults[argument] == "sensor_data", launch_file.name

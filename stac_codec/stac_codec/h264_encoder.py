@@ -243,10 +243,6 @@ class QPMapEncoder:
         if delayed != 0:
             raise EncoderError(f"x264 would delay output by up to {delayed} frames; expected 0")
 
-    @property
-    def frames_encoded(self) -> int:
-        return self._frame_index
-
     def encode(
         self, frame: np.ndarray, qp_map: np.ndarray | None = None, force_keyframe: bool = False
     ) -> EncodedPacket:

@@ -263,7 +263,7 @@ def train(args: argparse.Namespace, command: str) -> dict:
         initial=start_iteration,
         total=args.iterations,
         desc="train",
-        mininterval=10.0,
+        mininterval=10.0 if sys.stderr.isatty() else 60.0,  # a log gets a line a minute
         file=sys.stderr,
     )
     for iteration in progress:

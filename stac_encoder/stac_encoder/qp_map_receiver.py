@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stac_codec.qp_map import MAX_ABS_QP_OFFSET, QPLevelMap
-from stac_codec.qp_map_wire import WireFormatError, decode_qp_map
+from stac_codec.qp_map_wire import WireFormatError, decode_qp_map, is_delta
 
 
 class MapRejectedError(ValueError):
@@ -58,6 +58,15 @@ class QPMapReceiver:
         if fields.session_id != self._session_id:
             self._session_id = fields.session_id
             self._maps.clear()
+        try:
+            declared_delta = is_delta(fields.data)
+        except WireFormatError as error:
+            raise MapRejectedError(f"map {fields.map_seq}: {error}") from error
+        if declared_delta != bool(fields.reference_map_seq):
+            raise MapRejectedError(
+                f"map {fields.map_seq}: reference_map_seq {fields.reference_map_seq} but the "
+                f"data is a {'delta' if declared_delta else 'key map'}"
+            )
         reference = None
         if fields.reference_map_seq:
             reference = self._maps.get(fields.reference_map_seq)

@@ -128,7 +128,3 @@ class QPMapWarper:
         cols = np.clip((self._positions[..., 0] // MACROBLOCK_SIZE).astype(int), 0, self.cols - 1)
         rows = np.clip((self._positions[..., 1] // MACROBLOCK_SIZE).astype(int), 0, self.rows - 1)
         return self._anchor_map[rows, cols]
-
-    def clear_map(self) -> None:
-        self._anchor_map = None
-        self._positions = None

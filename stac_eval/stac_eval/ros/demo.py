@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from stac_encoder.frame_sources import read_frames
+from stac_eval.progress import progress_bar
 from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig
 from stac_eval.ros.recorder_node import GraphRunResult
 
@@ -74,7 +74,7 @@ def masks_miou(result: GraphRunResult, video: str, model) -> tuple[float, int]:
     confusion = ConfusionMatrix(model.num_classes)
     frames = read_frames(video, max_frames=max(masks) + 1)
     pairs = ((f.image, masks[f.index]) for f in frames if f.index in masks)
-    with tqdm(total=len(masks), desc="reference masks", unit="frame", mininterval=1.0) as bar:
+    with progress_bar(total=len(masks), desc="reference masks", unit="frame") as bar:
         while batch := list(itertools.islice(pairs, 8)):
             images = np.stack([image for image, _ in batch])
             reference = model.predict(images, with_probabilities=False).class_ids

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import rclpy
 from ament_index_python.packages import get_package_prefix
-from tqdm import tqdm
 
 from stac_eval.launch_args import ros_args
+from stac_eval.progress import progress_bar
 from stac_eval.ros.recorder_node import GraphRecorder, GraphRunResult
 
 # How the edge runs: executable -> package. "container": both edge nodes in one process
@@ -127,10 +127,8 @@ class GraphRun:
                 missing = expected - set(self.result.statistics)
                 raise RuntimeError(f"nodes did not come up: {sorted(missing)}; see {self._log_dir}")
             self.result.cpu_at_play_s = self._cpu_of_live_processes()
-            play_started = time.monotonic()
             source = self._start_source()
             self._play(recorder, source)
-            self.result.play_s = time.monotonic() - play_started
             self._drain(recorder)
         finally:
             self._stop_all()
@@ -169,7 +167,7 @@ class GraphRun:
         return self._start("stac_encoder", "video_source_node", args)
 
     def _play(self, recorder: GraphRecorder, source: subprocess.Popen) -> None:
-        with tqdm(desc="frames encoded", unit="frame", mininterval=1.0) as bar:
+        with progress_bar(desc="frames encoded", unit="frame") as bar:
 
             def tick() -> None:
                 bar.update(len(self.result.encoded) - bar.n)
@@ -179,6 +177,7 @@ class GraphRun:
                         segmented=seg.frames_segmented,
                         skipped=seg.frames_skipped,
                         maps=len(self.result.qp_map_bytes),
+                        refresh=False,  # redraw at the bar's own interval, not every tick
                     )
 
             recorder.spin_until(lambda: source.poll() is not None, 24 * 3600, tick)

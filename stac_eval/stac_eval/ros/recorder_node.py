@@ -67,7 +67,6 @@ class GraphRunResult:
     cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_at_play_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
-    play_s: float = 0.0
     logs: dict[str, Path] = field(default_factory=dict)
     wall_s: float = 0.0
     # EncodedFrames left out of the bag's VIDEO_TOPIC, and why (empty when the video is complete)
