@@ -139,6 +139,8 @@ def _parse_sps(unit: NalUnit) -> tuple[int, _SpsFields]:
     profile_idc = reader.bits(8)
     reader.bits(16)  # constraint flags, level_idc
     sps_id = reader.ue()
+    if sps_id > 31:
+        raise ValueError(f"seq_parameter_set_id {sps_id} out of range 0..31")
     separate_colour_plane = False
     if profile_idc in _HIGH_PROFILES:
         chroma_format_idc = reader.ue()
@@ -159,13 +161,18 @@ def _parse_sps(unit: NalUnit) -> tuple[int, _SpsFields]:
 
 def _parse_pps_ids(unit: NalUnit) -> tuple[int, int]:
     reader = _BitReader(unit.rbsp(_SLICE_HEADER_BYTES))
-    return reader.ue(), reader.ue()
+    pps_id, sps_id = reader.ue(), reader.ue()
+    if pps_id > 255 or sps_id > 31:
+        raise ValueError(f"PPS id {pps_id} or its SPS id {sps_id} out of range (0..255, 0..31)")
+    return pps_id, sps_id
 
 
 class FrameNumTracker:
     """Follows frame_num across access units and reports when one went missing.
 
     Assumes gaps_in_frame_num_value_allowed_flag = 0, as x264 and nearly all encoders write.
+    Parameter set ids are range-checked (SPS 0..31, PPS 0..255), so its memory is bounded.
+    (The decoder uses the complete checks of `stac_codec.h264_syntax`.)
     """
 
     def __init__(self) -> None:

@@ -42,7 +42,8 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from stac_codec.annexb import NAL_TYPE_SEI, SLICE_NAL_TYPES
+from stac_codec.annexb import NAL_TYPE_SEI, SLICE_NAL_TYPES, split_nal_units
+from stac_codec.h264_syntax import add_checksum
 from stac_codec.qp_map import macroblock_grid, validate_qp_map
 from stac_codec.x264_ctypes import (
     X264_CSP_I420,
@@ -85,6 +86,9 @@ class EncoderConfig:
     the next one). scenecut: let x264 insert extra keyframes on scene changes. aq_strength:
     x264 variance-AQ strength, > 0 (0.001 = map only, 1.0 = x264's default AQ plus the map).
     emit_version_sei: keep x264's version SEI (~600 bytes in the first access unit).
+    checksum_sei: put the CRC32 of each access unit in an SEI user_data_unregistered message
+    before its first slice (28 bytes per frame), so the edge's decoder can tell a damaged
+    access unit from a good one where FFmpeg cannot (`stac_codec.h264_syntax`).
     """
 
     rate_control: str = "crf"
@@ -99,6 +103,7 @@ class EncoderConfig:
     aq_strength: float = 0.001
     profile: str = "high"
     emit_version_sei: bool = True
+    checksum_sei: bool = True
     log_level: int = 0  # x264 log level: -1 none, 0 errors, 1 warnings, 2 info
 
     def __post_init__(self) -> None:
@@ -317,8 +322,15 @@ class QPMapEncoder:
             nal_types.append(nal.i_type)
             if nal.i_type in SLICE_NAL_TYPES:
                 slice_total += nal.i_payload
+        data = b"".join(chunks)
+        if self.config.checksum_sei:
+            data = add_checksum(split_nal_units(data))
+            first_slice = next(
+                (i for i, t in enumerate(nal_types) if t in SLICE_NAL_TYPES), len(nal_types)
+            )
+            nal_types.insert(first_slice, NAL_TYPE_SEI)
         packet = EncodedPacket(
-            data=b"".join(chunks),
+            data=data,
             frame_index=self._frame_index,
             keyframe=bool(picture_out.b_keyframe),
             slice_bytes=slice_total,

@@ -1,4 +1,9 @@
-"""Decoding the robot's EncodedFrame stream on the edge, across picture-size changes."""
+"""Decoding the robot's EncodedFrame stream on the edge, across picture-size changes.
+
+Everything in an EncodedFrame comes from the network: the bytes and the picture size it
+declares. `EncodedStreamDecoder.decode` never raises for any of it: a size out of range, or a
+stream whose pictures are not the declared size, is CORRUPT (see stac_codec.h264_decoder).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stac_codec.h264_decoder import DecodeResult, H264Decoder
+from stac_codec.h264_decoder import DecodeResult, DecodeStatus, H264Decoder
+from stac_codec.h264_syntax import DEFAULT_MAX_MACROBLOCKS, MAX_SIDE_PIXELS
 
 
 @dataclass(frozen=True)
@@ -20,16 +26,45 @@ class DecodedFrame:
 
 class EncodedStreamDecoder:
     """One H264Decoder per picture size; a new size (a new encoder on the robot) starts a
-    fresh decoder, which waits for that encoder's first keyframe."""
+    fresh decoder, which waits for that encoder's first keyframe.
 
-    def __init__(self) -> None:
+    max_macroblocks: the largest picture accepted (default 36,864 = 4096x2304); each side at
+    most 8192 pixels."""
+
+    def __init__(self, max_macroblocks: int = DEFAULT_MAX_MACROBLOCKS) -> None:
         self._decoder: H264Decoder | None = None
+        self.max_macroblocks = max_macroblocks
 
     def decode(
-        self, data: np.ndarray | bytes, frame_seq: int, width: int, height: int
+        self,
+        data: np.ndarray | bytes,
+        frame_seq: int,
+        width: int,
+        height: int,
+        expected_crc32: int | None = None,
     ) -> DecodeResult:
-        """Decode one access unit into RGB cropped to width x height; see DecodeResult."""
+        """Decode one access unit into RGB cropped to width x height; see DecodeResult.
+
+        expected_crc32: zlib.crc32 of data, for a transport that carries one."""
+        problem = self._size_problem(width, height)
+        if problem:
+            return DecodeResult(DecodeStatus.CORRUPT, None, frame_seq, False, problem)
         decoder = self._decoder
         if decoder is None or (decoder.width, decoder.height) != (width, height):
-            decoder = self._decoder = H264Decoder(width, height, "rgb24")
-        return decoder.decode(bytes(memoryview(data)), frame_seq)
+            decoder = self._decoder = H264Decoder(
+                width, height, "rgb24", max_macroblocks=self.max_macroblocks
+            )
+        return decoder.decode(bytes(memoryview(data)), frame_seq, expected_crc32)
+
+    def _size_problem(self, width, height) -> str:
+        if not isinstance(width, int) or not isinstance(height, int):
+            return f"declared picture size {width!r}x{height!r} is not a pair of integers"
+        if not (1 <= width <= MAX_SIDE_PIXELS and 1 <= height <= MAX_SIDE_PIXELS):
+            return f"declared picture size {width}x{height} is out of range 1..{MAX_SIDE_PIXELS}"
+        macroblocks = -(-width // 16) * -(-height // 16)
+        if macroblocks > self.max_macroblocks:
+            return (
+                f"declared picture size {width}x{height} ({macroblocks} macroblocks) is larger "
+                f"than the {self.max_macroblocks} this decoder accepts"
+            )
+        return ""
