@@ -140,6 +140,64 @@ def test_invalid_configurations_are_rejected(tmp_path, overrides, message):
         read_spec(write_config(tmp_path, **overrides))
 
 
+NAN, INF = float("nan"), float("inf")
+CAMVID_STD = {"mean": [127.0, 127.0, 127.0], "std": [128.0, 128.0, 128.0]}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"normalization": {"mean": [NAN, 127, 127], "std": [128, 128, 128]}}, "mean"),
+        ({"normalization": {"mean": [127, 127, 127], "std": [128, INF, 128]}}, "std"),
+        ({"normalization": {"mean": [127, 127, 127], "std": [NAN, NAN, NAN]}}, "std"),
+        ({"normalization": {"mean": "127", "std": [128, 128, 128]}}, "mean"),
+        ({"normalization": {"mean": ["a", "b", "c"], "std": [128, 128, 128]}}, "mean"),
+        ({"normalization": {"mean": [True, 1, 1], "std": [128, 128, 128]}}, "mean"),
+        ({"normalization": [127, 128]}, "normalization"),
+        ({"normalization": {"mean": [1, 2, 3]}}, "normalization"),
+        ({"classes": "sky building"}, "classes"),
+        ({"classes": {"sky": 0}}, "classes"),
+        ({"classes": list(range(11))}, "classes"),
+        ({"classes": CLASS_NAMES[:10] + ["sky"]}, "classes"),
+        ({"palette": [["r", "g", "b"]] * 11}, "palette"),
+        ({"palette": [[1.5, 2, 3]] * 11}, "palette"),
+        ({"palette": [[NAN, 2, 3]] * 11}, "palette"),
+        ({"palette": "red"}, "palette"),
+        ({"palette": [[1, 2]] * 10 + [[1, 2, 3, 4]]}, "palette"),
+        ({"palette": {"sky": [1, 2, 3]}}, "palette"),
+        ({"input_size": ["480", "360"]}, "input_size"),
+        ({"input_size": [480.5, 360]}, "input_size"),
+        ({"input_size": {"width": 480}}, "input_size"),
+        ({"input_size": [10**9, 360]}, "input_size"),
+        ({"weights": 12}, "weights"),
+        ({"weights": ["a.pt"]}, "weights"),
+        ({"kind": ["stac_lite0_fpn"]}, "kind"),
+        ({"kind": "torchvision", "architecture": ["fcn"]}, "architecture"),
+        ({"options": ["a", "b"]}, "options"),
+        ({"name": {"a": 1}}, "name"),
+    ],
+)
+def test_malformed_configurations_raise_model_config_error_naming_the_key(tmp_path, overrides, key):
+    """Each of these used to load (NaN normalisation: every pixel NaN, every mask "sky") or
+    raise a raw TypeError, AttributeError, ValueError or KeyError."""
+    with pytest.raises(ModelConfigError, match=key):
+        read_spec(write_config(tmp_path, **overrides))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["kind: [unclosed\n", "a: b: c\n", "- a list\n", "\t kind: x\n", "7\n", "", "1: one\n"],
+)
+def test_text_that_is_not_a_configuration_raises_model_config_error(tmp_path, text):
+    path = tmp_path / "model.yaml"
+    path.write_text(text)
+    with pytest.raises(ModelConfigError):
+        read_spec(path)
+    path.write_bytes(b"kind: \xff\xfe\n")
+    with pytest.raises(ModelConfigError, match="not a readable YAML"):
+        read_spec(path)
+
+
 @pytest.mark.parametrize(
     ("kind", "module", "library"),
     [

@@ -19,6 +19,7 @@ torchvision and segmentation_models_pytorch are imported only when a configurati
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,62 +78,110 @@ class Prediction:
 
 
 def read_spec(config: str | Path) -> ModelSpec:
-    """Parse and validate a model YAML file."""
+    """Parse and validate a model YAML file.
+
+    FileNotFoundError when it does not exist; ModelConfigError, naming the key, for anything
+    else that is wrong with it (not YAML, wrong types, non-finite numbers, out-of-range values).
+    """
     path = Path(config).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"model configuration not found: {path}")
-    raw = yaml.safe_load(path.read_text())
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:
+        raise ModelConfigError(f"{path}: not a readable YAML file: {error}") from error
     if not isinstance(raw, dict):
         raise ModelConfigError(f"{path}: expected a mapping at the top level")
     unknown = set(raw) - _KEYS
     if unknown:
-        raise ModelConfigError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(_KEYS)}")
+        raise ModelConfigError(
+            f"{path}: unknown keys {sorted(map(str, unknown))}; known: {sorted(_KEYS)}"
+        )
     return _spec_from_mapping(raw, path)
 
 
 def _spec_from_mapping(raw: dict, path: Path) -> ModelSpec:
     kind = raw.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise ModelConfigError(f"{path}: kind must be one of {KINDS}, got {kind!r}")
-    if kind in ("torchvision", "smp") and not raw.get("architecture"):
+    architecture = raw.get("architecture")
+    if architecture is not None and not (isinstance(architecture, str) and architecture):
+        raise ModelConfigError(f"{path}: 'architecture' must be a name, got {architecture!r}")
+    if kind in ("torchvision", "smp") and not architecture:
         raise ModelConfigError(f"{path}: kind {kind} needs an 'architecture'")
-    if not raw.get("weights"):
-        raise ModelConfigError(f"{path}: 'weights' (a file) is required")
+    weights = raw.get("weights")
+    if not isinstance(weights, str) or not weights or "\x00" in weights:
+        raise ModelConfigError(f"{path}: 'weights' (a file name) is required, got {weights!r}")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str | int | float) or isinstance(name, bool):
+        raise ModelConfigError(f"{path}: 'name' must be a string, got {name!r}")
     classes = _classes(raw.get("classes"), path)
-    normalization = raw.get("normalization") or {}
+    normalization = raw.get("normalization")
+    if not isinstance(normalization, dict) or set(normalization) != {"mean", "std"}:
+        raise ModelConfigError(
+            f"{path}: 'normalization' must be a mapping with 'mean' and 'std', "
+            f"got {normalization!r}"
+        )
+    options = raw.get("options") or {}
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise ModelConfigError(f"{path}: 'options' must be a mapping of names, got {options!r}")
     return ModelSpec(
-        name=str(raw.get("name", path.stem)),
+        name=str(name),
         kind=kind,
-        weights=(path.parent / Path(raw["weights"]).expanduser()).resolve(),
+        weights=(path.parent / Path(weights).expanduser()).resolve(),
         classes=classes,
         palette=_palette(raw.get("palette"), len(classes), path),
         mean=_triple(normalization.get("mean"), "normalization.mean", path),
         std=_triple(normalization.get("std"), "normalization.std", path, positive=True),
         input_size=_input_size(raw.get("input_size"), path),
-        architecture=raw.get("architecture"),
-        options=dict(raw.get("options") or {}),
+        architecture=architecture,
+        options=dict(options),
     )
 
 
+MAX_INPUT_SIDE = 8192  # pixels: a working resolution beyond this is a typo, not a model
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _classes(value, path: Path) -> list[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(c, str) for c in value):
+    if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
         raise ModelConfigError(f"{path}: 'classes' must be a non-empty list of names")
+    if len(set(value)) != len(value):
+        raise ModelConfigError(f"{path}: 'classes' names a class twice: {value}")
+    if len(value) > 256:
+        raise ModelConfigError(f"{path}: 'classes' lists {len(value)} classes; masks hold 256")
     return value
 
 
 def _palette(value, num_classes: int, path: Path) -> np.ndarray:
-    palette = np.asarray(value if value is not None else [], dtype=np.int64)
-    if palette.shape != (num_classes, 3) or palette.min() < 0 or palette.max() > 255:
-        raise ModelConfigError(
-            f"{path}: 'palette' must hold {num_classes} [r, g, b] rows in 0..255 "
-            f"(one per class), got shape {palette.shape}"
+    rows_ok = isinstance(value, list) and len(value) == num_classes
+    if rows_ok:
+        rows_ok = all(
+            isinstance(row, list)
+            and len(row) == 3
+            and all(_is_int(c) and 0 <= c <= 255 for c in row)
+            for row in value
         )
-    return palette.astype(np.uint8)
+    if not rows_ok:
+        raise ModelConfigError(
+            f"{path}: 'palette' must hold {num_classes} [r, g, b] rows of integers in 0..255 "
+            f"(one per class), got {str(value)[:80]}"
+        )
+    return np.asarray(value, dtype=np.uint8).reshape(num_classes, 3)
 
 
 def _triple(value, key: str, path: Path, positive: bool = False) -> tuple[float, float, float]:
-    if not isinstance(value, list) or len(value) != 3:
-        raise ModelConfigError(f"{path}: '{key}' must be three numbers (r, g, b), got {value!r}")
+    if not isinstance(value, list) or len(value) != 3 or not all(map(_is_finite_number, value)):
+        raise ModelConfigError(
+            f"{path}: '{key}' must be three finite numbers (r, g, b), got {value!r}"
+        )
     triple = tuple(float(v) for v in value)
     if positive and min(triple) <= 0:
         raise ModelConfigError(f"{path}: '{key}' must be positive, got {value!r}")
@@ -142,9 +191,16 @@ def _triple(value, key: str, path: Path, positive: bool = False) -> tuple[float,
 def _input_size(value, path: Path) -> tuple[int, int] | None:
     if value is None:
         return None
-    if not isinstance(value, list) or len(value) != 2 or min(int(v) for v in value) <= 0:
-        raise ModelConfigError(f"{path}: 'input_size' must be [width, height] or null")
-    return int(value[0]), int(value[1])
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(_is_int(v) and 0 < v <= MAX_INPUT_SIDE for v in value)
+    ):
+        raise ModelConfigError(
+            f"{path}: 'input_size' must be [width, height] (integers in 1..{MAX_INPUT_SIDE}) "
+            f"or null, got {value!r}"
+        )
+    return value[0], value[1]
 
 
 class SegmentationModel:
