@@ -54,6 +54,49 @@ def test_bad_files_raise_calibration_error(tmp_path, text):
         load_calibration(path)
 
 
+GOOD = (
+    '"format": "stac-calibration-v1", "alpha": 0.5, "max_offset_qp": 10, "levels_qp": [], '
+    '"smoothing_sigma_mb": 0.0, "class_weights": null, "aq_strength": 0.001, "provenance": {}'
+)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("alpha", "NaN"),
+        ("alpha", "true"),
+        ("alpha", '"0.5"'),
+        ("smoothing_sigma_mb", "NaN"),
+        ("smoothing_sigma_mb", "Infinity"),
+        ("aq_strength", "null"),
+        ("max_offset_qp", "10.5"),
+        ("max_offset_qp", "1e400"),
+        ("levels_qp", '"-2,0,2"'),
+        ("levels_qp", "[0, [1]]"),
+        ("levels_qp", "[true, false]"),
+        ("class_weights", "[NaN, 1]"),
+        ("class_weights", '{"sky": 1}'),
+        ("provenance", "[1, 2]"),
+        ("unexpected", "1"),
+    ],
+)
+def test_malformed_calibration_fields_raise_calibration_error_only(tmp_path, field, value):
+    """NaN smoothing, a boolean alpha and a non-mapping provenance used to load; bytes that
+    are not UTF-8 raised UnicodeDecodeError."""
+    path = tmp_path / "c.json"
+    path.write_text("{" + GOOD + f', "{field}": {value}' + "}")
+    with pytest.raises(CalibrationError, match=field):
+        load_calibration(path)
+    path.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(CalibrationError):
+        load_calibration(path)
+    path.write_text("[" * 100_000)
+    with pytest.raises(CalibrationError):
+        load_calibration(path)
+    path.write_text("{" + GOOD + "}")
+    assert load_calibration(path) == Calibration()
+
+
 def test_lloyd_levels_find_the_clusters():
     rng = np.random.default_rng(0)
     offsets = np.concatenate(

@@ -11,6 +11,7 @@ A model without a calibration file gets the settings of the feasibility experime
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,18 +85,51 @@ def load_calibration(path: str | Path) -> Calibration:
     """Read a file written by save_calibration; CalibrationError on anything else."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: JSON, UTF-8
         raise CalibrationError(f"cannot read calibration {path}: {error}") from error
-    if not isinstance(data, dict) or data.pop("format", None) != CALIBRATION_FORMAT:
+    if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
         raise CalibrationError(f"{path} is not a {CALIBRATION_FORMAT} file")
+    data.pop("format")
+    problem = _field_type_problem(data)
+    if problem:
+        raise CalibrationError(f"bad calibration {path}: {problem}")
     try:
         data["levels_qp"] = tuple(data["levels_qp"])
         if data.get("class_weights") is not None:
             data["class_weights"] = tuple(data["class_weights"])
         return Calibration(**data)
-    except (KeyError, TypeError, ValueError) as error:
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
         raise CalibrationError(f"bad calibration {path}: {error}") from error
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _field_type_problem(data: dict) -> str:
+    """What is wrong with the JSON types of a calibration's fields ("" when nothing): finite
+    numbers where numbers belong (JSON's NaN and Infinity included), integers for QPs, lists."""
+    numbers = ("alpha", "smoothing_sigma_mb", "aq_strength")
+    for key in numbers:
+        if key in data and not _is_number(data[key]):
+            return f"{key} must be a finite number, got {data[key]!r}"
+    integers = [("max_offset_qp", data.get("max_offset_qp", 0))]
+    levels = data.get("levels_qp", [])
+    if not isinstance(levels, list):
+        return f"levels_qp must be a list of integers, got {levels!r}"
+    integers += [("levels_qp", level) for level in levels]
+    for key, value in integers:
+        if not isinstance(value, int) or isinstance(value, bool) or abs(value) > 255:
+            return f"{key} must hold integers (QP offsets), got {value!r}"
+    weights = data.get("class_weights")
+    if weights is not None and (
+        not isinstance(weights, list) or not all(_is_number(w) for w in weights)
+    ):
+        return f"class_weights must be null or a list of finite numbers, got {weights!r}"
+    if not isinstance(data.get("provenance", {}), dict):
+        return f"provenance must be a mapping, got {data['provenance']!r}"
+    return ""
 
 
 def find_calibration(weights_path: str | Path | None) -> tuple[Calibration, Path | None]:
