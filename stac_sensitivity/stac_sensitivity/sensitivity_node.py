@@ -20,6 +20,7 @@ deltas); feedback statistics count the serialized QPMap messages.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -35,7 +36,7 @@ from stac_msgs.msg import EncodedFrame, QPMap
 from stac_ros_common.image_conversion import numpy_to_image
 from stac_ros_common.image_pixels import to_uint8_field
 from stac_ros_common.newest_item_worker import NewestItemWorker
-from stac_ros_common.node_runner import StatisticsReporter, run_node
+from stac_ros_common.node_runner import StatisticsReporter, run_node, stamp_to_s
 from stac_ros_common.parameter_spec import ParameterSpec
 from stac_ros_common.parameters import declare_parameters
 from stac_ros_common.qos import ENCODED_QOS, OUTPUT_QOS, QP_MAP_QOS
@@ -55,6 +56,14 @@ PARAMETERS = (
         "period_frames", 5, "Compute a map every N decoded frames; 0 = on request only.", 0, 10_000
     ),
     ParameterSpec(
+        "min_map_interval_s",
+        1.0,
+        "At least this much camera time between the source frames of two maps, s (0 = no "
+        "limit): a map stays useful for about a second, and each one costs feedback bits.",
+        0.0,
+        3600.0,
+    ),
+    ParameterSpec(
         "budget_shift_qp",
         0,
         "Uniform QP shift added to every map (+ = fewer bits, - = more).",
@@ -71,6 +80,15 @@ PARAMETERS = (
     ),
     ParameterSpec(
         "key_map_interval", 10, "At most this many maps between key (non-delta) maps.", 1, 10_000
+    ),
+    ParameterSpec(
+        "max_compute_share",
+        0.5,
+        "In the edge container: the largest share of the shared worker's time the sensitivity "
+        "pass may take; the rest segments frames (a saturated edge would otherwise spend "
+        "nearly every pass on maps).",
+        0.05,
+        1.0,
     ),
     ParameterSpec("publish_heatmap", True, "Publish the QP-map heatmap image for rviz."),
 )
@@ -97,6 +115,8 @@ class SensitivityNode(Node):
         self._decoded_since_map = 0
         self._compute_requested = True  # the first decodable frame gets a map at once
         self._last_frame_seq = 0
+        self._next_map_allowed_s = 0.0  # monotonic; the compute-share cap (container only)
+        self._last_map_stamp_s: float | None = None  # camera time of the last map's frame
         self._map_publisher = self.create_publisher(QPMap, "qp_map", QP_MAP_QOS)
         self._heatmap_publisher = self.create_publisher(Image, "qp_heatmap", OUTPUT_QOS)
         self.create_service(Trigger, "~/compute_now", self._on_compute_now)
@@ -126,21 +146,43 @@ class SensitivityNode(Node):
 
     def wants(self, frame: DecodedFrame) -> bool:
         with self._lock:
-            period = self.params["period_frames"]
-            return self._compute_requested or bool(
-                period and self._decoded_since_map >= period
-            )
+            if self._compute_requested:
+                return True
+            return self._due(frame) and time.monotonic() >= self._next_map_allowed_s
+
+    def _due(self, frame: DecodedFrame) -> bool:
+        """period_frames decoded frames since the last map, and min_map_interval_s of camera
+        time since its source frame (a restarted camera clock counts as due)."""
+        period = self.params["period_frames"]
+        if not period or self._decoded_since_map < period:
+            return False
+        last = self._last_map_stamp_s
+        elapsed_s = stamp_to_s(frame.header.stamp) - last if last is not None else math.inf
+        return elapsed_s >= self.params["min_map_interval_s"] or elapsed_s < 0
 
     def segment(self, frame: DecodedFrame) -> np.ndarray:
-        """The sensitivity pass on `frame`: publishes its map, returns its class ids."""
-        with self._lock:
-            self._compute_requested = False
-            self._decoded_since_map = 0
+        """The sensitivity pass on `frame`: publishes its map, returns its class ids.
+
+        Afterwards the next map waits until the shared worker has spent enough time on plain
+        segmentation that maps keep to `max_compute_share` of its time."""
+        self._mark_map_started(frame)
+        started = time.monotonic()
         try:
             return self._compute_and_publish(frame)
         except Exception:
             self.statistics.count("frames_failed")
             raise
+        finally:
+            ended = time.monotonic()
+            share = self.params["max_compute_share"]
+            with self._lock:
+                self._next_map_allowed_s = ended + (ended - started) * (1.0 - share) / share
+
+    def _mark_map_started(self, frame: DecodedFrame) -> None:
+        with self._lock:
+            self._compute_requested = False
+            self._decoded_since_map = 0
+            self._last_map_stamp_s = stamp_to_s(frame.header.stamp)
 
     # Standalone ---------------------------------------------------------------------------
 
@@ -153,9 +195,7 @@ class SensitivityNode(Node):
         frame = DecodedFrame(msg.header, msg.frame_seq, result.image)
         self.frame_decoded(frame)
         if self.wants(frame):
-            with self._lock:
-                self._compute_requested = False
-                self._decoded_since_map = 0
+            self._mark_map_started(frame)
             if self._worker.submit(frame) is not None:
                 self.statistics.count("frames_skipped")
 

@@ -42,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--torch-threads",
         type=int,
         default=None,
-        help="torch threads per edge process (default: 2 for the container, 1 per separate "
-        "node, so both use two threads in all)",
+        help="torch threads per edge process (default: two in all: 2 for the container, 1 per "
+        "separate node)",
     )
     parser.add_argument("--launch-dir", type=Path, default=None)
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> dict:
             max_frames=args.max_frames,
             crf=args.crf,
             edge_process=args.edge,
-            torch_threads=args.torch_threads or (2 if args.edge == "container" else 1),
+            torch_threads=args.torch_threads,
             record_bag=False,
             overlay_video=False,
         )
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
         "clip": str(args.video),
         "edge": args.edge,
         "edge_processes": edge,
-        "torch_threads_per_edge_process": config.torch_threads,
+        "torch_threads_per_edge_process": config.edge_torch_threads,
         "edge_cpu_s_per_video_s": round(edge_cpu_s / clip_s, 3),
         "edge_peak_rss_mb": round(sum(result.peak_rss_mb[name] for name in edge), 1),
         "segmented_per_s": round(segmenter.frames_segmented / clip_s, 2),

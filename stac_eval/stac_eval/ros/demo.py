@@ -52,7 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crf", type=float, default=28.0, help="budget: base quality")
     parser.add_argument("--budget-shift-qp", type=int, default=0, help="budget: map shift")
     parser.add_argument("--period-frames", type=int, default=5, help="a QP map every N frames")
-    parser.add_argument("--torch-threads", type=int, default=1, help="per edge node")
+    parser.add_argument(
+        "--edge",
+        choices=("container", "separate"),
+        default="container",
+        help="the edge nodes in one process (container) or one process each",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="per edge process (default: two in all)",
+    )
     parser.add_argument("--launch-dir", type=Path, default=None)
     parser.add_argument("--no-bag", action="store_true", help="do not record the rosbag2")
     return parser
@@ -192,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         crf=args.crf,
         budget_shift_qp=args.budget_shift_qp,
         period_frames=args.period_frames,
+        edge_process=args.edge,
         torch_threads=args.torch_threads,
         record_bag=not args.no_bag,
     )

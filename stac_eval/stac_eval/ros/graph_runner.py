@@ -48,7 +48,8 @@ class GraphRunConfig:
     budget_shift_qp: int = 0
     period_frames: int = 5
     edge_process: str = "container"
-    torch_threads: int = 1
+    # torch threads per edge process; None: two in all (2 for the container, 1 per node)
+    torch_threads: int | None = None
     # Robot and edge are separate machines in a deployment; on one machine the edge's model
     # passes would starve the robot side, so the edge nodes run at this niceness.
     edge_niceness: int = 10
@@ -60,6 +61,13 @@ class GraphRunConfig:
     def __post_init__(self) -> None:
         if self.edge_process not in EDGE_PROCESSES:
             raise ValueError(f"edge_process must be one of {sorted(EDGE_PROCESSES)}")
+
+    @property
+    def edge_torch_threads(self) -> int:
+        """Threads per edge process: as given, else two in all."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        return 2 // len(EDGE_PROCESSES[self.edge_process])
 
 
 def _process_peak_rss_mb(pid: int) -> float:
@@ -108,7 +116,7 @@ class GraphRun:
     def _node_args(self, launch_file: str, executable: str, **overrides) -> list[str]:
         args = ros_args(self.config.launch_dir / launch_file, executable, **overrides)
         if executable in EDGE_EXECUTABLES:
-            args += ["-p", f"torch_threads:={self.config.torch_threads}"]
+            args += ["-p", f"torch_threads:={self.config.edge_torch_threads}"]
         return args
 
     def run(self) -> GraphRunResult:
