@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from rclpy.serialization import deserialize_message, serialize_message
@@ -77,3 +79,23 @@ def test_wrong_array_shape_or_dtype_is_rejected():
         numpy_to_image(np.zeros((4, 4), np.uint8), "rgb8")
     with pytest.raises(ImageConversionError, match="uint8"):
         numpy_to_image(np.zeros((4, 4, 3), np.float32), "rgb8")
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "step", "encoding", "data"),
+    [
+        (-2, 4, 12, "rgb8", bytes(100)),  # used to reach reshape(-2, 12): a raw ValueError
+        (2, -4, 12, "rgb8", bytes(100)),
+        (2, 4, -12, "rgb8", bytes(100)),
+        (2, 4, 12, ["rgb8"], bytes(100)),  # unhashable: used to raise TypeError
+        (2, 4, 12, None, bytes(100)),
+        (2.5, 4, 12, "rgb8", bytes(100)),
+        (2, 4, 12, "rgb8", [300] * 24),  # list items outside 0..255
+        (2, 4, 12, "rgb8", "not bytes"),
+        (2**31, 2**31, 2**33, "rgb8", bytes(100)),  # forged sizes: refused, nothing allocated
+    ],
+)
+def test_forged_fields_raise_image_conversion_error_only(height, width, step, encoding, data):
+    msg = SimpleNamespace(height=height, width=width, step=step, encoding=encoding, data=data)
+    with pytest.raises(ImageConversionError):
+        image_to_numpy(msg)

@@ -35,10 +35,16 @@ def to_uint8_field(buffer: bytes | bytearray | memoryview | np.ndarray) -> array
 
 
 def field_as_numpy(field) -> np.ndarray:
-    """A read-only uint8 view of a deserialized `uint8[]` field (array.array, bytes or list)."""
-    if isinstance(field, list):
-        return np.asarray(field, dtype=np.uint8)
-    return np.frombuffer(field, dtype=np.uint8)
+    """A read-only uint8 view of a deserialized `uint8[]` field (array.array, bytes, a numpy
+    array or a list); ImageConversionError for anything else (or list items outside 0..255)."""
+    try:
+        if isinstance(field, list):
+            return np.asarray(field, dtype=np.uint8)
+        if isinstance(field, np.ndarray):
+            return np.ascontiguousarray(field).reshape(-1).view(np.uint8)
+        return np.frombuffer(field, dtype=np.uint8)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ImageConversionError(f"image data is not a uint8 buffer: {error}") from error
 
 
 def image_to_numpy(msg) -> np.ndarray:
@@ -47,20 +53,26 @@ def image_to_numpy(msg) -> np.ndarray:
     The returned array is a copy the caller may modify; the channel order is the message's
     (`msg.encoding` tells rgb8 from bgr8).
     """
-    channels = CHANNELS_BY_ENCODING.get(msg.encoding)
+    encoding = msg.encoding
+    channels = CHANNELS_BY_ENCODING.get(encoding) if isinstance(encoding, str) else None
     if channels is None:
         raise ImageConversionError(
-            f"unsupported image encoding '{msg.encoding}'; "
+            f"unsupported image encoding '{encoding}'; "
             f"supported: {', '.join(sorted(CHANNELS_BY_ENCODING))}"
         )
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    sizes = (msg.height, msg.width, msg.step)
+    if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in sizes):
+        raise ImageConversionError(f"height, width and step must be integers, got {sizes}")
+    height, width, step = (int(v) for v in sizes)
     row_bytes = width * channels
-    if height == 0 or width == 0:
+    if height <= 0 or width <= 0:
         raise ImageConversionError(f"empty image ({width}x{height})")
     if step < row_bytes:
         raise ImageConversionError(
             f"step {step} is smaller than width*channels = {row_bytes} for {msg.encoding}"
         )
+    # Sizes are checked against the bytes that arrived before anything is allocated: a forged
+    # height or step cannot make this allocate more than the message holds.
     data = field_as_numpy(msg.data)
     if data.size < step * height:
         raise ImageConversionError(
