@@ -14,6 +14,14 @@ A model configuration is a YAML file:
 
 Without a configuration the shipped CamVid model (EfficientNet-Lite0 + FPN) is loaded.
 torchvision and segmentation_models_pytorch are imported only when a configuration asks for them.
+
+Security: weights of the kinds stac_lite0_fpn, torchvision and smp are read with
+`torch.load(weights_only=True)`, which refuses pickled code, so such a weights file from
+elsewhere cannot run code on the edge. A `torchscript` file is different by design:
+`torch.jit.load` builds and runs the program the file contains, so it is as trusted as any
+code you install; load only TorchScript files you made or verified (a checksum from a source
+you trust), and keep the model directory writable by its owner only. A malformed model YAML
+raises ModelConfigError naming the key.
 """
 
 from __future__ import annotations
@@ -309,6 +317,8 @@ def _load_lite0_fpn(spec: ModelSpec) -> nn.Module:
 
 
 def _load_torchscript(spec: ModelSpec) -> nn.Module:
+    """The TorchScript program in spec.weights. torch.jit.load executes that program's code by
+    design (no weights_only mode exists for it): only load files you trust."""
     try:
         return torch.jit.load(str(spec.weights), map_location="cpu")
     except RuntimeError as error:
