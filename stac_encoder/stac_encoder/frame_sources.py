@@ -28,6 +28,8 @@ import numpy as np
 from stac_ros_common.image_pixels import ImageConversionError, image_to_rgb
 
 BAG_SUFFIXES = (".mcap", ".db3")
+COMPRESSED_IMAGE_MSGTYPE = "sensor_msgs/msg/CompressedImage"
+IMAGE_MSGTYPES = ("sensor_msgs/msg/Image", COMPRESSED_IMAGE_MSGTYPE)
 
 
 class SourceError(RuntimeError):
@@ -76,9 +78,9 @@ def read_frames(
     uri: str, bag_topic: str = "", max_frames: int = 0, stats: SourceStats | None = None
 ) -> Iterator[SourceFrame]:
     """Frames from `uri`: 'camera:N' or '/dev/videoN', a rosbag2 (directory, .mcap, .db3;
-    `bag_topic` picks the sensor_msgs/Image topic, default the first one), or a video file.
-    `stats`, when given, counts skipped messages and notes a truncated video (see the module
-    docstring)."""
+    `bag_topic` picks the sensor_msgs/Image or sensor_msgs/CompressedImage topic, default the
+    first one), or a video file. `stats`, when given, counts skipped messages and notes a
+    truncated video (see the module docstring)."""
     stats = stats if stats is not None else SourceStats()
     camera = _camera_index(uri)
     if camera is not None:
@@ -172,12 +174,14 @@ def _bag_images(path: Path, topic: str, stats: SourceStats) -> Iterator[SourceFr
             "give the bag's directory"
         )
     with AnyReader([bag_path], default_typestore=get_typestore(Stores.ROS2_JAZZY)) as reader:
-        images = [c for c in reader.connections if c.msgtype == "sensor_msgs/msg/Image"]
+        images = [c for c in reader.connections if c.msgtype in IMAGE_MSGTYPES]
         if topic:
             images = [c for c in images if c.topic == topic]
         if not images:
             wanted = f"topic {topic}" if topic else "any topic"
-            raise SourceError(f"no sensor_msgs/msg/Image messages on {wanted} in {path}")
+            raise SourceError(
+                f"no sensor_msgs/msg/Image or CompressedImage messages on {wanted} in {path}"
+            )
         first_ns = None
         index = 0
         for position, (connection, timestamp_ns, raw) in enumerate(
@@ -202,7 +206,19 @@ def _message_rgb(reader, connection, raw: bytes, what: str, stats: SourceStats):
         stats.skip(f"message does not deserialize ({type(error).__name__})")
         return None
     try:
+        if connection.msgtype == COMPRESSED_IMAGE_MSGTYPE:
+            return compressed_image_to_rgb(msg.data, what)
         return image_to_rgb(msg)
     except (ImageConversionError, SourceError) as error:
         stats.skip(str(error).removeprefix(f"{what}: ").split(";")[0])
         return None
+
+
+def compressed_image_to_rgb(data: np.ndarray | bytes, what: str = "image") -> np.ndarray:
+    """The RGB pixels of a sensor_msgs/CompressedImage's data (JPEG or PNG, as
+    compressed_image_transport writes them); SourceError when they do not decode."""
+    buffer = np.frombuffer(bytes(memoryview(data)), dtype=np.uint8)
+    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if bgr is None:
+        raise SourceError(f"{what}: compressed image data does not decode (JPEG or PNG)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

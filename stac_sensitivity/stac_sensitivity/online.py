@@ -24,12 +24,15 @@ from stac_sensitivity.sensitivity import compute_sensitivity
 @dataclass(frozen=True)
 class QPMapResult:
     """A map for one frame: the allocation (levels + shift), its offsets and its cost, and the
-    DNN's class ids (HxW uint8) from the same forward pass, free with the map."""
+    DNN's class ids (HxW uint8) from the same forward pass, free with the map;
+    macroblock_sensitivity (rows, cols) is what the allocation was made from (evaluation
+    baselines allocate it their own way)."""
 
     allocation: QPLevelMap
     offsets_qp: np.ndarray
     compute_ms: float
     class_ids: np.ndarray
+    macroblock_sensitivity: np.ndarray | None = None
 
 
 class QPMapComputer:
@@ -72,7 +75,13 @@ class QPMapComputer:
         )
         allocation = allocate(result.macroblock_sensitivity[0], self._allocation_config)
         elapsed_ms = 1e3 * (time.perf_counter() - started)
-        return QPMapResult(allocation, allocation.offsets_qp, elapsed_ms, result.class_ids[0])
+        return QPMapResult(
+            allocation,
+            allocation.offsets_qp,
+            elapsed_ms,
+            result.class_ids[0],
+            result.macroblock_sensitivity[0],
+        )
 
 
 def qp_heatmap(frame_rgb: np.ndarray, offsets_qp: np.ndarray, max_abs_qp: int) -> np.ndarray:

@@ -1,0 +1,201 @@
+"""From per-frame results to curve points, BD-rates and block-bootstrap confidence intervals.
+
+A method's curve is its sweep of the budget knob; a point's rate is the bits it put on the link
+(uplink messages that took the link plus feedback messages) per second of recording, and its
+accuracy the mIoU of the summed per-frame confusion matrices (the dataset mIoU).
+
+Neighbouring frames of a video are strongly correlated, so resampling single frames would make
+the intervals far too narrow. The bootstrap here cuts the recording into consecutive blocks of
+about one second (`block_frames`), draws as many blocks with replacement, and recomputes every
+curve on the same draw (paired: all methods see the same seconds of video). 95% percentile
+intervals; draws in which the two curves do not overlap in accuracy are counted, not used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from stac_eval.bd_rate import NoOverlapError, bd_rate_pct
+from stac_eval.replay.simulation import DECODED, DROPPED, LOST, UNDECODABLE, PointResult, miou
+
+
+@dataclass
+class Curve:
+    """One method's points, in sweep order."""
+
+    method: str
+    knob: str
+    points: list[PointResult]
+
+    @property
+    def budgets(self) -> list[float]:
+        return [point.budget for point in self.points]
+
+    def bytes_per_frame(self) -> np.ndarray:
+        """(points, frames) uplink + feedback bytes."""
+        return np.stack([p.uplink_bytes + p.feedback_bytes for p in self.points]).astype(float)
+
+    def confusions(self, kind: str) -> np.ndarray:
+        """(points, frames, K, K+1) for kind 'decoded_pseudo', 'timely_pseudo', ..."""
+        return np.stack([p.confusion[kind] for p in self.points])
+
+    def has(self, kind: str) -> bool:
+        return all(kind in p.confusion for p in self.points)
+
+
+def kbps(total_bytes: float, frames: int, fps: float) -> float:
+    return 8.0 * total_bytes * fps / frames / 1e3 if frames else math.nan
+
+
+def point_summary(point: PointResult, fps: float) -> dict:
+    """The report's numbers for one operating point."""
+    frames = len(point.capture_s)
+    interval = 1.0 / fps
+    status = point.status
+    latency_ms = 1e3 * (point.mask_arrival_s - point.capture_s)
+    latency_ms = latency_ms[np.isfinite(latency_ms)]
+    age_ms = np.where(
+        point.held_frame >= 0,
+        1e3 * (point.capture_s - point.capture_s[np.maximum(point.held_frame, 0)]),
+        np.nan,
+    )
+    age_ms = age_ms[np.isfinite(age_ms)]
+    queueing = point.queueing_s[np.isfinite(point.queueing_s)]
+    summary = {
+        "budget": point.budget,
+        "uplink_kbps": round(kbps(point.uplink_bytes.sum(), frames, fps), 2),
+        "feedback_kbps": round(kbps(point.feedback_bytes.sum(), frames, fps), 3),
+        "total_kbps": round(
+            kbps(point.uplink_bytes.sum() + point.feedback_bytes.sum(), frames, fps), 2
+        ),
+        "decoded_miou": _round(miou(point.confusion["decoded_pseudo"].sum(0))),
+        "timely_miou": _round(miou(point.confusion["timely_pseudo"].sum(0))),
+    }
+    if "decoded_human" in point.confusion:
+        summary["decoded_miou_human"] = _round(miou(point.confusion["decoded_human"].sum(0)))
+        summary["timely_miou_human"] = _round(miou(point.confusion["timely_human"].sum(0)))
+    summary.update(
+        {
+            "latency_ms_p50": _percentile(latency_ms, 50),
+            "latency_ms_p95": _percentile(latency_ms, 95),
+            "mask_age_ms_p50": _percentile(age_ms, 50),
+            "queueing_ms_p95": _percentile(1e3 * queueing, 95),
+            "frames": {
+                "camera": frames,
+                "sent": int(np.sum(status != DROPPED)),
+                "lost": int(np.sum(status == LOST)),
+                "dropped_queue_full": int(np.sum(status == DROPPED)),
+                "late": int(np.sum(queueing > interval)),
+                "decoded": int(np.sum(status == DECODED)),
+                "undecodable": int(np.sum(status == UNDECODABLE)),
+                "segmented": int(point.segmented.sum()),
+                "skipped_newest_frame_policy": int(np.sum((status == DECODED) & ~point.segmented)),
+                "without_mask": int(np.sum(point.held_frame < 0)),
+            },
+            "edge": dict(point.counters),
+        }
+    )
+    return summary
+
+
+def _round(value: float, digits: int = 4) -> float | None:
+    return None if not math.isfinite(value) else round(float(value), digits)
+
+
+def _percentile(values: np.ndarray, q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if len(values) else None
+
+
+def _rates_and_mious(
+    bytes_blocks: np.ndarray, confusion_blocks: np.ndarray, frames_blocks: np.ndarray, draw
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per point: bytes per frame and mIoU over the blocks in `draw` (indices, with repeats)."""
+    frames = frames_blocks[draw].sum()
+    rates = bytes_blocks[:, draw].sum(axis=1) / frames
+    summed = confusion_blocks[:, draw].sum(axis=1)
+    return rates, np.array([miou(matrix) for matrix in summed])
+
+
+class BlockBootstrap:
+    """Block sums of every curve, so that a resample is a cheap sum over drawn blocks."""
+
+    def __init__(self, curves: dict[str, Curve], kind: str, block_frames: int) -> None:
+        if block_frames < 1:
+            raise ValueError(f"block_frames must be >= 1, got {block_frames}")
+        self.kind = kind
+        frames = len(next(iter(curves.values())).points[0].capture_s)
+        edges = list(range(0, frames, block_frames)) + [frames]
+        self.blocks = len(edges) - 1
+        self.frames_blocks = np.diff(edges)
+        self.bytes_blocks: dict[str, np.ndarray] = {}
+        self.confusion_blocks: dict[str, np.ndarray] = {}
+        for name, curve in curves.items():
+            if not curve.has(kind):
+                continue
+            per_frame = curve.bytes_per_frame()
+            confusion = curve.confusions(kind).astype(np.int64)
+            self.bytes_blocks[name] = np.add.reduceat(per_frame, edges[:-1], axis=1)
+            self.confusion_blocks[name] = np.add.reduceat(confusion, edges[:-1], axis=1)
+
+    def curve(self, name: str, draw: np.ndarray | None = None):
+        draw = np.arange(self.blocks) if draw is None else draw
+        return _rates_and_mious(
+            self.bytes_blocks[name], self.confusion_blocks[name], self.frames_blocks, draw
+        )
+
+    def bd_rate(self, anchor: str, test: str, draw: np.ndarray | None = None) -> float:
+        anchor_rates, anchor_mious = self.curve(anchor, draw)
+        test_rates, test_mious = self.curve(test, draw)
+        return bd_rate_pct(anchor_rates, anchor_mious, test_rates, test_mious)
+
+    def interval(
+        self, anchor: str, test: str, resamples: int, seed: int
+    ) -> tuple[list[float] | None, int]:
+        """95% interval of the BD-rate over block resamples, and how many draws had no
+        overlap (None when fewer than half of the draws gave a value)."""
+        rng = np.random.default_rng(seed)
+        values, failed = [], 0
+        for _ in range(resamples):
+            draw = rng.integers(0, self.blocks, size=self.blocks)
+            try:
+                values.append(self.bd_rate(anchor, test, draw))
+            except (NoOverlapError, ValueError):
+                failed += 1
+        if len(values) < max(1, resamples // 2):
+            return None, failed
+        low, high = np.percentile(values, [2.5, 97.5])
+        return [round(float(low), 2), round(float(high), 2)], failed
+
+
+def bd_rates(
+    curves: dict[str, Curve],
+    test: str,
+    baselines: list[str],
+    kind: str,
+    block_frames: int,
+    resamples: int,
+    seed: int = 0,
+) -> dict:
+    """BD-rate of `test` against each baseline on one accuracy kind, with intervals."""
+    if test not in curves:
+        return {}
+    bootstrap = BlockBootstrap(curves, kind, block_frames)
+    result: dict = {"pct": {}, "ci95_pct": {}, "draws_without_overlap": {}}
+    for baseline in baselines:
+        if baseline not in bootstrap.bytes_blocks or test not in bootstrap.bytes_blocks:
+            continue
+        try:
+            value = round(bootstrap.bd_rate(baseline, test), 2)
+        except (NoOverlapError, ValueError):
+            value = None
+        result["pct"][baseline] = value
+        if resamples > 0:
+            interval, failed = bootstrap.interval(baseline, test, resamples, seed)
+            result["ci95_pct"][baseline] = interval
+            result["draws_without_overlap"][baseline] = failed
+    result["blocks"] = bootstrap.blocks
+    result["block_frames"] = block_frames
+    return result

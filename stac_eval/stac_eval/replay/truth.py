@@ -1,0 +1,229 @@
+"""The pseudo ground truth (the model on every raw frame) and the edge's compute times, cached.
+
+Both are expensive and both must be the same in every run over the same input (the replay is
+deterministic), so both are computed once and kept on disk:
+
+- truth: one class-id PNG per frame under `<cache>/truth/<model>-<source>/`, plus an index
+  (frame count, recorded offsets, frame size) rewritten after every batch, so an interrupted
+  computation resumes where it stopped. Keyed by the model (weights digest and configuration)
+  and the source's bytes (and bag topic).
+- edge timing: the median time of one segmentation forward and of one sensitivity pass
+  (forward + backward, QPMapComputer) on the source's first frames, measured once per model,
+  frame size, device and thread count, and reused from then on. The replay records the value
+  and where it came from; `--edge-ms` fixes it instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from stac_edge_segmenter.loading import SegmentationModel
+from stac_eval.replay.source import ReplaySource
+from stac_sensitivity.online import QPMapComputer
+
+TRUTH_FORMAT = "stac-replay-truth-v1"
+TIMING_FORMAT = "stac-replay-edge-timing-v1"
+PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "stac-replay"
+
+
+def model_digest(model: SegmentationModel) -> str:
+    """sha256 of the weights file and the configuration that shapes the output."""
+    digest = hashlib.sha256()
+    with Path(model.spec.weights).open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    spec = model.spec
+    config = [spec.kind, spec.classes, spec.mean, spec.std, spec.input_size, spec.architecture]
+    digest.update(json.dumps([config, spec.options], sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", mask, PNG_FAST)
+    if not ok:
+        raise RuntimeError("cv2.imencode failed on a mask")
+    return data.tobytes()
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise RuntimeError("a cached mask does not decode")
+    return mask
+
+
+@dataclass(frozen=True)
+class TruthIndex:
+    """What the cache holds: frames 0..count-1, their offsets, whether the source ended."""
+
+    format: str
+    count: int
+    offsets_s: list[float]
+    width: int
+    height: int
+    complete: bool
+
+
+class PseudoTruth:
+    """The model's class ids on every raw frame of a source, computed once and cached."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        model: SegmentationModel,
+        model_key: str,
+        source: ReplaySource,
+        batch_size: int = 4,
+    ) -> None:
+        topic = hashlib.sha256(source.topic.encode()).hexdigest()[:8]
+        self.directory = cache_dir / "truth" / f"{model_key[:16]}-{source.digest[:16]}-{topic}"
+        self.model = model
+        self.source = source
+        self.batch_size = batch_size
+        self.index = self._read_index()
+
+    def _read_index(self) -> TruthIndex | None:
+        path = self.directory / "index.json"
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        if data.get("format") != TRUTH_FORMAT:
+            return None
+        return TruthIndex(**data)
+
+    def _write_index(self, index: TruthIndex) -> None:
+        path = self.directory / "index.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(index)))
+        tmp.replace(path)
+        self.index = index
+
+    def ensure(self, max_frames: int, progress=None) -> TruthIndex:
+        """Compute what is missing for the first `max_frames` frames (0 = all)."""
+        index = self.index
+        have = index.count if index else 0
+        if index and (index.complete or (max_frames and have >= max_frames)):
+            return index
+        self.directory.mkdir(parents=True, exist_ok=True)
+        offsets = list(index.offsets_s) if index else []
+        size = (index.width, index.height) if index else (0, 0)
+        batch: list[tuple[int, np.ndarray]] = []
+        complete = True
+        for frame in self.source.frames(max_frames):
+            if frame.index < have:
+                continue
+            size = (frame.image.shape[1], frame.image.shape[0])
+            offsets.append(float(frame.offset_s))
+            batch.append((frame.index, frame.image))
+            if len(batch) == self.batch_size:
+                self._flush(batch, offsets, size, progress)
+                batch = []
+        else:
+            complete = not max_frames or len(offsets) < max_frames
+        self._flush(batch, offsets, size, progress, complete)
+        if not self.index or self.index.count == 0:
+            raise RuntimeError(f"no frames could be read from {self.source.uri}")
+        return self.index
+
+    def _flush(self, batch, offsets, size, progress, complete: bool = False) -> None:
+        if batch:
+            images = np.stack([image for _, image in batch])
+            masks = self.model.predict(
+                images, batch_size=self.batch_size, with_probabilities=False
+            ).class_ids
+            for (index, _), mask in zip(batch, masks, strict=True):
+                (self.directory / f"{index:06d}.png").write_bytes(encode_mask(mask))
+            if progress is not None:
+                progress.update(len(batch))
+        count = batch[-1][0] + 1 if batch else (self.index.count if self.index else 0)
+        self._write_index(
+            TruthIndex(TRUTH_FORMAT, count, offsets[:count], size[0], size[1], complete)
+        )
+
+    def mask(self, index: int) -> np.ndarray:
+        return decode_mask((self.directory / f"{index:06d}.png").read_bytes())
+
+
+@dataclass(frozen=True)
+class EdgeTiming:
+    """How long the edge takes for one frame: a segmentation forward, or a sensitivity pass
+    (forward + backward + allocation), in ms; source says 'fixed' or where it was measured."""
+
+    segment_ms: float
+    map_ms: float
+    source: str = "fixed"
+
+    @classmethod
+    def parse(cls, spec: str) -> EdgeTiming:
+        """'150' (both passes 150 ms) or '80/300' (forward 80 ms, sensitivity pass 300 ms)."""
+        parts = spec.split("/")
+        try:
+            values = [float(part) for part in parts]
+        except ValueError as error:
+            raise ValueError(f"--edge-ms '{spec}': expected MS or SEGMENT_MS/MAP_MS") from error
+        if len(values) not in (1, 2) or min(values) < 0:
+            raise ValueError(f"--edge-ms '{spec}': expected MS or SEGMENT_MS/MAP_MS, >= 0")
+        return cls(values[0], values[-1], "fixed")
+
+    def as_json(self) -> dict:
+        return {"segment_ms": self.segment_ms, "map_ms": self.map_ms, "source": self.source}
+
+
+def measured_edge_timing(
+    cache_dir: Path,
+    model: SegmentationModel,
+    model_key: str,
+    computer: QPMapComputer,
+    frames: Iterator[np.ndarray],
+    threads: int,
+) -> EdgeTiming:
+    """The cached measurement for this model, frame size, device and thread count, or a new
+    one on up to 4 frames (medians of 6 forwards and 4 sensitivity passes after a warm-up)."""
+    images = [image for _, image in zip(range(4), frames, strict=False)]
+    height, width = images[0].shape[:2]
+    key = f"{model_key[:16]}-{width}x{height}-{model.device}-t{threads}"
+    path = cache_dir / "edge_timing" / f"{key}.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("format") == TIMING_FORMAT:
+            return EdgeTiming(data["segment_ms"], data["map_ms"], f"measured, cached in {path}")
+    model.predict(images[0], with_probabilities=False)
+    computer.compute(images[0])
+    forwards = []
+    for image in images + images[:2]:
+        started = time.perf_counter()
+        model.predict(image, with_probabilities=False)
+        forwards.append(1e3 * (time.perf_counter() - started))
+    passes = []
+    for image in images:
+        started = time.perf_counter()
+        computer.compute(image)
+        passes.append(1e3 * (time.perf_counter() - started))
+    data = {
+        "format": TIMING_FORMAT,
+        "segment_ms": round(statistics.median(forwards), 1),
+        "map_ms": round(statistics.median(passes), 1),
+        "frame_size": [width, height],
+        "device": str(model.device),
+        "threads": threads,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return EdgeTiming(data["segment_ms"], data["map_ms"], f"measured now, cached in {path}")
