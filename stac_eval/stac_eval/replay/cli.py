@@ -72,7 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(DEFAULT_JPEG_QUALITIES),
         help="JPEG qualities",
     )
-    run.add_argument("--period-frames", type=int, default=5, help="a map every N frames")
+    run.add_argument(
+        "--period-frames", type=int, default=5, help="a map at most every N decoded frames"
+    )
+    run.add_argument(
+        "--min-map-interval-s",
+        type=float,
+        default=1.0,
+        help="at least this much camera time between two maps' frames (0: no limit)",
+    )
+    run.add_argument(
+        "--max-compute-share",
+        type=float,
+        default=0.5,
+        help="largest share of the edge worker's time spent on sensitivity passes",
+    )
     run.add_argument("--gop", type=int, default=50, help="H.264 keyframe interval, frames")
     run.add_argument("--preset", default="veryfast", help="x264 preset")
     run.add_argument("--two-level-top-fraction", type=float, default=0.4)
@@ -80,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", type=Path, default=None, help="model YAML (default: shipped)")
     run.add_argument("--calibration", type=Path, default=None, help="STAC calibration JSON")
     run.add_argument("--device", default="cpu", help="torch device")
-    run.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    run.add_argument("--batch-size", type=int, default=4, help="frames per DNN batch")
+    run.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (more thrash on a busy machine)"
+    )
+    run.add_argument("--batch-size", type=int, default=1, help="frames per DNN batch")
     run.add_argument("--cache-dir", type=Path, default=None, help="default ~/.cache/stac-replay")
     run.add_argument("--bootstrap", type=int, default=1000, help="BD-rate CI resamples")
     run.add_argument("--block-s", type=float, default=1.0, help="bootstrap block, seconds")

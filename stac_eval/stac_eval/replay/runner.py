@@ -121,6 +121,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
         gop_frames=args.gop,
         preset=args.preset,
         period_frames=args.period_frames,
+        min_map_interval_s=args.min_map_interval_s,
+        max_compute_share=args.max_compute_share,
         two_level_top_fraction=args.two_level_top_fraction,
         warp_qp_map=not args.no_warp,
         batch_size=args.batch_size,

@@ -102,13 +102,15 @@ class ReplaySettings:
     gop_frames: int = 50
     preset: str = "veryfast"
     period_frames: int = 5
+    min_map_interval_s: float = 1.0
+    max_compute_share: float = 0.5
     two_level_top_fraction: float = 0.4
     max_abs_offset_qp: int = 30
     warp_qp_map: bool = True
     flow_width_px: int = 320
     hysteresis_levels: int = 1
     key_map_interval: int = 10
-    batch_size: int = 4
+    batch_size: int = 1
 
     def as_json(self) -> dict:
         return dict(self.__dict__)
@@ -176,7 +178,12 @@ class PointResult:
 
 
 class _MapEdge:
-    """The sensitivity node's rule for which frames get a map, around the real cores."""
+    """Which frames get a map, by the sensitivity node's rule in the edge container
+    (SensitivityNode.frame_decoded / wants / segment, with the simulated clock for its
+    monotonic one), around the real cores: the first frame, then the first frame the worker
+    takes once `period_frames` frames were decoded, `min_map_interval_s` of camera time
+    passed since the last map's frame, and the worker spent at most `max_compute_share` of its
+    time on maps."""
 
     def __init__(self, method: Method, computer: QPMapComputer, settings: ReplaySettings):
         self.method = method
@@ -190,6 +197,8 @@ class _MapEdge:
         self._decoded_since_map = 0
         self._compute_requested = True
         self._last_frame_seq = 0
+        self._last_map_stamp_s: float | None = None
+        self._next_map_allowed_s = 0.0
 
     def frame_decoded(self, frame_seq: int) -> None:
         if frame_seq <= self._last_frame_seq:
@@ -197,13 +206,26 @@ class _MapEdge:
         self._last_frame_seq = frame_seq
         self._decoded_since_map += 1
 
-    def wants(self) -> bool:
-        period = self.settings.period_frames
-        return self._compute_requested or bool(period and self._decoded_since_map >= period)
+    def wants(self, now_s: float, stamp_s: float) -> bool:
+        if self._compute_requested:
+            return True
+        return self._due(stamp_s) and now_s >= self._next_map_allowed_s
 
-    def compute(self, image: np.ndarray) -> FeedbackMap:
+    def _due(self, stamp_s: float) -> bool:
+        period = self.settings.period_frames
+        if not period or self._decoded_since_map < period:
+            return False
+        last = self._last_map_stamp_s
+        elapsed_s = stamp_s - last if last is not None else math.inf
+        return elapsed_s >= self.settings.min_map_interval_s or elapsed_s < 0
+
+    def compute(self, image: np.ndarray, stamp_s: float, start_s: float, end_s: float):
+        """The map of `image` (a job from start_s to end_s) as it goes out."""
         self._compute_requested = False
         self._decoded_since_map = 0
+        self._last_map_stamp_s = stamp_s
+        share = self.settings.max_compute_share
+        self._next_map_allowed_s = end_s + (end_s - start_s) * (1.0 - share) / share
         result = self.computer.compute(image)
         allocation = result.allocation
         if self.method.maps == "two_level":
@@ -431,10 +453,10 @@ class PointReplay:
         self._busy = True
         self._frames["segmented"][index] = True
         capture_s = self._frames["capture_s"][index]
-        if self.map_edge is not None and self.map_edge.wants():
+        if self.map_edge is not None and self.map_edge.wants(now, capture_s):
             self.counters["jobs_map"] += 1
             done = now + 1e-3 * self.timing.map_ms
-            sent = self.map_edge.compute(image)
+            sent = self.map_edge.compute(image, capture_s, now, done)
             size = qp_map_bytes(len(sent.data))
             self._frames["feedback_bytes"][index] += size
             self.counters["maps_sent"] += 1

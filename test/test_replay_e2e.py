@@ -1,0 +1,139 @@
+"""stac-replay run end to end on a 20-frame clip: two methods, BD-rate with intervals, the
+report's keys, a playable bag, resuming from the cache, and determinism (two runs from empty
+caches give the same numbers and the same bytes)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rosbags.highlevel import AnyReader
+from rosbags.typesys import Stores, get_typestore
+from test_replay_sources import small_model, write_clip, write_label_folder  # noqa: F401
+
+from stac_codec.h264_decoder import H264Decoder
+from stac_eval.foxglove_video import VIDEO_TOPIC, register_compressed_video
+from stac_eval.replay.cli import main as replay_main
+from stac_eval.replay.simulation import PointResult
+
+FRAMES = 20
+CRFS = "18,26,34,42,50"
+
+
+def _argv(clip: Path, out: Path, cache: Path, labels: Path, model: Path) -> list[str]:
+    return [
+        "run", str(clip), "--out", str(out), "--cache-dir", str(cache),
+        "--methods", "uniform,stac", "--crf", CRFS, "--labels", str(labels),
+        "--model", str(model), "--edge-ms", "40/120", "--period-frames", "3",
+        "--min-map-interval-s", "0.3", "--link", "rate=600kbit,delay=20ms,loss=3%,seed=2",
+        "--bootstrap", "100", "--max-frames", str(FRAMES),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, small_model):  # noqa: F811
+    root = tmp_path_factory.mktemp("replay")
+    clip = write_clip(root / "clip.avi", FRAMES + 4)  # --max-frames cuts it to FRAMES
+    labels = write_label_folder(root / "labels", range(0, FRAMES, 2))
+    return root, clip, labels, small_model
+
+
+@pytest.fixture(scope="module")
+def first_run(inputs):
+    root, clip, labels, model = inputs
+    argv = _argv(clip, root / "out_a", root / "cache_a", labels, model)
+    started = time.perf_counter()
+    assert replay_main(argv) == 0
+    return root / "out_a", argv, time.perf_counter() - started
+
+
+def _numbers(report: dict) -> dict:
+    """The report without what legitimately differs between runs (paths, times)."""
+    return {
+        key: value
+        for key, value in report.items()
+        if key not in ("command", "wall_s", "bags", "edge_timing", "versions")
+    }
+
+
+def test_report_carries_the_keys_and_stac_against_its_baseline(first_run):
+    out, _, _ = first_run
+    report = json.loads((out / "report.json").read_text())
+    for key in ("methods", "bd_rate_pct", "bd_rate_pct_timely", "link", "source", "command"):
+        assert key in report
+    assert set(report["methods"]) == {"uniform", "stac"}
+    for points in report["methods"].values():
+        assert [p["budget"] for p in points] == [float(v) for v in CRFS.split(",")]
+        for point in points:
+            for key in ("uplink_kbps", "feedback_kbps", "decoded_miou", "timely_miou"):
+                assert isinstance(point[key], float), key
+            assert point["latency_ms_p50"] >= 20 + 40  # downlink delay + the edge's forward
+            assert point["frames"]["camera"] == FRAMES
+            assert "decoded_miou_human" in point
+        rates = [p["uplink_kbps"] for p in points]
+        assert rates == sorted(rates, reverse=True)  # a higher CRF sends fewer bits
+    assert all(p["feedback_kbps"] == 0 for p in report["methods"]["uniform"])
+    assert all(p["feedback_kbps"] > 0 for p in report["methods"]["stac"])
+    assert report["link"]["uplink_rate_kbps"] == 600 and report["link"]["loss_pct"] == 3
+    for suffix in ("", "_timely", "_human"):
+        value = report[f"bd_rate_pct{suffix}"]["uniform"]
+        assert value is None or math.isfinite(value)
+    assert math.isfinite(report["bd_rate_pct"]["uniform"])
+    interval = report["bd_rate_ci95_pct"]["uniform"]
+    assert interval is None or interval[0] <= interval[1]
+    assert report["bootstrap"]["block_frames"] == 10  # one second of a 10 fps clip
+    markdown = (out / "report.md").read_text()
+    assert "BD-rate" in markdown and "| stac | crf 18 |" in markdown
+    for name in ("curves.png", "bitrate_over_time.png", "timely_miou_over_time.png"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_the_chosen_point_bag_plays(first_run):
+    out, _, _ = first_run
+    bag = out / "bags" / "stac_crf34"
+    typestore = get_typestore(Stores.ROS2_JAZZY)
+    register_compressed_video(typestore)
+    with AnyReader([bag], default_typestore=typestore) as reader:
+        topics = {c.topic: c for c in reader.connections}
+        assert {VIDEO_TOPIC, "/stac/mask/compressed", "/stac/overlay/compressed"} <= set(topics)
+        assert "/stac/qp_heatmap/compressed" in topics
+        decoder = H264Decoder()
+        decoded = 0
+        for connection, _, raw in reader.messages(connections=[topics[VIDEO_TOPIC]]):
+            msg = reader.deserialize(raw, connection.msgtype)
+            decoded += decoder.decode(bytes(msg.data)).ok
+        assert decoded > 0
+    point = PointResult.load(out / "points" / "stac_crf34.npz")
+    assert decoded <= int(np.sum(point.status != 2))
+
+
+def test_a_rerun_resumes_from_the_cache(first_run):
+    out, argv, first_s = first_run
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "points").glob("*.npz")}
+    started = time.perf_counter()
+    assert replay_main(argv) == 0
+    assert time.perf_counter() - started < first_s
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "points").glob("*.npz")}
+
+
+def test_two_runs_from_empty_caches_give_the_same_numbers_and_bytes(inputs, first_run):
+    root, clip, labels, model = inputs
+    out_a, _, _ = first_run
+    out_b = root / "out_b"
+    assert replay_main(_argv(clip, out_b, root / "cache_b", labels, model)) == 0
+    report_a = json.loads((out_a / "report.json").read_text())
+    report_b = json.loads((out_b / "report.json").read_text())
+    assert _numbers(report_a) == _numbers(report_b)
+    for path_a in sorted((out_a / "points").glob("*.npz")):
+        a, b = PointResult.load(path_a), PointResult.load(out_b / "points" / path_a.name)
+        for name in PointResult.ARRAYS:
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+        for kind in a.confusion:
+            np.testing.assert_array_equal(a.confusion[kind], b.confusion[kind])
+    for bag_a in (out_a / "bags").glob("*/*.mcap"):
+        bag_b = out_b / "bags" / bag_a.parent.name / bag_a.name
+        assert bag_a.read_bytes() == bag_b.read_bytes(), bag_a.name
