@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stac_eval.bitflip import bitflip_sweep, clip_frames, encode_clip
+from stac_eval.bitflip import bitflip_sweep, clip_frames, encode_clip, sweep_video
 
 FRAMES, WIDTH, HEIGHT, GOP = 24, 160, 96, 8
 
@@ -43,3 +43,9 @@ def test_header_flips_without_the_checksum_never_raise(clip):
 def test_sweep_arguments_are_checked(clip):
     with pytest.raises(ValueError, match="targets"):
         bitflip_sweep(clip, flips=1, targets="everything")
+
+
+def test_the_one_call_form_names_its_clip():
+    report = sweep_video(frames=6, width=64, height=48, gop_frames=3, flips=12)
+    assert report["video"] == "synthetic" and report["checksum_sei"] is True
+    assert report["flips"] == 12 and report["corrupt_passed_as_decoded"] == 0

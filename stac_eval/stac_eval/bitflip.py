@@ -20,8 +20,16 @@ that differs from what the robot encoded. `bitflip_sweep` measures exactly that:
   stream content).
 
 It drives the edge's `EncodedStreamDecoder` with the sizes and sequence numbers an
-EncodedFrame carries, i.e. what the segmenter node does. Plain Python; `stac-bench faults`
+EncodedFrame carries, i.e. what the segmenter node does. `targets="headers"` draws the bits
+from everything but CABAC slice data (start codes, NAL headers, SPS, PPS, SEI, the first bytes
+of each slice) to exercise the syntax checks. `sweep_video` is the one-call form:
+`sweep_video(video=None or a path, flips=1000) -> dict`. Plain Python; `stac-bench faults`
 reports its numbers.
+
+Measured (40 frames of solidWhiteRight at 480x270, GOP 50, 1000 flips, seed 0): before the
+decoder's checks, 67 of 1000 flips passed as DECODED (1097 bad pictures, down to 23.5 dB); with
+the in-band CRC32 (the robot's default), 0; without the CRC (checksum_sei=False), 71: flips in
+CABAC P-slice data that FFmpeg decodes without noticing, which only a checksum can catch.
 """
 
 from __future__ import annotations
@@ -279,3 +287,28 @@ def _decode_all(decoder, units: Iterable[bytes], width: int, height: int) -> lis
         result = decoder.decode(data, index + 1, width, height)
         images.append(result.image if result.ok else None)
     return images
+
+
+def sweep_video(
+    video: str | Path | None = None,
+    frames: int = 40,
+    width: int = 480,
+    height: int = 270,
+    gop_frames: int = ROBOT_GOP_FRAMES,
+    flips: int = 1000,
+    seed: int = 0,
+    checksum_sei: bool = True,
+    targets: str = "all",
+) -> dict:
+    """Encode `frames` frames of `video` (synthetic texture when None) at width x height as the
+    robot does and run `bitflip_sweep` over them; the dict also names the clip settings."""
+    clip = encode_clip(
+        clip_frames(frames, width, height, video=video), gop_frames, checksum_sei=checksum_sei
+    )
+    report = bitflip_sweep(clip, flips=flips, seed=seed, targets=targets)
+    report.update(
+        video=str(video) if video is not None else "synthetic",
+        gop_frames=gop_frames,
+        checksum_sei=checksum_sei,
+    )
+    return report
