@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up of the STAC workspace on a Debian/Ubuntu machine without a ROS install:
-#   1. system tools (cmake, a C++ compiler, iproute2) via apt when missing;
+#   1. system tools (cmake, a C++ compiler, iproute2, nftables) via apt when missing;
 #   2. .venv with the pinned ROS 2 Jazzy wheels, torch (CPU), PyAV, OpenCV, rosbags, ...;
 #   3. colcon build of the workspace (stac_msgs and the four Python packages, symlinked);
 #   4. .venv/stac_env.sh, the environment file to source.
@@ -35,6 +35,7 @@ install_system_tools() {
   command -v g++ >/dev/null || missing+=(g++)
   command -v make >/dev/null || missing+=(make)
   command -v ip >/dev/null || missing+=(iproute2)
+  command -v nft >/dev/null || missing+=(nftables)  # loss on the emulated robot-edge link
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing system packages: ${missing[*]}"
   local sudo=""

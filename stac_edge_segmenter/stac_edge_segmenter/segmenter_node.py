@@ -4,6 +4,10 @@ Topics:
   encoded  stac_msgs/EncodedFrame  in
   mask     sensor_msgs/Image mono8 out  class id per pixel, header = the camera frame's
   overlay  sensor_msgs/Image rgb8  out  mask colours over the decoded frame, for rviz
+Client request_keyframe (std_srvs/Trigger; remap to the robot's /stac_encoder/request_keyframe):
+  after a lost or damaged access unit, or on joining a running stream, the segmenter asks the
+  robot for a keyframe (at most every `keyframe_request_interval_s`) instead of waiting for the
+  next GOP; the time from such an outage to the next mask is reported as recovery_ms_max.
 
 Every access unit is decoded in the subscription callback (P-frames need their references);
 inference runs in a worker thread on the newest decoded frame only. A decoded frame that a
@@ -15,15 +19,19 @@ a plain forward, and their mask comes from that pass.
 
 from __future__ import annotations
 
+import threading
 import time
 
 from rclpy.duration import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import Image
+from std_srvs.srv import Trigger
 
+from stac_codec.h264_decoder import DecodeResult, DecodeStatus
 from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
 from stac_edge_segmenter.model_parameters import MODEL_PARAMETERS, load_model_from
 from stac_edge_segmenter.overlay import mask_overlay
+from stac_edge_segmenter.resync import ResyncTracker
 from stac_edge_segmenter.segmentation_hook import SegmentationHook
 from stac_msgs.msg import EncodedFrame
 from stac_ros_common.image_conversion import numpy_to_image
@@ -31,7 +39,8 @@ from stac_ros_common.newest_item_worker import NewestItemWorker
 from stac_ros_common.node_runner import StatisticsReporter, run_node, stamp_to_s
 from stac_ros_common.parameter_spec import ParameterSpec
 from stac_ros_common.parameters import declare_parameters
-from stac_ros_common.qos import ENCODED_QOS, OUTPUT_QOS
+from stac_ros_common.qos import ENCODED_QOS_KINDS, OUTPUT_QOS, encoded_qos
+from stac_ros_common.rejections import RejectionLog
 from stac_ros_common.statistics import NodeStatistics
 from stac_ros_common.wire_size import serialized_size_bytes
 
@@ -39,6 +48,20 @@ PARAMETERS = (
     *MODEL_PARAMETERS,
     ParameterSpec("overlay_alpha", 0.5, "Weight of the class colours in the overlay.", 0.0, 1.0),
     ParameterSpec("publish_overlay", True, "Publish the colour overlay (costs ~2 ms/frame)."),
+    ParameterSpec(
+        "encoded_qos",
+        "reliable",
+        "QoS of the encoded-stream subscription: reliable (DDS retransmits losses) or "
+        "best_effort (a loss is a lost frame, healed by a keyframe request).",
+        choices=ENCODED_QOS_KINDS,
+    ),
+    ParameterSpec(
+        "keyframe_request_interval_s",
+        0.5,
+        "Ask the robot for a keyframe at most this often while the stream cannot be decoded, s.",
+        0.01,
+        60.0,
+    ),
 )
 
 
@@ -52,7 +75,13 @@ class SegmenterNode(Node):
         self._decoder = EncodedStreamDecoder()
         self._mask_publisher = self.create_publisher(Image, "mask", OUTPUT_QOS)
         self._overlay_publisher = self.create_publisher(Image, "overlay", OUTPUT_QOS)
-        self.create_subscription(EncodedFrame, "encoded", self._on_encoded, ENCODED_QOS)
+        self.create_subscription(
+            EncodedFrame, "encoded", self._on_encoded, encoded_qos(self.params["encoded_qos"])
+        )
+        self._keyframe_client = self.create_client(Trigger, "request_keyframe")
+        self._resync = ResyncTracker(self.params["keyframe_request_interval_s"])
+        self._resync_lock = threading.Lock()
+        self._rejections = RejectionLog(self.get_logger().warning)
         self._reporter = StatisticsReporter(self, self.statistics, role="edge")
         self._worker: NewestItemWorker[DecodedFrame] = NewestItemWorker(
             self._segment, self._on_segment_error, name="segmenter"
@@ -65,12 +94,21 @@ class SegmenterNode(Node):
     def _on_encoded(self, msg: EncodedFrame) -> None:
         self.statistics.count("frames_in")
         self.statistics.add_uplink(time.monotonic(), serialized_size_bytes(msg))
-        result = self._decoder.decode(msg.data, msg.frame_seq, msg.width, msg.height)
+        with self._resync_lock:
+            self.statistics.count("frames_lost", self._resync.on_frame(msg.frame_seq))
+        try:
+            result = self._decoder.decode(msg.data, msg.frame_seq, msg.width, msg.height)
+        except ValueError as error:  # the decoder's contract says never; a node must not die
+            result = DecodeResult(DecodeStatus.CORRUPT, None, msg.frame_seq, False, str(error))
+        with self._resync_lock:
+            request = self._resync.should_request(result, time.monotonic())
+        if request:
+            self._request_keyframe()
         if not result.ok:
             self.statistics.count("frames_failed")
-            self.get_logger().warning(
+            self._rejections.reject(
+                f"decode/{result.status.value}",
                 f"frame {msg.frame_seq} not decoded ({result.status.value}): {result.detail}",
-                throttle_duration_sec=1.0,
             )
             return
         frame = DecodedFrame(msg.header, msg.frame_seq, result.image)
@@ -104,10 +142,26 @@ class SegmenterNode(Node):
             )
             self._overlay_publisher.publish(numpy_to_image(overlay, "rgb8", frame.header))
         self.statistics.count("frames_segmented")
+        with self._resync_lock:
+            recovery_s = self._resync.on_mask(frame.frame_seq, time.monotonic())
+        if recovery_s is not None:
+            self.statistics.add_recovery(1e3 * recovery_s)
+            self.get_logger().info(f"stream recovered: a mask {1e3 * recovery_s:.0f} ms after")
         now_s = self.get_clock().now().nanoseconds * 1e-9
         self.statistics.add_latency(
             time.monotonic(), 1e3 * (now_s - stamp_to_s(frame.header.stamp))
         )
+
+    def _request_keyframe(self) -> None:
+        """Ask the robot for an IDR picture; fire and forget (the answer is the keyframe)."""
+        self.statistics.count("keyframe_requests")
+        if not self._keyframe_client.service_is_ready():
+            self._rejections.reject(
+                "keyframe_request/no_service",
+                "cannot ask for a keyframe: the robot's request_keyframe service is not there",
+            )
+            return
+        self._keyframe_client.call_async(Trigger.Request())
 
     def close(self) -> None:
         """Stop the worker after the frame in hand; a frame still waiting stays pending."""

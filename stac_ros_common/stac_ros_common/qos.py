@@ -3,8 +3,11 @@
 - camera: `sensor_data` (best effort, keep last 5) by default, like camera drivers publish;
   `reliable` (keep all) for replay, where every frame must be
   accounted for: a slow encoder then slows the player down instead of losing frames.
-- encoded frames: reliable, keep last 30. A lost access unit breaks the H.264 reference
-  chain until the next keyframe; 30 frames absorb about a second of stall at 25 fps.
+- encoded frames: the robot publishes reliable, keep last 30. A lost access unit breaks the
+  H.264 reference chain until the next keyframe; 30 frames absorb about a second of stall at
+  25 fps. The edge subscribes `reliable` by default (DDS retransmits lost datagrams, at the
+  cost of head-of-line delay on a lossy link) or `best_effort` (a lost datagram is a lost frame;
+  the edge asks the robot for a keyframe and recovers within a round trip).
 - QP maps: reliable, keep last 1, transient local: only the newest map matters, and an
   encoder that (re)starts late still gets it.
 - masks, overlays, heatmaps, statistics: reliable, keep last 5 (rviz subscribes reliable).
@@ -35,7 +38,11 @@ OUTPUT_QOS = QoSProfile(
 RELIABLE_CAMERA_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_ALL, depth=1, reliability=ReliabilityPolicy.RELIABLE
 )
+ENCODED_BEST_EFFORT_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=30, reliability=ReliabilityPolicy.BEST_EFFORT
+)
 CAMERA_QOS_KINDS = ("sensor_data", "reliable")
+ENCODED_QOS_KINDS = ("reliable", "best_effort")
 STATISTICS_TOPIC = "/stac/statistics"
 
 
@@ -46,3 +53,12 @@ def camera_qos(kind: str) -> QoSProfile:
     if kind == "reliable":
         return RELIABLE_CAMERA_QOS
     raise ValueError(f"camera_qos must be one of {CAMERA_QOS_KINDS}, got '{kind}'")
+
+
+def encoded_qos(kind: str) -> QoSProfile:
+    """QoS for subscribing the encoded stream: 'reliable' or 'best_effort'."""
+    if kind == "reliable":
+        return ENCODED_QOS
+    if kind == "best_effort":
+        return ENCODED_BEST_EFFORT_QOS
+    raise ValueError(f"encoded_qos must be one of {ENCODED_QOS_KINDS}, got '{kind}'")

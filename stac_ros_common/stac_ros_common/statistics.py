@@ -41,6 +41,8 @@ class FrameCounters:
     frames_skipped: int = 0
     frames_failed: int = 0
     frames_pending: int = 0
+    frames_lost: int = 0
+    keyframe_requests: int = 0
     qp_maps: int = 0
     qp_maps_rejected: int = 0
 
@@ -53,6 +55,7 @@ class StatisticsSnapshot:
     feedback_bps: float
     latency_ms_median: float
     latency_ms_p95: float
+    recovery_ms_max: float = 0.0
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -65,6 +68,7 @@ class StatisticsSnapshot:
         return (
             f"in {c.frames_in} encoded {c.frames_encoded} segmented {c.frames_segmented} "
             f"skipped {c.frames_skipped} failed {c.frames_failed} pending {c.frames_pending} "
+            f"lost {c.frames_lost} "
             f"maps {c.qp_maps} (rejected {c.qp_maps_rejected}) | "
             f"uplink {self.uplink_bps / 1e3:.1f} kbit/s "
             f"feedback {self.feedback_bps / 1e3:.2f} kbit/s | latency p50 "
@@ -84,6 +88,7 @@ class NodeStatistics:
         self._uplink_bytes = SlidingWindow(self.window_s)
         self._feedback_bytes = SlidingWindow(self.window_s)
         self._latency_ms = SlidingWindow(self.window_s)
+        self._recovery_ms_max = 0.0
 
     def count(self, name: str, increment: int = 1) -> None:
         with self._lock:
@@ -101,6 +106,11 @@ class NodeStatistics:
         with self._lock:
             self._latency_ms.add(now_s, latency_ms)
 
+    def add_recovery(self, recovery_ms: float) -> None:
+        """An outage (loss, damage, join) ended with a mask after this long."""
+        with self._lock:
+            self._recovery_ms_max = max(self._recovery_ms_max, recovery_ms)
+
     def snapshot(self, now_s: float) -> StatisticsSnapshot:
         with self._lock:
             latency = self._latency_ms.values(now_s)
@@ -111,4 +121,5 @@ class NodeStatistics:
                 feedback_bps=float(8.0 * self._feedback_bytes.values(now_s).sum() / self.window_s),
                 latency_ms_median=float(np.median(latency)) if latency.size else 0.0,
                 latency_ms_p95=float(np.percentile(latency, 95)) if latency.size else 0.0,
+                recovery_ms_max=self._recovery_ms_max,
             )

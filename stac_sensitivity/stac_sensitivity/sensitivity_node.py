@@ -39,7 +39,7 @@ from stac_ros_common.newest_item_worker import NewestItemWorker
 from stac_ros_common.node_runner import StatisticsReporter, run_node, stamp_to_s
 from stac_ros_common.parameter_spec import ParameterSpec
 from stac_ros_common.parameters import declare_parameters
-from stac_ros_common.qos import ENCODED_QOS, OUTPUT_QOS, QP_MAP_QOS
+from stac_ros_common.qos import ENCODED_QOS_KINDS, OUTPUT_QOS, QP_MAP_QOS, encoded_qos
 from stac_ros_common.statistics import NodeStatistics
 from stac_ros_common.wire_size import serialized_size_bytes
 from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder, FeedbackMap
@@ -91,6 +91,13 @@ PARAMETERS = (
         1.0,
     ),
     ParameterSpec("publish_heatmap", True, "Publish the QP-map heatmap image for rviz."),
+    ParameterSpec(
+        "encoded_qos",
+        "reliable",
+        "QoS of the encoded-stream subscription: reliable (DDS retransmits losses) or "
+        "best_effort (a loss is a lost frame, healed by a keyframe request).",
+        choices=ENCODED_QOS_KINDS,
+    ),
 )
 
 
@@ -124,7 +131,9 @@ class SensitivityNode(Node):
         self._worker: NewestItemWorker[DecodedFrame] | None = None
         if self.standalone:
             self._decoder = EncodedStreamDecoder()
-            self.create_subscription(EncodedFrame, "encoded", self._on_encoded, ENCODED_QOS)
+            self.create_subscription(
+                EncodedFrame, "encoded", self._on_encoded, encoded_qos(self.params["encoded_qos"])
+            )
             self._worker = NewestItemWorker(self._map_only, self._on_map_error, "sensitivity")
         source = self.computer.calibration_path or "built-in defaults"
         self.get_logger().info(

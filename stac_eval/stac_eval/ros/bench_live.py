@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from stac_eval.bench_codec import default_video
+from stac_eval.kernel_link import settings_from_spec
 from stac_eval.ros.demo import find_launch_dir
 from stac_eval.ros.graph_runner import EDGE_PROCESSES, GraphRun, GraphRunConfig
 
@@ -46,6 +47,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "separate node)",
     )
     parser.add_argument("--launch-dir", type=Path, default=None)
+    parser.add_argument(
+        "--encoded-qos",
+        choices=("reliable", "best_effort"),
+        default="reliable",
+        help="the edge's subscription of the encoded stream: reliable (DDS retransmits) or "
+        "best_effort (losses are lost frames, healed by keyframe requests)",
+    )
+    parser.add_argument(
+        "--link",
+        type=settings_from_spec,
+        default=None,
+        metavar="SPEC",
+        help="emulate the robot-edge link with the kernel, e.g. 'rate=2mbit,loss=1%%' (tbf/htb "
+        "rate cap, nftables loss; delay only where the kernel has netem); needs the private "
+        "network namespace scripts/demo.sh runs in",
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -60,6 +77,8 @@ def run(args: argparse.Namespace) -> dict:
             max_frames=args.max_frames,
             crf=args.crf,
             edge_process=args.edge,
+            encoded_qos=args.encoded_qos,
+            link=args.link,
             torch_threads=args.torch_threads,
             record_bag=False,
             overlay_video=False,

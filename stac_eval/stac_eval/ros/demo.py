@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from stac_encoder.frame_sources import read_frames
+from stac_eval.accounting import frame_accounting
+from stac_eval.kernel_link import settings_from_spec
 from stac_eval.progress import progress_bar
 from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig
 from stac_eval.ros.recorder_node import GraphRunResult
@@ -65,6 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="per edge process (default: two in all)",
     )
     parser.add_argument("--launch-dir", type=Path, default=None)
+    parser.add_argument(
+        "--encoded-qos",
+        choices=("reliable", "best_effort"),
+        default="reliable",
+        help="the edge's subscription of the encoded stream: reliable (DDS retransmits) or "
+        "best_effort (losses are lost frames, healed by keyframe requests)",
+    )
+    parser.add_argument(
+        "--link",
+        type=settings_from_spec,
+        default=None,
+        metavar="SPEC",
+        help="emulate the robot-edge link with the kernel, e.g. 'rate=2mbit,loss=1%%' (tbf/htb "
+        "rate cap, nftables loss; delay only where the kernel has netem); needs the private "
+        "network namespace scripts/demo.sh runs in",
+    )
     parser.add_argument("--no-bag", action="store_true", help="do not record the rosbag2")
     return parser
 
@@ -102,33 +120,17 @@ def summarise(result: GraphRunResult, miou: float, miou_frames: int, command: st
         duration_s *= len(encoded) / (len(encoded) - 1)  # include the last frame's interval
     stats = {name: _statistics_dict(msg) for name, msg in result.statistics.items()}
     seg, enc = stats.get("stac_segmenter", {}), stats.get("stac_encoder", {})
-    published = result.frames_published
-    seg_total = sum(seg.get(k, 0) for k in ("frames_segmented", "frames_skipped", "frames_failed"))
-    accounted = (
-        enc.get("frames_in") == published
-        and enc.get("frames_encoded", 0) + enc.get("frames_failed", 0) == published
-        and seg.get("frames_in") == len(encoded)
-        and seg_total + seg.get("frames_pending", 0) == seg.get("frames_in")
-    )
+    accounting = frame_accounting(result.frames_published, enc, seg)
     latency = np.asarray(result.mask_latency_ms)
     return {
         "command": command,
+        "link": result.link,
         "frames": {
-            "published_by_source": published,
-            "encoder": {k: enc.get(k) for k in ("frames_in", "frames_encoded", "frames_failed")},
-            "segmenter": {
-                k: seg.get(k)
-                for k in (
-                    "frames_in",
-                    "frames_segmented",
-                    "frames_skipped",
-                    "frames_failed",
-                    "frames_pending",
-                )
-            },
-            "every_frame_accounted_for": bool(accounted),
-            "frames_with_qp_map": sum(1 for r in encoded if r.qp_map_seq > 0),
+            **accounting,
             "keyframes": sum(1 for r in encoded if r.keyframe),
+            "keyframe_requests": seg.get("keyframe_requests"),
+            "recovery_ms_max": round(seg.get("recovery_ms_max", 0.0), 1),
+            "frames_with_qp_map": sum(1 for r in encoded if r.qp_map_seq > 0),
         },
         "duration_s": round(duration_s, 2),
         "uplink_bps": round(8 * sum(r.size_bytes for r in encoded) / duration_s, 1)
@@ -155,7 +157,8 @@ def _statistics_dict(msg) -> dict:
 
 def report_markdown(report: dict) -> str:
     frames = report["frames"]
-    seg = frames["segmenter"]
+    uplink, feedback = report["uplink_bps"], report["feedback_bps"]
+    share = f" ({100 * feedback / uplink:.2f}% of the uplink)" if uplink and feedback else ""
     lines = [
         "# STAC demo report",
         "",
@@ -164,22 +167,36 @@ def report_markdown(report: dict) -> str:
         "| quantity | value |",
         "|---|---|",
         f"| clip duration | {report['duration_s']} s |",
-        f"| uplink (H.264 access units) | {_kbps(report['uplink_bps'])} |",
-        f"| feedback (QP maps, {report['qp_maps']} maps) | {_kbps(report['feedback_bps'])} |",
+        f"| link | {_link_text(report['link'])} |",
+        f"| uplink (EncodedFrame messages) | {_kbps(uplink)} |",
+        f"| feedback (QPMap messages, {report['qp_maps']} maps) | {_kbps(feedback)}{share} |",
         f"| mIoU of masks vs model on uncompressed frames ({report['miou_frames']} frames) "
         f"| {report['miou_vs_uncompressed']} |",
         f"| capture-to-mask latency, median / p95 | {report['latency_ms']['median']} / "
         f"{report['latency_ms']['p95']} ms |",
-        f"| frames published / encoded | {frames['published_by_source']} / "
-        f"{frames['encoder']['frames_encoded']} |",
-        f"| frames segmented / skipped (newest-frame policy) / failed / pending | "
-        f"{seg['frames_segmented']} / {seg['frames_skipped']} / {seg['frames_failed']} / "
-        f"{seg['frames_pending']} |",
+        f"| frames published by the source | {frames['published']} |",
+        f"| not received by the robot / failed on the robot | "
+        f"{frames['not_received_by_robot']} / {frames['failed_on_robot']} |",
+        f"| lost on the link (of which seen as frame_seq gaps) | {frames['lost_on_link']} "
+        f"({frames['lost_on_link_seen_as_gaps']}) |",
+        f"| segmented / skipped (newest-frame policy) / failed / pending on the edge | "
+        f"{frames['segmented']} / {frames['skipped']} / {frames['failed']} / "
+        f"{frames['pending']} |",
+        f"| keyframes sent / requested by the edge | {frames['keyframes']} / "
+        f"{frames['keyframe_requests']} |",
+        f"| longest outage to the next mask | {frames['recovery_ms_max']} ms |",
         f"| encoded frames with a QP map applied | {frames['frames_with_qp_map']} |",
         f"| every frame accounted for | {'yes' if frames['every_frame_accounted_for'] else 'NO'} |",
         f"| node exit codes | {report['exit_codes']} |",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _link_text(link: dict | None) -> str:
+    if link is None:
+        return "none (shared memory between the processes)"
+    rate = f"{link['rate_bps'] / 1e3:g} kbit/s" if link["rate_bps"] else "no rate cap"
+    return f"kernel: {rate}, loss {100 * link['loss']:g}%, delay {link['delay']}"
 
 
 def _kbps(bps: float | None) -> str:
@@ -204,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         budget_shift_qp=args.budget_shift_qp,
         period_frames=args.period_frames,
         edge_process=args.edge,
+        encoded_qos=args.encoded_qos,
+        link=args.link,
         torch_threads=args.torch_threads,
         record_bag=not args.no_bag,
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 import rclpy
 from ament_index_python.packages import get_package_prefix
 
+from stac_eval.kernel_link import KernelLink, KernelLinkError, LinkSettings
 from stac_eval.launch_args import ros_args
 from stac_eval.progress import progress_bar
 from stac_eval.ros.recorder_node import GraphRecorder, GraphRunResult
@@ -48,6 +49,7 @@ class GraphRunConfig:
     budget_shift_qp: int = 0
     period_frames: int = 5
     edge_process: str = "container"
+    encoded_qos: str = "reliable"  # the edge's subscription: reliable or best_effort
     # torch threads per edge process; None: two in all (2 for the container, 1 per node)
     torch_threads: int | None = None
     # Robot and edge are separate machines in a deployment; on one machine the edge's model
@@ -57,6 +59,9 @@ class GraphRunConfig:
     overlay_video: bool = True
     startup_timeout_s: float = 180.0
     drain_timeout_s: float = 120.0
+    # A kernel-emulated link between robot and edge (stac_eval.kernel_link); needs a private
+    # network namespace, as scripts/demo.sh and the tests provide.
+    link: LinkSettings | None = None
 
     def __post_init__(self) -> None:
         if self.edge_process not in EDGE_PROCESSES:
@@ -68,6 +73,18 @@ class GraphRunConfig:
         if self.torch_threads is not None:
             return self.torch_threads
         return 2 // len(EDGE_PROCESSES[self.edge_process])
+
+
+def require_private_namespace() -> None:
+    """Refuse to touch qdiscs and firewall rules unless this network namespace has nothing
+    but the loopback device (so a link setting can never shape or block real traffic)."""
+    lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]  # this namespace's devices
+    devices = sorted(line.split(":")[0].strip() for line in lines)
+    if devices != ["lo"]:
+        raise KernelLinkError(
+            f"a kernel link needs a private network namespace with only lo (found {devices}); "
+            "run it through scripts/demo.sh or `unshare --net` as root"
+        )
 
 
 def _process_peak_rss_mb(pid: int) -> float:
@@ -95,20 +112,32 @@ class GraphRun:
         self.config = config
         self.result = GraphRunResult()
         self._processes: dict[str, subprocess.Popen] = {}
+        self._link: KernelLink | None = None
         config.out_dir.mkdir(parents=True, exist_ok=True)
         self._log_dir = config.out_dir / "logs"
         self._log_dir.mkdir(exist_ok=True)
 
     def _start(
-        self, package: str, executable: str, args: list[str], niceness: int = 0
+        self,
+        package: str,
+        executable: str,
+        args: list[str],
+        niceness: int = 0,
+        side: str | None = None,
     ) -> subprocess.Popen:
+        """Start an installed executable; `side` ("robot" or "edge") puts it on its end of
+        the kernel link when there is one."""
         log_path = self._log_dir / f"{executable}.log"
         self.result.logs[executable] = log_path
         prefix = ["nice", "-n", str(niceness)] if niceness else []
+        environment = None
+        if self._link is not None and side is not None:
+            environment = {**os.environ, **self._link.process_environment(side, self._log_dir)}
         process = subprocess.Popen(
             [*prefix, _executable(package, executable), *args],
             stdout=log_path.open("w"),
             stderr=subprocess.STDOUT,
+            env=environment,
         )
         self._processes[executable] = process
         return process
@@ -117,10 +146,19 @@ class GraphRun:
         args = ros_args(self.config.launch_dir / launch_file, executable, **overrides)
         if executable in EDGE_EXECUTABLES:
             args += ["-p", f"torch_threads:={self.config.edge_torch_threads}"]
+            args += ["-p", f"encoded_qos:={self.config.encoded_qos}"]
         return args
 
     def run(self) -> GraphRunResult:
         config = self.config
+        if config.link is not None:
+            self._link = KernelLink(config.link, int(os.environ.get("ROS_DOMAIN_ID", "0")))
+            require_private_namespace()
+            # Inside a namespace that has only lo, the subnet is this machine; LOCALHOST would
+            # make rmw_fastrtps put everyone on shared memory, past the emulated link.
+            os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SUBNET"
+            self._link.apply()
+            self.result.link = self._link.describe()
         rclpy.init()
         recorder = GraphRecorder(
             self.result, config.out_dir, config.record_bag, config.overlay_video
@@ -143,6 +181,9 @@ class GraphRun:
             self.result.wall_s = time.monotonic() - started
             recorder.close()
             rclpy.try_shutdown()
+            if self._link is not None:
+                self.result.link["dropped_datagrams"] = self._link.dropped_packets()
+                self._link.remove()
         return self.result
 
     def _start_nodes(self) -> None:
@@ -158,6 +199,7 @@ class GraphRun:
                     period_frames=str(config.period_frames),
                 ),
                 niceness=config.edge_niceness,
+                side="edge",
             )
         self._start(
             "stac_encoder",
@@ -165,6 +207,7 @@ class GraphRun:
             self._node_args(
                 "robot.launch.py", "encoder_node", crf=str(config.crf), camera_qos="reliable"
             ),
+            side="robot",
         )
 
     def _start_source(self) -> subprocess.Popen:
@@ -196,8 +239,10 @@ class GraphRun:
         self.result.frames_published = int(published.group(1)) if published else None
 
     def _drain(self, recorder: GraphRecorder) -> None:
-        """Wait until the edge has dealt with every encoded frame and the counters are still:
-        the report then tells whether that is every frame the source published."""
+        """Wait until the edge has dealt with every frame that reached it and the counters
+        are still: the report then tells whether that is every frame the source published.
+        Done at once when every encoded frame is either in or seen lost; else (frames lost
+        after the edge's last one, a robot that missed camera frames) after 3 quiet seconds."""
         quiet_since = [time.monotonic(), None]
 
         def settled() -> bool:
@@ -208,13 +253,15 @@ class GraphRun:
             counters = (enc.frames_in, enc.frames_encoded, seg.frames_in, seg.frames_pending)
             if counters != quiet_since[1]:
                 quiet_since[:] = [time.monotonic(), counters]
-            everything = enc.frames_in == self.result.frames_published
+            complete = (
+                enc.frames_in == self.result.frames_published
+                and seg.frames_in + seg.frames_lost == enc.frames_encoded
+            )
             quiet_s = time.monotonic() - quiet_since[0]
             return (
-                seg.frames_in == enc.frames_encoded
-                and seg.frames_pending == 0
+                seg.frames_pending == 0
                 and len(self.result.masks_by_stamp) >= seg.frames_segmented
-                and (everything or quiet_s > 3.0)
+                and (complete or quiet_s > 3.0)
             )
 
         recorder.spin_until(settled, self.config.drain_timeout_s)

@@ -67,6 +67,7 @@ class GraphRunResult:
     cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_at_play_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    link: dict | None = None  # the kernel link as applied (stac_eval.kernel_link), if any
     logs: dict[str, Path] = field(default_factory=dict)
     wall_s: float = 0.0
     # EncodedFrames left out of the bag's VIDEO_TOPIC, and why (empty when the video is complete)

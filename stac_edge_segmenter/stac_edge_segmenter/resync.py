@@ -1,0 +1,65 @@
+"""How the edge heals a broken stream: it counts what went missing, asks the robot for a
+keyframe (rate-limited), and measures how long the outage lasted.
+
+After a lost or damaged access unit, or when the edge joins a stream already running, the
+decoder can only wait for the next IDR picture, which the robot sends on its own only every
+GOP (2 s by default). One request over the robot's ~/request_keyframe service brings it within
+a round trip. Plain Python: the node turns `should_request` into a service call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stac_codec.h264_decoder import DecodeResult
+
+
+@dataclass
+class ResyncTracker:
+    """min_request_interval_s: at most one keyframe request per this interval (the robot's
+    answer takes a round trip; asking again before it can arrive only costs bits)."""
+
+    min_request_interval_s: float = 0.5
+    frames_lost: int = 0
+    recoveries_s: list[float] = field(default_factory=list)
+    _last_frame_seq: int | None = None
+    _last_request_s: float | None = None
+    _outage_since_s: float | None = None
+    _outage_after_seq: int = 0
+
+    def on_frame(self, frame_seq: int) -> int:
+        """Count the frames missing before this one (from frame_seq); returns that count.
+        A number that goes backwards is a robot that restarted its numbering: nothing lost."""
+        previous, self._last_frame_seq = self._last_frame_seq, frame_seq
+        if previous is None or frame_seq <= previous:
+            return 0
+        missing = frame_seq - previous - 1
+        self.frames_lost += missing
+        return missing
+
+    def should_request(self, result: DecodeResult, now_s: float) -> bool:
+        """After each decode: True when a keyframe request should go out now."""
+        if result.ok:
+            return False
+        if self._outage_since_s is None:  # a loss, damage, or joining mid-stream
+            self._outage_since_s = now_s
+            self._outage_after_seq = result.frame_seq or 0
+        last = self._last_request_s
+        if last is not None and now_s - last < self.min_request_interval_s:
+            return False
+        self._last_request_s = now_s
+        return True
+
+    def on_mask(self, frame_seq: int, now_s: float) -> float | None:
+        """A mask of frame `frame_seq` was published: the outage it ends, in seconds, or None
+        (no outage, or the mask is of a frame from before the outage began)."""
+        since = self._outage_since_s
+        if since is None or frame_seq <= self._outage_after_seq:
+            return None
+        self._outage_since_s = None
+        self.recoveries_s.append(now_s - since)
+        return now_s - since
+
+    @property
+    def in_outage(self) -> bool:
+        return self._outage_since_s is not None

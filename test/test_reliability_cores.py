@@ -1,0 +1,108 @@
+"""The plain-Python parts of recovery: frame accounting, resync decisions, the kernel link's
+commands (the link itself is exercised over DDS in test_link_e2e.py)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from stac_codec.h264_decoder import DecodeResult, DecodeStatus
+from stac_edge_segmenter.resync import ResyncTracker
+from stac_eval.accounting import frame_accounting
+from stac_eval.kernel_link import (
+    EDGE_PARTICIPANT_ID,
+    ROBOT_PARTICIPANT_ID,
+    KernelLink,
+    LinkSettings,
+    fastdds_profile,
+    participant_ports,
+    settings_from_spec,
+)
+
+GOOD = DecodeResult(DecodeStatus.DECODED, None, 1, False)
+
+
+def bad(frame_seq: int) -> DecodeResult:
+    return DecodeResult(DecodeStatus.WAITING_FOR_KEYFRAME, None, frame_seq, False, "gap")
+
+
+def test_every_frame_is_in_exactly_one_category():
+    robot = {"frames_in": 98, "frames_encoded": 97, "frames_failed": 1}
+    edge = {
+        "frames_in": 90, "frames_lost": 5, "frames_segmented": 30, "frames_skipped": 50,
+        "frames_failed": 9, "frames_pending": 1,
+    }  # fmt: skip
+    accounting = frame_accounting(100, robot, edge)
+    assert accounting["not_received_by_robot"] == 2
+    assert accounting["lost_on_link"] == 7 and accounting["lost_on_link_seen_as_gaps"] == 5
+    assert accounting["accounted"] == 100 and accounting["every_frame_accounted_for"]
+
+
+def test_counters_that_do_not_add_up_are_flagged():
+    robot = {"frames_in": 100, "frames_encoded": 100, "frames_failed": 0}
+    edge = {"frames_in": 90, "frames_segmented": 30, "frames_skipped": 50}  # 10 vanished
+    assert not frame_accounting(100, robot, edge)["every_frame_accounted_for"]
+    assert not frame_accounting(None, robot, {})["every_frame_accounted_for"]
+
+
+def test_resync_counts_gaps_and_forgives_a_restarted_numbering():
+    tracker = ResyncTracker()
+    assert [tracker.on_frame(seq) for seq in (1, 2, 5, 6, 1, 2)] == [0, 0, 2, 0, 0, 0]
+    assert tracker.frames_lost == 2
+
+
+def test_resync_asks_at_most_once_per_interval_and_times_the_outage():
+    tracker = ResyncTracker(min_request_interval_s=0.5)
+    assert not tracker.should_request(GOOD, 0.0)
+    assert tracker.should_request(bad(10), 1.0)
+    assert not tracker.should_request(bad(11), 1.2)
+    assert tracker.should_request(bad(12), 1.6)
+    assert tracker.on_mask(9, 1.7) is None  # a mask of a frame from before the outage
+    assert tracker.on_mask(13, 2.0) == pytest.approx(1.0)
+    assert not tracker.in_outage and tracker.on_mask(14, 2.1) is None
+
+
+def test_the_link_syntax_is_the_replays():
+    settings = settings_from_spec("rate=500kbit,loss=5%,delay=40ms")
+    assert (settings.rate_bps, settings.loss, settings.delay_s) == (500e3, 0.05, 0.04)
+    with pytest.raises(ValueError):
+        settings_from_spec("rate=fast")
+
+
+def test_participant_ports_follow_the_rtps_mapping():
+    assert participant_ports(0, 0) == (7410, 7411)
+    assert participant_ports(3, 7) == (8174, 8175)  # seen bound by rmw_fastrtps here
+
+
+def test_only_the_edge_profile_drops_shared_memory():
+    edge, robot = fastdds_profile(EDGE_PARTICIPANT_ID, True), fastdds_profile(20, False)
+    assert "<useBuiltinTransports>false</useBuiltinTransports>" in edge and "UDPv4" in edge
+    assert "useBuiltinTransports" not in robot and "<participantID>20</participantID>" in robot
+
+
+class _Recorder:
+    """Stands in for subprocess.run: records the commands, answers like tc/nft would."""
+
+    def __init__(self, netem: bool) -> None:
+        self.netem, self.commands = netem, []
+
+    def __call__(self, command, **kwargs):
+        self.commands.append((command, kwargs.get("input")))
+        refused = "netem" in command and not self.netem
+        return subprocess.CompletedProcess(command, 1 if refused else 0, "", "unknown qdisc")
+
+
+def test_the_link_shapes_and_drops_only_the_robot_edge_ports(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda tool: f"/usr/sbin/{tool}")
+    run = _Recorder(netem=False)
+    link = KernelLink(LinkSettings(rate_bps=2e6, loss=0.01, delay_s=0.04), 7, run=run)
+    link.apply()
+    uplink = participant_ports(7, EDGE_PARTICIPANT_ID)
+    downlink = participant_ports(7, ROBOT_PARTICIPANT_ID)
+    text = "\n".join(" ".join(c) + (i or "") for c, i in run.commands)
+    assert "rate 2000000bit ceil 2000000bit" in text
+    assert all(f"dport {port} 0xffff flowid 1:10" in text for port in uplink)
+    rule = next(i for _, i in run.commands if i and "numgen" in i)
+    assert "mod 10000 < 100" in rule and all(str(p) in rule for p in (*uplink, *downlink))
+    assert link.describe()["delay"].startswith("unavailable")
