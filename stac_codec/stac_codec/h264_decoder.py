@@ -30,7 +30,9 @@ After FFmpeg: exactly one picture, not flagged corrupt, of the size the SPS gave
 What no syntax check can see: a flipped bit inside CABAC slice data usually still parses, and
 FFmpeg does not check that a slice's arithmetic code ends where its bytes end, so about one P-slice
 flip in ten comes out as a plausible, wrong picture (13-45 dB) whose damage lasts until the next
-IDR; so does a flipped quantiser field of a PPS. Only a checksum catches those:
+IDR; so does a flipped quantiser field of a PPS. FFmpeg says nothing about them either: its
+log (av.logging, captured at VERBOSE) is silent for those flips, and PyAV 18 does not expose
+AVFrame.decode_error_flags. Only a checksum catches them:
 
 * in-band: `stac_codec.h264_encoder` (EncoderConfig.checksum_sei, on by default) puts an SEI
   user_data_unregistered message with the CRC32 of the access unit's other NAL units before the
