@@ -63,8 +63,9 @@ def test_maps_come_back_and_are_applied(graph_run):
 def test_masks_carry_the_camera_stamps(graph_run):
     result, _ = graph_run
     camera_stamps = {r.stamp_ns for r in result.encoded}
-    assert len(result.masks_by_stamp) == result.statistics["stac_segmenter"].frames_segmented
-    for stamp_ns, mask in result.masks_by_stamp.items():
+    assert len(result.mask_files) == result.statistics["stac_segmenter"].frames_segmented
+    for stamp_ns in result.mask_files:
+        mask = result.mask(stamp_ns)
         assert stamp_ns in camera_stamps
         assert mask.shape == (270, 480)
 
@@ -86,11 +87,11 @@ def test_bag_and_overlay_video_are_readable(graph_run):
     assert [m.frame_seq for m in encoded] == list(range(1, FRAMES + 1))
     assert {"/stac/qp_map", "/stac/mask", "/stac/statistics", "/stac/video"} <= set(topics)
     # the rgb8 overlay is what viewers show in colour (a mono8 class-id mask looks black)
-    assert len(overlays) == len(result.masks_by_stamp)
+    assert len(overlays) == len(result.mask_files)
     assert {(m.encoding, m.width, m.height) for m in overlays} == {("rgb8", 480, 270)}
     with av.open(str(out_dir / "overlay.mp4")) as container:
         frames = sum(1 for _ in container.decode(video=0))
-    assert frames == len(result.masks_by_stamp)
+    assert frames == len(result.mask_files)
 
 
 @pytest.mark.dds
@@ -98,5 +99,5 @@ def test_bag_and_overlay_video_are_readable(graph_run):
 def test_masks_are_scored_against_the_model_on_uncompressed_frames(graph_run, graph_clip):
     result, _ = graph_run
     miou, frames = masks_miou(result, str(graph_clip), load_model(device="cpu"))
-    assert frames == len(result.masks_by_stamp) >= 1
+    assert frames == len(result.mask_files) >= 1
     assert 0.3 < miou <= 1.0  # CRF 28 masks agree with the raw-frame masks, not perfectly

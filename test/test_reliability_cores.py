@@ -49,6 +49,7 @@ def test_counters_that_do_not_add_up_are_flagged():
 def test_resync_counts_gaps_and_forgives_a_restarted_numbering():
     tracker = ResyncTracker()
     assert [tracker.on_frame(seq) for seq in (1, 2, 5, 6, 1, 2)] == [0, 0, 2, 0, 0, 0]
+    assert tracker.on_frame(2**63) == 0 and tracker.on_frame(3) == 0  # a bogus number
     assert tracker.frames_lost == 2
 
 

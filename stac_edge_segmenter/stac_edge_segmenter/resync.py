@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 
 from stac_codec.h264_decoder import DecodeResult
 
+# A jump of more frame numbers than this is not a loss but a new numbering (a restarted robot,
+# or a message from someone else): counting it would turn one bogus frame_seq into millions
+# of "lost" frames.
+MAX_PLAUSIBLE_GAP = 1000
+
 
 @dataclass
 class ResyncTracker:
@@ -29,9 +34,10 @@ class ResyncTracker:
 
     def on_frame(self, frame_seq: int) -> int:
         """Count the frames missing before this one (from frame_seq); returns that count.
-        A number that goes backwards is a robot that restarted its numbering: nothing lost."""
+        A number that goes backwards, or jumps implausibly far ahead, is a new numbering (a
+        robot that restarted): nothing counted as lost."""
         previous, self._last_frame_seq = self._last_frame_seq, frame_seq
-        if previous is None or frame_seq <= previous:
+        if previous is None or frame_seq <= previous or frame_seq - previous > MAX_PLAUSIBLE_GAP:
             return 0
         missing = frame_seq - previous - 1
         self.frames_lost += missing

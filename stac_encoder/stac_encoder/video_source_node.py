@@ -21,7 +21,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from stac_encoder.frame_sources import SourceError, read_frames
+from stac_encoder.frame_sources import SourceError, SourceStats, read_frames
 from stac_msgs.msg import EncodedFrame
 from stac_ros_common.image_conversion import numpy_to_image
 from stac_ros_common.parameter_spec import ParameterSpec
@@ -78,7 +78,8 @@ class VideoSourceNode(Node):
         self.published = 0
 
     def _on_encoded(self, msg: EncodedFrame) -> None:
-        self._consumed_stamps.add((msg.header.stamp.sec, msg.header.stamp.nanosec))
+        if self.params["pace"] == "consumed":
+            self._consumed_stamps.add((msg.header.stamp.sec, msg.header.stamp.nanosec))
 
     def _spin_until(self, done, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -108,8 +109,16 @@ class VideoSourceNode(Node):
 
     def _play_once(self) -> None:
         pace, start = self.params["pace"], time.monotonic()
+        stats = SourceStats()
+        try:
+            self._publish_frames(pace, start, stats)
+        finally:
+            for reason, count in stats.skip_reasons.items():
+                self.get_logger().warning(f"skipped {count} messages of the source: {reason}")
+
+    def _publish_frames(self, pace: str, start: float, stats: SourceStats) -> None:
         for frame in read_frames(
-            self.params["uri"], self.params["bag_topic"], self.params["max_frames"]
+            self.params["uri"], self.params["bag_topic"], self.params["max_frames"], stats
         ):
             if pace == "recorded":
                 self._wait_until(start + frame.offset_s)
@@ -127,7 +136,8 @@ class VideoSourceNode(Node):
                     self.params["consumed_timeout_s"],
                 ):
                     self.get_logger().warning(f"frame {frame.index} not consumed in time")
-                self._consumed_stamps.discard(key)
+                # forget this stamp and every older one (late arrivals of timed-out frames)
+                self._consumed_stamps = {k for k in self._consumed_stamps if k > key}
 
 
 def main(args: list[str] | None = None) -> None:

@@ -123,8 +123,11 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _resolution(result) -> str:
-    mask = next(iter(result.masks_by_stamp.values()), None)
-    return "unknown" if mask is None else f"{mask.shape[1]}x{mask.shape[0]}"
+    stamp = next(iter(result.mask_files), None)
+    if stamp is None:
+        return "unknown"
+    height, width = result.mask(stamp).shape
+    return f"{width}x{height}"
 
 
 def _print_table(out: dict) -> None:

@@ -97,19 +97,19 @@ def masks_miou(result: GraphRunResult, video: str, model) -> tuple[float, int]:
     if video.startswith(("camera:", "/dev/video")):
         return float("nan"), 0  # a live camera cannot be read twice
     seq_by_stamp = result.frame_seq_by_stamp()
-    masks = {seq_by_stamp[s] - 1: m for s, m in result.masks_by_stamp.items() if s in seq_by_stamp}
-    if not masks:
+    stamps = {seq_by_stamp[s] - 1: s for s in result.mask_files if s in seq_by_stamp}
+    if not stamps:
         return float("nan"), 0
     confusion = ConfusionMatrix(model.num_classes)
-    frames = read_frames(video, max_frames=max(masks) + 1)
-    pairs = ((f.image, masks[f.index]) for f in frames if f.index in masks)
-    with progress_bar(total=len(masks), desc="reference masks", unit="frame") as bar:
+    frames = read_frames(video, max_frames=max(stamps) + 1)
+    pairs = ((f.image, result.mask(stamps[f.index])) for f in frames if f.index in stamps)
+    with progress_bar(total=len(stamps), desc="reference masks", unit="frame") as bar:
         while batch := list(itertools.islice(pairs, 8)):
             images = np.stack([image for image, _ in batch])
             reference = model.predict(images, with_probabilities=False).class_ids
             confusion.update(reference, np.stack([mask for _, mask in batch]))
             bar.update(len(batch))
-    return confusion.mean_iou(), len(masks)
+    return confusion.mean_iou(), len(stamps)
 
 
 def summarise(result: GraphRunResult, miou: float, miou_frames: int, command: str) -> dict:

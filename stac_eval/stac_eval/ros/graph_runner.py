@@ -260,7 +260,7 @@ class GraphRun:
             quiet_s = time.monotonic() - quiet_since[0]
             return (
                 seg.frames_pending == 0
-                and len(self.result.masks_by_stamp) >= seg.frames_segmented
+                and len(self.result.mask_files) >= seg.frames_segmented
                 and (complete or quiet_s > 3.0)
             )
 

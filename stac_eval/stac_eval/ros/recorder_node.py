@@ -11,6 +11,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import rclpy
 from ament_index_python.packages import get_package_share_directory
@@ -59,7 +60,9 @@ class GraphRunResult:
 
     frames_published: int | None = None
     encoded: list[EncodedRecord] = field(default_factory=list)
-    masks_by_stamp: dict[int, np.ndarray] = field(default_factory=dict)
+    # Masks go to PNG files as they arrive (memory stays flat however long the run): the
+    # camera stamp (ns) of each mask -> its file; `mask` reads one back.
+    mask_files: dict[int, Path] = field(default_factory=dict)
     mask_latency_ms: list[float] = field(default_factory=list)
     qp_map_bytes: list[int] = field(default_factory=list)  # serialized QPMap sizes
     statistics: dict[str, Statistics] = field(default_factory=dict)
@@ -72,6 +75,13 @@ class GraphRunResult:
     wall_s: float = 0.0
     # EncodedFrames left out of the bag's VIDEO_TOPIC, and why (empty when the video is complete)
     video_errors: list[str] = field(default_factory=list)
+
+    def mask(self, stamp_ns: int) -> np.ndarray:
+        """The class-id mask (HxW uint8) published for the camera frame of `stamp_ns`."""
+        mask = cv2.imread(str(self.mask_files[stamp_ns]), cv2.IMREAD_UNCHANGED)
+        if mask is None:
+            raise FileNotFoundError(f"mask file {self.mask_files[stamp_ns]} is unreadable")
+        return mask
 
     def frame_seq_by_stamp(self) -> dict[int, int]:
         return {record.stamp_ns: record.frame_seq for record in self.encoded}
@@ -129,6 +139,8 @@ class GraphRecorder:
     ) -> None:
         self.result = result
         self.node = rclpy.create_node("stac_demo_recorder")
+        self._mask_dir = out_dir / "masks"
+        self._mask_dir.mkdir(parents=True, exist_ok=True)
         self._bag = None
         self._connections = {}
         self._typestore = stac_typestore()
@@ -166,7 +178,10 @@ class GraphRecorder:
             )
         elif topic == "/stac/mask":
             stamp_ns = _stamp_ns(msg.header.stamp)
-            self.result.masks_by_stamp[stamp_ns] = image_to_numpy(msg)
+            path = self._mask_dir / f"{stamp_ns}.png"
+            if not cv2.imwrite(str(path), image_to_numpy(msg)):
+                raise OSError(f"cannot write {path}")
+            self.result.mask_files[stamp_ns] = path
             self.result.mask_latency_ms.append((now_ns - stamp_ns) * 1e-6)
         elif topic == "/stac/qp_map":
             self.result.qp_map_bytes.append(len(raw))
