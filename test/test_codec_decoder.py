@@ -355,3 +355,36 @@ def test_malformed_access_units_are_corrupt(plain_packets, build):
     decoder = H264Decoder(WIDTH, HEIGHT)
     assert decoder.decode(plain_packets[0]).ok
     assert decoder.decode(build(plain_packets)).status is CORRUPT
+
+
+def test_garbage_between_the_units_of_a_stream_does_not_interrupt_it(packets):
+    """A message that is not an access unit, or fails its checks, is refused without touching
+    the decoder: the stream around it decodes on (a rogue publisher cannot stall it)."""
+    decoder = H264Decoder(WIDTH, HEIGHT)
+    results = []
+    for seq, data in enumerate(packets[:4], start=1):
+        results.append(decoder.decode(data, seq))
+        results.append(decoder.decode(b"\xde\xad\xbe\xef" * 64, 2**63))
+        results.append(decoder.decode(flip_bytes(packets[seq + 4]), 2**62))
+    assert [r.status for r in results[0::3]] == [DECODED] * 4
+    assert all(r.status is CORRUPT and r.refused for r in results[1::3] + results[2::3])
+
+
+def test_a_damaged_unit_of_the_stream_itself_still_costs_a_resync(packets):
+    decoder = H264Decoder(WIDTH, HEIGHT)
+    assert decoder.decode(packets[0], 1).ok and decoder.decode(packets[1], 2).ok
+    assert decoder.decode(flip_bytes(packets[2]), 3).refused
+    assert decoder.decode(packets[3], 4).status is WAITING  # the gap shows on the next unit
+
+
+def test_units_of_a_foreign_size_do_not_replace_the_stream_until_they_decode(frames, packets):
+    other = [cv2.resize(f, (96, 64)) for f in frames[:3]]
+    with QPMapEncoder(EncoderConfig(crf=24, gop_frames=GOP), 96, 64) as encoder:
+        other_packets = [encoder.encode(frame).data for frame in other]
+    stream = EncodedStreamDecoder()
+    assert stream.decode(packets[0], 1, WIDTH, HEIGHT).ok
+    garbage = stream.decode(b"\x00\x00\x01\x65" + bytes(40), 7, 320, 240)
+    assert not garbage.ok
+    assert stream.decode(packets[1], 2, WIDTH, HEIGHT).ok  # the stream goes on
+    assert stream.decode(other_packets[0], 1, 96, 64).ok  # a real new stream, from its IDR
+    assert stream.decode(other_packets[1], 2, 96, 64).ok

@@ -132,3 +132,18 @@ def test_a_reference_number_that_disagrees_with_the_data_is_refused():
     lying_delta = ReceivedMapFields(delta.session_id, 4, 0, 12, 16, 20, delta.data)
     with pytest.raises(MapRejectedError, match="data is a delta"):
         receiver.receive(lying_delta)
+
+
+def test_a_bad_map_of_another_session_does_not_make_the_robot_forget_its_edge():
+    edge = FeedbackEncoder(FeedbackConfig(key_interval_maps=100), session_id=1)
+    maps = noisy_maps(3)
+    receiver = QPMapReceiver()
+    receiver.receive(fields(edge.encode(maps[0])))
+    forged = ReceivedMapFields(666, 1, 0, 12, 16, 20, b"garbage")
+    with pytest.raises(MapRejectedError):
+        receiver.receive(forged)
+    stray_delta = FeedbackEncoder(session_id=2)
+    stray_delta.encode(maps[0])
+    with pytest.raises(MapRejectedError, match="does not hold"):
+        receiver.receive(fields(stray_delta.encode(maps[1])))
+    assert receiver.receive(fields(edge.encode(maps[1]))).shape == (12, 16)  # a delta: held

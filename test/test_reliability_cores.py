@@ -107,3 +107,9 @@ def test_the_link_shapes_and_drops_only_the_robot_edge_ports(monkeypatch):
     rule = next(i for _, i in run.commands if i and "numgen" in i)
     assert "mod 10000 < 100" in rule and all(str(p) in rule for p in (*uplink, *downlink))
     assert link.describe()["delay"].startswith("unavailable")
+
+
+def test_a_refused_unit_asks_for_nothing_and_starts_no_outage():
+    tracker = ResyncTracker()
+    refused = DecodeResult(DecodeStatus.CORRUPT, None, 5, False, "not an access unit", True)
+    assert not tracker.should_request(refused, 0.0) and not tracker.in_outage

@@ -13,6 +13,13 @@ constructor arguments out of range.
 * WAITING_FOR_KEYFRAME: a packet was lost, an earlier one was corrupt, or decoding has not
   started yet; non-IDR access units are dropped unseen until the next IDR, which resyncs.
 
+A CORRUPT result with `refused` set was turned away before anything of it was used (not Annex B,
+a checksum that does not match, a header that fails the syntax checks): the decoder's state,
+sequence numbers included, is exactly as before. If the unit was really part of the stream, the
+next unit's frame_seq or frame_num shows the gap and the decoder waits for a keyframe then; if
+it came from someone else on the topic (a rogue publisher, garbage), the stream goes on
+undisturbed. Units refused this way need no keyframe request of their own.
+
 Why the decoder keeps its own state: FFmpeg conceals errors. A lost P-frame is not reported at all
 (the next frames come out about 8 dB worse, unflagged), and after a corrupt frame only that frame
 carries AV_FRAME_FLAG_CORRUPT while the P-frames predicted from it come out unflagged. So loss is
@@ -88,6 +95,7 @@ class DecodeResult:
     frame_seq: int | None
     keyframe: bool
     detail: str = ""
+    refused: bool = False  # CORRUPT before use: the decoder's state did not change
 
     @property
     def ok(self) -> bool:
@@ -176,15 +184,15 @@ class H264Decoder:
         ):
             raise DecodeError("expected_crc32 must be an int in 0..2**32-1 or None")
         data = bytes(data)
-        sequence_gap = self._sequence_gap(frame_seq)
         if expected_crc32 is not None and zlib.crc32(data) != expected_crc32:
-            return self._corrupt(frame_seq, False, "checksum: CRC32 differs from the expected")
+            return self._refused(frame_seq, False, "checksum: CRC32 differs from the expected")
         try:
             units = annexb.split_nal_units(data)
         except ValueError as error:
-            return self._corrupt(frame_seq, False, f"not an access unit: {error}")
+            return self._refused(frame_seq, False, f"not an access unit: {error}")
         keyframe = any(unit.nal_type == annexb.NAL_TYPE_SLICE_IDR for unit in units)
         if not self._synced and not keyframe:
+            sequence_gap = self._sequence_gap(frame_seq)
             self._digest_while_waiting(units)
             self.counters.skipped_waiting_for_keyframe += 1
             if sequence_gap:
@@ -199,11 +207,11 @@ class H264Decoder:
             )
         except MissingChecksumError as error:
             self._keyframes_without_checksum += keyframe
-            return self._corrupt(frame_seq, keyframe, f"bad access unit: {error}")
+            return self._refused(frame_seq, keyframe, f"bad access unit: {error}")
         except SyntaxCheckError as error:
-            return self._corrupt(frame_seq, keyframe, f"bad access unit: {error}")
+            return self._refused(frame_seq, keyframe, f"bad access unit: {error}")
         self._note_checksum(info.checksum, keyframe)
-        gap = sequence_gap or info.frame_num_gap
+        gap = self._sequence_gap(frame_seq) or info.frame_num_gap
         if gap:
             self.counters.gaps += 1
             self._synced = False
@@ -275,6 +283,11 @@ class H264Decoder:
         if self.width is None:
             return image
         return np.ascontiguousarray(image[: self.height, : self.width])
+
+    def _refused(self, frame_seq: int | None, keyframe: bool, detail: str) -> DecodeResult:
+        """CORRUPT without touching the decoder's state (see the module docstring)."""
+        self.counters.corrupt += 1
+        return DecodeResult(DecodeStatus.CORRUPT, None, frame_seq, keyframe, detail, True)
 
     def _corrupt(self, frame_seq: int | None, keyframe: bool, detail: str) -> DecodeResult:
         self._synced = False

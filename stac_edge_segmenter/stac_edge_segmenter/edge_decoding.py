@@ -25,14 +25,18 @@ class DecodedFrame:
 
 
 class EncodedStreamDecoder:
-    """One H264Decoder per picture size; a new size (a new encoder on the robot) starts a
-    fresh decoder, which waits for that encoder's first keyframe.
+    """One H264Decoder per picture size. The stream being decoded keeps its decoder while
+    units of another size arrive: those go to a candidate decoder for their size, which takes
+    over only once it has decoded a picture (a robot that restarted at a new size sends an IDR
+    first). So messages of a foreign size on the topic (garbage, a rogue publisher) cannot
+    throw the real stream back to waiting for a keyframe.
 
     max_macroblocks: the largest picture accepted (default 36,864 = 4096x2304); each side at
     most 8192 pixels."""
 
     def __init__(self, max_macroblocks: int = DEFAULT_MAX_MACROBLOCKS) -> None:
         self._decoder: H264Decoder | None = None
+        self._candidate: H264Decoder | None = None
         self.max_macroblocks = max_macroblocks
 
     def decode(
@@ -48,13 +52,22 @@ class EncodedStreamDecoder:
         expected_crc32: zlib.crc32 of data, for a transport that carries one."""
         problem = self._size_problem(width, height)
         if problem:
-            return DecodeResult(DecodeStatus.CORRUPT, None, frame_seq, False, problem)
-        decoder = self._decoder
-        if decoder is None or (decoder.width, decoder.height) != (width, height):
-            decoder = self._decoder = H264Decoder(
-                width, height, "rgb24", max_macroblocks=self.max_macroblocks
-            )
-        return decoder.decode(bytes(memoryview(data)), frame_seq, expected_crc32)
+            return DecodeResult(DecodeStatus.CORRUPT, None, frame_seq, False, problem, True)
+        current = self._decoder
+        if current is None:
+            current = self._decoder = self._new_decoder(width, height)
+        if (current.width, current.height) == (width, height):
+            return current.decode(bytes(memoryview(data)), frame_seq, expected_crc32)
+        candidate = self._candidate
+        if candidate is None or (candidate.width, candidate.height) != (width, height):
+            candidate = self._candidate = self._new_decoder(width, height)
+        result = candidate.decode(bytes(memoryview(data)), frame_seq, expected_crc32)
+        if result.ok:  # the new size decodes: it is the stream now
+            self._decoder, self._candidate = candidate, None
+        return result
+
+    def _new_decoder(self, width: int, height: int) -> H264Decoder:
+        return H264Decoder(width, height, "rgb24", max_macroblocks=self.max_macroblocks)
 
     def _size_problem(self, width, height) -> str:
         if not isinstance(width, int) or not isinstance(height, int):

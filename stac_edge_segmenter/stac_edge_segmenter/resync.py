@@ -44,8 +44,10 @@ class ResyncTracker:
         return missing
 
     def should_request(self, result: DecodeResult, now_s: float) -> bool:
-        """After each decode: True when a keyframe request should go out now."""
-        if result.ok:
+        """After each decode: True when a keyframe request should go out now. A unit refused
+        before use (garbage, someone else's message) changed nothing: no request for it; if it
+        was part of the stream, the next unit shows the gap and asks then."""
+        if result.ok or result.refused:
             return False
         if self._outage_since_s is None:  # a loss, damage, or joining mid-stream
             self._outage_since_s = now_s

@@ -1,10 +1,13 @@
 """Maps from the edge back into level maps, on the robot: key maps and deltas, sessions.
 
 Plain Python: `encoder_node` hands it each QPMap's fields. The receiver holds the last few
-decoded maps of the current edge session as references for deltas; a new session (the edge
-restarted) drops them. Every failure raises `MapRejectedError` with the reason, so the node can
-count and log it: a damaged map, a delta whose reference is not held, a header that disagrees
-with the bytes, offsets beyond the allowed clamp.
+decoded maps of the current edge session as references for deltas; a key map of a new session
+(the edge restarted) that decodes starts that session and drops them. A map of another session
+that fails, or a delta of one (whose reference the robot cannot hold), changes nothing: a
+stray or forged map cannot make the robot forget the real edge's maps. Every failure raises
+`MapRejectedError` with the reason, so the node can count and log it: a damaged map, a delta
+whose reference is not held, a header that disagrees with the bytes, offsets beyond the
+allowed clamp.
 """
 
 from __future__ import annotations
@@ -55,9 +58,7 @@ class QPMapReceiver:
 
     def receive(self, fields: ReceivedMapFields) -> QPLevelMap:
         """The level map the fields carry; raises MapRejectedError with the reason."""
-        if fields.session_id != self._session_id:
-            self._session_id = fields.session_id
-            self._maps.clear()
+        new_session = fields.session_id != self._session_id
         try:
             declared_delta = is_delta(fields.data)
         except WireFormatError as error:
@@ -69,7 +70,7 @@ class QPMapReceiver:
             )
         reference = None
         if fields.reference_map_seq:
-            reference = self._maps.get(fields.reference_map_seq)
+            reference = None if new_session else self._maps.get(fields.reference_map_seq)
             if reference is None:
                 raise MapRejectedError(
                     f"map {fields.map_seq} is a delta against map {fields.reference_map_seq}, "
@@ -80,6 +81,9 @@ class QPMapReceiver:
         except WireFormatError as error:
             raise MapRejectedError(f"map {fields.map_seq}: {error}") from error
         self._check(fields, level_map)
+        if new_session:
+            self._session_id = fields.session_id
+            self._maps.clear()
         self._maps[fields.map_seq] = level_map
         while len(self._maps) > self._history:
             self._maps.popitem(last=False)
