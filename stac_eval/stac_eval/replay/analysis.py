@@ -34,9 +34,11 @@ class Curve:
     def budgets(self) -> list[float]:
         return [point.budget for point in self.points]
 
-    def bytes_per_frame(self) -> np.ndarray:
-        """(points, frames) uplink + feedback bytes."""
-        return np.stack([p.uplink_bytes + p.feedback_bytes for p in self.points]).astype(float)
+    def bytes_per_frame(self, with_feedback: bool = True) -> np.ndarray:
+        """(points, frames) uplink + feedback bytes (uplink only when not with_feedback)."""
+        return np.stack(
+            [p.uplink_bytes + (p.feedback_bytes if with_feedback else 0) for p in self.points]
+        ).astype(float)
 
     def confusions(self, kind: str) -> np.ndarray:
         """(points, frames, K, K+1) for kind 'decoded_pseudo', 'timely_pseudo', ..."""
@@ -122,7 +124,9 @@ def _rates_and_mious(
 class BlockBootstrap:
     """Block sums of every curve, so that a resample is a cheap sum over drawn blocks."""
 
-    def __init__(self, curves: dict[str, Curve], kind: str, block_frames: int) -> None:
+    def __init__(
+        self, curves: dict[str, Curve], kind: str, block_frames: int, with_feedback: bool = True
+    ) -> None:
         if block_frames < 1:
             raise ValueError(f"block_frames must be >= 1, got {block_frames}")
         self.kind = kind
@@ -135,7 +139,7 @@ class BlockBootstrap:
         for name, curve in curves.items():
             if not curve.has(kind):
                 continue
-            per_frame = curve.bytes_per_frame()
+            per_frame = curve.bytes_per_frame(with_feedback)
             confusion = curve.confusions(kind).astype(np.int64)
             self.bytes_blocks[name] = np.add.reduceat(per_frame, edges[:-1], axis=1)
             self.confusion_blocks[name] = np.add.reduceat(confusion, edges[:-1], axis=1)
@@ -178,11 +182,13 @@ def bd_rates(
     block_frames: int,
     resamples: int,
     seed: int = 0,
+    with_feedback: bool = True,
 ) -> dict:
-    """BD-rate of `test` against each baseline on one accuracy kind, with intervals."""
+    """BD-rate of `test` against each baseline on one accuracy kind, with intervals
+    (rates: uplink + feedback; uplink only when not with_feedback)."""
     if test not in curves:
         return {}
-    bootstrap = BlockBootstrap(curves, kind, block_frames)
+    bootstrap = BlockBootstrap(curves, kind, block_frames, with_feedback)
     result: dict = {"pct": {}, "ci95_pct": {}, "draws_without_overlap": {}}
     for baseline in baselines:
         if baseline not in bootstrap.bytes_blocks or test not in bootstrap.bytes_blocks:

@@ -142,6 +142,7 @@ def markdown(report: dict) -> str:
     suffixes = [("", "decoded mIoU"), ("_timely", "timely mIoU")]
     if report["labels"]:
         suffixes += [("_human", "decoded, human labels"), ("_timely_human", "timely, human")]
+    suffixes.append(("_uplink_only", "decoded, feedback bits left out (diagnostic)"))
     lines.append("| baseline | " + " | ".join(title for _, title in suffixes) + " |")
     lines.append("|---" * (len(suffixes) + 1) + "|")
     for baseline in report["bd_rate_pct"]:

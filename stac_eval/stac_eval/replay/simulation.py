@@ -6,11 +6,11 @@ at its recorded capture time and offered to the uplink (`link.Uplink`). The edge
 edge container's: `EncodedStreamDecoder` decodes every access unit that arrives; one worker
 takes the newest decoded frame whenever it is free (a frame replaced before the worker got to
 it is skipped) and holds it for the edge's compute time (`EdgeTiming`). For the map methods the
-worker runs the sensitivity pass instead of a plain forward on the first frame it takes after
-`period_frames` decoded frames (the sensitivity node's rule), through `QPMapComputer` and
-`FeedbackEncoder`, and the map travels back over the downlink to the robot's receiver; the
-robot applies the newest map from the next frame it encodes after the map arrived (warped by
-flow). Masks travel back over the downlink too.
+worker runs the sensitivity pass instead of a plain forward when the sensitivity node's rule
+says a map is due (`_MapEdge`: period_frames, min_map_interval_s, max_compute_share), through
+`QPMapComputer` and `FeedbackEncoder`, and the map travels back over the downlink to the
+robot's receiver; the robot applies the newest map from the next frame it encodes after the
+map arrived (warped by flow). Masks travel back over the downlink too.
 
 Scoring, per camera frame: decoded mIoU (the model on the decoded frame, for every frame the
 edge decoded, whether or not the worker segmented it) and timely mIoU (the newest mask that had

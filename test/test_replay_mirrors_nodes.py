@@ -1,0 +1,32 @@
+"""The replay runs the nodes' cores, and where it has to restate a node's glue (which frames
+get a map, the encoder's settings) its defaults must be the nodes' defaults."""
+
+from __future__ import annotations
+
+from stac_encoder.encoder_node import PARAMETERS as ENCODER_PARAMETERS
+from stac_eval.replay.cli import build_parser
+from stac_eval.replay.simulation import ReplaySettings
+from stac_sensitivity.sensitivity_node import PARAMETERS as SENSITIVITY_PARAMETERS
+
+
+def _defaults(parameters) -> dict:
+    return {spec.name: spec.default for spec in parameters}
+
+
+def test_replay_defaults_are_the_nodes_defaults():
+    encoder = _defaults(ENCODER_PARAMETERS)
+    sensitivity = _defaults(SENSITIVITY_PARAMETERS)
+    settings = ReplaySettings(fps=25.0)
+    args = build_parser().parse_args(["run", "clip.mp4", "--out", "out"])
+    assert args.gop == encoder["gop_frames"]
+    assert args.preset == settings.preset == encoder["preset"]
+    assert settings.flow_width_px == encoder["flow_width_px"]
+    assert settings.warp_qp_map == encoder["warp_qp_map"] and not args.no_warp
+    assert settings.max_abs_offset_qp == encoder["max_abs_offset_qp"]
+    assert args.period_frames == settings.period_frames == sensitivity["period_frames"]
+    assert args.min_map_interval_s == settings.min_map_interval_s
+    assert settings.min_map_interval_s == sensitivity["min_map_interval_s"]
+    assert args.max_compute_share == settings.max_compute_share
+    assert settings.max_compute_share == sensitivity["max_compute_share"]
+    assert settings.hysteresis_levels == sensitivity["hysteresis_levels"]
+    assert settings.key_map_interval == sensitivity["key_map_interval"]
