@@ -23,6 +23,14 @@ from stac_eval.kernel_link import (
 GOOD = DecodeResult(DecodeStatus.DECODED, None, 1, False)
 
 
+def decoded(frame_seq: int) -> DecodeResult:
+    return DecodeResult(DecodeStatus.DECODED, None, frame_seq, False)
+
+
+def refused(frame_seq: int) -> DecodeResult:
+    return DecodeResult(DecodeStatus.CORRUPT, None, frame_seq, False, "garbage", True)
+
+
 def bad(frame_seq: int) -> DecodeResult:
     return DecodeResult(DecodeStatus.WAITING_FOR_KEYFRAME, None, frame_seq, False, "gap")
 
@@ -48,9 +56,19 @@ def test_counters_that_do_not_add_up_are_flagged():
 
 def test_resync_counts_gaps_and_forgives_a_restarted_numbering():
     tracker = ResyncTracker()
-    assert [tracker.on_frame(seq) for seq in (1, 2, 5, 6, 1, 2)] == [0, 0, 2, 0, 0, 0]
-    assert tracker.on_frame(2**63) == 0 and tracker.on_frame(3) == 0  # a bogus number
+    counted = [tracker.on_frame(decoded(seq)) for seq in (1, 2, 5, 6, 1, 2)]
+    assert counted == [0, 0, 2, 0, 0, 0]
+    assert tracker.on_frame(decoded(2**63)) == 0 and tracker.on_frame(decoded(3)) == 0
     assert tracker.frames_lost == 2
+
+
+def test_refused_units_are_neither_in_the_sequence_nor_lost():
+    tracker = ResyncTracker()
+    assert tracker.on_frame(decoded(10)) == 0
+    assert tracker.on_frame(refused(7)) == 0  # someone else's number: ignored
+    assert tracker.on_frame(refused(11)) == 0  # our frame 11, damaged: it arrived, it failed
+    assert tracker.on_frame(decoded(13)) == 1  # only 12 is lost
+    assert tracker.frames_lost == 1
 
 
 def test_resync_asks_at_most_once_per_interval_and_times_the_outage():
@@ -111,5 +129,4 @@ def test_the_link_shapes_and_drops_only_the_robot_edge_ports(monkeypatch):
 
 def test_a_refused_unit_asks_for_nothing_and_starts_no_outage():
     tracker = ResyncTracker()
-    refused = DecodeResult(DecodeStatus.CORRUPT, None, 5, False, "not an access unit", True)
-    assert not tracker.should_request(refused, 0.0) and not tracker.in_outage
+    assert not tracker.should_request(refused(5), 0.0) and not tracker.in_outage

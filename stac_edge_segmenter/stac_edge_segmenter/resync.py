@@ -17,6 +17,8 @@ from stac_codec.h264_decoder import DecodeResult
 # or a message from someone else): counting it would turn one bogus frame_seq into millions
 # of "lost" frames.
 MAX_PLAUSIBLE_GAP = 1000
+# Frame numbers of refused units remembered (they arrived: not lost, but failed).
+REFUSED_MEMORY = 64
 
 
 @dataclass
@@ -31,15 +33,27 @@ class ResyncTracker:
     _last_request_s: float | None = None
     _outage_since_s: float | None = None
     _outage_after_seq: int = 0
+    _refused_seqs: set[int] = field(default_factory=set)
 
-    def on_frame(self, frame_seq: int) -> int:
-        """Count the frames missing before this one (from frame_seq); returns that count.
-        A number that goes backwards, or jumps implausibly far ahead, is a new numbering (a
-        robot that restarted): nothing counted as lost."""
+    def on_frame(self, result: DecodeResult) -> int:
+        """Count the frames missing before this decoded (or waiting, or corrupt) unit; returns
+        that count. Units refused before use are not part of the sequence: their numbers are
+        only remembered, so that a refused unit of the stream (it arrived; it failed) is not
+        also counted as lost. A number that goes backwards, or jumps implausibly far ahead, is
+        a new numbering (a robot that restarted): nothing counted as lost."""
+        frame_seq = result.frame_seq
+        if frame_seq is None:
+            return 0
+        if result.refused:
+            if len(self._refused_seqs) >= REFUSED_MEMORY:
+                self._refused_seqs.clear()
+            self._refused_seqs.add(frame_seq)
+            return 0
         previous, self._last_frame_seq = self._last_frame_seq, frame_seq
+        arrived, self._refused_seqs = self._refused_seqs, set()
         if previous is None or frame_seq <= previous or frame_seq - previous > MAX_PLAUSIBLE_GAP:
             return 0
-        missing = frame_seq - previous - 1
+        missing = frame_seq - previous - 1 - sum(previous < seq < frame_seq for seq in arrived)
         self.frames_lost += missing
         return missing
 

@@ -65,6 +65,14 @@ PARAMETERS = (
 )
 
 
+def decode_failure_kind(result: DecodeResult) -> str:
+    """A short, number-free name for why a unit was not decoded (one log line per name):
+    the status, and the first words of the decoder's reason."""
+    reason = result.detail.split(":", 1)[0]
+    words = "_".join(word for word in reason.split()[:3] if not any(c.isdigit() for c in word))
+    return f"decode/{result.status.value}/{words or 'unknown'}"
+
+
 class SegmenterNode(Node):
     def __init__(self, hook: SegmentationHook | None = None, **node_options) -> None:
         super().__init__("stac_segmenter", **node_options)
@@ -94,20 +102,19 @@ class SegmenterNode(Node):
     def _on_encoded(self, msg: EncodedFrame) -> None:
         self.statistics.count("frames_in")
         self.statistics.add_uplink(time.monotonic(), serialized_size_bytes(msg))
-        with self._resync_lock:
-            self.statistics.count("frames_lost", self._resync.on_frame(msg.frame_seq))
         try:
             result = self._decoder.decode(msg.data, msg.frame_seq, msg.width, msg.height)
         except ValueError as error:  # the decoder's contract says never; a node must not die
             result = DecodeResult(DecodeStatus.CORRUPT, None, msg.frame_seq, False, str(error))
         with self._resync_lock:
+            self.statistics.count("frames_lost", self._resync.on_frame(result))
             request = self._resync.should_request(result, time.monotonic())
         if request:
             self._request_keyframe()
         if not result.ok:
             self.statistics.count("frames_failed")
             self._rejections.reject(
-                f"decode/{result.status.value}",
+                decode_failure_kind(result),
                 f"frame {msg.frame_seq} not decoded ({result.status.value}): {result.detail}",
             )
             return

@@ -20,7 +20,7 @@ from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from stac_codec.h264_encoder import PRESETS, EncoderConfig
-from stac_encoder.qp_map_receiver import QPMapReceiver, ReceivedMapFields
+from stac_encoder.qp_map_receiver import MapRejectedError, QPMapReceiver, ReceivedMapFields
 from stac_encoder.qp_map_warp import WarpConfig
 from stac_encoder.robot_encoder import (
     STALE_MAPS_BEFORE_RESYNC,
@@ -157,9 +157,14 @@ class EncoderNode(Node):
             result = self.encoder.encode(
                 pixels, stamp_to_s(msg.header.stamp), PIXEL_FORMAT_BY_ENCODING[msg.encoding]
             )
-        except (ImageConversionError, ValueError, RuntimeError) as error:
-            self.statistics.count("frames_failed")
-            self.get_logger().error(f"frame not encoded: {error}", throttle_duration_sec=1.0)
+        except ImageConversionError as error:
+            self._refuse_frame("image/unreadable", error)
+            return
+        except ValueError as error:  # a frame the encoder cannot take (size, dtype, stamp)
+            self._refuse_frame("image/unencodable", error)
+            return
+        except RuntimeError as error:  # x264 itself failed
+            self._refuse_frame("image/encoder_error", error)
             return
         out = EncodedFrame(
             header=msg.header,
@@ -181,6 +186,10 @@ class EncoderNode(Node):
         self.statistics.add_feedback(time.monotonic(), serialized_size_bytes(msg))
         try:
             level_map = self._receiver.receive(received_fields(msg))
+        except MapRejectedError as error:
+            self._refuse_map(f"qp_map/{error.kind}", f"QP map refused: {error}")
+            return
+        try:
             verdict = self.encoder.submit_qp_map(
                 QPMapUpdate(
                     map_seq=msg.map_seq,
@@ -191,8 +200,8 @@ class EncoderNode(Node):
                     aq_strength=float(msg.aq_strength),
                 )
             )
-        except ValueError as error:  # MapRejectedError, or the encoder's own checks
-            self._refuse_map("qp_map/rejected", f"QP map refused: {error}")
+        except ValueError as error:  # the encoder's checks: stamps, source frame, grid, AQ
+            self._refuse_map("qp_map/invalid", f"QP map refused: {error}")
             return
         if verdict is MapVerdict.STALE:
             self._refuse_map(
@@ -205,6 +214,10 @@ class EncoderNode(Node):
                 "the edge's numbering is taken to have restarted"
             )
         self.statistics.count("qp_maps")
+
+    def _refuse_frame(self, kind: str, error: Exception) -> None:
+        self.statistics.count("frames_failed")
+        self._rejections.reject(kind, f"camera frame not encoded: {error}")
 
     def _refuse_map(self, kind: str, message: str) -> None:
         self.statistics.count("qp_maps_rejected")

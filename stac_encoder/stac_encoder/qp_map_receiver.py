@@ -22,7 +22,12 @@ from stac_codec.qp_map_wire import WireFormatError, decode_qp_map, is_delta
 
 
 class MapRejectedError(ValueError):
-    """A map from the edge that the robot will not apply; the message says why."""
+    """A map from the edge that the robot will not apply; the message says why and `kind`
+    names the reason in a word (for counting and logging each reason once)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -62,24 +67,27 @@ class QPMapReceiver:
         try:
             declared_delta = is_delta(fields.data)
         except WireFormatError as error:
-            raise MapRejectedError(f"map {fields.map_seq}: {error}") from error
+            raise MapRejectedError("damaged", f"map {fields.map_seq}: {error}") from error
         if declared_delta != bool(fields.reference_map_seq):
             raise MapRejectedError(
+                "kind_mismatch",
                 f"map {fields.map_seq}: reference_map_seq {fields.reference_map_seq} but the "
-                f"data is a {'delta' if declared_delta else 'key map'}"
+                f"data is a {'delta' if declared_delta else 'key map'}",
             )
         reference = None
         if fields.reference_map_seq:
             reference = None if new_session else self._maps.get(fields.reference_map_seq)
             if reference is None:
                 raise MapRejectedError(
+                    "reference_missing",
                     f"map {fields.map_seq} is a delta against map {fields.reference_map_seq}, "
-                    "which this robot does not hold; waiting for the next key map"
+                    "which this robot does not hold; waiting for the next key map",
                 )
         try:
             level_map = decode_qp_map(fields.data, reference)
         except WireFormatError as error:
-            raise MapRejectedError(f"map {fields.map_seq}: {error}") from error
+            kind = "reference_missing" if "reference" in str(error) else "damaged"
+            raise MapRejectedError(kind, f"map {fields.map_seq}: {error}") from error
         self._check(fields, level_map)
         if new_session:
             self._session_id = fields.session_id
@@ -92,13 +100,15 @@ class QPMapReceiver:
     def _check(self, fields: ReceivedMapFields, level_map: QPLevelMap) -> None:
         if level_map.shape != (fields.rows, fields.cols):
             raise MapRejectedError(
+                "header_mismatch",
                 f"map {fields.map_seq}: header says {fields.rows}x{fields.cols} macroblocks, "
-                f"the data holds {level_map.shape[0]}x{level_map.shape[1]}"
+                f"the data holds {level_map.shape[0]}x{level_map.shape[1]}",
             )
         largest = int(np.abs(level_map.offsets_qp.astype(np.int16)).max())
         limit = min(int(fields.max_abs_offset_qp), self.max_abs_offset_qp)
         if largest > limit:
             raise MapRejectedError(
+                "offset_limit",
                 f"map {fields.map_seq}: offset {largest} QP exceeds the limit {limit} "
-                f"(declared {fields.max_abs_offset_qp}, robot {self.max_abs_offset_qp})"
+                f"(declared {fields.max_abs_offset_qp}, robot {self.max_abs_offset_qp})",
             )

@@ -48,6 +48,14 @@ PARAMETERS = (
     ),
     ParameterSpec("max_frames", 0, "Stop after this many frames; 0 = all.", 0, 10_000_000),
     ParameterSpec("loop", False, "Start over at the end of a file or bag."),
+    ParameterSpec(
+        "duration_s",
+        0.0,
+        "Stop publishing after this many seconds (with loop: a stream of that length); 0 = "
+        "no limit.",
+        0.0,
+        1e7,
+    ),
     ParameterSpec("exit_at_end", True, "Exit once the last frame is published and acknowledged."),
     ParameterSpec("frame_id", "camera", "frame_id written into every image header."),
     ParameterSpec(
@@ -76,6 +84,7 @@ class VideoSourceNode(Node):
         if self.params["pace"] == "consumed":
             self.create_subscription(EncodedFrame, "encoded", self._on_encoded, ENCODED_QOS)
         self.published = 0
+        self._started = time.monotonic()
 
     def _on_encoded(self, msg: EncodedFrame) -> None:
         if self.params["pace"] == "consumed":
@@ -100,7 +109,8 @@ class VideoSourceNode(Node):
             lambda: self._publisher.get_subscription_count() > 0,
             self.params["wait_for_subscriber_s"],
         )
-        while True:
+        self._started = time.monotonic()
+        while not self._time_is_up():
             self._play_once()
             if not self.params["loop"]:
                 break
@@ -116,10 +126,16 @@ class VideoSourceNode(Node):
             for reason, count in stats.skip_reasons.items():
                 self.get_logger().warning(f"skipped {count} messages of the source: {reason}")
 
+    def _time_is_up(self) -> bool:
+        duration_s = self.params["duration_s"]
+        return bool(duration_s) and time.monotonic() - self._started >= duration_s
+
     def _publish_frames(self, pace: str, start: float, stats: SourceStats) -> None:
         for frame in read_frames(
             self.params["uri"], self.params["bag_topic"], self.params["max_frames"], stats
         ):
+            if self._time_is_up():
+                return
             if pace == "recorded":
                 self._wait_until(start + frame.offset_s)
             elif pace == "fixed":

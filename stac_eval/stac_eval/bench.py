@@ -23,6 +23,7 @@ BENCHMARKS = {
     "codec": "H.264 encode/decode speed, QP-map overhead and bytes per frame",
     "spatial": "bits-vs-mIoU curves and BD-rate of STAC against the baselines (intra)",
     "live": "the ROS 2 graph on a clip: encoder CPU time, fps, latency, bits/s",
+    "faults": "fault injection on the real nodes: loss, rate cap, restarts, flood, rogue input",
 }
 # The live graph runs real nodes, so its benchmark lives with the ROS front ends.
 BENCHMARK_MODULES = {
@@ -30,6 +31,7 @@ BENCHMARK_MODULES = {
     "codec": "stac_eval.bench_codec",
     "spatial": "stac_eval.bench_spatial",
     "live": "stac_eval.ros.bench_live",
+    "faults": "stac_eval.ros.bench_faults",
 }
 
 

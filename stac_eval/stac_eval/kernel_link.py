@@ -90,9 +90,10 @@ class LinkSettings:
     loss: float = 0.0
     delay_s: float = 0.0
     queue_s: float = 0.5
+    jitter_s: float = 0.0  # with netem: the delay varies by up to this much
 
     def __post_init__(self) -> None:
-        if self.rate_bps < 0 or not 0.0 <= self.loss < 1.0 or self.delay_s < 0:
+        if self.rate_bps < 0 or not 0.0 <= self.loss < 1.0 or min(self.delay_s, self.jitter_s) < 0:
             raise ValueError(f"invalid link settings {self}")
         if self.queue_s <= 0:
             raise ValueError(f"queue_s must be > 0, got {self.queue_s}")
@@ -155,10 +156,11 @@ class KernelLink:
         self._tc_class("1:20", 0)
         for classid, handle in (("1:10", "10:"), ("1:20", "20:")):
             if self.delay_applied:
-                delay_ms = f"{1e3 * self.settings.delay_s:.3f}ms"
-                extra = ["limit", "100000"]
+                delay = [f"{1e3 * self.settings.delay_s:.3f}ms"]
+                if self.settings.jitter_s:
+                    delay.append(f"{1e3 * self.settings.jitter_s:.3f}ms")
                 self._tc("qdisc", "add", "dev", DEVICE, "parent", classid, "handle", handle,
-                         "netem", "delay", delay_ms, *extra)  # fmt: skip
+                         "netem", "delay", *delay, "limit", "100000")  # fmt: skip
             elif classid == "1:10" and rate > 0:
                 limit = max(int(rate / 8 * self.settings.queue_s), 65536)
                 self._tc("qdisc", "add", "dev", DEVICE, "parent", classid, "handle", handle,

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,24 @@ EDGE_PROCESSES = {
 }
 EDGE_EXECUTABLES = {name for processes in EDGE_PROCESSES.values() for name in processes}
 NODE_NAMES = ("stac_segmenter", "stac_sensitivity", "stac_encoder")
+
+
+FAULT_ACTIONS = ("kill_edge", "start_edge", "kill_robot", "start_robot", "start_rogue")
+# The nodes of each side's processes (their statistics retire when the process is killed).
+SIDE_NODES = {"edge": ("stac_segmenter", "stac_sensitivity"), "robot": ("stac_encoder",)}
+RSS_SAMPLE_PERIOD_S = 1.0
+
+
+@dataclass(frozen=True)
+class FaultEvent:
+    """`action` (one of FAULT_ACTIONS) at `at_s` seconds after playback starts."""
+
+    at_s: float
+    action: str
+
+    def __post_init__(self) -> None:
+        if self.action not in FAULT_ACTIONS or self.at_s < 0:
+            raise ValueError(f"bad fault event {self}; actions: {FAULT_ACTIONS}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,13 @@ class GraphRunConfig:
     # A kernel-emulated link between robot and edge (stac_eval.kernel_link); needs a private
     # network namespace, as scripts/demo.sh and the tests provide.
     link: LinkSettings | None = None
+    # Fault injection (stac_eval.ros.bench_faults): events at seconds after playback starts,
+    # a playback of this many seconds (the clip looped; 0 = the clip once), the rogue
+    # publisher's message rate and how long it runs once started.
+    events: tuple[FaultEvent, ...] = ()
+    play_duration_s: float = 0.0
+    rogue_rate_hz: float = 5.0
+    rogue_duration_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.edge_process not in EDGE_PROCESSES:
@@ -85,6 +111,14 @@ def require_private_namespace() -> None:
             f"a kernel link needs a private network namespace with only lo (found {devices}); "
             "run it through scripts/demo.sh or `unshare --net` as root"
         )
+
+
+def _process_rss_mb(pid: int) -> float:
+    """Resident memory of a live process now (VmRSS), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmRSS for process {pid}")
 
 
 def _process_peak_rss_mb(pid: int) -> float:
@@ -113,6 +147,8 @@ class GraphRun:
         self.result = GraphRunResult()
         self._processes: dict[str, subprocess.Popen] = {}
         self._link: KernelLink | None = None
+        self._side_starts: dict[str, list[tuple[str, str, list[str]]]] = {}
+        self._next_rss_sample_s = 0.0
         config.out_dir.mkdir(parents=True, exist_ok=True)
         self._log_dir = config.out_dir / "logs"
         self._log_dir.mkdir(exist_ok=True)
@@ -188,8 +224,8 @@ class GraphRun:
 
     def _start_nodes(self) -> None:
         config = self.config
-        for executable, package in EDGE_PROCESSES[config.edge_process].items():
-            self._start(
+        self._side_starts["edge"] = [
+            (
                 package,
                 executable,
                 self._node_args(
@@ -198,29 +234,113 @@ class GraphRun:
                     budget_shift_qp=str(config.budget_shift_qp),
                     period_frames=str(config.period_frames),
                 ),
-                niceness=config.edge_niceness,
-                side="edge",
             )
-        self._start(
-            "stac_encoder",
-            "encoder_node",
-            self._node_args(
-                "robot.launch.py", "encoder_node", crf=str(config.crf), camera_qos="reliable"
-            ),
-            side="robot",
+            for executable, package in EDGE_PROCESSES[config.edge_process].items()
+        ]
+        robot_args = self._node_args(
+            "robot.launch.py", "encoder_node", crf=str(config.crf), camera_qos="reliable"
         )
+        self._side_starts["robot"] = [("stac_encoder", "encoder_node", robot_args)]
+        self._start_side("edge")
+        self._start_side("robot")
+
+    def _start_side(self, side: str) -> None:
+        niceness = self.config.edge_niceness if side == "edge" else 0
+        for package, executable, args in self._side_starts[side]:
+            self._start(package, executable, args, niceness=niceness, side=side)
+
+    def _kill_side(self, side: str, recorder: GraphRecorder) -> None:
+        """SIGKILL a side's processes (a crash, not a shutdown); their nodes' last statistics
+        retire into result.retired_statistics so the accounting keeps what they counted."""
+        for _, executable, _ in self._side_starts[side]:
+            process = self._processes.pop(executable)
+            process.kill()
+            self.result.killed[executable] = process.wait()
+            samples = self.result.rss_mb.pop(executable, [])
+            self.result.rss_mb[f"{executable} (killed)"] = samples
+        recorder.spin_until(lambda: False, 0.3)  # statistics already in flight arrive
+        for name in SIDE_NODES[side]:
+            if name in self.result.statistics:
+                self.result.retired_statistics.append(self.result.statistics.pop(name))
+
+    def _start_rogue(self) -> None:
+        config = self.config
+        log_path = self._log_dir / "rogue_node.log"
+        self.result.logs["rogue_node"] = log_path
+        mask = next(iter(self.result.mask_files), None)
+        size = self.result.mask(mask).shape if mask is not None else (270, 480)
+        args = [
+            "--ros-args", "-p", f"rate_hz:={config.rogue_rate_hz}",
+            "-p", f"duration_s:={config.rogue_duration_s}",
+            "-p", f"width:={size[1]}", "-p", f"height:={size[0]}",
+            "-r", "encoded:=/stac/encoded", "-r", "qp_map:=/stac/qp_map",
+            "-r", f"image:={self._camera_topic()}",
+        ]  # fmt: skip
+        self._processes["rogue_node"] = subprocess.Popen(
+            [sys.executable, "-m", "stac_eval.ros.rogue_node", *args],
+            stdout=log_path.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def _finish_rogue(self) -> None:
+        """Wait for the rogue publisher to end by itself and read what it sent."""
+        process = self._processes.pop("rogue_node")
+        try:
+            process.wait(timeout=self.config.rogue_duration_s + 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        sent = re.search(r"rogue sent: (.*)", self.result.logs["rogue_node"].read_text())
+        if sent:
+            for item in sent.group(1).split():
+                kind, count = item.split("=")
+                self.result.rogue_sent[kind] = self.result.rogue_sent.get(kind, 0) + int(count)
+
+    def _camera_topic(self) -> str:
+        remaps = ros_args(self.config.launch_dir / "robot.launch.py", "encoder_node")
+        return next(a.split(":=")[1] for a in remaps if a.startswith("image:="))
+
+    def _apply_due_events(self, recorder: GraphRecorder, play_started_s: float) -> None:
+        elapsed_s = time.monotonic() - play_started_s
+        self.result.play_started_s = play_started_s
+        for event in self.config.events:
+            if event in self.result.events_done or event.at_s > elapsed_s:
+                continue
+            self.result.events_done[event] = time.monotonic()
+            side = event.action.split("_", 1)[1]
+            if event.action.startswith("kill"):
+                self._kill_side(side, recorder)
+            elif event.action == "start_rogue":
+                self._start_rogue()
+            else:
+                self._start_side(side)
+
+    def _sample_memory(self) -> None:
+        now = time.monotonic()
+        if now < self._next_rss_sample_s:
+            return
+        self._next_rss_sample_s = now + RSS_SAMPLE_PERIOD_S
+        for name, process in self._processes.items():
+            if process.poll() is None:
+                with contextlib.suppress(OSError, ValueError):
+                    self.result.rss_mb.setdefault(name, []).append(_process_rss_mb(process.pid))
 
     def _start_source(self) -> subprocess.Popen:
         config = self.config
         args = self._node_args("local.launch.py", "video_source_node", video_uri=config.video_uri)
         args += ["-p", f"pace:={config.pace}", "-p", f"rate_hz:={config.rate_hz}"]
         args += ["-p", f"max_frames:={config.max_frames}"]
+        if config.play_duration_s:
+            args += ["-p", "loop:=true", "-p", f"duration_s:={config.play_duration_s}"]
         return self._start("stac_encoder", "video_source_node", args)
 
     def _play(self, recorder: GraphRecorder, source: subprocess.Popen) -> None:
+        play_started_s = time.monotonic()
         with progress_bar(desc="frames encoded", unit="frame") as bar:
 
             def tick() -> None:
+                self._apply_due_events(recorder, play_started_s)
+                self._sample_memory()
                 bar.update(len(self.result.encoded) - bar.n)
                 seg = self.result.statistics.get("stac_segmenter")
                 if seg is not None:
@@ -277,6 +397,8 @@ class GraphRun:
         return cpu
 
     def _stop_all(self) -> None:
+        if "rogue_node" in self._processes:
+            self._finish_rogue()
         self.result.cpu_s = self._cpu_of_live_processes()
         for name, process in self._processes.items():
             if process.poll() is None:

@@ -71,6 +71,16 @@ class GraphRunResult:
     cpu_at_play_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     link: dict | None = None  # the kernel link as applied (stac_eval.kernel_link), if any
+    # Fault injection: last statistics of killed processes' nodes, exit codes of the killed,
+    # when each event happened (s after playback start), what the rogue publisher sent, and
+    # resident memory samples (MiB, one a second) per process.
+    retired_statistics: list[Statistics] = field(default_factory=list)
+    killed: dict[str, int] = field(default_factory=dict)
+    events_done: dict = field(default_factory=dict)
+    rogue_sent: dict[str, int] = field(default_factory=dict)
+    rss_mb: dict[str, list[float]] = field(default_factory=dict)
+    play_started_s: float = 0.0  # time.monotonic() when playback started
+    mask_arrival_s: list[float] = field(default_factory=list)  # time.monotonic() per mask
     logs: dict[str, Path] = field(default_factory=dict)
     wall_s: float = 0.0
     # EncodedFrames left out of the bag's VIDEO_TOPIC, and why (empty when the video is complete)
@@ -182,6 +192,7 @@ class GraphRecorder:
             if not cv2.imwrite(str(path), image_to_numpy(msg)):
                 raise OSError(f"cannot write {path}")
             self.result.mask_files[stamp_ns] = path
+            self.result.mask_arrival_s.append(time.monotonic())
             self.result.mask_latency_ms.append((now_ns - stamp_ns) * 1e-6)
         elif topic == "/stac/qp_map":
             self.result.qp_map_bytes.append(len(raw))
