@@ -1,5 +1,7 @@
 """Properties of the equal-marginal-loss allocation (stac_sensitivity.allocation)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -129,3 +131,67 @@ def test_budget_shift_for_target_finds_the_smallest_sufficient_shift():
     shift = budget_shift_for_target(bytes_at_shift, 4000)
     assert bytes_at_shift(shift) <= 4000 < bytes_at_shift(shift - 1)
     assert budget_shift_for_target(bytes_at_shift, 1) == 51
+
+
+# --- the rate-aware rule q_i ~ a_i / g_i ----------------------------------------------------
+
+
+def test_flat_and_textured_macroblocks_of_equal_sensitivity_get_the_derived_offsets():
+    """Equal sensitivity, energies 100 (flat) and 1e5 (textured): with a ~ (E + E0)^gamma the
+    rule gives dQP = alpha * 6 * gamma * log2((E + E0) / geometric mean): the textured one
+    coarser, the flat one finer, by exactly that much each (two macroblocks: +-half the gap)."""
+    config = AllocationConfig(alpha=0.5, max_offset_qp=51, rate_exponent=0.45, energy_floor=16.0)
+    energy = np.array([[100.0, 1e5]])
+    offsets = continuous_offsets_qp(np.ones((1, 2)), config, energy)
+    gap = 0.5 * 6 * 0.45 * np.log2((1e5 + 16) / (100 + 16))
+    np.testing.assert_allclose(offsets, [[-gap / 2, gap / 2]])
+    assert offsets[0, 0] < 0 < offsets[0, 1]
+
+
+def test_rate_aware_offsets_meet_the_equal_marginal_condition_with_mean_zero():
+    """alpha 1: g_i q_i / a_i is the same for every macroblock (q = 2^(QP/6)), mean offset 0."""
+    rng = np.random.default_rng(7)
+    sensitivity = rng.lognormal(0, 1, (23, 30))
+    energy = rng.lognormal(10, 3, (23, 30))
+    config = AllocationConfig(alpha=1.0, max_offset_qp=51, rate_exponent=0.5, energy_floor=64.0)
+    offsets = continuous_offsets_qp(sensitivity, config, energy)
+    assert abs(offsets.mean()) < 1e-9
+    rate_slope = (energy + 64.0) ** 0.5
+    marginal = sensitivity * 2 ** (offsets / 6) / rate_slope
+    np.testing.assert_allclose(marginal, marginal.mean(), rtol=1e-9)
+
+
+def test_rate_aware_quantised_map_keeps_mean_near_zero_before_the_budget_shift():
+    rng = np.random.default_rng(8)
+    sensitivity, energy = rng.lognormal(0, 1, (23, 30)), rng.lognormal(10, 2, (23, 30))
+    config = AllocationConfig(rate_exponent=0.4, energy_floor=256.0)
+    plain = allocate(sensitivity, config, energy).offsets_qp.astype(float)
+    assert abs(plain.mean()) < 0.5
+    shifted = allocate(sensitivity, dataclasses.replace(config, budget_shift_qp=4), energy)
+    np.testing.assert_array_equal(shifted.offsets_qp.astype(float), plain + 4)
+
+
+def test_without_a_rate_exponent_the_energy_is_ignored():
+    sensitivity = _log_normal_sensitivity(seed=4)
+    energy = np.random.default_rng(4).lognormal(10, 3, sensitivity.shape)
+    config = AllocationConfig()
+    np.testing.assert_array_equal(
+        continuous_offsets_qp(sensitivity, config, energy),
+        continuous_offsets_qp(sensitivity, config),
+    )
+
+
+def test_rate_aware_rule_needs_a_matching_energy():
+    config = AllocationConfig(rate_exponent=0.4)
+    with pytest.raises(ValueError, match="AC energy"):
+        allocate(np.ones((2, 3)), config)
+    with pytest.raises(ValueError, match="AC energy"):
+        allocate(np.ones((2, 3)), config, np.ones((3, 2)))
+    with pytest.raises(ValueError, match="AC energy"):
+        allocate(np.ones((2, 3)), config, -np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("kwargs", [{"rate_exponent": -0.1}, {"energy_floor": 0.0}])
+def test_bad_rate_model_is_a_value_error(kwargs):
+    with pytest.raises(ValueError):
+        AllocationConfig(**kwargs)

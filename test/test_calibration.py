@@ -1,13 +1,17 @@
-"""The offline part of STAC: calibration file, level bank fitting, class weights, the search."""
+"""The offline part of STAC: calibration file, level bank fitting, class weights, the search,
+and the protocol (never on the model's training frames nor on the reported set)."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from stac_edge_segmenter.loading import DEFAULT_CONFIG, SegmentationModel, read_spec
-from stac_edge_segmenter.model import build_lite0_fpn
+from stac_edge_segmenter.model import DEFAULT_WEIGHTS, build_lite0_fpn
 from stac_eval.calibrate import calibrate, class_weights_for, lloyd_levels
-from stac_eval.frame_dirs import read_frames
+from stac_eval.calibrate import main as calibrate_main
+from stac_eval.frame_dirs import crop_resize, read_frames, read_sources, video_frame_indices
+from stac_eval.training_overlap import TrainingOverlapError, check_frames, model_split_dirs
 from stac_sensitivity.calibration import (
     Calibration,
     CalibrationError,
@@ -116,15 +120,84 @@ def test_class_weights_favour_rare_classes_with_pixel_mean_one():
 
 
 def test_calibration_search_writes_a_usable_file(data_dir, tmp_path):
-    frames = read_frames(data_dir / "camvid" / "train", data_dir / "camvid" / "trainannot", 2)
+    """On frames the model never saw (two of the dashcam clip, pseudo labels only)."""
+    frames = read_sources([data_dir / "video" / "solidWhiteRight.mp4"], video_frames=2)
+    assert frames.labels is None and frames.images.shape == (2, 360, 480, 3)
     network = build_lite0_fpn(num_classes=11)
     model = SegmentationModel(network, read_spec(DEFAULT_CONFIG), torch.device("cpu"))
-    grid = {"alpha": (0.3, 0.6)}
-    calibration = calibrate(model, frames.images, frames.labels, [30, 42], (4,), grid=grid)
+    grid = {"alpha": (0.3, 0.6), "rate_weight": (0.0, 1.0)}
+    calibration = calibrate(model, frames.images, None, [30, 42], (4,), grid=grid, passes=1)
     assert calibration.alpha in (0.3, 0.6)
     assert 2 <= len(calibration.levels_qp) <= 4
     assert all(abs(level) <= calibration.max_offset_qp for level in calibration.levels_qp)
     searched = calibration.provenance["search"]
     assert {entry["alpha"] for entry in searched} == {0.3, 0.6}
+    assert {entry["rate_weight"] for entry in searched} == {0.0, 1.0}
     assert any(entry["with_feedback"] and len(entry["levels_qp"]) for entry in searched)
+    rate_model = calibration.provenance["rate_model"]
+    assert rate_model["rate_exponent"] > 0 and rate_model["points"]
+    if calibration.provenance["rate_weight"] == 0.0:
+        assert calibration.rate_exponent == 0.0
+    else:
+        assert calibration.rate_exponent == pytest.approx(rate_model["rate_exponent"], abs=1e-3)
+    assert calibration.provenance["labels"] == ["pseudo"]
     assert load_calibration(save_calibration(calibration, tmp_path / "c.json")) == calibration
+
+
+# --- the protocol: never on the model's training frames nor on the reported set -----------
+
+
+def _shipped_weights_report_its_splits(data_dir):
+    splits = model_split_dirs(DEFAULT_WEIGHTS)
+    if set(splits) != {"train", "val"}:
+        pytest.skip(f"the shipped model's training report does not lead to {data_dir}/camvid")
+    return splits
+
+
+def test_calibration_refuses_frames_of_the_models_training_and_reported_sets(data_dir):
+    splits = _shipped_weights_report_its_splits(data_dir)
+    train = read_frames(splits["train"], limit=2)
+    with pytest.raises(TrainingOverlapError, match="training set"):
+        check_frames(train.names, train.images, DEFAULT_WEIGHTS)
+    val = read_frames(splits["val"], limit=1)
+    with pytest.raises(TrainingOverlapError, match="reported on"):
+        check_frames(val.names, val.images, DEFAULT_WEIGHTS)
+    # A re-encoded, resized copy of a training frame is the same frame.
+    _, jpeg = cv2.imencode(".jpg", train.images[1][..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 70])
+    copy = cv2.resize(cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[..., ::-1], (960, 720))
+    with pytest.raises(TrainingOverlapError):
+        check_frames(["copy"], crop_resize(copy)[None], DEFAULT_WEIGHTS)
+    report = check_frames(train.names, train.images, DEFAULT_WEIGHTS, allow=True)
+    assert report.overlapping["train"] == train.names
+
+
+def test_calibration_accepts_video_frames_the_model_never_saw(data_dir):
+    _shipped_weights_report_its_splits(data_dir)
+    video = read_sources([data_dir / "video" / "solidWhiteRight.mp4"], video_frames=3)
+    report = check_frames(video.names, video.images, DEFAULT_WEIGHTS)
+    assert report.overlapping == {} and set(report.checked_against) == {"train", "val"}
+
+
+def test_without_a_training_report_the_check_says_it_cannot_tell(tmp_path):
+    frames = np.zeros((1, 36, 48, 3), dtype=np.uint8)
+    report = check_frames(["f"], frames, tmp_path / "unknown.pt")
+    assert report.checked_against == {} and "cannot tell" in report.note
+
+
+def test_stac_calibrate_stops_before_any_work_on_training_frames(data_dir, capsys):
+    splits = _shipped_weights_report_its_splits(data_dir)
+    with pytest.raises(TrainingOverlapError):
+        calibrate_main(["--images", str(splits["train"]), "--limit", "2", "--threads", "1"])
+    assert "calibrating" not in capsys.readouterr().out
+
+
+def test_video_frames_are_spread_cropped_and_resized(data_dir):
+    assert video_frame_indices(222, 3) == [37, 111, 185]
+    assert video_frame_indices(2, 5) == [0, 1]
+    wide = np.zeros((540, 960, 3), dtype=np.uint8)
+    wide[:, :120] = 255  # cropped away: 960x540 keeps its middle 720x540
+    assert crop_resize(wide).shape == (360, 480, 3) and crop_resize(wide).max() == 0
+    frames = read_sources([data_dir / "video" / "solidWhiteRight.mp4"], video_frames=2)
+    indices = [int(name.split("#")[1]) for name in frames.names]  # the middles of two halves
+    assert frames.names[0].startswith("solidWhiteRight.mp4#") and 50 <= indices[0] <= 56
+    assert 160 <= indices[1] <= 170

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 from stac_codec.qp_map import macroblock_grid
 from stac_edge_segmenter.loading import DEFAULT_CONFIG, SegmentationModel, read_spec
 from stac_edge_segmenter.model import build_lite0_fpn
-from stac_sensitivity.macroblocks import macroblock_l1
+from stac_sensitivity.macroblocks import macroblock_ac_energy, macroblock_l1
 from stac_sensitivity.sensitivity import compute_sensitivity
 
 
@@ -43,6 +44,25 @@ def test_macroblock_l1_of_constant_gradient_counts_real_pixels_only():
 def test_macroblock_l1_rejects_wrong_rank():
     with pytest.raises(ValueError, match="gradient"):
         macroblock_l1(torch.ones(3, 16, 16))
+
+
+def test_ac_energy_is_zero_on_flat_macroblocks_and_follows_x264s_formula():
+    frame = np.full((40, 48, 3), 120, dtype=np.uint8)  # 3 x 3 macroblocks, the last row partial
+    frame[0:16, 16:32] = np.where(np.indices((16, 16)).sum(0) % 2 == 0, 100, 140)[..., None]
+    energy = macroblock_ac_energy(frame)
+    assert energy.shape == (3, 3)
+    assert energy[0, 1] > 0 and np.count_nonzero(energy) == 1
+    # Grey checkerboard: luma +-20 around its mean in every pixel, chroma flat after 2x2 averaging.
+    luma = cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420)[:40][0:16, 16:32].astype(float)
+    assert energy[0, 1] == pytest.approx(((luma - luma.mean()) ** 2).sum())
+
+
+def test_ac_energy_grows_with_texture_and_rejects_bad_frames():
+    rng = np.random.default_rng(0)
+    noise = [np.clip(128 + rng.normal(0, s, (32, 32, 3)), 0, 255).astype(np.uint8) for s in (2, 20)]
+    assert macroblock_ac_energy(noise[0]).max() < macroblock_ac_energy(noise[1]).min()
+    with pytest.raises(ValueError):
+        macroblock_ac_energy(np.zeros((16, 16), dtype=np.uint8))
 
 
 # --- the DNN input-gradient sensitivity ------------------------------------------------------

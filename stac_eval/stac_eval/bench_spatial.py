@@ -8,9 +8,11 @@ every point of its sweep, decoded, and segmented. Methods:
 - two_level: AccMPEG-style map, the top fraction of macroblocks by sensitivity at -6 QP, the
   rest at +6 (same sensitivity and encoder settings as stac_practical).
 - jpeg: OpenCV JPEG per frame (compressed_image_transport), swept over quality.
-- stac_oracle: STAC map from the gradient on the uncompressed frame.
-- stac_practical: STAC map from the gradient on the frame decoded at the base quality (uniform
-  map, same CRF): what the edge really has.
+- stac_oracle: STAC map from the gradient (and AC energy) of the uncompressed frame.
+- stac_practical: STAC map from the gradient and the AC energy of the frame decoded at the base
+  quality (uniform map, same CRF): what the edge really has.
+- stac_rate_blind (ablation, when the calibration's rule is rate-aware): stac_practical with
+  the rate term off (STAC's original q ~ 1/g), everything else the same.
 
 The H.264 methods sweep the base quality (CRF). Accuracy is mIoU against human labels (when
 given) and against the DNN's output on the uncompressed frame (pseudo labels), always. The STAC
@@ -20,6 +22,7 @@ settings come from the offline calibration file (stac-calibrate) when there is o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -42,12 +45,14 @@ from stac_eval.rate_accuracy import (
 )
 from stac_sensitivity.allocation import AllocationConfig, allocate
 from stac_sensitivity.calibration import Calibration, find_calibration, load_calibration
+from stac_sensitivity.macroblocks import macroblock_ac_energy
 from stac_sensitivity.sensitivity import compute_sensitivity
 
 DEFAULT_CRFS = (20, 24, 28, 32, 36, 40, 44)
 DEFAULT_JPEG_QUALITIES = (5, 10, 20, 35, 50, 70, 90)
 BASELINES = ("uniform", "x264_aq", "two_level", "jpeg")
 H264_METHODS = ("uniform", "x264_aq", "two_level", "stac_oracle", "stac_practical")
+ABLATION = "stac_rate_blind"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,11 +93,11 @@ class SpatialBenchmark:
         self.segmenter = segmenter
         self.calibration = calibration
         self.allocation_config: AllocationConfig = calibration.allocation_config()
+        self.rate_blind_config = dataclasses.replace(self.allocation_config, rate_exponent=0.0)
         self.args = args
         classes = segmenter.num_classes
-        self.curves = {
-            name: MethodCurve(name, "crf", list(args.crf), classes) for name in H264_METHODS
-        }
+        methods = H264_METHODS + ((ABLATION,) if self.allocation_config.rate_aware else ())
+        self.curves = {name: MethodCurve(name, "crf", list(args.crf), classes) for name in methods}
         self.curves["jpeg"] = MethodCurve("jpeg", "quality", list(args.jpeg_quality), classes)
         self.example: dict | None = None
         self.uncompressed_confusion = np.zeros((classes, classes), dtype=np.int64)
@@ -106,8 +111,9 @@ class SpatialBenchmark:
                 self.uncompressed_confusion += frame_confusion(
                     label, prediction, self.segmenter.num_classes, None
                 )
+        raw_energy = [macroblock_ac_energy(frame) for frame in images]
         for point, crf in enumerate(self.args.crf):
-            self._run_crf(point, crf, images, raw.macroblock_sensitivity, truth)
+            self._run_crf(point, crf, images, (raw.macroblock_sensitivity, raw_energy), truth)
         for point, quality in enumerate(self.args.jpeg_quality):
             coded = [jpeg_round_trip(frame, quality) for frame in images]
             self._record("jpeg", point, [c[0] for c in coded], [c[1] for c in coded], truth)
@@ -120,10 +126,12 @@ class SpatialBenchmark:
             class_weights=self.calibration.class_weights,
         )
 
-    def _run_crf(self, point, crf, images, oracle_sensitivity, truth) -> None:
+    def _run_crf(self, point, crf, images, oracle, truth) -> None:
         uniform = [code_intra(frame, crf) for frame in images]
         decoded = np.stack([c.decoded_rgb for c in uniform])
         practical = self._sensitivity(decoded)
+        decoded_energy = [macroblock_ac_energy(frame) for frame in decoded]
+        config = self.allocation_config
         self._record_predicted(
             "uniform", point, practical.class_ids, [c.slice_bytes for c in uniform], truth
         )
@@ -137,10 +145,15 @@ class SpatialBenchmark:
                 for s in practical.macroblock_sensitivity
             ],
             "stac_practical": [
-                allocate(s, self.allocation_config) for s in practical.macroblock_sensitivity
+                allocate(s, config, e)
+                for s, e in zip(practical.macroblock_sensitivity, decoded_energy, strict=True)
             ],
-            "stac_oracle": [allocate(s, self.allocation_config) for s in oracle_sensitivity],
+            "stac_oracle": [allocate(s, config, e) for s, e in zip(*oracle, strict=True)],
         }
+        if ABLATION in self.curves:
+            maps[ABLATION] = [
+                allocate(s, self.rate_blind_config) for s in practical.macroblock_sensitivity
+            ]
         for method, allocations in maps.items():
             self._run_map(method, point, crf, images, allocations, truth)
         if self.example is None and crf >= np.median(self.args.crf):
@@ -234,6 +247,8 @@ def _settings_json(calibration: Calibration) -> dict:
         "smoothing_sigma_mb": calibration.smoothing_sigma_mb,
         "class_weighted_loss": calibration.class_weights is not None,
         "aq_strength": calibration.aq_strength,
+        "rate_exponent": calibration.rate_exponent,
+        "energy_floor": calibration.energy_floor,
     }
 
 
@@ -266,6 +281,17 @@ def summarise(curves: dict[str, MethodCurve], has_human: bool, resamples: int) -
     if resamples > 0:
         result["bd_rate_ci95_pct"] = {
             k: {b: bootstrap_bd_rate_ci(curves[b], practical, k, resamples) for b in BASELINES}
+            for k in LABEL_KINDS
+            if practical.has_labels(k)
+        }
+    if ABLATION in curves:
+        result["bd_rate_pct_rate_blind"] = {
+            label_kind: {b: _bd_or_none(curves[b], curves[ABLATION], label_kind) for b in BASELINES}
+            for label_kind in LABEL_KINDS
+            if practical.has_labels(label_kind)
+        }
+        result["bd_rate_pct_practical_vs_rate_blind"] = {
+            k: _bd_or_none(curves[ABLATION], practical, k)
             for k in LABEL_KINDS
             if practical.has_labels(k)
         }
@@ -303,6 +329,11 @@ def print_tables(result: dict) -> None:
         ]
         text = " ".join("        --" if c is None else f"{c:+9.2f}%" for c in cells)
         print(f"  {baseline:12s} {text}")
+    if "bd_rate_pct_practical_vs_rate_blind" in result:
+        print(
+            "  rate term (practical vs the same map without it): "
+            f"{result['bd_rate_pct_practical_vs_rate_blind']}"
+        )
 
 
 def plot_curves(

@@ -1,11 +1,17 @@
 """What STAC fixes offline, stored next to the model: the file the online allocator reads.
 
 The paper generates part of the compression strategy offline so that the edge, online, only
-computes gradients and picks levels. Here the offline part (stac-calibrate, calibrate.py) fixes
-the offset scale alpha, the clamp dmax, the level bank, the smoothing, per-class loss weights
-and the encoder's AQ strength for a given model, by measuring mIoU per bit on training frames.
-A model without a calibration file gets the settings of the feasibility experiment
-(../shared/FINDINGS.md: alpha 0.5, dmax 10, no smoothing, map only).
+computes gradients and picks levels. Here the offline part (stac-calibrate, in stac_eval) fixes
+for a given model: the rate model of the rate-aware rule (rate_exponent, energy_floor, measured
+from x264), the offset scale alpha, the clamp dmax, the level bank, the smoothing, per-class
+loss weights and the encoder's x264 AQ strength, by measuring mIoU per bit on frames that are
+neither in the model's training set nor in any reported set (stac-calibrate refuses the
+training frames when it can tell). A model without a calibration file gets the settings of
+the feasibility experiment (../shared/FINDINGS.md: alpha 0.5, dmax 10, no smoothing, no rate
+term, map only).
+
+What the robot must apply: `aq_strength` (x264 AQ mode 1 at that strength; 0.001 = the map
+alone sets the quantizers). Everything else acts on the edge, inside the map it sends.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class Calibration:
 
     class_weights: per-class weight of the cross-entropy in the sensitivity (None = plain).
     aq_strength: x264 AQ strength to encode with (0.001 = the map alone sets the quantizers).
+    rate_exponent, energy_floor: the rate-slope model of the rate-aware rule (allocation.py);
+        rate_exponent 0 = STAC's original rule.
     provenance: how the file was made (frames, sweep, objective, search log), for the record.
     """
 
@@ -44,6 +52,8 @@ class Calibration:
     smoothing_sigma_mb: float = 0.0
     class_weights: tuple[float, ...] | None = None
     aq_strength: float = MAP_ONLY_AQ_STRENGTH
+    rate_exponent: float = 0.0
+    energy_floor: float = 1.0
     provenance: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +74,8 @@ class Calibration:
             levels_qp=self.levels_qp,
             smoothing_sigma_mb=self.smoothing_sigma_mb,
             budget_shift_qp=budget_shift_qp,
+            rate_exponent=self.rate_exponent,
+            energy_floor=self.energy_floor,
         )
 
 
@@ -110,7 +122,7 @@ def _is_number(value) -> bool:
 def _field_type_problem(data: dict) -> str:
     """What is wrong with the JSON types of a calibration's fields ("" when nothing): finite
     numbers where numbers belong (JSON's NaN and Infinity included), integers for QPs, lists."""
-    numbers = ("alpha", "smoothing_sigma_mb", "aq_strength")
+    numbers = ("alpha", "smoothing_sigma_mb", "aq_strength", "rate_exponent", "energy_floor")
     for key in numbers:
         if key in data and not _is_number(data[key]):
             return f"{key} must be a finite number, got {data[key]!r}"

@@ -14,6 +14,8 @@ counts only its real pixels, which is what its share of the loss bound is.
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as functional
 
@@ -35,3 +37,39 @@ def macroblock_l1(gradient: torch.Tensor) -> torch.Tensor:
     )
     blocks = padded.reshape(batch, rows, MACROBLOCK_SIZE, cols, MACROBLOCK_SIZE)
     return blocks.sum(dim=(2, 4))
+
+
+def macroblock_ac_energy(frame_rgb: np.ndarray) -> np.ndarray:
+    """x264's AC energy per 16x16 macroblock of an HxWx3 uint8 RGB frame: float64 (rows, cols).
+
+    The same measure x264's variance AQ uses (ac_energy_mb): for the luma 16x16 block and the
+    two 8x8 chroma blocks of the I420 picture, sum(x^2) - sum(x)^2 / n, added up. Edge pixels
+    of partial macroblocks are replicated, as the encoder pads them.
+    """
+    if frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3 or frame_rgb.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 RGB frame, got {frame_rgb.shape}")
+    height, width = frame_rgb.shape[:2]
+    even_height, even_width = height + height % 2, width + width % 2
+    if (even_height, even_width) != (height, width):
+        frame_rgb = cv2.copyMakeBorder(
+            frame_rgb, 0, even_height - height, 0, even_width - width, cv2.BORDER_REPLICATE
+        )
+    planes = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2YUV_I420)
+    luma = planes[:even_height]
+    chroma = planes[even_height:].reshape(2, even_height // 2, even_width // 2)
+    rows, cols = macroblock_grid(width, height)
+    energy = _block_ac_energy(luma, rows, cols, MACROBLOCK_SIZE)
+    for plane in chroma:
+        energy += _block_ac_energy(plane, rows, cols, MACROBLOCK_SIZE // 2)
+    return energy
+
+
+def _block_ac_energy(plane: np.ndarray, rows: int, cols: int, block: int) -> np.ndarray:
+    padded = np.pad(
+        plane.astype(np.float64),
+        ((0, rows * block - plane.shape[0]), (0, cols * block - plane.shape[1])),
+        mode="edge",
+    )
+    tiles = padded.reshape(rows, block, cols, block)
+    total = tiles.sum(axis=(1, 3))
+    return (tiles * tiles).sum(axis=(1, 3)) - total * total / (block * block)

@@ -1,8 +1,11 @@
 """The edge's online step: a decoded frame in, a QP map out (gradients + level picking only).
 
-Everything that can be fixed ahead (level bank, dmax, offset scale, class weights) comes from
-the offline calibration stored beside the model weights (see calibration.py); online the edge
-runs one forward + backward pass and picks a level per macroblock.
+Everything that can be fixed ahead (level bank, dmax, offset scale, class weights, the rate
+model, the encoder's AQ strength) comes from the offline calibration stored beside the model
+weights (see calibration.py); online the edge runs one forward + backward pass, measures each
+macroblock's AC energy on the same decoded frame (for the rate-aware rule) and picks a level
+per macroblock. The robot must encode with the calibration's x264 AQ strength (`aq_strength`,
+carried by every QPMap) for the map to mean what the calibration measured.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from stac_codec.qp_map import QPLevelMap
 from stac_edge_segmenter.loading import SegmentationModel
 from stac_sensitivity.allocation import allocate
 from stac_sensitivity.calibration import find_calibration, load_calibration
+from stac_sensitivity.macroblocks import macroblock_ac_energy
 from stac_sensitivity.sensitivity import compute_sensitivity
 
 
@@ -64,6 +68,11 @@ class QPMapComputer:
     def budget_shift_qp(self) -> int:
         return self._allocation_config.budget_shift_qp
 
+    @property
+    def aq_strength(self) -> float:
+        """x264 AQ strength the robot must encode with (0.001 = the map alone)."""
+        return self.calibration.aq_strength
+
     def compute(self, frame_rgb: np.ndarray) -> QPMapResult:
         """One HxWx3 uint8 RGB frame -> its QP map (rows, cols) int8."""
         started = time.perf_counter()
@@ -73,7 +82,10 @@ class QPMapComputer:
             device=self.model.device,
             class_weights=self.calibration.class_weights,
         )
-        allocation = allocate(result.macroblock_sensitivity[0], self._allocation_config)
+        energy = None
+        if self._allocation_config.rate_aware:
+            energy = macroblock_ac_energy(frame_rgb)
+        allocation = allocate(result.macroblock_sensitivity[0], self._allocation_config, energy)
         elapsed_ms = 1e3 * (time.perf_counter() - started)
         return QPMapResult(
             allocation,
