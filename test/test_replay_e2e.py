@@ -29,7 +29,7 @@ def _argv(clip: Path, out: Path, cache: Path, labels: Path, model: Path) -> list
         "run", str(clip), "--out", str(out), "--cache-dir", str(cache),
         "--methods", "uniform,stac", "--crf", CRFS, "--labels", str(labels),
         "--model", str(model), "--edge-ms", "40/120", "--period-frames", "3",
-        "--min-map-interval-s", "0.3", "--link", "rate=600kbit,delay=20ms,loss=3%,seed=2",
+        "--min-map-interval-s", "0.3", "--link", "rate=600kbit,delay=20ms,loss=3%,seed=7",
         "--bootstrap", "100", "--max-frames", str(FRAMES),
     ]  # fmt: skip
 
@@ -74,10 +74,16 @@ def test_report_carries_the_keys_and_stac_against_its_baseline(first_run):
             assert point["latency_ms_p50"] >= 20 + 40  # downlink delay + the edge's forward
             assert point["frames"]["camera"] == FRAMES
             assert "decoded_miou_human" in point
+            # Seed 7 loses frame 7 (index 6) on the uplink, for every method alike; the edge
+            # asks for a keyframe and decodes again within a round trip, not after the GOP.
+            assert point["frames"]["lost"] == 1
+            assert point["edge"]["keyframe_requests"] >= 1
+            assert point["frames"]["decoded"] >= FRAMES - 3
         rates = [p["uplink_kbps"] for p in points]
         assert rates == sorted(rates, reverse=True)  # a higher CRF sends fewer bits
-    assert all(p["feedback_kbps"] == 0 for p in report["methods"]["uniform"])
-    assert all(p["feedback_kbps"] > 0 for p in report["methods"]["stac"])
+    # Uniform sends back only keyframe requests (8 bytes each); STAC also its maps.
+    assert all(p["feedback_kbps"] < 0.1 for p in report["methods"]["uniform"])
+    assert all(p["feedback_kbps"] > 1 for p in report["methods"]["stac"])
     assert report["link"]["uplink_rate_kbps"] == 600 and report["link"]["loss_pct"] == 3
     for suffix in ("", "_timely", "_human"):
         value = report[f"bd_rate_pct{suffix}"]["uniform"]

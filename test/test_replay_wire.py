@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage
+from std_srvs.srv import Trigger
 
 from stac_eval.replay.wire import (
     JPEG_FORMAT,
     compressed_image_bytes,
     encoded_frame_bytes,
+    keyframe_request_bytes,
     qp_map_bytes,
 )
 from stac_msgs.msg import EncodedFrame, QPMap
@@ -28,3 +30,7 @@ def test_sizes_equal_rclpy_serialisation(size, frame_id):
     image = CompressedImage(format=JPEG_FORMAT, data=payload)
     image.header.frame_id = frame_id
     assert compressed_image_bytes(size, frame_id) == len(serialize_message(image))
+
+
+def test_keyframe_request_size_equals_rclpy_serialisation():
+    assert keyframe_request_bytes() == len(serialize_message(Trigger.Request()))

@@ -39,6 +39,7 @@ from stac_codec.h264_encoder import EncoderConfig
 from stac_edge_segmenter.edge_decoding import EncodedStreamDecoder
 from stac_edge_segmenter.loading import SegmentationModel
 from stac_edge_segmenter.overlay import mask_overlay
+from stac_edge_segmenter.resync import ResyncTracker
 from stac_encoder.frame_sources import SourceFrame
 from stac_encoder.qp_map_receiver import QPMapReceiver, ReceivedMapFields
 from stac_encoder.qp_map_warp import WarpConfig
@@ -46,7 +47,12 @@ from stac_encoder.robot_encoder import MapVerdict, QPMapUpdate, RobotEncoder, Ro
 from stac_eval.baselines import jpeg_round_trip, two_level_allocation
 from stac_eval.replay.link import Downlink, LinkConfig, Uplink
 from stac_eval.replay.truth import EdgeTiming, decode_mask, encode_mask
-from stac_eval.replay.wire import compressed_image_bytes, encoded_frame_bytes, qp_map_bytes
+from stac_eval.replay.wire import (
+    compressed_image_bytes,
+    encoded_frame_bytes,
+    keyframe_request_bytes,
+    qp_map_bytes,
+)
 from stac_sensitivity.calibration import MAP_ONLY_AQ_STRENGTH
 from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder, FeedbackMap
 from stac_sensitivity.online import QPMapComputer, qp_heatmap
@@ -110,6 +116,7 @@ class ReplaySettings:
     flow_width_px: int = 320
     hysteresis_levels: int = 1
     key_map_interval: int = 10
+    keyframe_request_interval_s: float = 0.5
     batch_size: int = 1
 
     def as_json(self) -> dict:
@@ -296,6 +303,7 @@ class PointReplay:
             if method.maps:
                 self.receiver = QPMapReceiver(settings.max_abs_offset_qp)
         self.decoder = EncodedStreamDecoder()
+        self.resync = ResyncTracker(settings.keyframe_request_interval_s)
         self.counters = {
             "maps_sent": 0,
             "maps_lost": 0,
@@ -304,6 +312,8 @@ class PointReplay:
             "masks_sent": 0,
             "masks_lost": 0,
             "keyframes": 0,
+            "keyframe_requests": 0,
+            "keyframe_requests_lost": 0,
             "jobs_segment": 0,
             "jobs_map": 0,
         }
@@ -311,7 +321,7 @@ class PointReplay:
         # that ends frees the worker before an arrival is decoded.
         self._events: list = []
         self._tie = itertools.count()
-        self._robot_inbox: list = []  # (arrival time, tie, kind, payload)
+        self._robot_inbox: list = []  # (arrival time, tie, kind, payload): maps, requests
         self._pending: tuple[int, int, np.ndarray] | None = None
         self._busy = False
         self._to_predict: list[tuple[int, np.ndarray]] = []
@@ -400,9 +410,14 @@ class PointReplay:
         return data.tobytes() if ok else b""
 
     def _robot_receive(self, now: float) -> None:
-        """Apply every map that has reached the robot by `now`, in arrival order."""
+        """Act on everything that has reached the robot by `now`, in arrival order: keyframe
+        requests (the encoder node's service) and maps (its QPMap subscription)."""
         while self._robot_inbox and self._robot_inbox[0][0] <= now:
-            _, _, sent, source_frame_seq, source_stamp_s = heapq.heappop(self._robot_inbox)
+            _, _, kind, payload = heapq.heappop(self._robot_inbox)
+            if kind == "keyframe":
+                self.robot.request_keyframe()
+                continue
+            sent, source_frame_seq, source_stamp_s = payload
             try:
                 level_map = self.receiver.receive(_received_fields(sent))
                 verdict = self.robot.submit_qp_map(
@@ -412,7 +427,7 @@ class PointReplay:
                         source_stamp_s=source_stamp_s,
                         offsets=level_map.offsets_qp,
                         session_id=sent.session_id,
-                        aq_strength=self.computer.calibration.aq_strength,
+                        aq_strength=self.computer.aq_strength,
                     )
                 )
             except ValueError:  # MapRejectedError or the encoder's own checks
@@ -432,6 +447,9 @@ class PointReplay:
             decoded = self.decoder.decode(
                 arrival.payload, arrival.frame_seq, arrival.width, arrival.height
             )
+            self.resync.on_frame(decoded)
+            if self.resync.should_request(decoded, now):
+                self._request_keyframe(now, arrival.index)
             if not decoded.ok:
                 self._frames["status"][arrival.index] = UNDECODABLE
                 return
@@ -444,6 +462,19 @@ class PointReplay:
         self._pending = (arrival.index, arrival.frame_seq, image)
         if not self._busy:
             self._start_job(now)
+
+    def _request_keyframe(self, now: float, index: int) -> None:
+        """The segmenter node's keyframe request after a loss (std_srvs/Trigger, downlink)."""
+        size = keyframe_request_bytes()
+        self.counters["keyframe_requests"] += 1
+        self._frames["feedback_bytes"][index] += size
+        delivery = self.downlink.send(now, size)
+        if delivery.delivered:
+            heapq.heappush(
+                self._robot_inbox, (delivery.arrival_s, next(self._tie), "keyframe", None)
+            )
+        else:
+            self.counters["keyframe_requests_lost"] += 1
 
     def _start_job(self, now: float) -> None:
         if self._pending is None:
@@ -464,7 +495,7 @@ class PointReplay:
             if delivery.delivered:
                 heapq.heappush(
                     self._robot_inbox,
-                    (delivery.arrival_s, next(self._tie), sent, frame_seq, capture_s),
+                    (delivery.arrival_s, next(self._tie), "map", (sent, frame_seq, capture_s)),
                 )
                 if self.recording is not None:
                     heatmap = qp_heatmap(

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from stac_edge_segmenter.loading import SegmentationModel
 from stac_eval.replay.source import ReplaySource
@@ -42,11 +43,13 @@ def default_cache_dir() -> Path:
 
 
 def model_digest(model: SegmentationModel) -> str:
-    """sha256 of the weights file and the configuration that shapes the output."""
+    """sha256 of the network as loaded (every tensor of its state, so a change in how the
+    weights file is turned into a network, such as folded BatchNorm, counts) and of the
+    configuration that shapes the output."""
     digest = hashlib.sha256()
-    with Path(model.spec.weights).open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
+    for name, tensor in model.network.state_dict().items():
+        digest.update(name.encode() + b"\0")
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     spec = model.spec
     config = [spec.kind, spec.classes, spec.mean, spec.std, spec.input_size, spec.architecture]
     digest.update(json.dumps([config, spec.options], sort_keys=True, default=str).encode())

@@ -8,7 +8,7 @@ test_replay_wire.py checks every function against rclpy's serialisation.
 - H.264 methods send stac_msgs/EncodedFrame (the STAC robot; ffmpeg_image_transport's
   FFMPEGPacket has the same shape: header, size, flags and the access unit);
 - JPEG sends sensor_msgs/CompressedImage (compressed_image_transport);
-- maps come back as stac_msgs/QPMap.
+- maps come back as stac_msgs/QPMap, keyframe requests as std_srvs/Trigger requests.
 """
 
 from __future__ import annotations
@@ -72,3 +72,8 @@ def compressed_image_bytes(
 ) -> int:
     """Serialized size of a sensor_msgs/CompressedImage carrying `data_bytes`."""
     return _Cdr().header(frame_id).string(image_format).octets(data_bytes).total()
+
+
+def keyframe_request_bytes() -> int:
+    """Serialized size of a std_srvs/Trigger request (no fields: CDR pads one octet)."""
+    return _Cdr().primitive(1).total() + 3  # the body is padded to 4 octets
