@@ -101,3 +101,31 @@ def test_masks_are_scored_against_the_model_on_uncompressed_frames(graph_run, gr
     miou, frames = masks_miou(result, str(graph_clip), load_model(device="cpu"))
     assert frames == len(result.mask_files) >= 1
     assert 0.3 < miou <= 1.0  # CRF 28 masks agree with the raw-frame masks, not perfectly
+
+
+@pytest.mark.dds
+@pytest.mark.slow
+def test_the_edge_also_runs_as_two_processes(graph_clip, tmp_path):
+    """single_process:=false: segmenter_node and sensitivity_node, each decoding the stream
+    with its own model, as on two edge machines; maps still come back and are applied."""
+    from conftest import REPO_ROOT
+    from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig
+
+    config = GraphRunConfig(
+        video_uri=str(graph_clip),
+        out_dir=tmp_path,
+        launch_dir=REPO_ROOT / "launch",
+        pace="fixed",
+        rate_hz=6.0,
+        edge_process="separate",
+        record_bag=False,
+        overlay_video=False,
+    )
+    result = GraphRun(config).run()
+    assert set(result.exit_codes) == {
+        "segmenter_node", "sensitivity_node", "encoder_node", "video_source_node",
+    }  # fmt: skip
+    assert set(result.exit_codes.values()) == {0}
+    report = summarise(result, float("nan"), 0, "test")
+    assert report["frames"]["every_frame_accounted_for"], report["frames"]
+    assert result.qp_map_bytes and any(r.qp_map_seq > 0 for r in result.encoded)

@@ -41,7 +41,9 @@ COUNTERS = (
     "frames_pending", "frames_lost", "qp_maps", "qp_maps_rejected", "keyframe_requests",
 )  # fmt: skip
 ROGUE_TO_NODE = {"image": "stac_encoder", "encoded": "stac_segmenter"}
-WARMUP_S = 5.0  # memory samples before this are start-up, not growth
+# Memory samples (one a second) of a process's first WARMUP_S seconds are start-up (imports,
+# the model, torch's allocator filling its caches), not growth.
+WARMUP_S = 10.0
 RESTARTS = ("start_edge", "start_robot")
 
 
@@ -107,7 +109,7 @@ def scenarios(duration_s: float, flood_s: float, clip_fps: float) -> list[Scenar
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=Path, default=default_video(), help="clip, looped")
-    parser.add_argument("--duration-s", type=float, default=20.0, help="per scenario")
+    parser.add_argument("--duration-s", type=float, default=30.0, help="per scenario")
     parser.add_argument("--flood-s", type=float, default=60.0, help="the camera flood")
     parser.add_argument("--scenarios", nargs="+", default=None, help="names (default: all)")
     parser.add_argument("--flips", type=int, default=1000, help="bit-flip sweep size")
@@ -216,13 +218,15 @@ def recovery_ms(result: GraphRunResult, edge: dict) -> float | None:
 
 
 def rss_growth_mb(samples: dict[str, list[float]]) -> dict[str, float]:
-    """Per process: the last sample minus the median of the first samples after warm-up."""
+    """Per process: the median of the last quarter of its samples after warm-up minus the
+    median of the first quarter (medians: the allocator's short swings are not growth)."""
     growth = {}
     for name, values in samples.items():
         settled = values[int(WARMUP_S) :]
-        if len(settled) >= 2:
-            head = settled[: max(1, len(settled) // 4)]
-            growth[name] = round(settled[-1] - float(np.median(head)), 1)
+        if len(settled) >= 4:
+            quarter = len(settled) // 4
+            late, early = np.median(settled[-quarter:]), np.median(settled[:quarter])
+            growth[name] = round(float(late - early), 1)
     return growth
 
 

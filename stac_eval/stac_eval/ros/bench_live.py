@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "video/solidWhiteRight.mp4)",
     )
     parser.add_argument("--max-frames", type=int, default=0, help="0 = the whole clip")
+    parser.add_argument(
+        "--duration-s", type=float, default=0.0, help="loop the clip this long (0 = once)"
+    )
     parser.add_argument("--crf", type=float, default=28.0, help="encoder base quality")
     parser.add_argument(
         "--edge",
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> dict:
             launch_dir=args.launch_dir or find_launch_dir(),
             pace="recorded",
             max_frames=args.max_frames,
+            play_duration_s=args.duration_s,
             crf=args.crf,
             edge_process=args.edge,
             encoded_qos=args.encoded_qos,
@@ -123,11 +127,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _resolution(result) -> str:
-    stamp = next(iter(result.mask_files), None)
-    if stamp is None:
+    if result.mask_size is None:
         return "unknown"
-    height, width = result.mask(stamp).shape
-    return f"{width}x{height}"
+    return "{}x{}".format(*result.mask_size)
 
 
 def _print_table(out: dict) -> None:

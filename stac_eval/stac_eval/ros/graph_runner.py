@@ -267,12 +267,11 @@ class GraphRun:
         config = self.config
         log_path = self._log_dir / "rogue_node.log"
         self.result.logs["rogue_node"] = log_path
-        mask = next(iter(self.result.mask_files), None)
-        size = self.result.mask(mask).shape if mask is not None else (270, 480)
+        width, height = self.result.mask_size or (480, 270)
         args = [
             "--ros-args", "-p", f"rate_hz:={config.rogue_rate_hz}",
             "-p", f"duration_s:={config.rogue_duration_s}",
-            "-p", f"width:={size[1]}", "-p", f"height:={size[0]}",
+            "-p", f"width:={width}", "-p", f"height:={height}",
             "-r", "encoded:=/stac/encoded", "-r", "qp_map:=/stac/qp_map",
             "-r", f"image:={self._camera_topic()}",
         ]  # fmt: skip

@@ -63,6 +63,7 @@ class GraphRunResult:
     # Masks go to PNG files as they arrive (memory stays flat however long the run): the
     # camera stamp (ns) of each mask -> its file; `mask` reads one back.
     mask_files: dict[int, Path] = field(default_factory=dict)
+    mask_size: tuple[int, int] | None = None  # (width, height) of the masks
     mask_latency_ms: list[float] = field(default_factory=list)
     qp_map_bytes: list[int] = field(default_factory=list)  # serialized QPMap sizes
     statistics: dict[str, Statistics] = field(default_factory=dict)
@@ -189,6 +190,7 @@ class GraphRecorder:
         elif topic == "/stac/mask":
             stamp_ns = _stamp_ns(msg.header.stamp)
             path = self._mask_dir / f"{stamp_ns}.png"
+            self.result.mask_size = (msg.width, msg.height)
             if not cv2.imwrite(str(path), image_to_numpy(msg)):
                 raise OSError(f"cannot write {path}")
             self.result.mask_files[stamp_ns] = path
