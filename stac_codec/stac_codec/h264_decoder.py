@@ -162,10 +162,6 @@ class H264Decoder:
         return codec
 
     @property
-    def waiting_for_keyframe(self) -> bool:
-        return not self._synced
-
-    @property
     def parameter_set_counts(self) -> tuple[int, int]:
         """(SPS, PPS) the decoder holds: bounded by the standard's id ranges (32, 256)."""
         return self._checker.parameter_set_counts

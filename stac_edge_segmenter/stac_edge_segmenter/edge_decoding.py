@@ -13,6 +13,7 @@ import numpy as np
 
 from stac_codec.h264_decoder import DecodeResult, DecodeStatus, H264Decoder
 from stac_codec.h264_syntax import DEFAULT_MAX_MACROBLOCKS, MAX_SIDE_PIXELS
+from stac_codec.qp_map import macroblock_grid
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ class EncodedStreamDecoder:
             return f"declared picture size {width!r}x{height!r} is not a pair of integers"
         if not (1 <= width <= MAX_SIDE_PIXELS and 1 <= height <= MAX_SIDE_PIXELS):
             return f"declared picture size {width}x{height} is out of range 1..{MAX_SIDE_PIXELS}"
-        macroblocks = -(-width // 16) * -(-height // 16)
+        rows, cols = macroblock_grid(width, height)
+        macroblocks = rows * cols
         if macroblocks > self.max_macroblocks:
             return (
                 f"declared picture size {width}x{height} ({macroblocks} macroblocks) is larger "
