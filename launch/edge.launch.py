@@ -57,6 +57,7 @@ def generate_launch_description() -> LaunchDescription:
         remappings=[
             ("encoded", "/stac/encoded"),
             ("mask", "/stac/mask"),
+            ("mask_feedback", "/stac/mask_feedback"),
             ("overlay", "/stac/overlay"),
             ("qp_map", "/stac/qp_map"),
             ("qp_heatmap", "/stac/qp_heatmap"),
@@ -76,6 +77,7 @@ def generate_launch_description() -> LaunchDescription:
         remappings=[
             ("encoded", "/stac/encoded"),
             ("mask", "/stac/mask"),
+            ("mask_feedback", "/stac/mask_feedback"),
             ("overlay", "/stac/overlay"),
             ("request_keyframe", "/stac_encoder/request_keyframe"),
         ],

@@ -28,6 +28,16 @@ def generate_launch_description() -> LaunchDescription:
             "crf", default_value="28.0", description="Budget: base quality (x264 CRF)."
         ),
         DeclareLaunchArgument(
+            "mode",
+            default_value="stream",
+            description="Robot mode: stream (every frame sent) or keyframe (STAC's scheme).",
+        ),
+        DeclareLaunchArgument(
+            "target_kbps",
+            default_value="0.0",
+            description="Robot bitrate target, kbit/s (0 = constant quality at crf).",
+        ),
+        DeclareLaunchArgument(
             "budget_shift_qp",
             default_value="0",
             description="Budget: uniform QP shift added to every QP map.",
@@ -58,6 +68,8 @@ def generate_launch_description() -> LaunchDescription:
             "camera_topic": LaunchConfiguration("camera_topic"),
             "crf": LaunchConfiguration("crf"),
             "camera_qos": LaunchConfiguration("camera_qos"),
+            "mode": LaunchConfiguration("mode"),
+            "target_kbps": LaunchConfiguration("target_kbps"),
         }.items(),
     )
     edge = IncludeLaunchDescription(

@@ -1,6 +1,8 @@
-"""Robot side of STAC: the QP-map H.264 encoder on the camera stream.
+"""Robot side of STAC: the QP-map H.264 encoder on the camera stream, and a mask for every
+camera frame (the edge's newest, warped by optical flow) on /stac/robot_mask.
 
 ros2 launch launch/robot.launch.py camera_topic:=/camera/image_raw crf:=30.0
+ros2 launch launch/robot.launch.py mode:=keyframe target_kbps:=400
 """
 
 from launch.actions import DeclareLaunchArgument
@@ -24,6 +26,18 @@ def generate_launch_description() -> LaunchDescription:
             "redistributes bits around it.",
         ),
         DeclareLaunchArgument(
+            "mode",
+            default_value="stream",
+            description="stream: every frame is encoded and sent; keyframe: only frames whose "
+            "propagated state went stale, when the edge is free (STAC's scheme).",
+        ),
+        DeclareLaunchArgument(
+            "target_kbps",
+            default_value="0.0",
+            description="Bitrate target in kbit/s (0 = none: constant quality at crf); can be "
+            "changed at run time with ros2 param set /stac_encoder target_kbps N.",
+        ),
+        DeclareLaunchArgument(
             "camera_qos",
             default_value="sensor_data",
             description="QoS of the camera subscription: sensor_data or reliable.",
@@ -40,12 +54,20 @@ def generate_launch_description() -> LaunchDescription:
         name="stac_encoder",
         parameters=[
             LaunchConfiguration("params_file"),
-            {"crf": LaunchConfiguration("crf"), "camera_qos": LaunchConfiguration("camera_qos")},
+            {
+                "crf": LaunchConfiguration("crf"),
+                "camera_qos": LaunchConfiguration("camera_qos"),
+                "mode": LaunchConfiguration("mode"),
+                "target_kbps": LaunchConfiguration("target_kbps"),
+            },
         ],
         remappings=[
             ("image", LaunchConfiguration("camera_topic")),
             ("encoded", "/stac/encoded"),
             ("qp_map", "/stac/qp_map"),
+            ("mask_feedback", "/stac/mask_feedback"),
+            ("robot_mask", "/stac/robot_mask"),
+            ("robot_mask_age", "/stac/robot_mask_age"),
         ],
         output="screen",
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stac_encoder.qp_map_warp import QPMapWarper, WarpConfig
+from stac_encoder.frame_flow import FlowConfig, FrameFlow
+from stac_encoder.qp_map_warp import QPMapWarper
 
 
 @pytest.fixture(scope="module")
@@ -26,32 +27,35 @@ def hot_map(rows: int, cols: int) -> np.ndarray:
 
 
 def test_map_follows_content_moving_right(scene):
-    warper = QPMapWarper(480, 320, WarpConfig(flow_width_px=240))
-    warper.add_frame(1, shifted(scene, 0))
-    assert not warper.set_map(hot_map(warper.rows, warper.cols), 1)
+    flow = FrameFlow(480, 320, FlowConfig(flow_width_px=240))
+    warper = QPMapWarper(flow)
+    flow.add_frame(1, shifted(scene, 0))
+    assert warper.set_map(hot_map(warper.rows, warper.cols), 1)
     for seq, dx in enumerate((8, 16, 24, 32), start=2):
-        warper.add_frame(seq, shifted(scene, dx))
+        flow.add_frame(seq, shifted(scene, dx))
     assert np.argwhere(warper.current_map() == -8).tolist() == [[8, 12]]
 
 
 def test_late_map_is_warped_from_its_source_frame(scene):
-    warper = QPMapWarper(480, 320, WarpConfig(flow_width_px=240))
+    flow = FrameFlow(480, 320, FlowConfig(flow_width_px=240))
+    warper = QPMapWarper(flow)
     for seq, dx in enumerate((0, 16, 32), start=1):
-        warper.add_frame(seq, shifted(scene, dx))
+        flow.add_frame(seq, shifted(scene, dx))
     assert warper.set_map(hot_map(warper.rows, warper.cols), 1)
     assert np.argwhere(warper.current_map() == -8).tolist() == [[8, 12]]
 
 
 def test_unknown_source_frame_uses_the_map_as_is(scene):
-    warper = QPMapWarper(480, 320, WarpConfig(history_frames=2))
+    flow = FrameFlow(480, 320, FlowConfig(history_frames=2))
+    warper = QPMapWarper(flow)
     for seq in range(1, 5):
-        warper.add_frame(seq, shifted(scene, 0))
+        flow.add_frame(seq, shifted(scene, 0))
     assert not warper.set_map(hot_map(warper.rows, warper.cols), 1)
     np.testing.assert_array_equal(warper.current_map(), hot_map(warper.rows, warper.cols))
 
 
 def test_wrong_map_shape_is_rejected(scene):
-    warper = QPMapWarper(480, 320)
+    warper = QPMapWarper(FrameFlow(480, 320))
     with pytest.raises(ValueError, match="shape"):
         warper.set_map(np.zeros((3, 3), np.int8), 1)
     assert warper.current_map() is None

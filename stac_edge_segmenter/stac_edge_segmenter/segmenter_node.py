@@ -1,9 +1,14 @@
 """`segmenter_node` (edge): H.264 from the robot in, class-id masks and overlays out.
 
 Topics:
-  encoded  stac_msgs/EncodedFrame  in
-  mask     sensor_msgs/Image mono8 out  class id per pixel, header = the camera frame's
-  overlay  sensor_msgs/Image rgb8  out  mask colours over the decoded frame, for rviz
+  encoded        stac_msgs/EncodedFrame      in
+  mask           sensor_msgs/Image mono8     out  class id per pixel, header = the camera
+                                                  frame's (on the edge)
+  overlay        sensor_msgs/Image rgb8      out  mask colours over the decoded frame, for rviz
+  mask_feedback  stac_msgs/SegmentationMask  out  the same mask for the robot, in the compact
+                                                  lossless wire form of stac_codec.mask_wire
+                                                  (~2.7 kB at 960x540), which the robot warps
+                                                  to every camera frame
 Client request_keyframe (std_srvs/Trigger; remap to the robot's /stac_encoder/request_keyframe):
   after a lost or damaged access unit, or on joining a running stream, the segmenter asks the
   robot for a keyframe (at most every `keyframe_request_interval_s`) instead of waiting for the
@@ -28,18 +33,20 @@ from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from stac_codec.h264_decoder import DecodeResult, DecodeStatus
+from stac_codec.mask_wire import ENCODING_NAME, encode_mask
 from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
 from stac_edge_segmenter.model_parameters import MODEL_PARAMETERS, load_model_from
 from stac_edge_segmenter.overlay import mask_overlay
 from stac_edge_segmenter.resync import ResyncTracker
 from stac_edge_segmenter.segmentation_hook import SegmentationHook
-from stac_msgs.msg import EncodedFrame
+from stac_msgs.msg import EncodedFrame, SegmentationMask
 from stac_ros_common.image_conversion import numpy_to_image
+from stac_ros_common.image_pixels import to_uint8_field
 from stac_ros_common.newest_item_worker import NewestItemWorker
 from stac_ros_common.node_runner import StatisticsReporter, run_node, stamp_to_s
 from stac_ros_common.parameter_spec import ParameterSpec
 from stac_ros_common.parameters import declare_parameters
-from stac_ros_common.qos import ENCODED_QOS_KINDS, OUTPUT_QOS, encoded_qos
+from stac_ros_common.qos import ENCODED_QOS_KINDS, MASK_FEEDBACK_QOS, OUTPUT_QOS, encoded_qos
 from stac_ros_common.rejections import RejectionLog
 from stac_ros_common.statistics import NodeStatistics
 from stac_ros_common.wire_size import serialized_size_bytes
@@ -48,6 +55,12 @@ PARAMETERS = (
     *MODEL_PARAMETERS,
     ParameterSpec("overlay_alpha", 0.5, "Weight of the class colours in the overlay.", 0.0, 1.0),
     ParameterSpec("publish_overlay", True, "Publish the colour overlay (costs ~2 ms/frame)."),
+    ParameterSpec(
+        "publish_mask_feedback",
+        True,
+        "Send every mask back to the robot (mask_feedback, compact wire form), which warps "
+        "it to every camera frame.",
+    ),
     ParameterSpec(
         "encoded_qos",
         "reliable",
@@ -83,6 +96,9 @@ class SegmenterNode(Node):
         self._decoder = EncodedStreamDecoder()
         self._mask_publisher = self.create_publisher(Image, "mask", OUTPUT_QOS)
         self._overlay_publisher = self.create_publisher(Image, "overlay", OUTPUT_QOS)
+        self._feedback_publisher = self.create_publisher(
+            SegmentationMask, "mask_feedback", MASK_FEEDBACK_QOS
+        )
         self.create_subscription(
             EncodedFrame, "encoded", self._on_encoded, encoded_qos(self.params["encoded_qos"])
         )
@@ -143,6 +159,10 @@ class SegmenterNode(Node):
         else:
             class_ids = self.model.predict(frame.image, with_probabilities=False).class_ids[0]
         self._mask_publisher.publish(numpy_to_image(class_ids, "mono8", frame.header))
+        if self.params["publish_mask_feedback"]:
+            feedback = mask_feedback_message(class_ids, frame, self.model.num_classes)
+            self._feedback_publisher.publish(feedback)
+            self.statistics.add_mask_feedback(time.monotonic(), serialized_size_bytes(feedback))
         if self.params["publish_overlay"]:
             overlay = mask_overlay(
                 frame.image, class_ids, self.model.palette, self.params["overlay_alpha"]
@@ -175,6 +195,20 @@ class SegmenterNode(Node):
         self._worker.close()
         if self.context.ok():  # after SIGTERM rclpy has already shut the context down
             self._mask_publisher.wait_for_all_acked(Duration(seconds=2))
+
+
+def mask_feedback_message(class_ids, frame: DecodedFrame, num_classes: int) -> SegmentationMask:
+    """The SegmentationMask of a frame's class ids, as it goes back to the robot."""
+    msg = SegmentationMask(
+        header=frame.header,
+        source_frame_seq=frame.frame_seq,
+        width=int(class_ids.shape[1]),
+        height=int(class_ids.shape[0]),
+        encoding=ENCODING_NAME,
+        num_classes=int(num_classes),
+    )
+    msg.data = to_uint8_field(encode_mask(class_ids))
+    return msg
 
 
 def main(args: list[str] | None = None) -> None:

@@ -1,35 +1,52 @@
-"""`encoder_node` (robot): camera images in, H.264 access units out, QP maps from the edge.
+"""`encoder_node` (robot): camera images in, H.264 access units out, maps and masks from the
+edge, and a mask for every camera frame.
 
-A thin shell over `stac_encoder.robot_encoder.RobotEncoder`. Topics (remap as needed):
-  image    sensor_msgs/Image   in   the camera (rgb8, bgr8 or mono8)
-  qp_map   stac_msgs/QPMap     in   maps from the edge's sensitivity node
-  encoded  stac_msgs/EncodedFrame out
-Service ~/request_keyframe (std_srvs/Trigger): the next frame is an IDR picture.
-Maps arrive in the compact wire form (key maps and deltas, `stac_encoder.qp_map_receiver`);
-every refused map is counted and each kind of refusal logged once.
+A thin shell over `stac_encoder.robot_loop.RobotLoop`. Topics (remap as needed):
+  image           sensor_msgs/Image           in   the camera (rgb8, bgr8 or mono8)
+  qp_map          stac_msgs/QPMap             in   maps from the edge's sensitivity node
+  mask_feedback   stac_msgs/SegmentationMask  in   the edge's masks (compact wire form)
+  encoded         stac_msgs/EncodedFrame      out  every frame (stream) or keyframes only
+  robot_mask      sensor_msgs/Image mono8     out  for every camera frame: the edge's newest
+                                                   mask warped to it (the camera's stamp)
+  robot_mask_age  stac_msgs/MaskAge           out  how old that mask is (same stamp)
+Service ~/request_keyframe (std_srvs/Trigger): the next frame is an IDR picture (in keyframe
+mode it is sent at once).
+Parameter `mode`: stream (every frame encoded and sent) or keyframe (only frames whose
+propagated state went stale, when the edge is free). `target_kbps` (changeable at run time:
+`ros2 param set /stac_encoder target_kbps 600`) holds a bitrate with the QP map applied.
+Maps arrive in the compact wire form (key maps and deltas, `stac_encoder.qp_map_receiver`),
+masks in `stac_codec.mask_wire`'s; every refused map or mask is counted and each kind of
+refusal logged once.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
+from builtin_interfaces.msg import Time
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.duration import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from stac_codec.h264_encoder import PRESETS, EncoderConfig
+from stac_codec.mask_wire import ENCODING_NAME, MaskWireError, decode_mask
+from stac_encoder.frame_flow import DIS_PRESETS, FlowConfig
+from stac_encoder.keyframes import KeyframeConfig
 from stac_encoder.qp_map_receiver import MapRejectedError, QPMapReceiver, ReceivedMapFields
-from stac_encoder.qp_map_warp import WarpConfig
+from stac_encoder.rate_control import RateControlConfig
 from stac_encoder.robot_encoder import (
     STALE_MAPS_BEFORE_RESYNC,
     MapVerdict,
     QPMapUpdate,
-    RobotEncoder,
     RobotEncoderConfig,
 )
-from stac_msgs.msg import EncodedFrame, QPMap
+from stac_encoder.robot_loop import MODES, FrameOutcome, RobotLoop, RobotLoopConfig
+from stac_msgs.msg import EncodedFrame, MaskAge, QPMap, SegmentationMask
+from stac_ros_common.image_conversion import numpy_to_image
 from stac_ros_common.image_pixels import (
     ImageConversionError,
     field_as_numpy,
@@ -39,7 +56,7 @@ from stac_ros_common.image_pixels import (
 from stac_ros_common.node_runner import StatisticsReporter, run_node, stamp_to_s
 from stac_ros_common.parameter_spec import ParameterSpec
 from stac_ros_common.parameters import declare_parameters
-from stac_ros_common.qos import ENCODED_QOS, QP_MAP_QOS, camera_qos
+from stac_ros_common.qos import ENCODED_QOS, MASK_FEEDBACK_QOS, OUTPUT_QOS, QP_MAP_QOS, camera_qos
 from stac_ros_common.rejections import RejectionLog
 from stac_ros_common.statistics import NodeStatistics
 from stac_ros_common.wire_size import serialized_size_bytes
@@ -48,12 +65,33 @@ PIXEL_FORMAT_BY_ENCODING = {"rgb8": "rgb24", "bgr8": "bgr24", "mono8": "rgb24"}
 
 PARAMETERS = (
     ParameterSpec(
+        "mode",
+        "stream",
+        "stream: every camera frame is encoded and sent; keyframe: only frames whose "
+        "propagated state went stale (or a cut, or max_keyframe_interval_frames), and only "
+        "when the edge has answered the previous one.",
+        choices=MODES,
+    ),
+    ParameterSpec(
         "rate_control",
         "crf",
-        "Base quality mode: constant quality ('crf') or target bitrate ('bitrate').",
+        "Who holds a bitrate target: 'crf' = the robot's outer loop on the CRF (target_kbps; "
+        "measured to track better under the QP map, and it works in keyframe mode), 'bitrate' "
+        "= x264's own ABR + VBV at bitrate_kbps (stream mode only).",
         choices=("crf", "bitrate"),
     ),
-    ParameterSpec("crf", 28.0, "x264 CRF for rate_control 'crf' (lower = better).", 0.0, 51.0),
+    ParameterSpec(
+        "crf", 28.0, "x264 CRF (lower = better); the start when target_kbps > 0.", 0.0, 51.0
+    ),
+    ParameterSpec(
+        "target_kbps",
+        0.0,
+        "Bitrate target, kbit/s (0 = none: constant quality at crf). Held within +-10% over "
+        "2-s windows by moving the CRF under the QP map.",
+        0.0,
+        1_000_000.0,
+        read_only=False,
+    ),
     ParameterSpec(
         "bitrate_kbps", 1000, "Target bitrate for rate_control 'bitrate', kbit/s.", 1, 1_000_000
     ),
@@ -88,6 +126,63 @@ PARAMETERS = (
         "flow_width_px", 320, "Width frames are downscaled to for optical flow, px.", 32, 4096
     ),
     ParameterSpec(
+        "flow_preset",
+        "ultrafast",
+        "DIS preset of the per-frame flow (computed once per camera frame).",
+        choices=tuple(DIS_PRESETS),
+    ),
+    ParameterSpec(
+        "anchor_preset",
+        "medium",
+        "DIS preset of the one direct flow that carries a late map or mask across the frames "
+        "it missed (once per arriving map or mask).",
+        choices=tuple(DIS_PRESETS),
+    ),
+    ParameterSpec(
+        "flow_history_frames",
+        64,
+        "Camera frames of flow kept: the most a late map or mask can be carried across.",
+        2,
+        1000,
+    ),
+    ParameterSpec(
+        "publish_robot_mask",
+        True,
+        "Warp the edge's newest mask to every camera frame and publish it (robot_mask, "
+        "robot_mask_age).",
+    ),
+    ParameterSpec(
+        "stale_psnr_db",
+        24.0,
+        "Keyframe mode: send a frame when it and the last keyframe, warped to it by flow, "
+        "differ more than this (PSNR, dB; higher = more keyframes).",
+        1.0,
+        99.0,
+    ),
+    ParameterSpec(
+        "cut_explained",
+        0.5,
+        "Keyframe mode: a scene cut (sent at once, as IDR) when the previous frame warped by "
+        "flow explains less than this share of a frame's variance.",
+        -1.0,
+        1.0,
+    ),
+    ParameterSpec(
+        "max_keyframe_interval_frames",
+        50,
+        "Keyframe mode: send at least every this many camera frames.",
+        1,
+        100_000,
+    ),
+    ParameterSpec(
+        "edge_timeout_s",
+        1.0,
+        "Keyframe mode: wait at most this long (camera time) for the edge's mask of a keyframe "
+        "before sending the next (the keyframe or its mask may have been lost), s.",
+        0.01,
+        3600.0,
+    ),
+    ParameterSpec(
         "camera_qos",
         "sensor_data",
         "QoS of the camera subscription.",
@@ -96,12 +191,24 @@ PARAMETERS = (
 )
 
 
+def flow_config_from(params: dict) -> FlowConfig:
+    return FlowConfig(
+        flow_width_px=params["flow_width_px"],
+        history_frames=params["flow_history_frames"],
+        preset=params["flow_preset"],
+        anchor_preset=params["anchor_preset"],
+    )
+
+
 def encoder_config_from(params: dict) -> RobotEncoderConfig:
+    bitrate = params["bitrate_kbps"]
+    if params["rate_control"] == "bitrate" and params["target_kbps"] > 0:
+        bitrate = max(1, round(params["target_kbps"]))
     return RobotEncoderConfig(
         encoder=EncoderConfig(
             rate_control=params["rate_control"],
             crf=params["crf"],
-            bitrate_kbps=params["bitrate_kbps"],
+            bitrate_kbps=bitrate,
             fps=params["fps"],
             preset=params["preset"],
             gop_frames=params["gop_frames"],
@@ -110,7 +217,24 @@ def encoder_config_from(params: dict) -> RobotEncoderConfig:
         ),
         max_map_age_s=params["max_map_age_s"],
         warp_qp_map=params["warp_qp_map"],
-        warp=WarpConfig(flow_width_px=params["flow_width_px"]),
+        warp=flow_config_from(params),
+    )
+
+
+def loop_config_from(params: dict) -> RobotLoopConfig:
+    target = params["target_kbps"] if params["rate_control"] == "crf" else 0.0
+    return RobotLoopConfig(
+        mode=params["mode"],
+        encoder=encoder_config_from(params),
+        flow=flow_config_from(params),
+        keyframes=KeyframeConfig(
+            stale_psnr_db=params["stale_psnr_db"],
+            cut_explained=params["cut_explained"],
+            max_interval_frames=params["max_keyframe_interval_frames"],
+            edge_timeout_s=params["edge_timeout_s"],
+        ),
+        rate=RateControlConfig(target_kbps=target),
+        propagate_masks=params["publish_robot_mask"],
     )
 
 
@@ -131,22 +255,32 @@ class EncoderNode(Node):
     def __init__(self) -> None:
         super().__init__("stac_encoder")
         self.params = declare_parameters(self, PARAMETERS)
-        self.encoder = RobotEncoder(encoder_config_from(self.params))
+        self.loop = RobotLoop(loop_config_from(self.params))
         self.statistics = NodeStatistics()
         self._publisher = self.create_publisher(EncodedFrame, "encoded", ENCODED_QOS)
+        self._mask_publisher = self.create_publisher(Image, "robot_mask", OUTPUT_QOS)
+        self._age_publisher = self.create_publisher(MaskAge, "robot_mask_age", OUTPUT_QOS)
         self.create_subscription(
             Image, "image", self._on_image, camera_qos(self.params["camera_qos"])
         )
         self.create_subscription(QPMap, "qp_map", self._on_qp_map, QP_MAP_QOS)
+        self.create_subscription(
+            SegmentationMask, "mask_feedback", self._on_mask, MASK_FEEDBACK_QOS
+        )
         self.create_service(Trigger, "~/request_keyframe", self._on_request_keyframe)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._reporter = StatisticsReporter(self, self.statistics, role="robot")
         self._receiver = QPMapReceiver(self.params["max_abs_offset_qp"])
         self._rejections = RejectionLog(self.get_logger().warning)
-        self._base_quality = (
-            self.params["crf"]
-            if self.params["rate_control"] == "crf"
-            else float(self.params["bitrate_kbps"])
-        )
+        self._report_rate()
+
+    @property
+    def encoder(self):
+        """The encoding core (RobotEncoder) inside the loop."""
+        return self.loop.encoder
+
+    def _report_rate(self) -> None:
+        self.statistics.set_rate(self.loop.rate.target_kbps, self.loop.encoder.base_quality)
 
     def _on_image(self, msg: Image) -> None:
         self.statistics.count("frames_in")
@@ -154,7 +288,7 @@ class EncoderNode(Node):
             pixels = image_to_numpy(msg)
             if msg.encoding == "mono8":
                 pixels = np.repeat(pixels[..., None], 3, axis=2)
-            result = self.encoder.encode(
+            outcome = self.loop.process(
                 pixels, stamp_to_s(msg.header.stamp), PIXEL_FORMAT_BY_ENCODING[msg.encoding]
             )
         except ImageConversionError as error:
@@ -166,6 +300,17 @@ class EncoderNode(Node):
         except RuntimeError as error:  # x264 itself failed
             self._refuse_frame("image/encoder_error", error)
             return
+        if outcome.encoded is not None:
+            self._publish_encoded(msg, outcome)
+        else:
+            self.statistics.count("frames_held")
+            if outcome.decision is not None and outcome.decision.waited:
+                self.statistics.count("frames_waited")
+        if outcome.mask is not None:
+            self._publish_mask(msg, outcome)
+
+    def _publish_encoded(self, msg: Image, outcome: FrameOutcome) -> None:
+        result = outcome.encoded
         out = EncodedFrame(
             header=msg.header,
             frame_seq=result.frame_seq,
@@ -175,12 +320,56 @@ class EncoderNode(Node):
             keyframe=result.packet.keyframe,
             qp_map_seq=result.qp_map_seq,
             rate_control=self.params["rate_control"],
-            base_quality=self._base_quality,
+            base_quality=float(self.loop.encoder.base_quality),
         )
         out.data = to_uint8_field(result.packet.data)
         self._publisher.publish(out)
         self.statistics.count("frames_encoded")
         self.statistics.add_uplink(time.monotonic(), serialized_size_bytes(out))
+        self._report_rate()
+
+    def _publish_mask(self, msg: Image, outcome: FrameOutcome) -> None:
+        mask = outcome.mask
+        self._mask_publisher.publish(numpy_to_image(mask.class_ids, "mono8", msg.header))
+        age_s = outcome.mask_age_s if outcome.mask_age_s is not None else math.nan
+        source_s = outcome.capture_s - age_s if math.isfinite(age_s) else 0.0
+        age = MaskAge(
+            header=msg.header,
+            age_frames=mask.age_frames,
+            age_s=float(age_s),
+            source_stamp=_time_of(source_s),
+            warped=mask.warped,
+        )
+        self._age_publisher.publish(age)
+        self.statistics.count("robot_masks")
+
+    def _on_mask(self, msg: SegmentationMask) -> None:
+        self.statistics.add_mask_feedback(time.monotonic(), serialized_size_bytes(msg))
+        if msg.encoding != ENCODING_NAME:
+            self._refuse_mask("mask/encoding", f"mask refused: unknown encoding {msg.encoding!r}")
+            return
+        try:
+            class_ids = decode_mask(field_as_numpy(msg.data).tobytes())
+            if class_ids.shape != (msg.height, msg.width):
+                raise MaskWireError(
+                    f"header says {msg.width}x{msg.height}, the data holds "
+                    f"{class_ids.shape[1]}x{class_ids.shape[0]}"
+                )
+            adopted = self.loop.submit_mask(class_ids, msg.source_frame_seq)
+        except (MaskWireError, ImageConversionError) as error:
+            self._refuse_mask("mask/damaged", f"mask refused: {error}")
+            return
+        except ValueError as error:  # another picture size than the frames now
+            self._refuse_mask("mask/size", f"mask refused: {error}")
+            return
+        if not adopted:
+            self._refuse_mask(
+                "mask/stale",
+                f"mask of frame {msg.source_frame_seq} refused: older than the mask held, or "
+                "its frame is no longer known",
+            )
+            return
+        self.statistics.count("masks_received")
 
     def _on_qp_map(self, msg: QPMap) -> None:
         self.statistics.add_feedback(time.monotonic(), serialized_size_bytes(msg))
@@ -190,7 +379,7 @@ class EncoderNode(Node):
             self._refuse_map(f"qp_map/{error.kind}", f"QP map refused: {error}")
             return
         try:
-            verdict = self.encoder.submit_qp_map(
+            verdict = self.loop.submit_qp_map(
                 QPMapUpdate(
                     map_seq=msg.map_seq,
                     source_frame_seq=msg.source_frame_seq,
@@ -215,6 +404,21 @@ class EncoderNode(Node):
             )
         self.statistics.count("qp_maps")
 
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        """target_kbps may change at run time (the others are read-only)."""
+        for parameter in parameters:
+            if parameter.name != "target_kbps":
+                continue
+            value = float(parameter.value)
+            try:
+                self.loop.set_target_kbps(value)
+            except ValueError as error:
+                return SetParametersResult(successful=False, reason=str(error))
+            self.params["target_kbps"] = value
+            self.get_logger().info(f"bitrate target now {value:g} kbit/s")
+            self._report_rate()
+        return SetParametersResult(successful=True)
+
     def _refuse_frame(self, kind: str, error: Exception) -> None:
         self.statistics.count("frames_failed")
         self._rejections.reject(kind, f"camera frame not encoded: {error}")
@@ -223,15 +427,25 @@ class EncoderNode(Node):
         self.statistics.count("qp_maps_rejected")
         self._rejections.reject(kind, message)
 
+    def _refuse_mask(self, kind: str, message: str) -> None:
+        self.statistics.count("masks_rejected")
+        self._rejections.reject(kind, message)
+
     def _on_request_keyframe(self, request: Trigger.Request, response: Trigger.Response):
-        self.encoder.request_keyframe()
+        self.loop.request_keyframe()
         response.success, response.message = True, "the next frame will be a keyframe"
         return response
 
     def close(self) -> None:
         if self.context.ok():  # after SIGTERM rclpy has already shut the context down
             self._publisher.wait_for_all_acked(Duration(seconds=2))
-        self.encoder.close()
+            self._mask_publisher.wait_for_all_acked(Duration(seconds=2))
+        self.loop.close()
+
+
+def _time_of(stamp_s: float) -> Time:
+    seconds = math.floor(stamp_s)
+    return Time(sec=int(seconds), nanosec=min(999_999_999, round((stamp_s - seconds) * 1e9)))
 
 
 def main(args: list[str] | None = None) -> None:

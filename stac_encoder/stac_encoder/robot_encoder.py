@@ -7,6 +7,12 @@ when the edge's calibration asks for another x264 AQ strength, which x264 cannot
 running encoder), drops maps whose source frame is more than `max_map_age_s` away from the
 frame being encoded (camera clock), and forces keyframes on request.
 
+Flow: the map is carried with the per-frame optical flow of `frame_flow.FrameFlow`. The encoder
+owns one when it runs alone (every camera frame is encoded: the flow's frames are the encoded
+frames); `RobotLoop` shares its own with the mask warper instead, adding every camera frame to
+it (in keyframe mode most camera frames are not encoded) and telling `encode` which flow frame
+is being encoded, so a map computed on an encoded frame is warped from the right flow frame.
+
 A frame that cannot be encoded raises ValueError (or EncoderError) and changes nothing: it
 gets no frame_seq (so the edge sees no false gap) and the running encoder stays open.
 """
@@ -15,12 +21,15 @@ from __future__ import annotations
 
 import enum
 import math
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from stac_codec.h264_encoder import EncodedPacket, EncoderConfig, QPMapEncoder
 from stac_codec.qp_map import macroblock_grid, validate_qp_map
+from stac_encoder.frame_flow import FrameFlow
 from stac_encoder.qp_map_warp import QPMapWarper, WarpConfig
 
 MAX_PICTURE_SIDE_PX = 16384  # H.264 levels allow no larger side
@@ -81,13 +90,21 @@ class EncodedFrameResult:
 
 
 class RobotEncoder:
-    """Encodes camera frames with the newest usable QP map. Not thread-safe: one caller."""
+    """Encodes camera frames with the newest usable QP map. Not thread-safe: one caller.
 
-    def __init__(self, config: RobotEncoderConfig | None = None) -> None:
+    flow: a FrameFlow shared with other warpers (the caller adds every camera frame to it and
+    passes `flow_seq` to encode); None: the encoder keeps its own when warp_qp_map is set.
+    """
+
+    def __init__(self, config: RobotEncoderConfig | None = None, flow: FrameFlow | None = None):
         self.config = config or RobotEncoderConfig()
         self._aq_strength = self.config.encoder.aq_strength
+        self._base_quality: float | None = None  # set_base_quality's value, kept over re-opens
         self._encoder: QPMapEncoder | None = None
+        self._shared_flow = flow
+        self._flow: FrameFlow | None = None
         self._warper: QPMapWarper | None = None
+        self._flow_seq_of: OrderedDict[int, int] = OrderedDict()  # frame_seq -> flow frame
         self._frame_seq = 0
         self._newest_capture_s: float | None = None
         self._pending_map: QPMapUpdate | None = None
@@ -96,6 +113,7 @@ class RobotEncoder:
         self._newest_map_seq = 0
         self._stale_in_a_row = 0
         self._keyframe_requested = False
+        self.last_map_ms = 0.0  # wall time the last encode spent warping the map
 
     @property
     def aq_strength(self) -> float:
@@ -150,25 +168,74 @@ class RobotEncoder:
     def request_keyframe(self) -> None:
         self._keyframe_requested = True
 
+    @property
+    def frame_seq(self) -> int:
+        """The frame_seq of the last encoded frame (0 before the first)."""
+        return self._frame_seq
+
+    @property
+    def base_quality(self) -> float:
+        """The budget knob now: the CRF ('crf') or the target kbit/s ('bitrate')."""
+        if self._base_quality is not None:
+            return self._base_quality
+        encoder = self.config.encoder
+        return encoder.crf if encoder.rate_control == "crf" else float(encoder.bitrate_kbps)
+
+    def set_base_quality(self, base_quality: float) -> None:
+        """Move the CRF (or the bitrate target) from the next frame on, without a keyframe;
+        kept when the encoder is re-opened. ValueError when out of range."""
+        if self.config.encoder.rate_control == "crf" and not 0.0 <= base_quality <= 51.0:
+            raise ValueError(f"CRF must be in [0, 51], got {base_quality}")
+        if self.config.encoder.rate_control == "bitrate" and not base_quality >= 1:
+            raise ValueError(f"bitrate must be >= 1 kbit/s, got {base_quality}")
+        if self._encoder is not None:
+            self._encoder.set_base_quality(base_quality)
+        self._base_quality = float(base_quality)
+
     def encode(
-        self, frame: np.ndarray, capture_stamp_s: float, pixel_format: str = "rgb24"
+        self,
+        frame: np.ndarray,
+        capture_stamp_s: float,
+        pixel_format: str = "rgb24",
+        flow_seq: int | None = None,
     ) -> EncodedFrameResult:
-        """Encode one HxWx3 uint8 frame (rgb24 or bgr24) captured at `capture_stamp_s`."""
+        """Encode one HxWx3 uint8 frame (rgb24 or bgr24) captured at `capture_stamp_s`.
+
+        flow_seq: with a shared FrameFlow, the number under which the caller added this frame
+        to it (default: its current frame)."""
         height, width = _check_frame(frame)
         if not math.isfinite(capture_stamp_s):
             raise ValueError(f"capture stamp must be finite, got {capture_stamp_s}")
+        shared = self._shared_flow
+        if shared is not None and (shared.width, shared.height) != (width, height):
+            raise ValueError(
+                f"frame of {width}x{height} px, the shared flow is for "
+                f"{shared.width}x{shared.height}"
+            )
         self._ensure_encoder(width, height, pixel_format)
         packet_frame_seq = self._frame_seq + 1
-        if self._warper is not None:
-            rgb = frame if pixel_format == "rgb24" else frame[..., ::-1]
-            self._warper.add_frame(packet_frame_seq, rgb)
+        if self._flow is not None:
+            if self._shared_flow is None:
+                rgb = frame if pixel_format == "rgb24" else frame[..., ::-1]
+                self._flow.add_frame(packet_frame_seq, rgb)
+                flow_seq = packet_frame_seq
+            elif flow_seq is None:
+                flow_seq = self._flow.current_seq
         self._adopt_pending_map()
         qp_map, qp_map_seq = self._map_for(capture_stamp_s)
         packet = self._encoder.encode(frame, qp_map, force_keyframe=self._keyframe_requested)
         self._frame_seq = packet_frame_seq
         self._newest_capture_s = capture_stamp_s
         self._keyframe_requested = False
+        if self._flow is not None and flow_seq is not None:
+            self._flow_seq_of[packet_frame_seq] = flow_seq
+            while len(self._flow_seq_of) > self._flow.config.history_frames:
+                self._flow_seq_of.popitem(last=False)
         return EncodedFrameResult(self._frame_seq, packet, qp_map_seq, width, height)
+
+    def flow_seq_of(self, frame_seq: int) -> int | None:
+        """The flow frame an encoded frame was (None: unknown or forgotten)."""
+        return self._flow_seq_of.get(frame_seq)
 
     def _ensure_encoder(self, width: int, height: int, pixel_format: str) -> None:
         """An encoder for this size, channel order and AQ strength; the old one is closed
@@ -181,6 +248,10 @@ class RobotEncoder:
             return
         base = current.config if current is not None else self.config.encoder
         config = replace(base, aq_strength=self._aq_strength)
+        if self._base_quality is not None and config.rate_control == "crf":
+            config = replace(config, crf=self._base_quality)
+        elif self._base_quality is not None:
+            config = replace(config, bitrate_kbps=round(self._base_quality))
         replacement = QPMapEncoder(config, width, height, pixel_format)
         if current is not None:
             current.close()
@@ -188,11 +259,18 @@ class RobotEncoder:
                 self._pending_map = self._active_map = None
         self._encoder = replacement
         if self._warper is None or (self._warper.width, self._warper.height) != (width, height):
-            self._warper = (
-                QPMapWarper(width, height, self.config.warp) if self.config.warp_qp_map else None
-            )
+            self._warper = None
+            if self.config.warp_qp_map:
+                self._flow = self._flow_for(width, height)
+                self._warper = QPMapWarper(self._flow)
+                self._flow_seq_of.clear()
         if self._active_map is not None and self._pending_map is None:
             self._pending_map, self._active_map = self._active_map, None
+
+    def _flow_for(self, width: int, height: int) -> FrameFlow:
+        if self._shared_flow is not None:
+            return self._shared_flow  # its size was checked in encode
+        return FrameFlow(width, height, self.config.warp)
 
     def _adopt_pending_map(self) -> None:
         update, self._pending_map = self._pending_map, None
@@ -204,7 +282,8 @@ class RobotEncoder:
             self._switch_aq_strength(update.aq_strength)
         self._active_map = update
         if self._warper is not None:
-            self._warper.set_map(update.offsets, update.source_frame_seq)
+            source = self._flow_seq_of.get(update.source_frame_seq, -1)
+            self._warper.set_map(update.offsets, source)
 
     def _switch_aq_strength(self, aq_strength: float) -> None:
         """Re-open the encoder with another AQ strength (x264's reconfig cannot change it);
@@ -218,13 +297,17 @@ class RobotEncoder:
             raise
 
     def _map_for(self, capture_stamp_s: float) -> tuple[np.ndarray | None, int]:
+        self.last_map_ms = 0.0
         active = self._active_map
         if active is None:
             return None, 0
         if abs(capture_stamp_s - active.source_stamp_s) > self.config.max_map_age_s:
             return None, 0
         if self._warper is not None:
-            return self._warper.current_map(), active.map_seq
+            started = time.perf_counter()
+            qp_map = self._warper.current_map()
+            self.last_map_ms = 1e3 * (time.perf_counter() - started)
+            return qp_map, active.map_seq
         return active.offsets, active.map_seq
 
     def close(self) -> None:

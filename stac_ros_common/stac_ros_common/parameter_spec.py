@@ -12,7 +12,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ParameterSpec:
-    """One node parameter: default (its type is the parameter's type), description, bounds."""
+    """One node parameter: default (its type is the parameter's type), description, bounds.
+
+    read_only: declared read-only (read once at start); False for the few a node lets users
+    change at run time (`ros2 param set`), which that node then handles in a callback."""
 
     name: str
     default: Any
@@ -20,6 +23,7 @@ class ParameterSpec:
     min_value: float | None = None
     max_value: float | None = None
     choices: tuple[str, ...] = ()
+    read_only: bool = True
 
     @property
     def bounded(self) -> bool:
@@ -27,6 +31,9 @@ class ParameterSpec:
 
     def full_description(self) -> str:
         """The description, with the allowed choices appended when there are any."""
+        text = self.description
         if self.choices:
-            return f"{self.description} One of: {', '.join(self.choices)}."
-        return self.description
+            text = f"{text} One of: {', '.join(self.choices)}."
+        if not self.read_only:
+            text = f"{text} Can be changed at run time."
+        return text

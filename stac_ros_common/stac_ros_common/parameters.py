@@ -12,8 +12,8 @@ from stac_ros_common.parameter_spec import ParameterSpec
 
 
 def descriptor(spec: ParameterSpec) -> ParameterDescriptor:
-    """The read-only descriptor of a spec, with its range when it has one."""
-    result = ParameterDescriptor(description=spec.full_description(), read_only=True)
+    """The descriptor of a spec (read-only unless the spec says otherwise), with its range."""
+    result = ParameterDescriptor(description=spec.full_description(), read_only=spec.read_only)
     if spec.bounded and isinstance(spec.default, int) and not isinstance(spec.default, bool):
         result.integer_range = [
             IntegerRange(from_value=int(spec.min_value), to_value=int(spec.max_value), step=0)

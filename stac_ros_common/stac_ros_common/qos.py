@@ -10,6 +10,8 @@
   the edge asks the robot for a keyframe and recovers within a round trip).
 - QP maps: reliable, keep last 1, transient local: only the newest map matters, and an
   encoder that (re)starts late still gets it.
+- masks fed back to the robot (SegmentationMask): reliable, keep last 2: only the newest
+  matters to the robot, and a mask that is late is replaced by the next one.
 - masks, overlays, heatmaps, statistics: reliable, keep last 5 (rviz subscribes reliable).
 """
 
@@ -31,6 +33,9 @@ QP_MAP_QOS = QoSProfile(
     depth=1,
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+MASK_FEEDBACK_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE
 )
 OUTPUT_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE

@@ -45,6 +45,11 @@ class FrameCounters:
     keyframe_requests: int = 0
     qp_maps: int = 0
     qp_maps_rejected: int = 0
+    masks_received: int = 0
+    masks_rejected: int = 0
+    robot_masks: int = 0
+    frames_held: int = 0
+    frames_waited: int = 0
 
 
 @dataclass
@@ -56,6 +61,9 @@ class StatisticsSnapshot:
     latency_ms_median: float
     latency_ms_p95: float
     recovery_ms_max: float = 0.0
+    mask_feedback_bps: float = 0.0
+    target_kbps: float = 0.0
+    base_quality: float = 0.0
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -69,9 +77,12 @@ class StatisticsSnapshot:
             f"in {c.frames_in} encoded {c.frames_encoded} segmented {c.frames_segmented} "
             f"skipped {c.frames_skipped} failed {c.frames_failed} pending {c.frames_pending} "
             f"lost {c.frames_lost} "
-            f"maps {c.qp_maps} (rejected {c.qp_maps_rejected}) | "
+            f"maps {c.qp_maps} (rejected {c.qp_maps_rejected}) "
+            f"masks {c.masks_received} (rejected {c.masks_rejected}) robot {c.robot_masks} "
+            f"held {c.frames_held} | "
             f"uplink {self.uplink_bps / 1e3:.1f} kbit/s "
-            f"feedback {self.feedback_bps / 1e3:.2f} kbit/s | latency p50 "
+            f"feedback {self.feedback_bps / 1e3:.2f} kbit/s "
+            f"masks {self.mask_feedback_bps / 1e3:.2f} kbit/s | latency p50 "
             f"{self.latency_ms_median:.0f} ms p95 {self.latency_ms_p95:.0f} ms"
         )
 
@@ -87,8 +98,10 @@ class NodeStatistics:
         self._lock = threading.Lock()
         self._uplink_bytes = SlidingWindow(self.window_s)
         self._feedback_bytes = SlidingWindow(self.window_s)
+        self._mask_feedback_bytes = SlidingWindow(self.window_s)
         self._latency_ms = SlidingWindow(self.window_s)
         self._recovery_ms_max = 0.0
+        self._rate = (0.0, 0.0)  # target_kbps, base_quality
 
     def count(self, name: str, increment: int = 1) -> None:
         with self._lock:
@@ -101,6 +114,15 @@ class NodeStatistics:
     def add_feedback(self, now_s: float, size_bytes: int) -> None:
         with self._lock:
             self._feedback_bytes.add(now_s, size_bytes)
+
+    def add_mask_feedback(self, now_s: float, size_bytes: int) -> None:
+        with self._lock:
+            self._mask_feedback_bytes.add(now_s, size_bytes)
+
+    def set_rate(self, target_kbps: float, base_quality: float) -> None:
+        """The rate-control state to report (robot)."""
+        with self._lock:
+            self._rate = (float(target_kbps), float(base_quality))
 
     def add_latency(self, now_s: float, latency_ms: float) -> None:
         with self._lock:
@@ -122,4 +144,9 @@ class NodeStatistics:
                 latency_ms_median=float(np.median(latency)) if latency.size else 0.0,
                 latency_ms_p95=float(np.percentile(latency, 95)) if latency.size else 0.0,
                 recovery_ms_max=self._recovery_ms_max,
+                mask_feedback_bps=float(
+                    8.0 * self._mask_feedback_bytes.values(now_s).sum() / self.window_s
+                ),
+                target_kbps=self._rate[0],
+                base_quality=self._rate[1],
             )

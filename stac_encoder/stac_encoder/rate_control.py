@@ -1,0 +1,120 @@
+"""A bitrate target on the robot: an outer loop on x264's CRF, with the QP map still applied.
+
+The map redistributes bits between macroblocks around a base quality; a link has a capacity.
+This controller holds a target (kbit/s, changeable at any time) by moving the CRF the encoder
+works at, frame by frame:
+
+* a leaky bucket: `fullness` (bits) grows by each frame's bits and drains at the target rate
+  over camera time. Over any window of T seconds the bits sent are target x T plus the
+  change of fullness over the window, so keeping the bucket within +-a few percent of
+  target x T keeps every window within that error;
+* a rate model per frame kind (IDR and P): log2(bits) = c - crf / `qp_per_halving`, with c
+  learnt from every encoded frame (an exponential average), so a CRF can be chosen for the bits
+  the next frame should take: the target's share of the time since the previous frame, minus
+  the bucket's excess spread over `drain_s`;
+* the CRF moves at most `max_step` per frame (the map's offsets ride on it; big jumps flicker).
+
+Why an outer loop and not x264's own ABR + VBV: `stac-bench temporal` measures both under the
+map; the outer loop uses the real capture times, so it also holds the target in keyframe mode,
+where frames are irregularly spaced and x264's rate control (which assumes a frame every
+1/fps) cannot. Plain Python, no clock: times are camera stamps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RateControlConfig:
+    """target_kbps: the target (0 = off: constant CRF); crf_min/crf_max: the range the loop
+    moves the CRF in; drain_s: the bucket's excess (or deficit) is spread over this much
+    camera time; qp_per_halving: CRF steps that halve a frame's bits (the model's slope);
+    max_step: largest CRF change per frame."""
+
+    target_kbps: float = 0.0
+    crf_min: float = 12.0
+    crf_max: float = 51.0
+    drain_s: float = 0.5
+    qp_per_halving: float = 6.0
+    max_step: float = 3.0
+    learning_rate: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.target_kbps < 0 or not math.isfinite(self.target_kbps):
+            raise ValueError(f"target_kbps must be >= 0, got {self.target_kbps}")
+        if not 0.0 <= self.crf_min < self.crf_max <= 51.0:
+            raise ValueError("need 0 <= crf_min < crf_max <= 51")
+        if self.drain_s <= 0 or self.qp_per_halving <= 0 or self.max_step <= 0:
+            raise ValueError("drain_s, qp_per_halving and max_step must be > 0")
+        if not 0.0 < self.learning_rate <= 1.0:
+            raise ValueError(f"learning_rate must be in (0, 1], got {self.learning_rate}")
+
+
+class BitrateController:
+    """Chooses the CRF of each next frame so that the bits follow the target."""
+
+    def __init__(self, config: RateControlConfig, initial_crf: float = 28.0) -> None:
+        self.config = config
+        self.target_kbps = config.target_kbps
+        self.crf = min(max(initial_crf, config.crf_min), config.crf_max)
+        self.fullness_bits = 0.0
+        self._last_s: float | None = None
+        self._interval_s: float | None = None  # typical time between encoded frames
+        self._intercept: dict[bool, float] = {}  # idr -> c of log2(bits) = c - crf / k
+
+    @property
+    def active(self) -> bool:
+        return self.target_kbps > 0
+
+    def set_target(self, target_kbps: float) -> None:
+        """A new target from the next frame on (0 turns the loop off). The bucket restarts:
+        what was sent under the old target does not count against the new one."""
+        if target_kbps < 0 or not math.isfinite(target_kbps):
+            raise ValueError(f"target_kbps must be >= 0, got {target_kbps}")
+        self.target_kbps = float(target_kbps)
+        self.fullness_bits = 0.0
+
+    def frame_encoded(self, size_bytes: int, capture_s: float, idr: bool, crf: float) -> None:
+        """Account one encoded frame (its bytes, capture time, kind, the CRF it had)."""
+        bits = 8.0 * max(1, size_bytes)
+        observed = math.log2(bits) + crf / self.config.qp_per_halving
+        previous = self._intercept.get(idr)
+        rate = self.config.learning_rate
+        self._intercept[idr] = (
+            observed if previous is None else previous + rate * (observed - previous)
+        )
+        if self._last_s is not None and capture_s > self._last_s:
+            elapsed = capture_s - self._last_s
+            self.fullness_bits -= 1e3 * self.target_kbps * elapsed
+            self._interval_s = (
+                elapsed if self._interval_s is None else 0.9 * self._interval_s + 0.1 * elapsed
+            )
+        self._last_s = capture_s if self._last_s is None else max(self._last_s, capture_s)
+        self.fullness_bits += bits
+
+    def next_crf(self, capture_s: float, idr: bool) -> float:
+        """The CRF for the frame captured at `capture_s`. An IDR picture keeps the CRF of the
+        P-frames around it (its extra bits go into the bucket and are drained after it):
+        choosing its CRF from one frame's share would make it, and the P-frames predicted
+        from it, visibly worse."""
+        if not self.active or idr:
+            return self.crf
+        config = self.config
+        elapsed = self._interval_s or 0.04
+        if self._last_s is not None and capture_s > self._last_s:
+            elapsed = capture_s - self._last_s
+        share = 1e3 * self.target_kbps * elapsed
+        correction = self.fullness_bits * min(1.0, elapsed / config.drain_s)
+        wanted = max(share - correction, 0.05 * share, 8.0)
+        intercept = self._intercept.get(False)
+        if intercept is None:
+            if True not in self._intercept:
+                return self.crf
+            intercept = self._intercept[True] - 2.0  # a P-frame costs about 1/4 of an IDR
+        crf = config.qp_per_halving * (intercept - math.log2(wanted))
+        step = config.max_step
+        crf = min(max(crf, self.crf - step), self.crf + step)
+        self.crf = min(max(crf, config.crf_min), config.crf_max)
+        return self.crf

@@ -1,0 +1,182 @@
+"""The robot loop: keyframe triggers, masks for every frame in both modes, and the bitrate
+target, on small synthetic clips (no model, no ROS)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from stac_codec.h264_decoder import H264Decoder
+from stac_encoder.keyframes import KeyframeConfig
+from stac_encoder.rate_control import BitrateController, RateControlConfig
+from stac_encoder.robot_encoder import RobotEncoderConfig
+from stac_encoder.robot_loop import RobotLoop, RobotLoopConfig
+
+WIDTH, HEIGHT = 160, 96
+FPS = 25.0
+
+
+@pytest.fixture(scope="module")
+def worlds() -> tuple[np.ndarray, np.ndarray]:
+    """Two unrelated textured scenes (a cut goes from one to the other)."""
+    rng = np.random.default_rng(11)
+    made = []
+    for _ in range(2):
+        noise = rng.integers(0, 256, (HEIGHT + 40, WIDTH + 400, 3)).astype(np.float32)
+        smooth = cv2.GaussianBlur(noise, (0, 0), 2.0)
+        made.append(cv2.normalize(smooth, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8))
+    return made[0], made[1]
+
+
+def pan(world: np.ndarray, index: int, speed: int = 2) -> np.ndarray:
+    return np.ascontiguousarray(world[20 : 20 + HEIGHT, 20 + speed * index :][:, :WIDTH])
+
+
+def keyframe_loop(**keyframes) -> RobotLoop:
+    return RobotLoop(RobotLoopConfig(mode="keyframe", keyframes=KeyframeConfig(**keyframes)))
+
+
+def run(loop: RobotLoop, frames, answer: bool = True) -> list:
+    """Feed frames at 25 fps; the edge answers every keyframe at once when `answer`."""
+    outcomes = []
+    for index, frame in enumerate(frames):
+        outcome = loop.process(frame, index / FPS)
+        if outcome.encoded is not None and answer:
+            loop.submit_mask(np.zeros((HEIGHT, WIDTH), np.uint8), outcome.encoded.frame_seq)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def sent(outcomes) -> list[tuple[int, str]]:
+    return [(o.flow_seq - 1, o.decision.reason) for o in outcomes if o.encoded is not None]
+
+
+def test_a_static_scene_sends_only_max_interval_keyframes(worlds):
+    frames = [pan(worlds[0], 0)] * 31
+    outcomes = run(keyframe_loop(max_interval_frames=10), frames)
+    assert sent(outcomes) == [(0, "first"), (10, "max_interval"), (20, "max_interval"),
+                              (30, "max_interval")]  # fmt: skip
+    assert [o.encoded.packet.keyframe for o in outcomes if o.encoded] == [True] + [False] * 3
+
+
+def test_a_pan_that_flow_explains_is_not_stale(worlds):
+    outcomes = run(keyframe_loop(max_interval_frames=20), [pan(worlds[0], i) for i in range(25)])
+    assert sent(outcomes) == [(0, "first"), (20, "max_interval")]
+
+
+def test_a_cut_sends_an_idr_at_once(worlds):
+    frames = [pan(worlds[0], 0)] * 8 + [pan(worlds[1], 0)] * 4
+    outcomes = run(keyframe_loop(max_interval_frames=50), frames)
+    assert sent(outcomes) == [(0, "first"), (8, "cut")]
+    assert outcomes[8].encoded.packet.keyframe  # IDR
+    assert outcomes[8].decision.psnr_db < 20.0
+
+
+def test_new_content_makes_the_state_stale(worlds):
+    """Content that flow cannot explain (an object appears) sends a keyframe."""
+    frames = []
+    for index in range(12):
+        frame = pan(worlds[0], 0).copy()
+        if index >= 6:  # a bright square arrives and grows
+            size = 12 + 6 * (index - 6)
+            frame[10 : 10 + size, 30 : 30 + size] = 255
+        frames.append(frame)
+    outcomes = run(keyframe_loop(max_interval_frames=50, stale_psnr_db=26.0), frames)
+    reasons = sent(outcomes)
+    assert reasons[0] == (0, "first") and any(reason == "stale" for _, reason in reasons[1:])
+
+
+def test_a_busy_edge_gets_nothing_queued(worlds):
+    """The edge answers nothing: after the first keyframe the robot waits (the frames that are
+    due are held, not queued) until the timeout, then sends one and waits again."""
+    frames = [pan(worlds[0], 0)] * 8 + [pan(worlds[1], 0)] * 30
+    loop = keyframe_loop(max_interval_frames=5, edge_timeout_s=0.5)
+    outcomes = run(loop, frames, answer=False)
+    times = [index / FPS for index, _ in sent(outcomes)]
+    assert times[0] == 0.0
+    assert all(later - earlier > 0.5 for earlier, later in zip(times, times[1:], strict=False))
+    waited = [o.decision.waited for o in outcomes]
+    assert waited[8]  # the cut came while the edge was busy: held back, not sent
+    # once the edge answers, the pending cut goes out at once
+    answered = keyframe_loop(max_interval_frames=50, edge_timeout_s=10.0)
+    first = run(answered, frames[:9], answer=False)
+    assert sent(first) == [(0, "first")]
+    answered.submit_mask(np.zeros((HEIGHT, WIDTH), np.uint8), 1)
+    follow = answered.process(frames[9], 9 / FPS)
+    assert follow.encoded is not None and follow.decision.reason == "cut"
+
+
+def test_keyframes_decode_as_one_stream(worlds):
+    """Only keyframes reach the encoder: P-frames predicted from the previous keyframe."""
+    frames = [pan(worlds[0], i, speed=1) for i in range(30)]
+    outcomes = run(keyframe_loop(max_interval_frames=7), frames)
+    decoder = H264Decoder(WIDTH, HEIGHT)
+    results = [o.encoded for o in outcomes if o.encoded is not None]
+    assert [r.frame_seq for r in results] == list(range(1, len(results) + 1))
+    assert all(decoder.decode(r.packet.data, r.frame_seq).ok for r in results)
+
+
+@pytest.mark.parametrize("mode", ["stream", "keyframe"])
+def test_a_mask_for_every_camera_frame_once_the_edge_answered(worlds, mode):
+    frames = [pan(worlds[0], i) for i in range(20)]
+    loop = RobotLoop(RobotLoopConfig(mode=mode, keyframes=KeyframeConfig(max_interval_frames=6)))
+    outcomes = run(loop, frames)
+    assert outcomes[0].mask is None  # the edge has not answered anything yet
+    masks = [o.mask for o in outcomes[1:]]
+    assert all(m is not None and m.class_ids.shape == (HEIGHT, WIDTH) for m in masks)
+    ages = [o.mask.age_frames for o in outcomes[1:]]
+    if mode == "stream":
+        assert ages == [1] * 19  # the previous frame's mask came back before the next frame
+    else:  # the keyframe's mask, carried over the frames until the next keyframe
+        assert ages[:7] == [1, 2, 3, 4, 5, 6, 1]
+
+
+def synthetic_clip(count: int) -> list[np.ndarray]:
+    """A textured scene panning at 1 px per frame, then 5, alternating every 2 s (so the bits
+    a frame needs change under the controller), with a little sensor noise."""
+    rng = np.random.default_rng(5)
+    noise = rng.integers(0, 256, (HEIGHT + 8, WIDTH + 6 * count + 8, 3)).astype(np.float32)
+    smooth = cv2.GaussianBlur(noise, (0, 0), 1.5)
+    frames, x = [], 0
+    for index in range(count):
+        x += 1 if index // 50 % 2 == 0 else 5
+        frame = smooth[4 : 4 + HEIGHT, x : x + WIDTH] + rng.normal(0, 1.0, (HEIGHT, WIDTH, 3))
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+    return frames
+
+
+def window_errors(sizes, target_kbps: float, start: int, window: int) -> np.ndarray:
+    bits = 8.0 * np.asarray(sizes, dtype=float)
+    sums = np.convolve(bits, np.ones(window), mode="valid")
+    return (sums / (1e3 * target_kbps * window / FPS) - 1.0)[start:]
+
+
+def test_the_bitrate_target_is_held_under_a_map_and_follows_a_step():
+    frames = synthetic_clip(300)
+    config = RobotLoopConfig(
+        encoder=RobotEncoderConfig(warp_qp_map=False),
+        rate=RateControlConfig(target_kbps=300.0),
+        propagate_masks=False,
+    )
+    loop = RobotLoop(config)
+    sizes = []
+    for index, frame in enumerate(frames):
+        if index == 150:
+            loop.set_target_kbps(150.0)
+        sizes.append(loop.process(frame, index / FPS).encoded.packet.size_bytes)
+    window = int(2 * FPS)
+    before = window_errors(sizes[:150], 300.0, start=window, window=window)
+    after = window_errors(sizes[150:], 150.0, start=window, window=window)
+    assert np.abs(before).max() < 0.10, before
+    assert np.abs(after).max() < 0.10, after  # settled within 2 s of the step
+
+
+def test_controller_alone_moves_the_crf_against_the_excess():
+    controller = BitrateController(RateControlConfig(target_kbps=100.0), initial_crf=30.0)
+    for index in range(10):  # frames four times too big: the CRF must go up
+        crf = controller.next_crf(index / FPS, idr=False)
+        controller.frame_encoded(2000, index / FPS, False, crf)
+    assert controller.crf > 30.0 and controller.fullness_bits > 0
+    with pytest.raises(ValueError):
+        controller.set_target(-1.0)
