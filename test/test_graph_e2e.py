@@ -129,3 +129,27 @@ def test_the_edge_also_runs_as_two_processes(graph_clip, tmp_path):
     report = summarise(result, float("nan"), 0, "test")
     assert report["frames"]["every_frame_accounted_for"], report["frames"]
     assert result.qp_map_bytes and any(r.qp_map_seq > 0 for r in result.encoded)
+
+
+@pytest.mark.dds
+@pytest.mark.slow
+def test_the_robot_publishes_a_mask_for_every_camera_frame(graph_run):
+    """Stream mode: the edge's masks come back (compact, counted) and the robot warps the
+    newest to every camera frame, stamped with that frame's capture time."""
+    result, out_dir = graph_run
+    camera_stamps = sorted(r.stamp_ns for r in result.encoded)
+    assert sorted(result.robot_mask_sizes) == camera_stamps
+    assert sorted(result.robot_mask_ages) == camera_stamps
+    assert set(result.robot_mask_sizes.values()) == {(480, 270)}
+    ages = [result.robot_mask_ages[stamp] for stamp in camera_stamps]
+    first = next(i for i, age in enumerate(ages) if age >= 0)
+    assert all(age >= 0 for age in ages[first:]) and first < FRAMES // 2
+    segmenter = result.statistics["stac_segmenter"]
+    assert len(result.mask_feedback_bytes) == segmenter.frames_segmented
+    assert max(result.mask_feedback_bytes) < 480 * 270 / 10  # compact, not raw mono8
+    encoder = result.statistics["stac_encoder"]
+    assert encoder.robot_masks == FRAMES
+    assert encoder.masks_received >= 1 and encoder.masks_rejected == 0
+    with AnyReader([out_dir / "bag"], default_typestore=stac_typestore()) as reader:
+        topics = {c.topic for c in reader.connections}
+    assert {"/stac/robot_mask", "/stac/robot_mask_age", "/stac/mask_feedback"} <= topics

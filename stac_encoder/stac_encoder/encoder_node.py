@@ -306,8 +306,7 @@ class EncoderNode(Node):
             self.statistics.count("frames_held")
             if outcome.decision is not None and outcome.decision.waited:
                 self.statistics.count("frames_waited")
-        if outcome.mask is not None:
-            self._publish_mask(msg, outcome)
+        self._publish_mask(msg, outcome)
 
     def _publish_encoded(self, msg: Image, outcome: FrameOutcome) -> None:
         result = outcome.encoded
@@ -329,12 +328,22 @@ class EncoderNode(Node):
         self._report_rate()
 
     def _publish_mask(self, msg: Image, outcome: FrameOutcome) -> None:
+        """The robot's mask of this camera frame (all NO_CLASS before the edge's first)."""
+        if not self.params["publish_robot_mask"]:
+            return
         mask = outcome.mask
+        if mask is None:
+            empty = np.full((msg.height, msg.width), MaskAge.NO_CLASS, np.uint8)
+            self._mask_publisher.publish(numpy_to_image(empty, "mono8", msg.header))
+            self._age_publisher.publish(MaskAge(header=msg.header, has_source=False))
+            self.statistics.count("robot_masks")
+            return
         self._mask_publisher.publish(numpy_to_image(mask.class_ids, "mono8", msg.header))
         age_s = outcome.mask_age_s if outcome.mask_age_s is not None else math.nan
         source_s = outcome.capture_s - age_s if math.isfinite(age_s) else 0.0
         age = MaskAge(
             header=msg.header,
+            has_source=True,
             age_frames=mask.age_frames,
             age_s=float(age_s),
             source_stamp=_time_of(source_s),

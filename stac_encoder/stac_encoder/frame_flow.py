@@ -210,13 +210,16 @@ class PositionField:
         self.y: np.ndarray | None = None
         self.warped = False  # whether the positions come from flow (False: identity)
         self._at_seq: int | None = None
+        self._on_flow_grid = False  # the grid is the flow image's pixel centres
 
     @classmethod
     def flow_grid(cls, flow: FrameFlow) -> PositionField:
         """One point per flow pixel (the centres of the flow image's pixels)."""
         fw, fh = flow.flow_size
         dx, dy = 1.0 / flow.scale_x, 1.0 / flow.scale_y
-        return cls(flow, fh, fw, 0.5 * dx - 0.5, 0.5 * dy - 0.5, dx, dy)
+        field = cls(flow, fh, fw, 0.5 * dx - 0.5, 0.5 * dy - 0.5, dx, dy)
+        field._on_flow_grid = True
+        return field
 
     def anchor(self, source_seq: int) -> bool:
         """Anchor to frame `source_seq` (the frame a new map or mask was computed on) and
@@ -248,7 +251,11 @@ class PositionField:
             step = self.flow.step_flow(seq)
             if step is None:
                 continue
-            dx, dy = self.flow.sample_flow(step, self.grid_x, self.grid_y)
+            if self._on_flow_grid:  # the flow at its own pixels: no interpolation needed
+                dx = step[..., 0] / self.flow.scale_x
+                dy = step[..., 1] / self.flow.scale_y
+            else:
+                dx, dy = self.flow.sample_flow(step, self.grid_x, self.grid_y)
             gx = (self.grid_x + dx - self._origin[0]) / self._step[0]
             gy = (self.grid_y + dy - self._origin[1]) / self._step[1]
             border = cv2.BORDER_REPLICATE

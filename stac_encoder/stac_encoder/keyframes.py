@@ -76,7 +76,8 @@ class KeyframeDecision:
 
 
 def mse(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
+    """Mean squared difference of two images of one shape and dtype."""
+    return float(cv2.norm(a, b, cv2.NORM_L2SQR)) / a.size
 
 
 def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
@@ -88,7 +89,8 @@ def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
 def explained(frame: np.ndarray, prediction: np.ndarray) -> float:
     """The share of the frame's variance a prediction explains: 1 - MSE / variance (1 for a
     perfect prediction, about -1 for an unrelated image of the same statistics)."""
-    variance = float(np.var(frame.astype(np.float32)))
+    _, deviation = cv2.meanStdDev(frame)
+    variance = float(deviation[0, 0]) ** 2
     return 1.0 - mse(frame, prediction) / max(variance, 1.0)
 
 
@@ -105,6 +107,8 @@ class KeyframeSelector:
         self._sent_at_s = -math.inf
         self._requested = False
         self._cut_pending = False
+        height, width = flow.flow_size[1], flow.flow_size[0]
+        self._grid_y, self._grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
 
     @property
     def edge_busy(self) -> bool:
@@ -168,7 +172,13 @@ class KeyframeSelector:
         previous = self.flow.grey(current - 1)
         if step is None or previous is None:
             return False
-        predicted = _warp_grey(previous, step)
+        predicted = cv2.remap(
+            previous,
+            self._grid_x + step[..., 0],
+            self._grid_y + step[..., 1],
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
         return (
             explained(grey, predicted) < self.config.cut_explained
             and psnr_db(grey, predicted) < self.config.stale_psnr_db
@@ -186,17 +196,3 @@ class KeyframeSelector:
             self._keyframe_grey, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
         )
         return psnr_db(grey, warped)
-
-
-def _warp_grey(previous: np.ndarray, backward_flow: np.ndarray) -> np.ndarray:
-    """The previous grey frame warped to the current one by the current frame's backward flow
-    (flow-res pixels)."""
-    height, width = previous.shape
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    return cv2.remap(
-        previous,
-        xs + backward_flow[..., 0],
-        ys + backward_flow[..., 1],
-        cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REPLICATE,
-    )

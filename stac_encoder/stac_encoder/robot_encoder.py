@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from stac_codec.h264_encoder import EncodedPacket, EncoderConfig, QPMapEncoder
-from stac_codec.qp_map import macroblock_grid, validate_qp_map
+from stac_codec.qp_map import MAX_ABS_QP_OFFSET, macroblock_grid, validate_qp_map
 from stac_encoder.frame_flow import FrameFlow
 from stac_encoder.qp_map_warp import QPMapWarper, WarpConfig
 
@@ -66,16 +66,23 @@ class MapVerdict(enum.Enum):
 class RobotEncoderConfig:
     """max_map_age_s: a map whose source frame is further than this from the frame being
     encoded falls back to a zero map; warp_qp_map: carry the map to each new frame with DIS
-    optical flow."""
+    optical flow; idr_offset_scale / p_offset_scale: the map's offsets are multiplied by this
+    on IDR pictures / on P-frames (1 = as the edge sent them; 0 = no map on that kind)."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     max_map_age_s: float = 5.0
     warp_qp_map: bool = True
     warp: WarpConfig = field(default_factory=WarpConfig)
+    idr_offset_scale: float = 1.0
+    p_offset_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.max_map_age_s) or self.max_map_age_s <= 0:
             raise ValueError(f"max_map_age_s must be > 0, got {self.max_map_age_s}")
+        for name in ("idr_offset_scale", "p_offset_scale"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0.0 <= value <= 4.0):
+                raise ValueError(f"{name} must be in [0, 4], got {value}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,7 @@ class RobotEncoder:
         self._stale_in_a_row = 0
         self._keyframe_requested = False
         self.last_map_ms = 0.0  # wall time the last encode spent warping the map
+        self._since_idr: int | None = None  # frames since the last IDR of the open encoder
 
     @property
     def aq_strength(self) -> float:
@@ -223,7 +231,10 @@ class RobotEncoder:
                 flow_seq = self._flow.current_seq
         self._adopt_pending_map()
         qp_map, qp_map_seq = self._map_for(capture_stamp_s)
+        idr = self._keyframe_requested or self._next_is_idr()
+        qp_map = self._scaled(qp_map, idr)
         packet = self._encoder.encode(frame, qp_map, force_keyframe=self._keyframe_requested)
+        self._since_idr = 0 if packet.keyframe else self._since_idr + 1
         self._frame_seq = packet_frame_seq
         self._newest_capture_s = capture_stamp_s
         self._keyframe_requested = False
@@ -232,6 +243,20 @@ class RobotEncoder:
             while len(self._flow_seq_of) > self._flow.config.history_frames:
                 self._flow_seq_of.popitem(last=False)
         return EncodedFrameResult(self._frame_seq, packet, qp_map_seq, width, height)
+
+    def _next_is_idr(self) -> bool:
+        """Whether x264 will make the next frame an IDR on its own (the first frame of an
+        encoder, or keyint frames after the last IDR; scenecut is off unless configured)."""
+        if self._since_idr is None:
+            return True
+        return self._since_idr + 1 >= self._encoder.config.gop_frames
+
+    def _scaled(self, qp_map: np.ndarray | None, idr: bool) -> np.ndarray | None:
+        scale = self.config.idr_offset_scale if idr else self.config.p_offset_scale
+        if qp_map is None or scale == 1.0:
+            return qp_map
+        scaled = np.rint(qp_map.astype(np.float32) * scale)
+        return np.clip(scaled, -MAX_ABS_QP_OFFSET, MAX_ABS_QP_OFFSET).astype(np.int8)
 
     def flow_seq_of(self, frame_seq: int) -> int | None:
         """The flow frame an encoded frame was (None: unknown or forgotten)."""
@@ -258,6 +283,7 @@ class RobotEncoder:
             if macroblock_grid(current.width, current.height) != replacement.grid:
                 self._pending_map = self._active_map = None
         self._encoder = replacement
+        self._since_idr = None  # a new encoder starts with an IDR
         if self._warper is None or (self._warper.width, self._warper.height) != (width, height):
             self._warper = None
             if self.config.warp_qp_map:

@@ -24,6 +24,8 @@ BENCHMARKS = {
     "spatial": "bits-vs-mIoU curves and BD-rate of STAC against the baselines (intra)",
     "live": "the ROS 2 graph on a clip: encoder CPU time, fps, latency, bits/s",
     "faults": "fault injection on the real nodes: loss, rate cap, restarts, flood, rogue input",
+    "temporal": "STAC on video: stream-mode BD-rate, delays, keyframe mode, bitrate target, "
+    "robot time per frame",
 }
 # The live graph runs real nodes, so its benchmark lives with the ROS front ends.
 BENCHMARK_MODULES = {
@@ -32,6 +34,7 @@ BENCHMARK_MODULES = {
     "spatial": "stac_eval.bench_spatial",
     "live": "stac_eval.ros.bench_live",
     "faults": "stac_eval.ros.bench_faults",
+    "temporal": "stac_eval.bench_temporal",
 }
 
 

@@ -65,6 +65,7 @@ class GraphRunConfig:
     rate_hz: float = 10.0
     max_frames: int = 0
     crf: float = 28.0
+    mode: str = "stream"  # the robot's mode: stream or keyframe
     budget_shift_qp: int = 0
     period_frames: int = 5
     edge_process: str = "container"
@@ -238,7 +239,11 @@ class GraphRun:
             for executable, package in EDGE_PROCESSES[config.edge_process].items()
         ]
         robot_args = self._node_args(
-            "robot.launch.py", "encoder_node", crf=str(config.crf), camera_qos="reliable"
+            "robot.launch.py",
+            "encoder_node",
+            crf=str(config.crf),
+            camera_qos="reliable",
+            mode=config.mode,
         )
         self._side_starts["robot"] = [("stac_encoder", "encoder_node", robot_args)]
         self._start_side("edge")

@@ -27,9 +27,15 @@ from stac_eval.foxglove_video import (
     compressed_video_cdr,
     register_compressed_video,
 )
-from stac_msgs.msg import EncodedFrame, QPMap, Statistics
+from stac_msgs.msg import EncodedFrame, MaskAge, QPMap, SegmentationMask, Statistics
 from stac_ros_common.image_pixels import image_to_numpy
-from stac_ros_common.qos import ENCODED_QOS, OUTPUT_QOS, QP_MAP_QOS, STATISTICS_TOPIC
+from stac_ros_common.qos import (
+    ENCODED_QOS,
+    MASK_FEEDBACK_QOS,
+    OUTPUT_QOS,
+    QP_MAP_QOS,
+    STATISTICS_TOPIC,
+)
 
 # topic -> (message class, ROS type name, QoS); what the bag keeps. The bag also carries
 # /stac/encoded again as foxglove_msgs/msg/CompressedVideo on VIDEO_TOPIC
@@ -39,6 +45,14 @@ BAG_TOPICS = {
     "/stac/qp_map": (QPMap, "stac_msgs/msg/QPMap", QP_MAP_QOS),
     "/stac/mask": (Image, "sensor_msgs/msg/Image", OUTPUT_QOS),
     "/stac/overlay": (Image, "sensor_msgs/msg/Image", OUTPUT_QOS),  # rgb8: colours in viewers
+    # the edge's masks on their way back, and the robot's mask of every camera frame
+    "/stac/mask_feedback": (
+        SegmentationMask,
+        "stac_msgs/msg/SegmentationMask",
+        MASK_FEEDBACK_QOS,
+    ),
+    "/stac/robot_mask": (Image, "sensor_msgs/msg/Image", OUTPUT_QOS),
+    "/stac/robot_mask_age": (MaskAge, "stac_msgs/msg/MaskAge", OUTPUT_QOS),
     STATISTICS_TOPIC: (Statistics, "stac_msgs/msg/Statistics", OUTPUT_QOS),
 }
 
@@ -66,6 +80,11 @@ class GraphRunResult:
     mask_size: tuple[int, int] | None = None  # (width, height) of the masks
     mask_latency_ms: list[float] = field(default_factory=list)
     qp_map_bytes: list[int] = field(default_factory=list)  # serialized QPMap sizes
+    mask_feedback_bytes: list[int] = field(default_factory=list)  # serialized SegmentationMasks
+    # the robot's mask of each camera frame: camera stamp (ns) -> (width, height), and its age
+    # (camera stamp -> age in frames, -1 before the edge's first mask)
+    robot_mask_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
+    robot_mask_ages: dict[int, int] = field(default_factory=dict)
     statistics: dict[str, Statistics] = field(default_factory=dict)
     exit_codes: dict[str, int] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
@@ -198,6 +217,13 @@ class GraphRecorder:
             self.result.mask_latency_ms.append((now_ns - stamp_ns) * 1e-6)
         elif topic == "/stac/qp_map":
             self.result.qp_map_bytes.append(len(raw))
+        elif topic == "/stac/mask_feedback":
+            self.result.mask_feedback_bytes.append(len(raw))
+        elif topic == "/stac/robot_mask":
+            self.result.robot_mask_sizes[_stamp_ns(msg.header.stamp)] = (msg.width, msg.height)
+        elif topic == "/stac/robot_mask_age":
+            age = msg.age_frames if msg.has_source else -1
+            self.result.robot_mask_ages[_stamp_ns(msg.header.stamp)] = age
         elif topic == "/stac/overlay":
             self._on_overlay(msg)
         else:

@@ -1,0 +1,416 @@
+"""`stac-bench temporal`: STAC on video, measured on one clip.
+
+Five measurements, each over the robot's real core (`stac_encoder.robot_loop.RobotLoop`: flow,
+map warp, keyframe decision, x264 with the map, mask warp) and, where the edge is involved, the
+event simulation of `stac_eval.temporal_sim` (the replay's link model, edge timing and pseudo
+ground truth, which it imports unchanged):
+
+1. `bd_rate_pct`: STAC stream mode against uniform H.264 (same encoder settings), x264's
+   variance AQ and the two-level map, each swept over --crf, at equal decoded mIoU; bits are
+   the uplink messages plus the QP maps sent back (the masks sent back are counted apart:
+   every method needs them for the robot to have masks). 95% intervals by block bootstrap.
+2. `propagation`: for feedback delays d (frames), the robot holding the edge's mask of frame
+   t-d at frame t: carried by flow (`warped_miou`), as it was (`held_miou`), or no mask at all
+   (`none_miou`, 0 by definition: every pixel unlabelled), timely mIoU against the pseudo
+   ground truth of frame t. For maps: BD-rate against uniform when the map computed on frame
+   k is applied from frame k+d on, warped or held (none = uniform, 0 %); maps every
+   --map-period frames, computed on the uniform stream's decoded frames at each CRF.
+3. `keyframe_vs_stream`: keyframe mode's uplink bits divided by stream mode's at equal timely
+   mIoU (the robot's own mask of every frame), both swept over --crf, edge compute time as
+   measured on this machine (or --edge-ms).
+4. `rate_control`: a bitrate target with the map applied, the clip played forth and back for
+   --rc-seconds, the target stepped down at half time; the worst error of any 2-s window after
+   2 s of settling, and the time after the step from which every 2-s window is within +-10%;
+   for the robot's outer loop on the CRF and for x264's own ABR + VBV.
+5. `robot_ms_per_frame`: each stage of the robot loop at 960x540 on one thread, with maps and
+   masks fed back as the edge would send them.
+
+Each simulated point is cached under --work-dir (a rerun with the same options reuses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from stac_edge_segmenter.camvid import shared_data_dir
+
+DEFAULT_CRFS = (18, 25, 32, 39, 46)
+DEFAULT_DELAYS = (0, 2, 5, 10, 25)
+BASELINES = ("uniform", "x264_aq", "two_level")
+BENCH_VERSION = 1
+
+
+def default_video() -> Path:
+    return shared_data_dir() / "video" / "solidWhiteRight.mp4"
+
+
+def _csv(kind):
+    def parse(text: str) -> list:
+        return [kind(part) for part in text.split(",") if part.strip()]
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--video", type=Path, default=default_video(), help="clip or rosbag2")
+    parser.add_argument("--max-frames", type=int, default=0, help="first N frames (0: all)")
+    parser.add_argument("--crf", type=_csv(float), default=list(DEFAULT_CRFS))
+    parser.add_argument("--delays", type=_csv(int), default=list(DEFAULT_DELAYS))
+    parser.add_argument(
+        "--decoded-stride", type=int, default=2, help="score every n-th decoded frame"
+    )
+    parser.add_argument(
+        "--map-period", type=int, default=5, help="delay study: a map every n frames"
+    )
+    parser.add_argument("--link", default="rate=10mbit,delay=20ms,loss=0%,queue=30")
+    parser.add_argument(
+        "--edge-ms", default="", help="MS or FORWARD_MS/SENSITIVITY_MS (default: measured)"
+    )
+    parser.add_argument("--rc-seconds", type=float, default=20.0, help="rate-control run length, s")
+    parser.add_argument(
+        "--rc-target-kbps",
+        type=float,
+        default=0.0,
+        help="first target (default: STAC stream mode's rate at the middle CRF)",
+    )
+    parser.add_argument("--rc-step", type=float, default=0.5, help="second target / first")
+    parser.add_argument("--timing-frames", type=int, default=150, help="robot timing run")
+    parser.add_argument(
+        "--parts",
+        type=_csv(str),
+        default=["bd_rate", "propagation", "keyframe", "rate_control", "robot_ms"],
+        help="which measurements to run",
+    )
+    parser.add_argument("--work-dir", type=Path, default=None, help="cached points")
+    parser.add_argument("--bootstrap", type=int, default=500, help="BD-rate CI resamples")
+    parser.add_argument("--model", type=Path, default=None, help="model YAML (default shipped)")
+    parser.add_argument("--calibration", type=Path, default=None, help="STAC calibration JSON")
+
+
+@dataclass
+class Context:
+    """What every measurement shares: the clip, its truth, the model and the edge timing."""
+
+    args: argparse.Namespace
+    model: object
+    computer: object
+    truth: object
+    frames: list
+    fps: float
+    timing: object
+    link: object
+    work_dir: Path
+    key: dict
+
+
+def run(args: argparse.Namespace) -> dict:
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    context = _context(args)
+    result: dict = {
+        "video": str(args.video),
+        "frames": len(context.frames),
+        "fps": context.fps,
+        "frame_size": list(context.frames[0].image.shape[1::-1]),
+        "edge_timing": context.timing.as_json(),
+        "link": context.link.as_json(),
+        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
+    }
+    parts = args.parts
+    curves = {}
+    if "bd_rate" in parts or "keyframe" in parts or "rate_control" in parts:
+        curves = _stream_curves(context, ("stac",) + (BASELINES if "bd_rate" in parts else ()))
+    if "bd_rate" in parts:
+        result.update(_bd_rates(context, curves))
+    if "propagation" in parts:
+        result["propagation"] = _propagation(context)
+    if "keyframe" in parts:
+        result["keyframe_vs_stream"] = _keyframe_vs_stream(context, curves["stac"])
+    if "rate_control" in parts:
+        result["rate_control"] = _rate_control(context, curves["stac"])
+    if "robot_ms" in parts:
+        result["robot_ms_per_frame"] = _robot_timing(context)
+    result["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
+    _print_table(result)
+    return result
+
+
+# --- set-up -------------------------------------------------------------------------------
+
+
+def _context(args: argparse.Namespace) -> Context:
+    from stac_edge_segmenter.loading import load_model
+    from stac_eval.replay.link import LinkConfig
+    from stac_eval.replay.source import open_source
+    from stac_eval.replay.truth import (
+        EdgeTiming,
+        PseudoTruth,
+        default_cache_dir,
+        measured_edge_timing,
+        model_digest,
+    )
+    from stac_sensitivity.online import QPMapComputer
+
+    model = load_model(args.model, device="cpu")
+    model_key = model_digest(model)
+    source = open_source(str(args.video))
+    truth = PseudoTruth(default_cache_dir(), model, model_key, source, 1)
+    index = truth.ensure(args.max_frames)
+    count = min(index.count, args.max_frames) if args.max_frames else index.count
+    offsets = index.offsets_s[:count]
+    fps = float(round(1.0 / float(np.median(np.diff(offsets))), 3)) if count > 1 else 25.0
+    computer = QPMapComputer(model, args.calibration)
+    if args.edge_ms:
+        timing = EdgeTiming.parse(args.edge_ms)
+    else:
+        images = (frame.image for frame in source.frames(4))
+        timing = measured_edge_timing(default_cache_dir(), model, model_key, computer, images, 1)
+    frames = list(source.frames(count))
+    work_dir = args.work_dir or (default_cache_dir() / "temporal" / source.digest[:16])
+    work_dir.mkdir(parents=True, exist_ok=True)
+    key = {
+        "version": BENCH_VERSION,
+        "source": source.digest,
+        "frames": count,
+        "model": model_key,
+        "calibration": str(computer.calibration),
+        "timing": [timing.segment_ms, timing.map_ms],
+        "link": args.link,
+    }
+    return Context(
+        args, model, computer, truth, frames, fps, timing, LinkConfig.parse(args.link),
+        work_dir, key,
+    )  # fmt: skip
+
+
+def _settings(context: Context, **changes):
+    from stac_eval.temporal_sim import SimSettings
+
+    return replace(
+        SimSettings(fps=context.fps, decoded_stride=context.args.decoded_stride), **changes
+    )
+
+
+def _point(context: Context, variant: str, budget: float, settings, frames=None, tag: str = ""):
+    """One simulated run, from the cache when the same run was done before."""
+    from stac_eval.progress import progress_bar
+    from stac_eval.temporal_sim import VARIANTS, SimResult, TemporalSim
+
+    key = {**context.key, "variant": variant, "budget": budget, "settings": settings.as_json()}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    path = context.work_dir / f"{variant}{tag}_{budget:g}_{digest[:12]}.npz"
+    if path.is_file() and path.with_suffix(".json").is_file():
+        return SimResult.load(path)
+    frames = context.frames if frames is None else frames
+    simulation = TemporalSim(
+        VARIANTS[variant], budget, settings, context.link, context.timing, context.model,
+        context.computer, context.truth,
+    )  # fmt: skip
+    with progress_bar(total=len(frames), desc=f"{variant}{tag} crf {budget:g}") as bar:
+        result = simulation.run(frames, bar)
+    result.save(path)
+    return result
+
+
+# --- 1. stream mode against the baselines ------------------------------------------------
+
+
+class _AsReplayPoint:
+    """A SimResult in the shape stac_eval.replay.analysis reads (uplink and feedback bytes,
+    confusions by kind), so the replay's block bootstrap computes the intervals."""
+
+    def __init__(self, result) -> None:
+        self.budget = result.budget
+        self.capture_s = result.capture_s
+        self.uplink_bytes = result.uplink_bytes
+        self.feedback_bytes = result.map_bytes
+        self.confusion = {
+            "decoded_pseudo": result.decoded_confusion,
+            "timely_pseudo": result.timely_confusion,
+        }
+
+
+def _stream_curves(context: Context, variants) -> dict:
+    settings = _settings(context)
+    return {
+        variant: [_point(context, variant, crf, settings) for crf in context.args.crf]
+        for variant in variants
+    }
+
+
+def _kbps(values, frames: int, fps: float) -> float:
+    return float(8.0 * np.sum(values) * fps / frames / 1e3)
+
+
+def _curve_table(points, fps: float) -> list[dict]:
+    from stac_eval.replay.simulation import miou
+
+    table = []
+    for point in points:
+        frames = len(point.capture_s)
+        table.append(
+            {
+                "crf": point.budget,
+                "uplink_kbps": round(_kbps(point.uplink_bytes, frames, fps), 2),
+                "map_feedback_kbps": round(_kbps(point.map_bytes, frames, fps), 3),
+                "mask_feedback_kbps": round(_kbps(point.mask_bytes, frames, fps), 2),
+                "decoded_miou": round(miou(point.decoded_confusion.sum(0)), 4),
+                "timely_miou": round(miou(point.timely_confusion.sum(0)), 4),
+                "frames_sent": int(point.sent.sum()),
+                "idr": int(point.idr.sum()),
+                "counters": point.counters,
+            }
+        )
+    return table
+
+
+def _bd_rates(context: Context, curves: dict) -> dict:
+    from stac_eval.replay.analysis import Curve, bd_rates
+
+    replay_curves = {
+        name: Curve(name, "crf", [_AsReplayPoint(point) for point in points])
+        for name, points in curves.items()
+    }
+    block = max(1, round(context.fps))
+    baselines = [name for name in BASELINES if name in curves]
+    total = bd_rates(
+        replay_curves, "stac", baselines, "decoded_pseudo", block, context.args.bootstrap
+    )
+    uplink = bd_rates(replay_curves, "stac", baselines, "decoded_pseudo", block, 0, 0, False)
+    return {
+        "bd_rate_pct": total["pct"],
+        "bd_rate_ci95_pct": total.get("ci95_pct", {}),
+        "bd_rate_pct_uplink_only": uplink["pct"],
+        "stream_curves": {
+            name: _curve_table(points, context.fps) for name, points in curves.items()
+        },
+    }
+
+
+# --- 2. delays ----------------------------------------------------------------------------
+
+
+def _propagation(context: Context) -> dict:
+    masks = _mask_delays(context)
+    maps = _map_delays(context)
+    return {str(delay): {**masks[delay], **maps.get(delay, {})} for delay in context.args.delays}
+
+
+def _mask_delays(context: Context) -> dict:
+    """The robot's mask of frame t when the edge's mask of frame t-d arrives d frames late:
+    through the robot's own FrameFlow and MaskPropagator (one direct flow per arrival, then
+    per-frame composition), against holding it and against having none."""
+    from stac_encoder.frame_flow import FrameFlow
+    from stac_encoder.mask_warp import MaskPropagator
+    from stac_eval.progress import progress_bar
+    from stac_eval.replay.simulation import confusion, miou
+
+    classes = context.model.num_classes
+    frames = context.frames
+    height, width = frames[0].image.shape[:2]
+    results = {}
+    flow_config = _settings(context).flow
+    with progress_bar(total=len(frames) * len(context.args.delays), desc="mask delays") as bar:
+        for delay in context.args.delays:
+            flow = FrameFlow(width, height, flow_config)
+            propagator = MaskPropagator(flow)
+            warped = np.zeros((classes, classes + 1), np.int64)
+            held = np.zeros_like(warped)
+            for position, frame in enumerate(frames):
+                flow.add_frame(position + 1, frame.image)
+                bar.update(1)
+                if position < delay:
+                    continue
+                source = context.truth.mask(frames[position - delay].index)
+                propagator.set_mask(source, position + 1 - delay)
+                truth = context.truth.mask(frame.index)
+                warped += confusion(truth, propagator.current().class_ids, classes)
+                held += confusion(truth, source, classes)
+            results[delay] = {
+                "warped_miou": round(miou(warped), 4),
+                "held_miou": round(miou(held), 4),
+                "none_miou": 0.0,
+            }
+    return results
+
+
+def _map_delays(context: Context) -> dict:
+    from stac_eval.temporal_maps import map_delay_bd_rates
+
+    return map_delay_bd_rates(context)
+
+
+# --- 3. keyframe mode against stream mode --------------------------------------------------
+
+
+def _keyframe_vs_stream(context: Context, stream_points) -> dict:
+    from stac_eval.bd_rate import NoOverlapError, bd_rate_pct
+    from stac_eval.replay.simulation import miou
+
+    settings = _settings(context, decoded_stride=0)
+    keyframe_points = [_point(context, "stac_keyframe", crf, settings) for crf in context.args.crf]
+    fps = context.fps
+
+    def curve(points):
+        frames = len(points[0].capture_s)
+        rates = [_kbps(p.uplink_bytes, frames, fps) for p in points]
+        return rates, [miou(p.timely_confusion.sum(0)) for p in points]
+
+    stream_rates, stream_miou = curve(stream_points)
+    key_rates, key_miou = curve(keyframe_points)
+    try:
+        ratio = 1.0 + bd_rate_pct(stream_rates, stream_miou, key_rates, key_miou) / 100.0
+        ratio = round(ratio, 4)
+    except (NoOverlapError, ValueError) as error:
+        ratio = None
+        note = str(error)
+    else:
+        note = "exp(mean log rate ratio) over the timely-mIoU range both curves cover (BD-rate)"
+    return {
+        "uplink_ratio_at_equal_timely_miou": ratio,
+        "how": note,
+        "keyframe_config": settings.keyframes.__dict__,
+        "stream": _curve_table(stream_points, fps),
+        "keyframe": _curve_table(keyframe_points, fps),
+    }
+
+
+# --- 4. bitrate target ----------------------------------------------------------------------
+
+
+def _rate_control(context: Context, stream_points) -> dict:
+    from stac_eval.temporal_maps import rate_control_runs
+
+    return rate_control_runs(context, stream_points)
+
+
+# --- 5. robot timing ------------------------------------------------------------------------
+
+
+def _robot_timing(context: Context) -> dict:
+    from stac_eval.temporal_maps import robot_stage_timing
+
+    return robot_stage_timing(context)
+
+
+def _print_table(result: dict) -> None:
+    print(
+        json.dumps({k: v for k, v in result.items() if k not in ("stream_curves",)}, indent=1)[
+            :4000
+        ]
+    )
+
+
+def _elapsed(started: float) -> float:
+    return round(time.time() - started, 1)
