@@ -68,6 +68,7 @@ def generate_launch_description() -> LaunchDescription:
             ("mask_feedback", "/stac/mask_feedback"),
             ("robot_mask", "/stac/robot_mask"),
             ("robot_mask_age", "/stac/robot_mask_age"),
+            ("robot_overlay", "/stac/robot_overlay"),
         ],
         output="screen",
     )

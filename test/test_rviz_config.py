@@ -15,8 +15,8 @@ would load every display, subscribe to topics our nodes publish, and be matched 
   one a transient-local publisher. The camera's QoS is a parameter, so the camera display
   must match every camera QoS kind (a real camera driver publishes best effort).
 
-Note: no node publishes the robot-side mask; should rviz show it later, add its display here
-once a node publishes it (as rgb8: a mono8 class-id image shows near-black).
+The robot's mask of every camera frame is shown as its rgb8 overlay (/stac/robot_overlay): a
+mono8 class-id image shows near-black.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ A thin shell over `stac_encoder.robot_loop.RobotLoop`. Topics (remap as needed):
   robot_mask      sensor_msgs/Image mono8     out  for every camera frame: the edge's newest
                                                    mask warped to it (the camera's stamp)
   robot_mask_age  stac_msgs/MaskAge           out  how old that mask is (same stamp)
+  robot_overlay   sensor_msgs/Image rgb8      out  that mask's colours over the camera frame,
+                                                   for rviz (publish_robot_overlay)
 Service ~/request_keyframe (std_srvs/Trigger): the next frame is an IDR picture (in keyframe
 mode it is sent at once).
 Parameter `mode`: stream (every frame encoded and sent) or keyframe (only frames whose
@@ -36,6 +38,7 @@ from stac_codec.h264_encoder import PRESETS, EncoderConfig
 from stac_codec.mask_wire import ENCODING_NAME, MaskWireError, decode_mask
 from stac_encoder.frame_flow import DIS_PRESETS, FlowConfig
 from stac_encoder.keyframes import KeyframeConfig
+from stac_encoder.mask_warp import mask_overlay
 from stac_encoder.qp_map_receiver import MapRejectedError, QPMapReceiver, ReceivedMapFields
 from stac_encoder.rate_control import RateControlConfig
 from stac_encoder.robot_encoder import (
@@ -152,6 +155,12 @@ PARAMETERS = (
         "robot_mask_age).",
     ),
     ParameterSpec(
+        "publish_robot_overlay",
+        True,
+        "Also publish the robot mask's colours over the camera frame (robot_overlay, rgb8) for "
+        "viewers (about 2 ms per 960x540 frame).",
+    ),
+    ParameterSpec(
         "stale_psnr_db",
         24.0,
         "Keyframe mode: send a frame when it and the last keyframe, warped to it by flow, "
@@ -260,6 +269,7 @@ class EncoderNode(Node):
         self._publisher = self.create_publisher(EncodedFrame, "encoded", ENCODED_QOS)
         self._mask_publisher = self.create_publisher(Image, "robot_mask", OUTPUT_QOS)
         self._age_publisher = self.create_publisher(MaskAge, "robot_mask_age", OUTPUT_QOS)
+        self._overlay_publisher = self.create_publisher(Image, "robot_overlay", OUTPUT_QOS)
         self.create_subscription(
             Image, "image", self._on_image, camera_qos(self.params["camera_qos"])
         )
@@ -306,7 +316,7 @@ class EncoderNode(Node):
             self.statistics.count("frames_held")
             if outcome.decision is not None and outcome.decision.waited:
                 self.statistics.count("frames_waited")
-        self._publish_mask(msg, outcome)
+        self._publish_mask(msg, outcome, pixels)
 
     def _publish_encoded(self, msg: Image, outcome: FrameOutcome) -> None:
         result = outcome.encoded
@@ -327,18 +337,24 @@ class EncoderNode(Node):
         self.statistics.add_uplink(time.monotonic(), serialized_size_bytes(out))
         self._report_rate()
 
-    def _publish_mask(self, msg: Image, outcome: FrameOutcome) -> None:
+    def _publish_mask(self, msg: Image, outcome: FrameOutcome, pixels: np.ndarray) -> None:
         """The robot's mask of this camera frame (all NO_CLASS before the edge's first)."""
         if not self.params["publish_robot_mask"]:
             return
         mask = outcome.mask
         if mask is None:
-            empty = np.full((msg.height, msg.width), MaskAge.NO_CLASS, np.uint8)
-            self._mask_publisher.publish(numpy_to_image(empty, "mono8", msg.header))
+            class_ids = np.full((msg.height, msg.width), MaskAge.NO_CLASS, np.uint8)
+        else:
+            class_ids = mask.class_ids
+        self._mask_publisher.publish(numpy_to_image(class_ids, "mono8", msg.header))
+        if self.params["publish_robot_overlay"]:
+            rgb = pixels if msg.encoding != "bgr8" else pixels[..., ::-1]
+            overlay = mask_overlay(np.ascontiguousarray(rgb), class_ids)
+            self._overlay_publisher.publish(numpy_to_image(overlay, "rgb8", msg.header))
+        if mask is None:
             self._age_publisher.publish(MaskAge(header=msg.header, has_source=False))
             self.statistics.count("robot_masks")
             return
-        self._mask_publisher.publish(numpy_to_image(mask.class_ids, "mono8", msg.header))
         age_s = outcome.mask_age_s if outcome.mask_age_s is not None else math.nan
         source_s = outcome.capture_s - age_s if math.isfinite(age_s) else 0.0
         age = MaskAge(

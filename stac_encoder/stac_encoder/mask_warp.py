@@ -100,3 +100,23 @@ class MaskPropagator:
         self._mask = None
         self._cache = None
         self._field.reset()
+
+
+def _palette() -> np.ndarray:
+    """256 RGB colours, one per class id: well apart for the first ids, black for 255 (no
+    class). The robot knows ids, not the model's palette, so it colours them its own way."""
+    hues = (np.arange(256) * 47) % 180
+    hsv = np.stack([hues, np.full(256, 220), np.full(256, 255)], axis=-1).astype(np.uint8)
+    palette = cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
+    palette[255] = 0
+    return palette
+
+
+PALETTE = _palette()
+
+
+def mask_overlay(frame_rgb: np.ndarray, class_ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The frame with the class colours blended on top (rgb8 for viewers: a mono8 class-id
+    image shows near-black)."""
+    colours = PALETTE[class_ids]
+    return cv2.addWeighted(frame_rgb, 1.0 - alpha, colours, alpha, 0.0)
