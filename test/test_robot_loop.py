@@ -180,3 +180,12 @@ def test_controller_alone_moves_the_crf_against_the_excess():
     assert controller.crf > 30.0 and controller.fullness_bits > 0
     with pytest.raises(ValueError):
         controller.set_target(-1.0)
+
+
+def test_frames_kept_on_the_robot_are_accounted_for():
+    from stac_eval.accounting import frame_accounting
+
+    robot = {"frames_in": 100, "frames_encoded": 20, "frames_failed": 0, "frames_held": 80}
+    edge = {"frames_in": 20, "frames_segmented": 20}
+    accounting = frame_accounting(100, robot, edge)
+    assert accounting["kept_on_robot"] == 80 and accounting["every_frame_accounted_for"]

@@ -2,7 +2,8 @@
 suite report, from the nodes' own counters (stac_msgs/Statistics, as plain dicts).
 
 A frame the source published is, in order along the path: not received by the robot (a camera
-queue that overflowed under a flood), refused by the robot (failed), lost on the link (the
+queue that overflowed under a flood), refused by the robot (failed), kept on the robot (keyframe
+mode: the robot carried the edge's last mask to it instead of sending it), lost on the link (the
 edge saw a gap in frame_seq, or it went missing after the edge's last frame), or received by
 the edge, where it is segmented, skipped under the newest-frame policy, failed (not decodable,
 e.g. waiting for a keyframe after a loss) or still pending. Each category is a counter of the
@@ -25,15 +26,17 @@ def frame_accounting(published: int | None, robot: dict, edge: dict) -> dict:
     edge_in = edge.get("frames_in", 0)
     gaps = edge.get("frames_lost", 0)
     tail = max(encoded - edge_in - gaps, 0)
+    held = robot.get("frames_held", 0)
     categories = {
         "not_received_by_robot": max((published or 0) - robot_in, 0),
         "failed_on_robot": robot.get("frames_failed", 0),
+        "kept_on_robot": held,
         "lost_on_link": gaps + tail,
         **{name.removeprefix("frames_"): edge.get(name, 0) for name in EDGE_OUTCOMES},
     }
     accounted = sum(categories.values())
     consistent = (
-        robot_in == encoded + robot.get("frames_failed", 0)
+        robot_in == encoded + robot.get("frames_failed", 0) + held
         and edge_in == sum(edge.get(name, 0) for name in EDGE_OUTCOMES)
         and edge_in + gaps <= encoded
     )

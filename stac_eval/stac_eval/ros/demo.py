@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--rate-hz", type=float, default=10.0, help="rate for --pace fixed")
     parser.add_argument("--crf", type=float, default=28.0, help="budget: base quality")
+    parser.add_argument(
+        "--mode",
+        choices=("stream", "keyframe"),
+        default="stream",
+        help="the robot's mode: every frame (stream) or only stale frames (keyframe)",
+    )
     parser.add_argument("--budget-shift-qp", type=int, default=0, help="budget: map shift")
     parser.add_argument("--period-frames", type=int, default=5, help="a QP map every N frames")
     parser.add_argument(
@@ -138,6 +144,11 @@ def summarise(result: GraphRunResult, miou: float, miou_frames: int, command: st
         else None,
         "feedback_bps": round(8 * sum(result.qp_map_bytes) / duration_s, 1) if duration_s else None,
         "qp_maps": len(result.qp_map_bytes),
+        "mask_feedback_bps": round(8 * sum(result.mask_feedback_bytes) / duration_s, 1)
+        if duration_s
+        else None,
+        "masks_fed_back": len(result.mask_feedback_bytes),
+        "robot_masks": len(result.robot_mask_sizes),
         "miou_vs_uncompressed": None if np.isnan(miou) else round(miou, 4),
         "miou_frames": miou_frames,
         "latency_ms": {
@@ -159,6 +170,8 @@ def report_markdown(report: dict) -> str:
     frames = report["frames"]
     uplink, feedback = report["uplink_bps"], report["feedback_bps"]
     share = f" ({100 * feedback / uplink:.2f}% of the uplink)" if uplink and feedback else ""
+    masks = report.get("mask_feedback_bps")
+    mask_share = f" ({100 * masks / uplink:.2f}% of the uplink)" if uplink and masks else ""
     lines = [
         "# STAC demo report",
         "",
@@ -169,7 +182,11 @@ def report_markdown(report: dict) -> str:
         f"| clip duration | {report['duration_s']} s |",
         f"| link | {_link_text(report['link'])} |",
         f"| uplink (EncodedFrame messages) | {_kbps(uplink)} |",
-        f"| feedback (QPMap messages, {report['qp_maps']} maps) | {_kbps(feedback)}{share} |",
+        f"| feedback: QP maps (QPMap messages, {report['qp_maps']} maps) | "
+        f"{_kbps(feedback)}{share} |",
+        f"| feedback: masks (SegmentationMask messages, {report.get('masks_fed_back')} masks; "
+        f"not in the line above) | {_kbps(masks)}{mask_share} |",
+        f"| robot masks published (one per camera frame) | {report.get('robot_masks')} |",
         f"| mIoU of masks vs model on uncompressed frames ({report['miou_frames']} frames) "
         f"| {report['miou_vs_uncompressed']} |",
         f"| capture-to-mask latency, median / p95 | {report['latency_ms']['median']} / "
@@ -177,6 +194,8 @@ def report_markdown(report: dict) -> str:
         f"| frames published by the source | {frames['published']} |",
         f"| not received by the robot / failed on the robot | "
         f"{frames['not_received_by_robot']} / {frames['failed_on_robot']} |",
+        f"| kept on the robot (keyframe mode: its mask carried from the last keyframe) | "
+        f"{frames.get('kept_on_robot', 0)} |",
         f"| lost on the link (of which seen as frame_seq gaps) | {frames['lost_on_link']} "
         f"({frames['lost_on_link_seen_as_gaps']}) |",
         f"| segmented / skipped (newest-frame policy) / failed / pending on the edge | "
@@ -218,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_hz=args.rate_hz,
         max_frames=args.max_frames,
         crf=args.crf,
+        mode=args.mode,
         budget_shift_qp=args.budget_shift_qp,
         period_frames=args.period_frames,
         edge_process=args.edge,
