@@ -156,7 +156,7 @@ def test_the_bitrate_target_is_held_under_a_map_and_follows_a_step():
     frames = synthetic_clip(300)
     config = RobotLoopConfig(
         encoder=RobotEncoderConfig(warp_qp_map=False),
-        rate=RateControlConfig(target_kbps=300.0),
+        rate=RateControlConfig(target_kbps=300.0, overhead_bytes=0),  # sizes: access units
         propagate_masks=False,
     )
     loop = RobotLoop(config)

@@ -334,7 +334,9 @@ class EncoderNode(Node):
         out.data = to_uint8_field(result.packet.data)
         self._publisher.publish(out)
         self.statistics.count("frames_encoded")
-        self.statistics.add_uplink(time.monotonic(), serialized_size_bytes(out))
+        size = serialized_size_bytes(out)
+        self.statistics.add_uplink(time.monotonic(), size)
+        self.loop.rate.overhead_bytes = size - len(result.packet.data)  # what the target pays
         self._report_rate()
 
     def _publish_mask(self, msg: Image, outcome: FrameOutcome, pixels: np.ndarray) -> None:

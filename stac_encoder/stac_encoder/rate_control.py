@@ -31,7 +31,9 @@ class RateControlConfig:
     """target_kbps: the target (0 = off: constant CRF); crf_min/crf_max: the range the loop
     moves the CRF in; drain_s: the bucket's excess (or deficit) is spread over this much
     camera time; qp_per_halving: CRF steps that halve a frame's bits (the model's slope);
-    max_step: largest CRF change per frame."""
+    max_step: largest CRF change per frame; overhead_bytes: what each frame's message adds to
+    its access unit on the link (the EncodedFrame header and fields, ~90 bytes: 18 kbit/s at
+    25 fps, which the target includes)."""
 
     target_kbps: float = 0.0
     crf_min: float = 12.0
@@ -40,6 +42,7 @@ class RateControlConfig:
     qp_per_halving: float = 6.0
     max_step: float = 3.0
     learning_rate: float = 0.3
+    overhead_bytes: int = 90
 
     def __post_init__(self) -> None:
         if self.target_kbps < 0 or not math.isfinite(self.target_kbps):
@@ -63,6 +66,7 @@ class BitrateController:
         self._last_s: float | None = None
         self._interval_s: float | None = None  # typical time between encoded frames
         self._intercept: dict[bool, float] = {}  # idr -> c of log2(bits) = c - crf / k
+        self.overhead_bytes = config.overhead_bytes
 
     @property
     def active(self) -> bool:
@@ -77,8 +81,10 @@ class BitrateController:
         self.fullness_bits = 0.0
 
     def frame_encoded(self, size_bytes: int, capture_s: float, idr: bool, crf: float) -> None:
-        """Account one encoded frame (its bytes, capture time, kind, the CRF it had)."""
+        """Account one encoded frame (its access unit's bytes, capture time, kind, the CRF it
+        had); the link also carries `overhead_bytes` for it."""
         bits = 8.0 * max(1, size_bytes)
+        link_bits = bits + 8.0 * self.overhead_bytes
         observed = math.log2(bits) + crf / self.config.qp_per_halving
         previous = self._intercept.get(idr)
         rate = self.config.learning_rate
@@ -92,7 +98,7 @@ class BitrateController:
                 elapsed if self._interval_s is None else 0.9 * self._interval_s + 0.1 * elapsed
             )
         self._last_s = capture_s if self._last_s is None else max(self._last_s, capture_s)
-        self.fullness_bits += bits
+        self.fullness_bits += link_bits
 
     def next_crf(self, capture_s: float, idr: bool) -> float:
         """The CRF for the frame captured at `capture_s`. An IDR picture keeps the CRF of the
@@ -105,7 +111,7 @@ class BitrateController:
         elapsed = self._interval_s or 0.04
         if self._last_s is not None and capture_s > self._last_s:
             elapsed = capture_s - self._last_s
-        share = 1e3 * self.target_kbps * elapsed
+        share = 1e3 * self.target_kbps * elapsed - 8.0 * self.overhead_bytes
         correction = self.fullness_bits * min(1.0, elapsed / config.drain_s)
         wanted = max(share - correction, 0.05 * share, 8.0)
         intercept = self._intercept.get(False)

@@ -93,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--parts",
         type=_csv(str),
         default=["bd_rate", "propagation", "keyframe", "rate_control", "robot_ms"],
-        help="which measurements to run",
+        help="which measurements to run (propagation = mask_delays + map_delays)",
     )
     parser.add_argument("--work-dir", type=Path, default=None, help="cached points")
     parser.add_argument("--bootstrap", type=int, default=500, help="BD-rate CI resamples")
@@ -139,8 +139,12 @@ def run(args: argparse.Namespace) -> dict:
         curves = _stream_curves(context, ("stac",) + (BASELINES if "bd_rate" in parts else ()))
     if "bd_rate" in parts:
         result.update(_bd_rates(context, curves))
-    if "propagation" in parts:
-        result["propagation"] = _propagation(context)
+    if "propagation" in parts or "mask_delays" in parts or "map_delays" in parts:
+        result["propagation"] = _propagation(
+            context,
+            masks="propagation" in parts or "mask_delays" in parts,
+            maps="propagation" in parts or "map_delays" in parts,
+        )
     if "keyframe" in parts:
         result["keyframe_vs_stream"] = _keyframe_vs_stream(context, curves["stac"])
     if "rate_control" in parts:
@@ -148,6 +152,7 @@ def run(args: argparse.Namespace) -> dict:
     if "robot_ms" in parts:
         result["robot_ms_per_frame"] = _robot_timing(context)
     result["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
+    result["plots"] = write_plots(result, args.out)
     _print_table(result)
     return result
 
@@ -307,10 +312,13 @@ def _bd_rates(context: Context, curves: dict) -> dict:
 # --- 2. delays ----------------------------------------------------------------------------
 
 
-def _propagation(context: Context) -> dict:
-    masks = _mask_delays(context)
-    maps = _map_delays(context)
-    return {str(delay): {**masks[delay], **maps.get(delay, {})} for delay in context.args.delays}
+def _propagation(context: Context, masks: bool = True, maps: bool = True) -> dict:
+    mask_results = _mask_delays(context) if masks else {}
+    map_results = _map_delays(context) if maps else {}
+    return {
+        str(delay): {**mask_results.get(delay, {}), **map_results.get(delay, {})}
+        for delay in context.args.delays
+    }
 
 
 def _mask_delays(context: Context) -> dict:
@@ -418,6 +426,98 @@ def _robot_timing(context: Context) -> dict:
     from stac_eval.temporal_maps import robot_stage_timing
 
     return robot_stage_timing(context)
+
+
+def write_plots(result: dict, out: Path) -> dict:
+    """PNG figures beside the JSON: the stream-mode curves, keyframe vs stream, the delays and
+    the bitrate target over time. Returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stem = out.with_suffix("")
+    written = {}
+    curves = result.get("stream_curves")
+    if curves:
+        figure, axis = plt.subplots(figsize=(6, 4.5))
+        for name, points in curves.items():
+            rates = [p["uplink_kbps"] + p["map_feedback_kbps"] for p in points]
+            axis.plot(rates, [p["decoded_miou"] for p in points], marker="o", ms=3, label=name)
+        bd = result.get("bd_rate_pct", {})
+        axis.set_title(
+            "stream mode, decoded mIoU; STAC BD-rate "
+            + ", ".join(f"{k} {v:+.1f}%" for k, v in bd.items() if v is not None),
+            fontsize=8,
+        )
+        _finish(axis, "uplink + map feedback, kbit/s", "decoded mIoU (vs model on raw frames)")
+        written["stream_curves"] = _save(figure, stem, "stream_curves")
+    keyframe = result.get("keyframe_vs_stream")
+    if keyframe:
+        figure, axis = plt.subplots(figsize=(6, 4.5))
+        stream = keyframe["stream"]
+        axis.plot([p["uplink_kbps"] for p in stream], [p["timely_miou"] for p in stream],
+                  marker="o", ms=3, label="stream")  # fmt: skip
+        for threshold, entry in keyframe["by_stale_psnr_db"].items():
+            points = entry["points"]
+            axis.plot([p["uplink_kbps"] for p in points], [p["timely_miou"] for p in points],
+                      marker="s", ms=3, label=f"keyframe, stale < {threshold} dB")  # fmt: skip
+        ratio = keyframe["uplink_ratio_at_equal_timely_miou"]
+        axis.set_title(f"robot's own mask of every frame; uplink ratio {ratio}", fontsize=8)
+        _finish(axis, "uplink, kbit/s", "timely mIoU (robot mask vs model on raw frame)")
+        written["keyframe_vs_stream"] = _save(figure, stem, "keyframe_vs_stream")
+    propagation = result.get("propagation")
+    if propagation:
+        figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+        delays = sorted(int(d) for d in propagation)
+        for key, label in (("warped_miou", "warped"), ("held_miou", "held")):
+            values = [propagation[str(d)].get(key) for d in delays]
+            if any(v is not None for v in values):
+                axes[0].plot(delays, values, marker="o", label=label)
+        axes[0].set_title("masks d frames late: timely mIoU", fontsize=9)
+        for key, label in (("map_warped_bd_rate_pct", "warped"), ("map_held_bd_rate_pct", "held")):
+            values = [propagation[str(d)].get(key) for d in delays]
+            if any(v is not None for v in values):
+                axes[1].plot(delays, values, marker="o", label=label)
+        axes[1].axhline(0.0, color="grey", lw=0.8)
+        axes[1].set_title("maps d frames late: BD-rate vs uniform (none = 0)", fontsize=9)
+        for axis in axes:
+            axis.set_xlabel("delay, frames")
+            axis.grid(True, alpha=0.3)
+            axis.legend(fontsize=8)
+        written["propagation"] = _save(figure, stem, "propagation")
+    rate = result.get("rate_control")
+    if rate and rate.get("series"):
+        figure, axis = plt.subplots(figsize=(7, 4))
+        for label, series in rate["series"].items():
+            axis.plot(series["t_s"], series["kbps_2s"], label=label)
+        axis.plot(rate["series_target"]["t_s"], rate["series_target"]["kbps"], "k--",
+                  label="target")  # fmt: skip
+        axis.set_xlabel("camera time, s")
+        axis.set_ylabel("uplink over the last 2 s, kbit/s")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+        written["rate_control"] = _save(figure, stem, "rate_control")
+    return written
+
+
+def _finish(axis, xlabel: str, ylabel: str) -> None:
+    axis.set_xscale("log")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
+
+
+def _save(figure, stem: Path, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    path = stem.with_name(f"{stem.name}_{name}.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path.name
 
 
 def _print_table(result: dict) -> None:

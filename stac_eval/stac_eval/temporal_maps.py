@@ -246,6 +246,11 @@ def rate_control_runs(context, stream_points) -> dict:
         point = _point(context, "stac", start_crf, settings, frames, tag=f"_rc_{rate_control}")
         result[label] = window_errors(point.uplink_bytes, fps, (first, second), step_s)
         result[label]["crf_range"] = [float(point.crf.min()), float(point.crf.max())]
+        result.setdefault("series", {})[label] = _series(point.uplink_bytes, fps)
+    result["series_target"] = {
+        "t_s": [0.0, step_s, step_s, count / fps],
+        "kbps": [first, first, second, second],
+    }
     outer, x264 = result["outer_loop_on_crf"], result["x264_abr_vbv"]
 
     def worst(entry: dict) -> float:
@@ -257,6 +262,18 @@ def rate_control_runs(context, stream_points) -> dict:
     result["worst_window_error_pct"] = result[better]["worst_window_error_pct"]
     result["step_settle_s"] = result[better]["step_settle_s"]
     return result
+
+
+def _series(sizes: np.ndarray, fps: float) -> dict:
+    """kbit/s over the 2 s before each frame (from 2 s on), for the plot."""
+    bits = 8.0 * np.asarray(sizes, dtype=float)
+    window = max(1, round(WINDOW_S * fps))
+    sums = np.convolve(bits, np.ones(window), mode="valid")
+    times = (np.arange(len(sums)) + window) / fps
+    return {
+        "t_s": [round(float(t), 3) for t in times],
+        "kbps_2s": [round(float(v) / WINDOW_S / 1e3, 1) for v in sums],
+    }
 
 
 def window_errors(sizes: np.ndarray, fps: float, targets: tuple[float, float], step_s: float):

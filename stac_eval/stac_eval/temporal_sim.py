@@ -256,7 +256,10 @@ class TemporalSim:
                 ),
                 flow=settings.flow,
                 keyframes=settings.keyframes,
-                rate=RateControlConfig(target_kbps=target if encoder.rate_control == "crf" else 0),
+                rate=RateControlConfig(
+                    target_kbps=target if encoder.rate_control == "crf" else 0,
+                    overhead_bytes=encoded_frame_bytes(0),
+                ),
             )
         )
         self.receiver = QPMapReceiver(settings.max_abs_offset_qp) if variant.maps else None
