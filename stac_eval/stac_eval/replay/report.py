@@ -87,9 +87,12 @@ def plot_over_time(points: dict, fps: float, out: Path) -> None:
                 else:
                     ys.append(miou(point.confusion["timely_pseudo"][frames].sum(0)))
             knob = METHODS[name].knob
+            xs, ys = xs + [xs[-1] + 1], ys + [ys[-1]]  # draw the last second to its end
             axis.step(xs, ys, where="post", label=f"{name} ({knob} {point.budget:g})")
         axis.set_xlabel("recording time, s")
         axis.set_ylabel(ylabel)
+        if filename.startswith("bitrate"):
+            axis.set_yscale("log")
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8)
         figure.tight_layout()
