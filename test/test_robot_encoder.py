@@ -213,3 +213,34 @@ def test_the_calibrations_aq_strength_reopens_the_encoder():
     assert not encoder.encode(video[2], 0.2).packet.keyframe
     with pytest.raises(ValueError, match="aq_strength"):
         encoder.submit_qp_map(update(2, 1, 0.0, aq_strength=7.0))
+
+
+def test_offsets_are_scaled_per_frame_kind_and_idr_pictures_are_foreseen():
+    """idr_offset_scale 0: the map leaves IDR pictures alone; the encoder knows in advance
+    which frames x264 will make IDR (every gop_frames, and on request)."""
+    from stac_codec.h264_encoder import EncoderConfig
+
+    video = frames(12)
+    config = RobotEncoderConfig(
+        encoder=EncoderConfig(gop_frames=4), warp_qp_map=False, idr_offset_scale=0.0
+    )
+    scaled, plain = RobotEncoder(config), RobotEncoder(RobotEncoderConfig(
+        encoder=EncoderConfig(gop_frames=4), warp_qp_map=False))  # fmt: skip
+    sizes = {}
+    for index, frame in enumerate(video):
+        if index == 1:
+            for encoder in (scaled, plain):
+                encoder.submit_qp_map(update(1, 1, 0.0, value=-12))
+        if index == 6:
+            scaled.request_keyframe()
+            plain.request_keyframe()
+        foreseen = scaled._keyframe_requested or scaled._next_is_idr()
+        result = scaled.encode(frame, index * 0.1)
+        assert result.packet.keyframe == foreseen
+        sizes[index] = (
+            result.packet.size_bytes,
+            plain.encode(frame, index * 0.1).packet.size_bytes,
+        )
+    idr = [i for i in range(12) if i in (0, 4, 6, 10)]
+    assert all(sizes[i][0] < sizes[i][1] for i in idr if i > 0)  # map left off IDR pictures
+    assert all(sizes[i][0] == sizes[i][1] for i in (1, 2, 3))  # P-frames keep the map
