@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--link",
         default=DEFAULT_LINK,
         help="rate=R,delay=D,loss=L[,downdelay=D][,queue=N][,seed=S], e.g. "
-        f"rate=2mbit,delay=40ms,loss=1%% (default {DEFAULT_LINK})",
+        f"rate=2mbit,delay=40ms,loss=1%% (default {DEFAULT_LINK.replace('%', '%%')})",
     )
     run.add_argument(
         "--edge-ms",
