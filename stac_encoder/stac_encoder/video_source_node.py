@@ -146,14 +146,18 @@ class VideoSourceNode(Node):
             self._publisher.publish(msg)
             self.published += 1
             if pace == "consumed":
-                key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-                if not self._spin_until(
-                    lambda key=key: key in self._consumed_stamps,
-                    self.params["consumed_timeout_s"],
-                ):
-                    self.get_logger().warning(f"frame {frame.index} not consumed in time")
-                # forget this stamp and every older one (late arrivals of timed-out frames)
-                self._consumed_stamps = {k for k in self._consumed_stamps if k > key}
+                self._await_consumed(msg, frame.index)
+
+    def _await_consumed(self, msg: Image, index: int) -> None:
+        """Wait until the encoder has published this frame (at most consumed_timeout_s), then
+        forget its stamp and every older one, so late arrivals of timed-out frames cannot
+        pile up."""
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        if not self._spin_until(
+            lambda: key in self._consumed_stamps, self.params["consumed_timeout_s"]
+        ):
+            self.get_logger().warning(f"frame {index} not consumed in time")
+        self._consumed_stamps = {k for k in self._consumed_stamps if k > key}
 
 
 def main(args: list[str] | None = None) -> None:
