@@ -218,6 +218,12 @@ def run(args: argparse.Namespace) -> dict:
         "model": segmenter.spec.name,
         "calibration": str(calibration_path) if calibration_path else "built-in defaults",
         "stac_settings": _settings_json(calibration),
+        "settings_chosen_on": {
+            key: calibration.provenance[key]
+            for key in ("sources", "frames", "frame_size", "labels", "command", "overlap_check")
+            if key in calibration.provenance
+        }
+        or "not recorded (built-in defaults: chosen on CamVid val in the feasibility experiment)",
         "two_level": {"top_fraction": args.two_level_top_fraction, "offsets_qp": [-6, 6]},
         "encoder": "x264 veryfast, intra (fresh encoder per frame, IDR), threads 1, slice bytes",
         "seconds_coding_and_inference": round(time.time() - started, 1),

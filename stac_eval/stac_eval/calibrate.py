@@ -56,7 +56,7 @@ DEFAULT_CRFS = (20, 26, 32, 38, 44)
 # Coordinate-descent grids, searched in this order (each starts from the best so far).
 SEARCH_GRID: dict[str, tuple] = {
     "class_weight_exponent": (0.0, 0.5, 1.0),
-    "rate_weight": (0.0, 0.5, 1.0, 1.5),
+    "rate_weight": (0.0, 0.5, 0.75, 1.0, 1.5),
     "aq_strength": (0.001, 0.5, 1.0),
     "alpha": (0.3, 0.4, 0.5, 0.65, 0.8),
     "max_offset_qp": (6, 8, 10, 13, 16),
