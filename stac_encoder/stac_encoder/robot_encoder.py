@@ -238,9 +238,11 @@ class RobotEncoder:
         self._frame_seq = packet_frame_seq
         self._newest_capture_s = capture_stamp_s
         self._keyframe_requested = False
-        if self._flow is not None and flow_seq is not None:
+        if flow_seq is None and self._shared_flow is not None:
+            flow_seq = self._shared_flow.current_seq
+        if flow_seq is not None:  # also without map warping: the mask warper needs it
             self._flow_seq_of[packet_frame_seq] = flow_seq
-            while len(self._flow_seq_of) > self._flow.config.history_frames:
+            while len(self._flow_seq_of) > self.config.warp.history_frames:
                 self._flow_seq_of.popitem(last=False)
         return EncodedFrameResult(self._frame_seq, packet, qp_map_seq, width, height)
 

@@ -95,6 +95,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=["bd_rate", "propagation", "keyframe", "rate_control", "robot_ms"],
         help="which measurements to run (propagation = mask_delays + map_delays)",
     )
+    parser.add_argument(
+        "--tried",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="a STAC stream-mode variant to report beside the default (SimSettings fields, "
+        "e.g. p_offset_scale=0.5); repeatable",
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="cached points")
     parser.add_argument("--bootstrap", type=int, default=500, help="BD-rate CI resamples")
     parser.add_argument("--model", type=Path, default=None, help="model YAML (default shipped)")
@@ -139,6 +147,8 @@ def run(args: argparse.Namespace) -> dict:
         curves = _stream_curves(context, ("stac",) + (BASELINES if "bd_rate" in parts else ()))
     if "bd_rate" in parts:
         result.update(_bd_rates(context, curves))
+        if args.tried:
+            result["tried"] = _tried(context, curves)
     if "propagation" in parts or "mask_delays" in parts or "map_delays" in parts:
         result["propagation"] = _propagation(
             context,
@@ -307,6 +317,32 @@ def _bd_rates(context: Context, curves: dict) -> dict:
             name: _curve_table(points, context.fps) for name, points in curves.items()
         },
     }
+
+
+def _tried(context: Context, curves: dict) -> dict:
+    """Each --tried variant of STAC stream mode: its BD-rates against the same baselines."""
+    import ast
+
+    tried = {}
+    for spec in context.args.tried:
+        name, _, assignments = spec.partition(":")
+        changes = {}
+        for assignment in filter(None, assignments.split(",")):
+            key, _, value = assignment.partition("=")
+            changes[key.strip()] = ast.literal_eval(value.strip())
+        settings = _settings(context, **changes)
+        points = [
+            _point(context, "stac", crf, settings, tag=f"_{name}") for crf in context.args.crf
+        ]
+        rates = _bd_rates(context, {**{k: v for k, v in curves.items() if k != "stac"},
+                                    "stac": points})  # fmt: skip
+        tried[name] = {
+            "settings": changes,
+            "bd_rate_pct": rates["bd_rate_pct"],
+            "bd_rate_pct_uplink_only": rates["bd_rate_pct_uplink_only"],
+            "points": rates["stream_curves"]["stac"],
+        }
+    return tried
 
 
 # --- 2. delays ----------------------------------------------------------------------------

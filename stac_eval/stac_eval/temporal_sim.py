@@ -70,6 +70,8 @@ VARIANTS = {
     "x264_aq": Variant("x264_aq", aq_strength=X264_AQ_STRENGTH),
     "two_level": Variant("two_level", maps="two_level"),
     "stac": Variant("stac", maps="stac"),
+    # the map on top of x264's variance AQ (the robot keeps AQ 1.0 whatever the map asks)
+    "stac_aq": Variant("stac_aq", maps="stac", aq_strength=X264_AQ_STRENGTH),
     "stac_keyframe": Variant("stac_keyframe", maps="stac", mode="keyframe"),
 }
 
@@ -368,7 +370,9 @@ class TemporalSim:
                             stamp_s,
                             level_map.offsets_qp,
                             sent.session_id,
-                            self.computer.calibration.aq_strength,
+                            0.0
+                            if self.variant.aq_strength != MAP_ONLY_AQ_STRENGTH
+                            else self.computer.calibration.aq_strength,
                         )
                     )
                 except ValueError:
