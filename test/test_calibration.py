@@ -8,7 +8,7 @@ import torch
 
 from stac_edge_segmenter.loading import DEFAULT_CONFIG, SegmentationModel, read_spec
 from stac_edge_segmenter.model import DEFAULT_WEIGHTS, build_lite0_fpn
-from stac_eval.calibrate import calibrate, class_weights_for, lloyd_levels
+from stac_eval.calibrate import calibrate, lloyd_levels
 from stac_eval.calibrate import main as calibrate_main
 from stac_eval.frame_dirs import crop_resize, read_frames, read_sources, video_frame_indices
 from stac_eval.training_overlap import TrainingOverlapError, check_frames, model_split_dirs
@@ -110,22 +110,13 @@ def test_lloyd_levels_find_the_clusters():
     assert lloyd_levels(np.array([-20.0, 20.0]), 2, 4) == (-4, 4)
 
 
-def test_class_weights_favour_rare_classes_with_pixel_mean_one():
-    truth = np.array([0] * 90 + [1] * 9 + [2] * 1 + [11] * 50)  # 11 = void, ignored
-    weights = np.array(class_weights_for(truth, 3, 0.5))
-    frequency = np.array([0.9, 0.09, 0.01])
-    assert weights[0] < weights[1] < weights[2]
-    assert (weights * frequency).sum() == pytest.approx(1.0)
-    assert class_weights_for(truth, 3, 0.0) is None
-
-
 def test_calibration_search_writes_a_usable_file(data_dir, tmp_path):
     """On frames the model never saw (two of the dashcam clip, pseudo labels only)."""
     frames = read_sources([data_dir / "video" / "solidWhiteRight.mp4"], video_frames=2)
     assert frames.labels is None and frames.images.shape == (2, 360, 480, 3)
     network = build_lite0_fpn(num_classes=11)
     model = SegmentationModel(network, read_spec(DEFAULT_CONFIG), torch.device("cpu"))
-    grid = {"alpha": (0.3, 0.6), "rate_weight": (0.0, 1.0)}
+    grid = {"alpha": (0.3, 0.6), "rate_weight": (0.0, 1.0), "class_weight_exponent": (0.0, 0.5)}
     calibration = calibrate(model, frames.images, None, [30, 42], (4,), grid=grid, passes=1)
     assert calibration.alpha in (0.3, 0.6)
     assert 2 <= len(calibration.levels_qp) <= 4
@@ -141,6 +132,8 @@ def test_calibration_search_writes_a_usable_file(data_dir, tmp_path):
     else:
         assert calibration.rate_exponent == pytest.approx(rate_model["rate_exponent"], abs=1e-3)
     assert calibration.provenance["labels"] == ["pseudo"]
+    assert calibration.class_weights is None  # no class balance of these frames is carried
+    assert calibration.class_weight_exponent in (0.0, 0.5)
     assert load_calibration(save_calibration(calibration, tmp_path / "c.json")) == calibration
 
 

@@ -11,7 +11,7 @@ from stac_codec.qp_map import macroblock_grid
 from stac_edge_segmenter.loading import DEFAULT_CONFIG, SegmentationModel, read_spec
 from stac_edge_segmenter.model import build_lite0_fpn
 from stac_sensitivity.macroblocks import macroblock_ac_energy, macroblock_l1
-from stac_sensitivity.sensitivity import compute_sensitivity
+from stac_sensitivity.sensitivity import compute_sensitivity, frame_class_weights
 
 
 def test_grid_counts_partial_macroblocks():
@@ -125,3 +125,35 @@ def test_bad_frames_are_value_errors(model, frames):
         compute_sensitivity(model.logits, frames.astype(np.float32))
     with pytest.raises(ValueError, match="uint8"):
         compute_sensitivity(model.logits, frames[0])
+
+
+def test_frame_class_weights_favour_the_frames_rare_classes_with_pixel_mean_one():
+    predicted = torch.zeros(2, 10, 10, dtype=torch.long)
+    predicted[0, :1, :] = 1  # frame 0: class 1 on 10% of the pixels
+    predicted[0, 0, 0] = 2  # and one stray pixel of class 2 (1%, above the floor)
+    weights = frame_class_weights(predicted, 3, 0.5)
+    assert weights.shape == (2, 10, 10)
+    assert weights[0, 0, 0] > weights[0, 0, 1] > weights[0, 5, 5]
+    assert weights[0, 0, 1] / weights[0, 5, 5] == pytest.approx((0.90 / 0.09) ** 0.5)
+    torch.testing.assert_close(weights.mean(dim=(1, 2)), torch.ones(2))
+    torch.testing.assert_close(weights[1], torch.ones(10, 10))  # one class: nothing to favour
+    torch.testing.assert_close(frame_class_weights(predicted, 3, 0.0), torch.ones(2, 10, 10))
+
+
+def test_frame_class_weights_scale_each_pixels_gradient_by_its_class_weight():
+    """Two classes, red (3/4 of the frame) and green (1/4): with exponent 1 a green pixel's
+    term weighs 3x a red one's, so its macroblock's sensitivity triples relative to red's."""
+
+    def logits_fn(x):  # class 0 where red > green; per-pixel, so gradients stay in place
+        return torch.stack([x[:, 0] - x[:, 1], x[:, 1] - x[:, 0]], dim=1) / 50.0
+
+    frame = np.zeros((1, 16, 64, 3), dtype=np.uint8)
+    frame[..., 0] = 120
+    frame[0, :, 48:] = [60, 120, 0]  # the last macroblock green, same margin as the red ones
+    plain = compute_sensitivity(logits_fn, frame)
+    weighted = compute_sensitivity(logits_fn, frame, class_weight_exponent=1.0)
+    np.testing.assert_array_equal(plain.class_ids, weighted.class_ids)
+    ratio = weighted.macroblock_sensitivity / plain.macroblock_sensitivity
+    assert ratio[0, 0, 3] / ratio[0, 0, 0] == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="class_weight_exponent"):
+        compute_sensitivity(logits_fn, frame, class_weight_exponent=-1.0)

@@ -124,6 +124,7 @@ class SpatialBenchmark:
             images,
             device=self.args.device,
             class_weights=self.calibration.class_weights,
+            class_weight_exponent=self.calibration.class_weight_exponent,
         )
 
     def _run_crf(self, point, crf, images, oracle, truth) -> None:
@@ -252,6 +253,7 @@ def _settings_json(calibration: Calibration) -> dict:
         "levels_qp": list(calibration.levels_qp),
         "smoothing_sigma_mb": calibration.smoothing_sigma_mb,
         "class_weighted_loss": calibration.class_weights is not None,
+        "class_weight_exponent": calibration.class_weight_exponent,
         "aq_strength": calibration.aq_strength,
         "rate_exponent": calibration.rate_exponent,
         "energy_floor": calibration.energy_floor,

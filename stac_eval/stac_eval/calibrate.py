@@ -15,7 +15,9 @@ What it fixes, in order:
    against AC energy (rate_model.py): a_i ~ (E_i + E0)^gamma. Measured, not searched.
 2. By coordinate descent over small grids, on the BD-rate against uniform QP (intra, the
    practical variant: the gradient and the energy of the frame decoded at the base quality,
-   averaged over the kinds of labels present): class weights in the loss, the weight of the
+   averaged over the kinds of labels present): the class weighting of the loss (each frame's
+   own predicted class frequencies to a power, so nothing of the calibration set's class
+   balance is carried to other content; sensitivity.py), the weight of the
    rate term (0 = STAC's rule q ~ 1/g, 1 = the measured rate model as derived), x264's AQ
    strength under the map, the offset scale alpha, the clamp dmax and the smoothing.
 3. The level bank (Lloyd) for a few sizes: the smallest within 0.5 BD-rate points of the best,
@@ -131,20 +133,6 @@ class TrainingSweep:
     rate_fit: RateSlopeFit | None = None
 
 
-def class_weights_for(truth: np.ndarray, num_classes: int, exponent: float) -> tuple | None:
-    """frequency^-exponent per class, pixel-weighted mean 1 (None for exponent 0).
-
-    mIoU averages classes, cross-entropy averages pixels; weighting the loss by inverse
-    frequency moves the sensitivity towards what mIoU counts.
-    """
-    if exponent == 0:
-        return None
-    counts = np.bincount(truth.reshape(-1), minlength=num_classes + 1)[:num_classes]
-    frequency = np.maximum(counts / max(counts.sum(), 1), 1e-6)
-    weights = frequency**-exponent
-    return tuple(float(w) for w in weights / (frequency * weights).sum())
-
-
 def lloyd_levels(offsets_qp: np.ndarray, num_levels: int, max_offset_qp: int) -> tuple[int, ...]:
     """Integer level bank minimising the squared snapping error of the offsets (1-D k-means)."""
     values = np.clip(offsets_qp.reshape(-1), -max_offset_qp, max_offset_qp)
@@ -171,10 +159,12 @@ class Calibrator:
 
     def sensitivities(self, exponent: float) -> np.ndarray:
         if exponent not in self.sweep.sensitivities:
-            weights = class_weights_for(_class_source(self.sweep), self.model.num_classes, exponent)
             per_crf = [
                 compute_sensitivity(
-                    self.model.logits, decoded, device=self.device, class_weights=weights
+                    self.model.logits,
+                    decoded,
+                    device=self.device,
+                    class_weight_exponent=exponent,
                 ).macroblock_sensitivity
                 for decoded in self.sweep.decoded
             ]
@@ -338,7 +328,7 @@ def calibrate(
         max_offset_qp=best["max_offset_qp"],
         levels_qp=levels,
         smoothing_sigma_mb=best["smoothing_sigma_mb"],
-        class_weights=class_weights_for(_class_source(sweep), model.num_classes, exponent),
+        class_weight_exponent=exponent,
         aq_strength=best["aq_strength"],
         rate_exponent=round(rate_exponent, 4),
         energy_floor=energy_floor,
@@ -376,11 +366,6 @@ def fit_level_bank(calibrator: Calibrator, params: dict, size: int) -> tuple[int
         )
     ]
     return lloyd_levels(np.stack(offsets), size, config.max_offset_qp)
-
-
-def _class_source(sweep: TrainingSweep) -> np.ndarray:
-    """Labels to count class frequencies on: human ones when given (offline), else the DNN's."""
-    return sweep.truth.get("human", sweep.truth["pseudo"])
 
 
 def _finite_or_none(value: float) -> float | None:

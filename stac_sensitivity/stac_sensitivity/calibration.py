@@ -39,7 +39,10 @@ class CalibrationError(ValueError):
 class Calibration:
     """Offline-fixed STAC settings for one model.
 
-    class_weights: per-class weight of the cross-entropy in the sensitivity (None = plain).
+    class_weights: fixed per-class weights of the cross-entropy in the sensitivity (None =
+        plain).
+    class_weight_exponent: > 0: each frame's pixels weighted by their predicted class's
+        frequency in that frame to this power, negated (sensitivity.py); 0 = off.
     aq_strength: x264 AQ strength to encode with (0.001 = the map alone sets the quantizers).
     rate_exponent, energy_floor: the rate-slope model of the rate-aware rule (allocation.py);
         rate_exponent 0 = STAC's original rule.
@@ -51,6 +54,7 @@ class Calibration:
     levels_qp: tuple[int, ...] = ()
     smoothing_sigma_mb: float = 0.0
     class_weights: tuple[float, ...] | None = None
+    class_weight_exponent: float = 0.0
     aq_strength: float = MAP_ONLY_AQ_STRENGTH
     rate_exponent: float = 0.0
     energy_floor: float = 1.0
@@ -63,6 +67,10 @@ class Calibration:
             weights = np.asarray(self.class_weights, dtype=np.float64)
             if weights.ndim != 1 or not np.all(np.isfinite(weights)) or np.any(weights < 0):
                 raise CalibrationError("class_weights must be a list of finite values >= 0")
+        if not 0.0 <= self.class_weight_exponent <= 4.0:
+            raise CalibrationError(
+                f"class_weight_exponent must be in [0, 4], got {self.class_weight_exponent}"
+            )
         if not 0.0 < self.aq_strength <= 3.0:
             raise CalibrationError(f"aq_strength must be in (0, 3], got {self.aq_strength}")
 
@@ -122,7 +130,14 @@ def _is_number(value) -> bool:
 def _field_type_problem(data: dict) -> str:
     """What is wrong with the JSON types of a calibration's fields ("" when nothing): finite
     numbers where numbers belong (JSON's NaN and Infinity included), integers for QPs, lists."""
-    numbers = ("alpha", "smoothing_sigma_mb", "aq_strength", "rate_exponent", "energy_floor")
+    numbers = (
+        "alpha",
+        "smoothing_sigma_mb",
+        "aq_strength",
+        "rate_exponent",
+        "energy_floor",
+        "class_weight_exponent",
+    )
     for key in numbers:
         if key in data and not _is_number(data[key]):
             return f"{key} must be a finite number, got {data[key]!r}"

@@ -81,6 +81,7 @@ class QPMapComputer:
             frame_rgb[None],
             device=self.model.device,
             class_weights=self.calibration.class_weights,
+            class_weight_exponent=self.calibration.class_weight_exponent,
         )
         energy = None
         if self._allocation_config.rate_aware:
