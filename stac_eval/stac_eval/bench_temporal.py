@@ -106,7 +106,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", type=Path, default=None, help="cached points")
     parser.add_argument("--bootstrap", type=int, default=500, help="BD-rate CI resamples")
     parser.add_argument("--model", type=Path, default=None, help="model YAML (default shipped)")
-    parser.add_argument("--calibration", type=Path, default=None, help="STAC calibration JSON")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="STAC calibration JSON, or 'feasibility' for the built-in defaults (default: the "
+        "one shipped beside the model)",
+    )
 
 
 @dataclass
@@ -138,6 +144,8 @@ def run(args: argparse.Namespace) -> dict:
         "fps": context.fps,
         "frame_size": list(context.frames[0].image.shape[1::-1]),
         "edge_timing": context.timing.as_json(),
+        "calibration": str(context.computer.calibration_path or "built-in defaults"),
+        "calibration_levels_qp": list(context.computer.levels_qp),
         "link": context.link.as_json(),
         "load_average_1min_at_start": round(os.getloadavg()[0], 2),
     }
@@ -191,7 +199,14 @@ def _context(args: argparse.Namespace) -> Context:
     count = min(index.count, args.max_frames) if args.max_frames else index.count
     offsets = index.offsets_s[:count]
     fps = float(round(1.0 / float(np.median(np.diff(offsets))), 3)) if count > 1 else 25.0
-    computer = QPMapComputer(model, args.calibration)
+    calibration = args.calibration
+    if str(calibration) == "feasibility":  # the built-in defaults, whatever file ships
+        from stac_sensitivity.calibration import Calibration, save_calibration
+
+        calibration = save_calibration(
+            Calibration(), default_cache_dir() / "temporal" / "feasibility_calibration.json"
+        )
+    computer = QPMapComputer(model, calibration)
     if args.edge_ms:
         timing = EdgeTiming.parse(args.edge_ms)
     else:
@@ -223,12 +238,24 @@ def _settings(context: Context, **changes):
     )
 
 
-def _point(context: Context, variant: str, budget: float, settings, frames=None, tag: str = ""):
-    """One simulated run, from the cache when the same run was done before."""
+def _point(
+    context: Context,
+    variant: str,
+    budget: float,
+    settings,
+    frames=None,
+    tag: str = "",
+    computer=None,
+):
+    """One simulated run, from the cache when the same run was done before (computer: another
+    map computer than the context's, e.g. another calibration)."""
     from stac_eval.progress import progress_bar
     from stac_eval.temporal_sim import VARIANTS, SimResult, TemporalSim
 
+    computer = computer or context.computer
     key = {**context.key, "variant": variant, "budget": budget, "settings": settings.as_json()}
+    if computer is not context.computer:
+        key["calibration"] = str(computer.calibration)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     path = context.work_dir / f"{variant}{tag}_{budget:g}_{digest[:12]}.npz"
     if path.is_file() and path.with_suffix(".json").is_file():
@@ -236,7 +263,7 @@ def _point(context: Context, variant: str, budget: float, settings, frames=None,
     frames = context.frames if frames is None else frames
     simulation = TemporalSim(
         VARIANTS[variant], budget, settings, context.link, context.timing, context.model,
-        context.computer, context.truth,
+        computer, context.truth,
     )  # fmt: skip
     with progress_bar(total=len(frames), desc=f"{variant}{tag} crf {budget:g}") as bar:
         result = simulation.run(frames, bar)
@@ -329,10 +356,13 @@ def _tried(context: Context, curves: dict) -> dict:
         changes = {}
         for assignment in filter(None, assignments.split(",")):
             key, _, value = assignment.partition("=")
-            changes[key.strip()] = ast.literal_eval(value.strip())
-        settings = _settings(context, **changes)
+            key, value = key.strip(), value.strip()
+            changes[key] = value if key == "calibration" else ast.literal_eval(value)
+        computer = _computer_for(context, changes.get("calibration"))
+        settings = _settings(context, **{k: v for k, v in changes.items() if k != "calibration"})
         points = [
-            _point(context, "stac", crf, settings, tag=f"_{name}") for crf in context.args.crf
+            _point(context, "stac", crf, settings, tag=f"_{name}", computer=computer)
+            for crf in context.args.crf
         ]
         rates = _bd_rates(context, {**{k: v for k, v in curves.items() if k != "stac"},
                                     "stac": points})  # fmt: skip
@@ -343,6 +373,21 @@ def _tried(context: Context, curves: dict) -> dict:
             "points": rates["stream_curves"]["stac"],
         }
     return tried
+
+
+def _computer_for(context: Context, calibration: str | None):
+    """The map computer of a --tried variant: the context's, or one with calibration
+    'feasibility' (the built-in defaults of the feasibility experiment: alpha 0.5, dmax 10,
+    21 levels, rate-blind) or a calibration JSON file."""
+    from stac_sensitivity.calibration import Calibration, save_calibration
+    from stac_sensitivity.online import QPMapComputer
+
+    if not calibration:
+        return context.computer
+    path = Path(calibration)
+    if calibration == "feasibility":
+        path = save_calibration(Calibration(), context.work_dir / "feasibility_calibration.json")
+    return QPMapComputer(context.model, path)
 
 
 # --- 2. delays ----------------------------------------------------------------------------

@@ -245,7 +245,7 @@ def rate_control_runs(context, stream_points) -> dict:
         start_crf = float(context.args.crf[len(context.args.crf) // 2])
         point = _point(context, "stac", start_crf, settings, frames, tag=f"_rc_{rate_control}")
         result[label] = window_errors(point.uplink_bytes, fps, (first, second), step_s)
-        result[label]["crf_range"] = [float(point.crf.min()), float(point.crf.max())]
+        result[label]["base_quality_range"] = [float(point.crf.min()), float(point.crf.max())]
         result.setdefault("series", {})[label] = _series(point.uplink_bytes, fps)
     result["series_target"] = {
         "t_s": [0.0, step_s, step_s, count / fps],
