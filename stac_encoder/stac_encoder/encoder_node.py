@@ -185,7 +185,7 @@ PARAMETERS = (
     ),
     ParameterSpec(
         "edge_timeout_s",
-        1.0,
+        2.0,
         "Keyframe mode: wait at most this long (camera time) for the edge's mask of a keyframe "
         "before sending the next (the keyframe or its mask may have been lost), s.",
         0.01,

@@ -49,7 +49,7 @@ class KeyframeConfig:
     stale_psnr_db: float = 24.0
     cut_explained: float = 0.5
     max_interval_frames: int = 50
-    edge_timeout_s: float = 1.0
+    edge_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.stale_psnr_db <= 99.0:
