@@ -51,6 +51,19 @@ def test_every_frame_is_accounted_for(graph_run):
 
 @pytest.mark.dds
 @pytest.mark.slow
+def test_every_node_reports_the_other_end_of_the_link(graph_run):
+    result, _ = graph_run
+    # robot: the edge's map and mask publishers; segmenter: the robot's stream and keyframe
+    # service; sensitivity: the robot's stream (or the robot listening for maps)
+    assert {name: s.link_peers >= 1 for name, s in result.statistics.items()} == {
+        "stac_encoder": True,
+        "stac_segmenter": True,
+        "stac_sensitivity": True,
+    }
+
+
+@pytest.mark.dds
+@pytest.mark.slow
 def test_maps_come_back_and_are_applied(graph_run):
     result, _ = graph_run
     assert result.encoded[0].keyframe

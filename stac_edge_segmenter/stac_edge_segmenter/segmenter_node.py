@@ -99,14 +99,22 @@ class SegmenterNode(Node):
         self._feedback_publisher = self.create_publisher(
             SegmentationMask, "mask_feedback", MASK_FEEDBACK_QOS
         )
-        self.create_subscription(
+        encoded = self.create_subscription(
             EncodedFrame, "encoded", self._on_encoded, encoded_qos(self.params["encoded_qos"])
         )
         self._keyframe_client = self.create_client(Trigger, "request_keyframe")
         self._resync = ResyncTracker(self.params["keyframe_request_interval_s"])
         self._resync_lock = threading.Lock()
         self._rejections = RejectionLog(self.get_logger().warning)
-        self._reporter = StatisticsReporter(self, self.statistics, role="edge")
+        self._reporter = StatisticsReporter(
+            self,
+            self.statistics,
+            role="edge",
+            link_channels=(
+                encoded.get_publisher_count,
+                lambda: int(self._keyframe_client.service_is_ready()),
+            ),
+        )
         self._worker: NewestItemWorker[DecodedFrame] = NewestItemWorker(
             self._segment, self._on_segment_error, name="segmenter"
         )

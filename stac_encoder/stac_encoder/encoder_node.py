@@ -273,13 +273,18 @@ class EncoderNode(Node):
         self.create_subscription(
             Image, "image", self._on_image, camera_qos(self.params["camera_qos"])
         )
-        self.create_subscription(QPMap, "qp_map", self._on_qp_map, QP_MAP_QOS)
-        self.create_subscription(
+        maps = self.create_subscription(QPMap, "qp_map", self._on_qp_map, QP_MAP_QOS)
+        masks = self.create_subscription(
             SegmentationMask, "mask_feedback", self._on_mask, MASK_FEEDBACK_QOS
         )
         self.create_service(Trigger, "~/request_keyframe", self._on_request_keyframe)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._reporter = StatisticsReporter(self, self.statistics, role="robot")
+        self._reporter = StatisticsReporter(
+            self,
+            self.statistics,
+            role="robot",
+            link_channels=(maps.get_publisher_count, masks.get_publisher_count),
+        )
         self._receiver = QPMapReceiver(self.params["max_abs_offset_qp"])
         self._rejections = RejectionLog(self.get_logger().warning)
         self._report_rate()

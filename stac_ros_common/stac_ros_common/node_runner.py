@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import rclpy
 from rclpy.executors import ExternalShutdownException
@@ -15,17 +16,31 @@ from stac_ros_common.statistics import NodeStatistics
 
 
 class StatisticsReporter:
-    """Publishes a node's statistics on /stac/statistics and logs them, once per period."""
+    """Publishes a node's statistics on /stac/statistics and logs them, once per period.
+
+    `link_channels` count the endpoints matched at the far end of each of the node's channels
+    across the robot-edge link; their minimum is reported as link_peers, so a tool (or a user)
+    can tell when discovery over a slow or lossy link has finished before it starts a camera.
+    """
 
     def __init__(
-        self, node: Node, statistics: NodeStatistics, role: str, period_s: float = 1.0
+        self,
+        node: Node,
+        statistics: NodeStatistics,
+        role: str,
+        period_s: float = 1.0,
+        link_channels: Sequence[Callable[[], int]] = (),
     ) -> None:
         self._node, self._statistics, self._role = node, statistics, role
+        self._link_channels = tuple(link_channels)
         self._publisher = node.create_publisher(Statistics, STATISTICS_TOPIC, OUTPUT_QOS)
         self._timer = node.create_timer(period_s, self.report)
 
     def report(self) -> None:
         snapshot = self._statistics.snapshot(time.monotonic())
+        if self._link_channels:
+            peers = min(channel() for channel in self._link_channels)
+            snapshot = dataclasses.replace(snapshot, link_peers=peers)
         msg = Statistics(node_name=self._node.get_name(), role=self._role, **snapshot.as_dict())
         msg.header.stamp = self._node.get_clock().now().to_msg()
         self._publisher.publish(msg)

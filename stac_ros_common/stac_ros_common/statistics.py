@@ -64,6 +64,7 @@ class StatisticsSnapshot:
     mask_feedback_bps: float = 0.0
     target_kbps: float = 0.0
     base_quality: float = 0.0
+    link_peers: int = 0
 
     def as_dict(self) -> dict:
         out = asdict(self)

@@ -127,14 +127,18 @@ class SensitivityNode(Node):
         self._map_publisher = self.create_publisher(QPMap, "qp_map", QP_MAP_QOS)
         self._heatmap_publisher = self.create_publisher(Image, "qp_heatmap", OUTPUT_QOS)
         self.create_service(Trigger, "~/compute_now", self._on_compute_now)
-        self._reporter = StatisticsReporter(self, self.statistics, role="edge")
         self._worker: NewestItemWorker[DecodedFrame] | None = None
+        link_channel = self._map_publisher.get_subscription_count
         if self.standalone:
             self._decoder = EncodedStreamDecoder()
-            self.create_subscription(
+            encoded = self.create_subscription(
                 EncodedFrame, "encoded", self._on_encoded, encoded_qos(self.params["encoded_qos"])
             )
+            link_channel = encoded.get_publisher_count
             self._worker = NewestItemWorker(self._map_only, self._on_map_error, "sensitivity")
+        self._reporter = StatisticsReporter(
+            self, self.statistics, role="edge", link_channels=(link_channel,)
+        )
         source = self.computer.calibration_path or "built-in defaults"
         self.get_logger().info(
             f"calibration: {source}; levels {self.computer.levels_qp}, "

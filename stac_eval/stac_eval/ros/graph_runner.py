@@ -209,6 +209,7 @@ class GraphRun:
             ):
                 missing = expected - set(self.result.statistics)
                 raise RuntimeError(f"nodes did not come up: {sorted(missing)}; see {self._log_dir}")
+            self._wait_for_discovery(recorder)
             self.result.cpu_at_play_s = self._cpu_of_live_processes()
             source = self._start_source()
             self._play(recorder, source)
@@ -222,6 +223,24 @@ class GraphRun:
                 self.result.link["dropped_datagrams"] = self._link.dropped_packets()
                 self._link.remove()
         return self.result
+
+    def _wait_for_discovery(self, recorder: GraphRecorder) -> None:
+        """Play only once every node hears the other end of the link (link_peers >= 1): over
+        a lossy kernel link, discovery messages are lost too, and a camera that starts before
+        the edge has matched the robot's stream loses its first frames to discovery, not to
+        the link's loss."""
+
+        def unmatched() -> list[str]:
+            return [
+                name
+                for name, statistics in self.result.statistics.items()
+                if name in NODE_NAMES and statistics.link_peers < 1
+            ]
+
+        if not recorder.spin_until(lambda: not unmatched(), self.config.startup_timeout_s):
+            raise RuntimeError(
+                f"nodes never heard the other end of the link: {unmatched()}; see {self._log_dir}"
+            )
 
     def _start_nodes(self) -> None:
         config = self.config
