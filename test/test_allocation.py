@@ -8,9 +8,7 @@ import pytest
 from stac_sensitivity.allocation import (
     AllocationConfig,
     allocate,
-    budget_shift_for_target,
     continuous_offsets_qp,
-    evenly_spaced_levels,
     nearest_level_indices,
 )
 
@@ -44,7 +42,7 @@ def test_doubling_sensitivity_lowers_qp_by_six_alpha():
 
 def test_map_is_monotone_non_increasing_in_sensitivity():
     sensitivity = _log_normal_sensitivity(seed=3)
-    config = AllocationConfig(alpha=0.8, max_offset_qp=8, levels_qp=evenly_spaced_levels(8, 5))
+    config = AllocationConfig(alpha=0.8, max_offset_qp=8, levels_qp=(-8, -4, 0, 4, 8))
     offsets = allocate(sensitivity, config).offsets_qp.reshape(-1)
     by_sensitivity = offsets[np.argsort(sensitivity.reshape(-1))]
     assert np.all(np.diff(by_sensitivity.astype(int)) <= 0)
@@ -68,13 +66,6 @@ def test_every_offset_is_a_bank_level():
 def test_nearest_level_picks_closest_and_ties_go_down():
     indices = nearest_level_indices(np.array([-20.0, -4.0, -1.5, 0.5, 2.9, 20.0]), (-4, -1, 2, 5))
     assert indices.tolist() == [0, 0, 1, 1, 2, 3]
-
-
-def test_evenly_spaced_levels_span_the_clamp():
-    assert evenly_spaced_levels(10, 5) == (-10, -5, 0, 5, 10)
-    assert evenly_spaced_levels(3, 7) == (-3, -2, -1, 0, 1, 2, 3)
-    with pytest.raises(ValueError, match="num_levels"):
-        evenly_spaced_levels(3, 8)
 
 
 def test_budget_shift_moves_the_whole_map():
@@ -122,15 +113,6 @@ def test_bad_sensitivity_is_a_value_error(bad):
 def test_bad_config_is_a_value_error(kwargs):
     with pytest.raises(ValueError):
         AllocationConfig(**kwargs)
-
-
-def test_budget_shift_for_target_finds_the_smallest_sufficient_shift():
-    def bytes_at_shift(shift):  # a size that halves every 6 QP, like H.264's
-        return round(10_000 * 2 ** (-shift / 6))
-
-    shift = budget_shift_for_target(bytes_at_shift, 4000)
-    assert bytes_at_shift(shift) <= 4000 < bytes_at_shift(shift - 1)
-    assert budget_shift_for_target(bytes_at_shift, 1) == 51
 
 
 # --- the rate-aware rule q_i ~ a_i / g_i ----------------------------------------------------

@@ -1,9 +1,9 @@
 """Intra-only coding of single frames for rate-accuracy experiments (calibration, benchmark).
 
 Each frame gets a fresh encoder: x264's CRF drifts when one encoder codes a run of forced
-keyframes (../shared/FINDINGS.md), so only a fresh encoder gives every method the same starting
-point. Only slice bytes count (no SPS, PPS or x264's version SEI), and threads=1 keeps the
-bitstreams deterministic.
+keyframes (its rate-control state carries over from picture to picture), so only a fresh
+encoder gives every method the same starting point. Only slice bytes count (no SPS, PPS or
+x264's version SEI), and threads=1 keeps the bitstreams deterministic.
 """
 
 from __future__ import annotations

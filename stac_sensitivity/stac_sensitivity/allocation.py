@@ -33,7 +33,6 @@ whole map.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,19 +43,6 @@ from stac_codec.qp_map import MAX_ABS_QP_OFFSET, QPLevelMap, check_level_bank
 # Sensitivities below this fraction of the frame's largest one count as this fraction: a
 # macroblock with an exactly zero gradient would otherwise ask for an infinite offset.
 SENSITIVITY_FLOOR_FRACTION = 1e-6
-
-
-def evenly_spaced_levels(max_offset_qp: int, num_levels: int) -> tuple[int, ...]:
-    """num_levels integer QP offsets spread evenly over [-max_offset_qp, +max_offset_qp]."""
-    if not 0 < max_offset_qp <= MAX_ABS_QP_OFFSET:
-        raise ValueError(f"max_offset_qp must be in 1..{MAX_ABS_QP_OFFSET}, got {max_offset_qp}")
-    if not 2 <= num_levels <= 2 * max_offset_qp + 1:
-        raise ValueError(
-            f"num_levels must be in 2..{2 * max_offset_qp + 1} for max_offset_qp "
-            f"{max_offset_qp}, got {num_levels}"
-        )
-    spread = np.linspace(-max_offset_qp, max_offset_qp, num_levels)
-    return tuple(int(v) for v in np.round(spread))
 
 
 @dataclass(frozen=True)
@@ -182,23 +168,3 @@ def _check_sensitivity(sensitivity: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(g)) or np.any(g < 0):
         raise ValueError("sensitivity must be finite and >= 0 everywhere")
     return g
-
-
-def budget_shift_for_target(
-    bytes_at_shift: Callable[[int], int], target_bytes: int, max_shift_qp: int = MAX_ABS_QP_OFFSET
-) -> int:
-    """Smallest uniform shift (QP) whose coded size is at most target_bytes, by bisection.
-
-    bytes_at_shift codes the frame with the map shifted by s and returns its size; bytes fall
-    as s rises. If even +max_shift_qp overshoots, that largest shift is returned.
-    """
-    if target_bytes <= 0:
-        raise ValueError(f"target_bytes must be positive, got {target_bytes}")
-    low, high = -max_shift_qp, max_shift_qp
-    while low < high:
-        middle = (low + high) // 2
-        if bytes_at_shift(middle) <= target_bytes:
-            high = middle
-        else:
-            low = middle + 1
-    return low

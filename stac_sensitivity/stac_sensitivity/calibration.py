@@ -7,8 +7,8 @@ from x264), the offset scale alpha, the clamp dmax, the level bank, the smoothin
 loss weights and the encoder's x264 AQ strength, by measuring mIoU per bit on frames that are
 neither in the model's training set nor in any reported set (stac-calibrate refuses the
 training frames when it can tell). A model without a calibration file gets the settings of
-the feasibility experiment (../shared/FINDINGS.md: alpha 0.5, dmax 10, no smoothing, no rate
-term, map only).
+the project's first feasibility experiment on CamVid (alpha 0.5, dmax 10, no smoothing, no
+rate term, map only).
 
 What the robot must apply: `aq_strength` (x264 AQ mode 1 at that strength; 0.001 = the map
 alone sets the quantizers). Everything else acts on the edge, inside the map it sends.

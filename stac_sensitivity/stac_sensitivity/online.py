@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stac_codec.qp_map import QPLevelMap
+from stac_codec.qp_map import MACROBLOCK_SIZE, QPLevelMap
 from stac_edge_segmenter.loading import SegmentationModel
 from stac_sensitivity.allocation import allocate
 from stac_sensitivity.calibration import find_calibration, load_calibration
@@ -103,5 +103,7 @@ def qp_heatmap(frame_rgb: np.ndarray, offsets_qp: np.ndarray, max_abs_qp: int) -
     scaled = np.clip(127.5 - 127.5 * offsets_qp.astype(np.float32) / max(max_abs_qp, 1), 0, 255)
     colours = cv2.applyColorMap(scaled.astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
     rows, cols = offsets_qp.shape
-    upscaled = cv2.resize(colours, (cols * 16, rows * 16), interpolation=cv2.INTER_NEAREST)
+    upscaled = cv2.resize(
+        colours, (cols * MACROBLOCK_SIZE, rows * MACROBLOCK_SIZE), interpolation=cv2.INTER_NEAREST
+    )
     return cv2.addWeighted(frame_rgb, 0.5, upscaled[:height, :width], 0.5, 0.0)

@@ -384,8 +384,9 @@ class GraphRun:
     def _drain(self, recorder: GraphRecorder) -> None:
         """Wait until the edge has dealt with every frame that reached it and the counters
         are still: the report then tells whether that is every frame the source published.
-        Done at once when every encoded frame is either in or seen lost; else (frames lost
-        after the edge's last one, a robot that missed camera frames) after 3 quiet seconds."""
+        Done at once when every encoded frame is either in or seen lost and every mask is
+        here; else (frames lost after the edge's last one, a robot that missed camera frames,
+        masks a restarted edge published before the recorder heard it) after 3 quiet seconds."""
         quiet_since = [time.monotonic(), None]
 
         def settled() -> bool:
@@ -401,11 +402,8 @@ class GraphRun:
                 and seg.frames_in + seg.frames_lost == enc.frames_encoded
             )
             quiet_s = time.monotonic() - quiet_since[0]
-            return (
-                seg.frames_pending == 0
-                and len(self.result.mask_files) >= seg.frames_segmented
-                and (complete or quiet_s > 3.0)
-            )
+            masks_here = len(self.result.mask_files) >= seg.frames_segmented
+            return seg.frames_pending == 0 and ((complete and masks_here) or quiet_s > 3.0)
 
         recorder.spin_until(settled, self.config.drain_timeout_s)
         # one more statistics period, so the final counters are the ones recorded
