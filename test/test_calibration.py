@@ -1,6 +1,8 @@
 """The offline part of STAC: calibration file, level bank fitting, class weights, the search,
 and the protocol (never on the model's training frames nor on the reported set)."""
 
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import torch
 
 from stac_edge_segmenter.loading import DEFAULT_CONFIG, SegmentationModel, read_spec
 from stac_edge_segmenter.model import DEFAULT_WEIGHTS, build_lite0_fpn
-from stac_eval.calibrate import calibrate, lloyd_levels
+from stac_eval.calibrate import START, calibrate, lloyd_levels
 from stac_eval.calibrate import main as calibrate_main
 from stac_eval.frame_dirs import crop_resize, read_frames, read_sources, video_frame_indices
 from stac_eval.training_overlap import TrainingOverlapError, check_frames, model_split_dirs
@@ -118,11 +120,26 @@ def test_calibration_search_writes_a_usable_file(data_dir, tmp_path):
     model = SegmentationModel(network, read_spec(DEFAULT_CONFIG), torch.device("cpu"))
     grid = {"alpha": (0.3, 0.6), "rate_weight": (0.0, 1.0), "class_weight_exponent": (0.0, 0.5)}
     calibration = calibrate(model, frames.images, None, [30, 42], (4,), grid=grid, passes=1)
-    assert calibration.alpha in (0.3, 0.6)
     assert 2 <= len(calibration.levels_qp) <= 4
     assert all(abs(level) <= calibration.max_offset_qp for level in calibration.levels_qp)
     searched = calibration.provenance["search"]
     assert {entry["alpha"] for entry in searched} == {0.3, 0.6}
+
+    # coordinate descent, one pass: alpha is the better of the two with the other parameters
+    # at their starting values (calibrate.START); the class-weight exponent, searched last,
+    # the better given the chosen others (an undefined BD-rate counts as the worst)
+    def bd_rate(entry):
+        return math.inf if entry["bd_rate_pct"] is None else entry["bd_rate_pct"]
+
+    plain = [e for e in searched if not e["with_feedback"] and not e["levels_qp"]]
+    start = (START["rate_weight"], START["class_weight_exponent"])
+    first = [e for e in plain if (e["rate_weight"], e["class_weight_exponent"]) == start]
+    assert sorted(e["alpha"] for e in first) == [0.3, 0.6]
+    assert calibration.alpha == min(first, key=bd_rate)["alpha"]
+    rate_weight = calibration.provenance["rate_weight"]
+    last = [e for e in plain if (e["alpha"], e["rate_weight"]) == (calibration.alpha, rate_weight)]
+    assert sorted(e["class_weight_exponent"] for e in last) == [0.0, 0.5]
+    assert calibration.class_weight_exponent == min(last, key=bd_rate)["class_weight_exponent"]
     assert {entry["rate_weight"] for entry in searched} == {0.0, 1.0}
     assert any(entry["with_feedback"] and len(entry["levels_qp"]) for entry in searched)
     rate_model = calibration.provenance["rate_model"]
