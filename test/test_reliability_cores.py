@@ -9,7 +9,7 @@ import pytest
 
 from stac_codec.h264_decoder import DecodeResult, DecodeStatus
 from stac_edge_segmenter.resync import ResyncTracker
-from stac_eval.accounting import frame_accounting
+from stac_eval.accounting import after_robot_crash, frame_accounting
 from stac_eval.kernel_link import (
     EDGE_PARTICIPANT_ID,
     ROBOT_PARTICIPANT_ID,
@@ -45,6 +45,18 @@ def test_every_frame_is_in_exactly_one_category():
     assert accounting["not_received_by_robot"] == 2
     assert accounting["lost_on_link"] == 7 and accounting["lost_on_link_seen_as_gaps"] == 5
     assert accounting["accounted"] == 100 and accounting["every_frame_accounted_for"]
+
+
+def test_frames_a_killed_robot_took_with_it_are_their_own_category():
+    # the killed encoder had counted 100 frames in; 94 access units went out, 1 was refused
+    robot = after_robot_crash({"frames_in": 100, "frames_encoded": 97, "frames_failed": 1}, 94)
+    edge = {"frames_in": 94, "frames_segmented": 30, "frames_skipped": 64}
+    accounting = frame_accounting(110, robot, edge)
+    assert accounting["lost_in_robot_crash"] == 5 and accounting["not_received_by_robot"] == 10
+    assert accounting["accounted"] == 110 and accounting["every_frame_accounted_for"]
+    # its stale counters said fewer frames in than went out: nothing was lost in the crash
+    robot = after_robot_crash({"frames_in": 90, "frames_encoded": 90, "frames_failed": 1}, 94)
+    assert robot["frames_lost_in_crash"] == 0 and robot["frames_in"] == 95
 
 
 def test_counters_that_do_not_add_up_are_flagged():

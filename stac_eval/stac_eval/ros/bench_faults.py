@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stac_eval.accounting import frame_accounting
+from stac_eval.accounting import after_robot_crash, frame_accounting
 from stac_eval.bench_codec import default_video
 from stac_eval.bitflip import sweep_video
 from stac_eval.kernel_link import LinkSettings, netem_available
@@ -164,10 +164,7 @@ def scenario_figures(scenario: Scenario, result: GraphRunResult) -> dict:
     robot = summed_counters(result, "stac_encoder")
     edge = summed_counters(result, "stac_segmenter")
     if "encoder_node" in result.killed:
-        # A killed encoder's last second of counters died with it; what it published is in
-        # the stream the recorder saw.
-        robot["frames_encoded"] = len(result.encoded)
-        robot["frames_in"] = max(robot["frames_in"], len(result.encoded) + robot["frames_failed"])
+        robot = after_robot_crash(robot, len(result.encoded))
     rogue = result.rogue_sent
     for kind, node in ROGUE_TO_NODE.items():  # the rogue's messages are not camera frames
         counters = robot if node == "stac_encoder" else edge

@@ -287,18 +287,24 @@ class GraphRun:
             if name in self.result.statistics:
                 self.result.retired_statistics.append(self.result.statistics.pop(name))
 
-    def _start_rogue(self) -> None:
+    def _start_rogue(self, recorder: GraphRecorder) -> None:
+        """Start the rogue publisher; it sends nothing until every subscriber of its topics
+        that the graph has now (nodes and recorder) has matched it, so what it counts as sent
+        is what they received."""
         config = self.config
         log_path = self._log_dir / "rogue_node.log"
         self.result.logs["rogue_node"] = log_path
         width, height = self.result.mask_size or (480, 270)
+        topics = {"encoded": "/stac/encoded", "qp_map": "/stac/qp_map"}
+        topics["image"] = self._camera_topic()
         args = [
             "--ros-args", "-p", f"rate_hz:={config.rogue_rate_hz}",
             "-p", f"duration_s:={config.rogue_duration_s}",
             "-p", f"width:={width}", "-p", f"height:={height}",
-            "-r", "encoded:=/stac/encoded", "-r", "qp_map:=/stac/qp_map",
-            "-r", f"image:={self._camera_topic()}",
         ]  # fmt: skip
+        for name, topic in topics.items():
+            subscribers = max(recorder.node.count_subscribers(topic), 1)
+            args += ["-r", f"{name}:={topic}", "-p", f"{name}_subscribers:={subscribers}"]
         self._processes["rogue_node"] = subprocess.Popen(
             [sys.executable, "-m", "stac_eval.ros.rogue_node", *args],
             stdout=log_path.open("w"),
@@ -334,7 +340,7 @@ class GraphRun:
             if event.action.startswith("kill"):
                 self._kill_side(side, recorder)
             elif event.action == "start_rogue":
-                self._start_rogue()
+                self._start_rogue(recorder)
             else:
                 self._start_side(side)
 

@@ -41,6 +41,17 @@ PARAMETERS = (
     ),
     ParameterSpec("height", 270, "The real stream's height.", 1, 16384),
     ParameterSpec("duration_s", 10.0, "Publish for this long, then exit.", 0.1, 1e6),
+    *(
+        ParameterSpec(
+            f"{topic}_subscribers",
+            1,
+            f"Send nothing until this many subscribers of {topic} "
+            "have matched (every one the graph has, so that sent = received).",
+            1,
+            100,
+        )
+        for topic in ("encoded", "qp_map", "image")
+    ),
 )
 
 
@@ -112,11 +123,12 @@ class RogueNode(Node):
         self._timer.cancel()  # started once every topic has a subscriber
 
     def wait_for_subscribers(self, timeout_s: float) -> None:
-        """Send nothing until each topic has its subscriber (a message sent before DDS has
-        matched the reader is never delivered, and would be counted as sent)."""
+        """Send nothing until each topic has all its subscribers (a message sent before DDS
+        has matched a reader is never delivered to it, and would be counted as sent)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and any(
-            publisher.get_subscription_count() == 0 for publisher, _ in self._streams.values()
+            publisher.get_subscription_count() < self.params[f"{kind}_subscribers"]
+            for kind, (publisher, _) in self._streams.items()
         ):
             rclpy.spin_once(self, timeout_sec=0.05)
         self._timer.reset()
