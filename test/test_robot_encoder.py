@@ -234,7 +234,7 @@ def test_offsets_are_scaled_per_frame_kind_and_idr_pictures_are_foreseen():
         if index == 6:
             scaled.request_keyframe()
             plain.request_keyframe()
-        foreseen = scaled._keyframe_requested or scaled._next_is_idr()
+        foreseen = scaled._keyframe_requested or scaled.next_is_idr()
         result = scaled.encode(frame, index * 0.1)
         assert result.packet.keyframe == foreseen
         sizes[index] = (

@@ -182,6 +182,75 @@ def test_controller_alone_moves_the_crf_against_the_excess():
         controller.set_target(-1.0)
 
 
+def test_an_idr_is_capped_at_its_shares_of_the_target():
+    """x264 gives an IDR the QP of the recent P-frames whatever the CRF, so the cap works
+    through the IDR's offsets: an IDR that cost 10 shares at CRF 30 needs 6 log2(10/3) more
+    QP to cost 3 (the default idr_max_shares)."""
+    config = RateControlConfig(target_kbps=100.0, overhead_bytes=0)
+    share_bits = 100e3 / FPS
+    controller = BitrateController(config, initial_crf=30.0)
+    assert controller.idr_extra_qp(0.0) == 0  # no IDR seen: nothing to go on
+    controller.frame_encoded(round(10 * share_bits / 8), 0.0, True, 30.0)
+    assert controller.next_crf(1 / FPS, idr=True) == 30.0  # the CRF stays
+    assert controller.idr_extra_qp(1 / FPS) == 11  # ceil(6 log2(10/3)) = ceil(10.4)
+    controller.crf = 45.0  # P-frames already coarser than the cap: nothing to add
+    assert controller.idr_extra_qp(1 / FPS) == 0
+    uncapped = BitrateController(RateControlConfig(target_kbps=100.0, idr_max_shares=0.0))
+    uncapped.frame_encoded(round(10 * share_bits / 8), 0.0, True, 30.0)
+    assert uncapped.idr_extra_qp(1 / FPS) == 0
+
+
+def test_the_loop_saves_for_a_foreseen_idr_and_spreads_its_refinement():
+    config = RateControlConfig(target_kbps=100.0, overhead_bytes=0)
+    share_bits = 100e3 / FPS
+
+    def after_an_idr_of_ten_shares() -> BitrateController:
+        controller = BitrateController(config, initial_crf=30.0)
+        controller.frame_encoded(round(10 * share_bits / 8), 0.0, True, 30.0)
+        for index in range(1, 60):  # P-frames of one share at CRF 30, half per 6 QP above
+            crf = controller.next_crf(index / FPS, idr=False)
+            bits = share_bits * 2.0 ** ((30.0 - crf) / 6.0)
+            controller.frame_encoded(round(bits / 8), index / FPS, False, crf)
+        return controller
+
+    unaware, saving = after_an_idr_of_ten_shares(), after_an_idr_of_ten_shares()
+    assert unaware.next_crf(60 / FPS, False) == saving.next_crf(60 / FPS, False, 60)  # far off
+    unaware, saving = after_an_idr_of_ten_shares(), after_an_idr_of_ten_shares()
+    assert saving.next_crf(60 / FPS, False, frames_to_idr=2) > unaware.next_crf(60 / FPS, False)
+    # an IDR capped 8 QP above the loop's CRF: the next P-frames start 4, 2, 1 above it
+    controller = after_an_idr_of_ten_shares()
+    controller.frame_encoded(round(3 * share_bits / 8), 60 / FPS, True, controller.crf + 8.0)
+    raised = [controller.next_crf((61 + i) / FPS, False) - controller.crf for i in range(3)]
+    assert raised == pytest.approx([4.0, 2.0, 1.0])
+
+
+def test_the_idr_offset_makes_the_idr_smaller_and_leaves_p_frames_alone():
+    from stac_encoder.robot_encoder import RobotEncoder
+
+    frames = synthetic_clip(27)
+    sizes = {}
+    for extra in (0, 12):
+        encoder = RobotEncoder(RobotEncoderConfig(warp_qp_map=False))
+        packets = [
+            encoder.encode(frame, index / FPS, idr_extra_qp=extra).packet
+            for index, frame in enumerate(frames)
+        ]
+        sizes[extra] = [(p.keyframe, p.size_bytes) for p in packets]
+    assert [k for k, _ in sizes[0]] == [k for k, _ in sizes[12]]
+    idr_frames = [i for i, (keyframe, _) in enumerate(sizes[0]) if keyframe]
+    assert len(idr_frames) >= 2  # the first picture and one gop later
+    for index in idr_frames:
+        assert sizes[12][index][1] < 0.7 * sizes[0][index][1]
+    # on P-frames the offset does nothing: two encoders with the same IDR stay identical
+    twins = [RobotEncoder(RobotEncoderConfig(warp_qp_map=False)) for _ in range(2)]
+    p_sizes = []
+    for twin, extra in zip(twins, (0, 12), strict=True):
+        twin.encode(frames[0], 0.0)
+        p_sizes.append([twin.encode(f, i / FPS, idr_extra_qp=extra).packet.size_bytes
+                        for i, f in enumerate(frames[1:5], start=1)])  # fmt: skip
+    assert p_sizes[0] == p_sizes[1]
+
+
 def test_frames_kept_on_the_robot_are_accounted_for():
     from stac_eval.accounting import frame_accounting
 

@@ -206,11 +206,13 @@ class RobotEncoder:
         capture_stamp_s: float,
         pixel_format: str = "rgb24",
         flow_seq: int | None = None,
+        idr_extra_qp: int = 0,
     ) -> EncodedFrameResult:
         """Encode one HxWx3 uint8 frame (rgb24 or bgr24) captured at `capture_stamp_s`.
 
         flow_seq: with a shared FrameFlow, the number under which the caller added this frame
-        to it (default: its current frame)."""
+        to it (default: its current frame). idr_extra_qp: added to every macroblock's offset
+        if this frame is an IDR picture (a bitrate target's cap on the IDR's size)."""
         height, width = _check_frame(frame)
         if not math.isfinite(capture_stamp_s):
             raise ValueError(f"capture stamp must be finite, got {capture_stamp_s}")
@@ -231,8 +233,10 @@ class RobotEncoder:
                 flow_seq = self._flow.current_seq
         self._adopt_pending_map()
         qp_map, qp_map_seq = self._map_for(capture_stamp_s)
-        idr = self._keyframe_requested or self._next_is_idr()
+        idr = self._keyframe_requested or self.next_is_idr()
         qp_map = self._scaled(qp_map, idr)
+        if idr and idr_extra_qp:
+            qp_map = _raised(qp_map, idr_extra_qp, height, width)
         packet = self._encoder.encode(frame, qp_map, force_keyframe=self._keyframe_requested)
         self._since_idr = 0 if packet.keyframe else self._since_idr + 1
         self._frame_seq = packet_frame_seq
@@ -246,7 +250,13 @@ class RobotEncoder:
                 self._flow_seq_of.popitem(last=False)
         return EncodedFrameResult(self._frame_seq, packet, qp_map_seq, width, height)
 
-    def _next_is_idr(self) -> bool:
+    def frames_to_periodic_idr(self) -> int:
+        """Frames until x264's next IDR of its own (0: the next frame is one)."""
+        if self._since_idr is None:
+            return 0
+        return max(self._encoder.config.gop_frames - self._since_idr - 1, 0)
+
+    def next_is_idr(self) -> bool:
         """Whether x264 will make the next frame an IDR on its own (the first frame of an
         encoder, or keyint frames after the last IDR; scenecut is off unless configured)."""
         if self._since_idr is None:
@@ -357,3 +367,10 @@ def _check_frame(frame: object) -> tuple[int, int]:
             f"frame of {width}x{height} px: each side must be in 2..{MAX_PICTURE_SIDE_PX}"
         )
     return height, width
+
+
+def _raised(qp_map: np.ndarray | None, extra_qp: int, height: int, width: int) -> np.ndarray:
+    """The map (all zero if None) with extra_qp added to every macroblock, within x264's range."""
+    base = np.zeros(macroblock_grid(width, height), np.int16) if qp_map is None else qp_map
+    raised = base.astype(np.int16) + int(extra_qp)
+    return np.clip(raised, -MAX_ABS_QP_OFFSET, MAX_ABS_QP_OFFSET).astype(np.int8)

@@ -192,20 +192,31 @@ class RobotLoop:
             idr = self._idr_requested or (decision is not None and decision.idr)
             if idr:
                 self.encoder.request_keyframe()
+            idr_extra_qp = 0
             if self.rate.active and self.config.encoder.encoder.rate_control == "crf":
-                crf = self.rate.next_crf(capture_s, idr or self.encoder.frame_seq == 0)
+                idr = idr or self.encoder.next_is_idr()
+                ahead = self.encoder.frames_to_periodic_idr() if self._keyframes is None else None
+                crf = self.rate.next_crf(capture_s, idr, ahead)
                 if crf != self.encoder.base_quality:
                     self.encoder.set_base_quality(crf)
+                if idr:
+                    idr_extra_qp = self.rate.idr_extra_qp(capture_s)
             started = time.perf_counter()
             crf_used = self.encoder.base_quality
-            encoded = self.encoder.encode(frame, capture_s, pixel_format, self._flow_seq)
+            encoded = self.encoder.encode(
+                frame, capture_s, pixel_format, self._flow_seq, idr_extra_qp=idr_extra_qp
+            )
             stage_ms["encode"] = _lap(started)
             stage_ms["map_warp"] = self.encoder.last_map_ms
             stage_ms["encode"] -= stage_ms["map_warp"]
             self._idr_requested = False
             if self.config.encoder.encoder.rate_control == "crf":
+                keyframe = encoded.packet.keyframe
                 self.rate.frame_encoded(
-                    encoded.packet.size_bytes, capture_s, encoded.packet.keyframe, crf_used
+                    encoded.packet.size_bytes,
+                    capture_s,
+                    keyframe,
+                    crf_used + (idr_extra_qp if keyframe else 0),
                 )
             if self._keyframes is not None:
                 self._keyframes.sent(encoded.frame_seq, capture_s)
