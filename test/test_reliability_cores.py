@@ -59,6 +59,28 @@ def test_frames_a_killed_robot_took_with_it_are_their_own_category():
     assert robot["frames_lost_in_crash"] == 0 and robot["frames_in"] == 95
 
 
+def test_a_restarted_robot_is_counted_per_instance():
+    """The killed encoder's stale counters are replaced by the units the recorder saw before
+    the numbering restarted; the new encoder's counters are added as they are."""
+    from stac_eval.ros.bench_faults import robot_counters_after_restart
+    from stac_eval.ros.recorder_node import EncodedRecord, GraphRunResult
+    from stac_msgs.msg import Statistics
+
+    result = GraphRunResult(frames_published=100)
+    result.encoded = [EncodedRecord(seq, 0, 1000, seq == 1, 0) for seq in range(1, 41)]
+    result.encoded += [EncodedRecord(seq, 0, 1000, seq == 1, 0) for seq in range(1, 51)]
+    # its last report said 35 in and 35 encoded; it went on to 42 in, 40 sent, then died
+    result.retired_statistics = [
+        Statistics(node_name="stac_encoder", frames_in=35, frames_encoded=35)
+    ]
+    result.statistics["stac_encoder"] = Statistics(
+        node_name="stac_encoder", frames_in=52, frames_encoded=52
+    )
+    robot = robot_counters_after_restart(result)
+    assert (robot["frames_in"], robot["frames_encoded"]) == (40 + 52, 40 + 52)
+    assert robot["frames_lost_in_crash"] == 0  # what it had in hand is not visible: not received
+
+
 def test_counters_that_do_not_add_up_are_flagged():
     robot = {"frames_in": 100, "frames_encoded": 100, "frames_failed": 0}
     edge = {"frames_in": 90, "frames_segmented": 30, "frames_skipped": 50}  # 10 vanished

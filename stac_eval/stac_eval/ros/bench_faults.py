@@ -164,7 +164,7 @@ def scenario_figures(scenario: Scenario, result: GraphRunResult) -> dict:
     robot = summed_counters(result, "stac_encoder")
     edge = summed_counters(result, "stac_segmenter")
     if "encoder_node" in result.killed:
-        robot = after_robot_crash(robot, len(result.encoded))
+        robot = robot_counters_after_restart(result)
     rogue = result.rogue_sent
     for kind, node in ROGUE_TO_NODE.items():  # the rogue's messages are not camera frames
         counters = robot if node == "stac_encoder" else edge
@@ -194,12 +194,31 @@ def scenario_figures(scenario: Scenario, result: GraphRunResult) -> dict:
     }
 
 
+def robot_counters_after_restart(result: GraphRunResult) -> dict:
+    """The robot's counters when its encoder was killed and started again: the killed
+    instance's last second died with it, so its access units are the ones the recorder saw
+    before the stream's numbering restarted (after_robot_crash); the new instance's own
+    counters are exact and are added as they are."""
+    killed = _summed([m for m in result.retired_statistics if m.node_name == "stac_encoder"])
+    current = result.statistics.get("stac_encoder")
+    seqs = [record.frame_seq for record in result.encoded]
+    restart = next((i for i in range(1, len(seqs)) if seqs[i] <= seqs[i - 1]), len(seqs))
+    robot = after_robot_crash(killed, restart)
+    for name in COUNTERS:
+        robot[name] = robot.get(name, 0) + (getattr(current, name) if current else 0)
+    return robot
+
+
 def summed_counters(result: GraphRunResult, node_name: str) -> dict:
     """A node's counters over every instance of the run (killed ones and the last), plus the
     largest recovery any of them measured."""
     instances = [m for m in result.retired_statistics if m.node_name == node_name]
     if node_name in result.statistics:
         instances.append(result.statistics[node_name])
+    return _summed(instances)
+
+
+def _summed(instances: list) -> dict:
     summed = {name: sum(getattr(m, name) for m in instances) for name in COUNTERS}
     summed["recovery_ms_max"] = max((m.recovery_ms_max for m in instances), default=0.0)
     return summed
