@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from stac_edge_segmenter.camvid import shared_data_dir
+from stac_encoder.frame_flow import FlowConfig
 
 DEFAULT_CRFS = (18, 25, 32, 39, 46)
 DEFAULT_DELAYS = (0, 2, 5, 10, 25)
@@ -71,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--map-period", type=int, default=5, help="delay study: a map every n frames"
     )
     parser.add_argument("--link", default="rate=10mbit,delay=20ms,loss=0%,queue=30")
+    parser.add_argument(
+        "--flow-width-px",
+        type=int,
+        default=FlowConfig.flow_width_px,
+        help="the robot's optical-flow width (the node's flow_width_px)",
+    )
     parser.add_argument(
         "--edge-ms", default="", help="MS or FORWARD_MS/SENSITIVITY_MS (default: measured)"
     )
@@ -143,6 +150,7 @@ def run(args: argparse.Namespace) -> dict:
         "frames": len(context.frames),
         "fps": context.fps,
         "frame_size": list(context.frames[0].image.shape[1::-1]),
+        "flow_width_px": args.flow_width_px,
         "edge_timing": context.timing.as_json(),
         "calibration": str(context.computer.calibration_path or "built-in defaults"),
         "calibration_levels_qp": list(context.computer.levels_qp),
@@ -233,9 +241,9 @@ def _context(args: argparse.Namespace) -> Context:
 def _settings(context: Context, **changes):
     from stac_eval.temporal_sim import SimSettings
 
-    return replace(
-        SimSettings(fps=context.fps, decoded_stride=context.args.decoded_stride), **changes
-    )
+    flow = FlowConfig(flow_width_px=context.args.flow_width_px)
+    settings = SimSettings(fps=context.fps, decoded_stride=context.args.decoded_stride, flow=flow)
+    return replace(settings, **changes)
 
 
 def _point(

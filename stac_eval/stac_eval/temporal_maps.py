@@ -316,6 +316,8 @@ def robot_stage_timing(context) -> dict:
     """Each stage of the robot loop at 960x540, one thread, in stream and keyframe mode, with
     a map every 25 frames (10 frames late) and a mask every 5 frames (5 frames late) fed back,
     as the edge sends them."""
+    from stac_eval.bench_temporal import _settings
+
     count = context.args.timing_frames
     forth_back = context.frames + context.frames[::-1]
     width, height = TIMING_SIZE
@@ -327,13 +329,16 @@ def robot_stage_timing(context) -> dict:
         masks.append(cv2.resize(mask, TIMING_SIZE, interpolation=cv2.INTER_NEAREST))
     offsets = context.computer.compute(images[0]).offsets_qp
     result = {"frame_size": [width, height], "frames": count, "threads": 1}
+    flow = _settings(context).flow
     for mode in ("stream", "keyframe"):
         loop = RobotLoop(
             RobotLoopConfig(
                 mode=mode,
                 encoder=RobotEncoderConfig(
-                    encoder=EncoderConfig(crf=28.0, fps=context.fps, threads=1, gop_frames=50)
+                    encoder=EncoderConfig(crf=28.0, fps=context.fps, threads=1, gop_frames=50),
+                    warp=flow,
                 ),
+                flow=flow,
             )
         )
         stages = {name: [] for name in STAGES}
