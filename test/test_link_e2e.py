@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GRAPH_FRAMES, REPO_ROOT
+from conftest import REPO_ROOT
 
 LOSS = 0.25  # of the datagrams each way: P(no frame of 30 lost) = 0.75^30 = 0.02%
+# The clip looped for this long at 10 Hz: a slow edge on a loaded machine segments one frame
+# in several, and a recovery needs a mask of a frame after a loss before the run ends.
+PLAY_S = 8.0
 
 
 def _private_namespace() -> bool:
@@ -48,6 +51,7 @@ def lossy_run(graph_clip, tmp_path_factory):
         torch_threads=1,
         encoded_qos="best_effort",
         link=LinkSettings(loss=LOSS),
+        play_duration_s=PLAY_S,
         record_bag=False,
         overlay_video=False,
     )
@@ -59,8 +63,9 @@ def test_loss_on_the_link_is_seen_and_accounted_for(lossy_run):
     result, report = lossy_run
     frames = report["frames"]
     assert result.link["dropped_datagrams"] > 0
-    assert frames["published"] == GRAPH_FRAMES
-    assert 1 <= frames["lost_on_link"] <= GRAPH_FRAMES // 2 + 1, frames
+    published = frames["published"]
+    assert published >= 10 * PLAY_S - 2  # the player runs for PLAY_S at 10 Hz
+    assert 1 <= frames["lost_on_link"] <= published // 2 + 1, frames
     assert frames["every_frame_accounted_for"], frames
 
 
