@@ -129,15 +129,10 @@ class BitrateController:
         idr_extra_qp for its cap): choosing its CRF from one frame's share would make it, and
         the P-frames predicted from it, visibly worse. frames_to_idr: frames until the next
         IDR the encoder foresees (None: none foreseen)."""
-        if not self.active:
+        if not self.active or idr:
             return self.crf
         config = self.config
-        elapsed = self._interval_s or 0.04
-        if self._last_s is not None and capture_s > self._last_s:
-            elapsed = capture_s - self._last_s
-        share = 1e3 * self.target_kbps * elapsed - 8.0 * self.overhead_bytes
-        if idr:
-            return self.crf
+        share, elapsed = self._share_bits(capture_s)
         setpoint = self._saving_setpoint(share, elapsed, frames_to_idr)
         correction = (self.fullness_bits - setpoint) * min(1.0, elapsed / config.drain_s)
         wanted = max(share - correction, 0.05 * share, 8.0)
@@ -152,6 +147,15 @@ class BitrateController:
         self.crf = min(max(crf, config.crf_min), config.crf_max)
         self._refine_qp /= 2.0
         return min(self.crf + self._refine_qp, config.crf_max)
+
+    def _share_bits(self, capture_s: float) -> tuple[float, float]:
+        """The target's bits for the frame captured at `capture_s` (the time since the
+        previous frame, or the typical interval; its message overhead taken off), and that
+        time in seconds."""
+        elapsed = self._interval_s or 0.04
+        if self._last_s is not None and capture_s > self._last_s:
+            elapsed = capture_s - self._last_s
+        return 1e3 * self.target_kbps * elapsed - 8.0 * self.overhead_bytes, elapsed
 
     def _saving_setpoint(self, share: float, elapsed: float, frames_to_idr: int | None) -> float:
         """Where the bucket should be now (bits, <= 0): from idr_saving_s before a foreseen
@@ -178,10 +182,7 @@ class BitrateController:
         intercept = self._intercept.get(True)
         if not self.active or not config.idr_max_shares or intercept is None:
             return 0
-        elapsed = self._interval_s or 0.04
-        if self._last_s is not None and capture_s > self._last_s:
-            elapsed = capture_s - self._last_s
-        share = 1e3 * self.target_kbps * elapsed - 8.0 * self.overhead_bytes
+        share, _ = self._share_bits(capture_s)
         if share <= 0:
             return round(config.crf_max - self.crf)
         capped = config.qp_per_halving * (intercept - math.log2(config.idr_max_shares * share))

@@ -259,9 +259,7 @@ class RobotEncoder:
     def next_is_idr(self) -> bool:
         """Whether x264 will make the next frame an IDR on its own (the first frame of an
         encoder, or keyint frames after the last IDR; scenecut is off unless configured)."""
-        if self._since_idr is None:
-            return True
-        return self._since_idr + 1 >= self._encoder.config.gop_frames
+        return self.frames_to_periodic_idr() == 0
 
     def _scaled(self, qp_map: np.ndarray | None, idr: bool) -> np.ndarray | None:
         scale = self.config.idr_offset_scale if idr else self.config.p_offset_scale
