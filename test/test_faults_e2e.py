@@ -48,7 +48,9 @@ def edge_restart(graph_clip, tmp_path_factory):
 def test_every_malformed_message_is_refused_and_logged_once_per_reason(rogue):
     sent = rogue["rogue_sent"]
     assert min(sent.values()) >= 5, sent
-    assert rogue["qp_maps_rejected"] == sent["qp_map"]
+    # QP maps travel keep-last-1 (only the newest matters): a rogue map superseded by the next
+    # one before the robot's executor takes it is never seen, so at most a few go uncounted
+    assert sent["qp_map"] - 3 <= rogue["qp_maps_rejected"] <= sent["qp_map"]
     assert rogue["qp_maps_applied"] >= 1  # the real edge's maps still get through
     logged = rogue["rejections_logged"]
     robot_kinds, edge_kinds = logged["encoder_node"], logged["edge_container"]
