@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import rclpy
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
@@ -69,14 +70,28 @@ def close_node(node: Node) -> None:
     node.destroy_node()
 
 
+def spin_until_shutdown(spin: Callable[[], None]) -> None:
+    """Run `spin` (rclpy.spin, or an executor's) until SIGINT/SIGTERM. A signal that shuts the
+    context down while the executor is building its wait set surfaces as RCLError ("the
+    given context is not valid") instead of ExternalShutdownException: that is the same
+    shutdown, not a failure."""
+    try:
+        spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except RCLError:
+        if rclpy.ok():
+            raise
+
+
 def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> None:
     """Init, spin until SIGINT/SIGTERM, and shut down cleanly (the Jazzy idiom)."""
     rclpy.init(args=args)
     node = None
     try:
         node = make_node()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        spin_until_shutdown(lambda: rclpy.spin(node))
+    except KeyboardInterrupt:  # during start-up
         pass
     finally:
         if node is not None:

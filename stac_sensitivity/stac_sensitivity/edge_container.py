@@ -12,10 +12,10 @@ and removes one forward per map. The separate executables (`segmenter_node`,
 from __future__ import annotations
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 
 from stac_edge_segmenter.segmenter_node import SegmenterNode
-from stac_ros_common.node_runner import close_node
+from stac_ros_common.node_runner import close_node, spin_until_shutdown
 from stac_sensitivity.sensitivity_node import SensitivityNode
 
 
@@ -40,8 +40,8 @@ def main(args: list[str] | None = None) -> None:
         container = EdgeContainer()
         for node in container.nodes:
             executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        spin_until_shutdown(executor.spin)
+    except KeyboardInterrupt:  # during start-up
         pass
     finally:
         if container is not None:
