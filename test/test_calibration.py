@@ -6,11 +6,10 @@ import math
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from stac_edge_segmenter.loading import DEFAULT_CONFIG, SegmentationModel, read_spec
-from stac_edge_segmenter.model import DEFAULT_WEIGHTS, build_lite0_fpn
-from stac_eval.calibrate import START, calibrate, lloyd_levels
+from stac_edge_segmenter.loading import DEFAULT_CONFIG, load_model
+from stac_edge_segmenter.model import DEFAULT_WEIGHTS
+from stac_eval.calibrate import BANK_TOLERANCE_PCT, START, calibrate, lloyd_levels
 from stac_eval.calibrate import main as calibrate_main
 from stac_eval.frame_dirs import crop_resize, read_frames, read_sources, video_frame_indices
 from stac_eval.training_overlap import TrainingOverlapError, check_frames, model_split_dirs
@@ -116,13 +115,25 @@ def test_calibration_search_writes_a_usable_file(data_dir, tmp_path):
     """On frames the model never saw (two of the dashcam clip, pseudo labels only)."""
     frames = read_sources([data_dir / "video" / "solidWhiteRight.mp4"], video_frames=2)
     assert frames.labels is None and frames.images.shape == (2, 360, 480, 3)
-    network = build_lite0_fpn(num_classes=11)
-    model = SegmentationModel(network, read_spec(DEFAULT_CONFIG), torch.device("cpu"))
+    model = load_model(DEFAULT_CONFIG, "cpu")  # the shipped model: an untrained one is flat
     grid = {"alpha": (0.3, 0.6), "rate_weight": (0.0, 1.0), "class_weight_exponent": (0.0, 0.5)}
     calibration = calibrate(model, frames.images, None, [30, 42], (4,), grid=grid, passes=1)
-    assert 2 <= len(calibration.levels_qp) <= 4
     assert all(abs(level) <= calibration.max_offset_qp for level in calibration.levels_qp)
     searched = calibration.provenance["search"]
+
+    # the bank: the fitted 4-level bank unless every integer level is better by more than the
+    # tolerance, both scored with the map's wire bytes added
+    banks = {
+        tuple(e["levels_qp"]): math.inf if e["bd_rate_pct"] is None else e["bd_rate_pct"]
+        for e in searched
+        if e["with_feedback"]
+    }
+    fitted = next(bank for bank in banks if bank)
+    assert 1 <= len(fitted) <= 4 and set(banks) == {fitted, ()}  # Lloyd may merge levels
+    if banks[fitted] <= banks[()] + BANK_TOLERANCE_PCT:
+        assert calibration.levels_qp == fitted
+    else:
+        assert len(calibration.levels_qp) == 2 * calibration.max_offset_qp + 1
     assert {entry["alpha"] for entry in searched} == {0.3, 0.6}
 
     # coordinate descent, one pass: alpha is the better of the two with the other parameters
