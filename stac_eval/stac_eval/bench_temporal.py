@@ -22,8 +22,9 @@ ground truth, which it imports unchanged):
    --rc-seconds, the target stepped down at half time; the worst error of any 2-s window after
    2 s of settling, and the time after the step from which every 2-s window is within +-10%;
    for the robot's outer loop on the CRF and for x264's own ABR + VBV.
-5. `robot_ms_per_frame`: each stage of the robot loop at 960x540 on one thread, with maps and
-   masks fed back as the edge would send them.
+5. `robot_ms_per_frame`: each stage of the robot loop at 960x540 on one thread (flow, map_warp,
+   mask_warp, keyframe_decision, encode, total: the larger of the two modes, each mode in full
+   under `stream` and `keyframe`), with maps and masks fed back as the edge would send them.
 
 Each simulated point is cached under --work-dir (a rerun with the same options reuses it).
 """
