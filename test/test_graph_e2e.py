@@ -158,7 +158,11 @@ def test_the_robot_publishes_a_mask_for_every_camera_frame(graph_run):
     first = next(i for i, age in enumerate(ages) if age >= 0)
     assert all(age >= 0 for age in ages[first:]) and first < FRAMES // 2
     segmenter = result.statistics["stac_segmenter"]
-    assert len(result.mask_feedback_bytes) == segmenter.frames_segmented
+    # every segmented frame's mask goes back; the recorder is one more subscriber of a
+    # KEEP_LAST 2 topic (the robot wants the newest mask, not a backlog), so a recorder that
+    # falls behind on a loaded machine may miss one (27 of 28 in one full-suite run)
+    fed_back = len(result.mask_feedback_bytes)
+    assert 0.9 * segmenter.frames_segmented <= fed_back <= segmenter.frames_segmented
     assert max(result.mask_feedback_bytes) < 480 * 270 / 10  # compact, not raw mono8
     encoder = result.statistics["stac_encoder"]
     assert encoder.robot_masks == FRAMES
