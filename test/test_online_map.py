@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,8 +11,8 @@ from stac_edge_segmenter.loading import DEFAULT_CONFIG, SegmentationModel, read_
 from stac_edge_segmenter.model import build_lite0_fpn
 from stac_sensitivity.allocation import allocate
 from stac_sensitivity.calibration import Calibration, save_calibration
-from stac_sensitivity.macroblocks import macroblock_ac_energy
-from stac_sensitivity.online import QPMapComputer
+from stac_sensitivity.macroblocks import macroblock_ac_energy, macroblock_residual_energy
+from stac_sensitivity.online import QPMapComputer, ReferencePictures
 from stac_sensitivity.sensitivity import compute_sensitivity
 
 
@@ -57,3 +58,50 @@ def test_without_a_calibration_the_robot_encodes_map_only(model, frame, tmp_path
     computer = QPMapComputer(SegmentationModel(model.network, spec, torch.device("cpu")))
     assert computer.aq_strength == 0.001
     assert computer.compute(frame).offsets_qp.shape == (4, 6)
+
+
+def _textured_world(seed: int, height: int, width: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, (height, width, 3)).astype(np.float32)
+    blurred = cv2.GaussianBlur(noise, (0, 0), 1.5)
+    return cv2.normalize(blurred, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+
+def test_residual_energy_is_what_motion_does_not_explain():
+    """A P-frame of a camera panning over texture pays little: the moved reference explains
+    it. Against a picture of other content it pays as much as an I-frame would."""
+    world = _textured_world(3, 96, 160 + 8)
+    frame, panned = world[:, 4:164], world[:, 0:160]
+    intra = macroblock_ac_energy(frame)
+    residual = macroblock_residual_energy(frame, np.ascontiguousarray(panned))
+    inner = (slice(1, -1), slice(1, -1))  # away from the edge the pan uncovers
+    assert residual[inner].mean() < 0.1 * intra[inner].mean()
+    unrelated = _textured_world(4, 96, 160)
+    assert macroblock_residual_energy(frame, unrelated).mean() > 0.5 * intra.mean()
+    np.testing.assert_array_equal(macroblock_residual_energy(frame, frame), 0.0)
+    with pytest.raises(ValueError, match="does not match"):
+        macroblock_residual_energy(frame, frame[:, :80])
+
+
+def test_a_map_for_p_frames_takes_the_rate_term_from_the_residual(model, frame, tmp_path):
+    calibration = Calibration(alpha=0.5, max_offset_qp=10, rate_exponent=0.45, energy_floor=256.0)
+    computer = QPMapComputer(model, save_calibration(calibration, tmp_path / "c.json"))
+    reference = np.roll(frame, 2, axis=1)
+    sensitivity = compute_sensitivity(model.logits, frame[None]).macroblock_sensitivity[0]
+    energy = macroblock_residual_energy(frame, reference)
+    expected = allocate(sensitivity, calibration.allocation_config(0), energy).offsets_qp
+    np.testing.assert_array_equal(computer.compute(frame, reference).offsets_qp, expected)
+    # a reference of another size (a new stream) is no reference: the frame's own energy
+    other = computer.compute(frame, reference[:32]).offsets_qp
+    np.testing.assert_array_equal(other, computer.compute(frame).offsets_qp)
+
+
+def test_reference_pictures_remember_the_picture_before_recent_frames():
+    pictures = ReferencePictures(keep=3)
+    images = [np.full((2, 2, 3), value, np.uint8) for value in range(6)]
+    for frame_seq, image in enumerate(images, start=1):
+        pictures.add(frame_seq, image)
+    assert pictures.reference(1) is None  # the first picture of the stream has none
+    assert pictures.reference(3) is None  # forgotten: only the last 3 are kept
+    for frame_seq in (4, 5, 6):
+        assert pictures.reference(frame_seq) is images[frame_seq - 2]

@@ -30,11 +30,15 @@ class StubModel:
 
 
 class StubComputer:
-    """A fixed map: the left half finer."""
+    """A fixed map: the left half finer; remembers the (frame, reference) pairs it was given."""
 
     calibration = SimpleNamespace(aq_strength=0.001)
 
-    def compute(self, image):
+    def __init__(self):
+        self.given = []
+
+    def compute(self, image, reference=None):
+        self.given.append((image, reference))
         rows, cols = macroblock_grid(image.shape[1], image.shape[0])
         indices = np.zeros((rows, cols), np.uint8)
         indices[:, cols // 2 :] = 2
@@ -70,7 +74,7 @@ def clip():
     ]
 
 
-def simulate(clip, variant: str, **settings):
+def simulate(clip, variant: str, computer=None, **settings):
     simulation = TemporalSim(
         VARIANTS[variant],
         30.0,
@@ -78,14 +82,22 @@ def simulate(clip, variant: str, **settings):
         LinkConfig.parse("rate=10mbit,delay=10ms"),
         EdgeTiming(100.0, 200.0),
         StubModel(),
-        StubComputer(),
+        computer or StubComputer(),
         StubTruth(clip),
     )
     return simulation.run(clip)
 
 
 def test_stream_mode_sends_every_frame_and_the_robot_holds_masks(clip):
-    result = simulate(clip, "stac")
+    computer = StubComputer()
+    result = simulate(clip, "stac", computer)
+    # the first map comes from the stream's first picture; every later one is given the
+    # decoded picture before its frame, the reference of that P-frame (ReferencePictures is
+    # tested in test_online_map.py)
+    assert computer.given[0][1] is None and len(computer.given) >= 2
+    for image, reference in computer.given[1:]:
+        assert reference is not None and reference.shape == image.shape
+        assert not np.array_equal(reference, image)  # the camera pans: another picture
     assert result.sent.all() and result.uplink_bytes.min() > 0
     assert result.counters["maps"] >= 1 and result.map_bytes.sum() > 0
     assert result.mask_bytes.sum() > 0  # masks counted, apart from the maps

@@ -11,6 +11,7 @@ carried by every QPMap) for the map to mean what the calibration measured.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from stac_codec.qp_map import MACROBLOCK_SIZE, QPLevelMap
 from stac_edge_segmenter.loading import SegmentationModel
 from stac_sensitivity.allocation import allocate
 from stac_sensitivity.calibration import find_calibration, load_calibration
-from stac_sensitivity.macroblocks import macroblock_ac_energy
+from stac_sensitivity.macroblocks import macroblock_ac_energy, macroblock_residual_energy
 from stac_sensitivity.sensitivity import compute_sensitivity
 
 
@@ -73,8 +74,16 @@ class QPMapComputer:
         """x264 AQ strength the robot must encode with (0.001 = the map alone)."""
         return self.calibration.aq_strength
 
-    def compute(self, frame_rgb: np.ndarray) -> QPMapResult:
-        """One HxWx3 uint8 RGB frame -> its QP map (rows, cols) int8."""
+    def compute(
+        self, frame_rgb: np.ndarray, reference_rgb: np.ndarray | None = None
+    ) -> QPMapResult:
+        """One HxWx3 uint8 RGB frame -> its QP map (rows, cols) int8.
+
+        reference_rgb: the stream's decoded picture before this one, when the map will steer
+        P-frames (stream and keyframe mode): the rate term then takes each macroblock's
+        motion-compensated residual energy, what a P-frame pays, instead of its own AC energy,
+        what an I-frame pays (macroblocks.macroblock_residual_energy). Ignored when its size
+        differs (a new stream) or the rule is not rate-aware."""
         started = time.perf_counter()
         result = compute_sensitivity(
             self.model.logits,
@@ -85,7 +94,10 @@ class QPMapComputer:
         )
         energy = None
         if self._allocation_config.rate_aware:
-            energy = macroblock_ac_energy(frame_rgb)
+            if reference_rgb is not None and reference_rgb.shape == frame_rgb.shape:
+                energy = macroblock_residual_energy(frame_rgb, reference_rgb)
+            else:
+                energy = macroblock_ac_energy(frame_rgb)
         allocation = allocate(result.macroblock_sensitivity[0], self._allocation_config, energy)
         elapsed_ms = 1e3 * (time.perf_counter() - started)
         return QPMapResult(
@@ -95,6 +107,30 @@ class QPMapComputer:
             result.class_ids[0],
             result.macroblock_sensitivity[0],
         )
+
+
+class ReferencePictures:
+    """The decoded picture before each recent frame of a stream: the reference of its P-frame
+    (for a map of that frame, QPMapComputer.compute's reference_rgb). The edge decodes every
+    frame but maps the newest one a worker takes up, a few frames later, so the last
+    `keep` frames are remembered; a frame that is not among them has no reference."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self._keep = keep
+        self._before: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._last: np.ndarray | None = None
+
+    def add(self, frame_seq: int, image: np.ndarray) -> None:
+        """A decoded frame, in stream order."""
+        if self._last is not None:
+            self._before[frame_seq] = self._last
+            self._before.move_to_end(frame_seq)
+            while len(self._before) > self._keep:
+                self._before.popitem(last=False)
+        self._last = image
+
+    def reference(self, frame_seq: int) -> np.ndarray | None:
+        return self._before.get(frame_seq)
 
 
 def qp_heatmap(frame_rgb: np.ndarray, offsets_qp: np.ndarray, max_abs_qp: int) -> np.ndarray:

@@ -43,7 +43,7 @@ from stac_ros_common.qos import ENCODED_QOS_KINDS, OUTPUT_QOS, QP_MAP_QOS, encod
 from stac_ros_common.statistics import NodeStatistics
 from stac_ros_common.wire_size import serialized_size_bytes
 from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder, FeedbackMap
-from stac_sensitivity.online import QPMapComputer, qp_heatmap
+from stac_sensitivity.online import QPMapComputer, ReferencePictures, qp_heatmap
 
 PARAMETERS = (
     *MODEL_PARAMETERS,
@@ -122,6 +122,7 @@ class SensitivityNode(Node):
         self._decoded_since_map = 0
         self._compute_requested = True  # the first decodable frame gets a map at once
         self._last_frame_seq = 0
+        self._references = ReferencePictures()  # the P-frame reference of recent frames
         self._next_map_allowed_s = 0.0  # monotonic; the compute-share cap (container only)
         self._last_map_stamp_s: float | None = None  # camera time of the last map's frame
         self._map_publisher = self.create_publisher(QPMap, "qp_map", QP_MAP_QOS)
@@ -154,8 +155,10 @@ class SensitivityNode(Node):
         with self._lock:
             if frame.frame_seq <= self._last_frame_seq:
                 self.feedback.request_key()  # the robot's numbering started again
+                self._references = ReferencePictures()
             self._last_frame_seq = frame.frame_seq
             self._decoded_since_map += 1
+            self._references.add(frame.frame_seq, frame.image)
 
     def wants(self, frame: DecodedFrame) -> bool:
         with self._lock:
@@ -228,7 +231,9 @@ class SensitivityNode(Node):
         return response
 
     def _compute_and_publish(self, frame: DecodedFrame) -> np.ndarray:
-        result = self.computer.compute(frame.image)
+        with self._lock:
+            reference = self._references.reference(frame.frame_seq)
+        result = self.computer.compute(frame.image, reference)
         sent = self.feedback.encode(result.allocation)
         msg = qp_map_message(sent, frame, self.computer.calibration.aq_strength)
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -40,7 +40,7 @@ from stac_eval.replay.truth import (
 )
 from stac_sensitivity.online import QPMapComputer
 
-REPLAY_VERSION = 2  # bump when a change alters results, so cached points are recomputed
+REPLAY_VERSION = 3  # bump when a change alters results, so cached points are recomputed
 DEFAULT_CRFS = (18, 25, 32, 39, 46)
 DEFAULT_JPEG_QUALITIES = (10, 20, 35, 55, 80)
 DEFAULT_LINK = "rate=10mbit,delay=20ms,loss=0%,queue=30"
