@@ -22,9 +22,11 @@ The rate slope is measured, not guessed: offline (stac-calibrate, rate_model.py 
 x264 codes frames with random per-macroblock offsets and a regression of the frame's bits gives
 bits per QP per macroblock as a function of the macroblock's AC energy E_i (x264's own
 variance measure): a_i ~ (E_i + E0)^gamma. Online the edge computes E_i from the frame it has
-(decoded at the base quality), so nothing but the map travels to the robot. gamma = 0 gives
-STAC's original rule q_i ~ 1/g_i. (x264's own variance AQ is the special case g_i = const:
-dQP_i = 1.04 s log2 E_i + const at strength s.)
+(decoded at the base quality), so nothing but the map travels to the robot; for a map that
+steers P-frames E_i is the energy of the motion-compensated residual against the previous
+decoded picture instead, what a P-frame pays (macroblocks.macroblock_residual_energy).
+gamma = 0 gives STAC's original rule q_i ~ 1/g_i. (x264's own variance AQ is the special case
+g_i = const: dQP_i = 1.04 s log2 E_i + const at strength s.)
 
 The offsets are clamped to [-dmax, +dmax] and snapped to a bank of levels prepared offline, so
 the map sent back to the robot is a small array of level indices. A budget shift then moves the

@@ -3,8 +3,9 @@
 Everything that can be fixed ahead (level bank, dmax, offset scale, class weights, the rate
 model, the encoder's AQ strength) comes from the offline calibration stored beside the model
 weights (see calibration.py); online the edge runs one forward + backward pass, measures each
-macroblock's AC energy on the same decoded frame (for the rate-aware rule) and picks a level
-per macroblock. The robot must encode with the calibration's x264 AQ strength (`aq_strength`,
+macroblock's AC energy on the same decoded frame (for the rate-aware rule; on a video stream
+the energy of its residual against the picture before it, what a P-frame pays) and picks a
+level per macroblock. The robot must encode with the calibration's x264 AQ strength (`aq_strength`,
 carried by every QPMap) for the map to mean what the calibration measured.
 """
 
