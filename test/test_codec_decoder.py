@@ -388,3 +388,21 @@ def test_units_of_a_foreign_size_do_not_replace_the_stream_until_they_decode(fra
     assert stream.decode(packets[1], 2, WIDTH, HEIGHT).ok  # the stream goes on
     assert stream.decode(other_packets[0], 1, 96, 64).ok  # a real new stream, from its IDR
     assert stream.decode(other_packets[1], 2, 96, 64).ok
+
+
+def test_the_edge_decoder_keeps_the_picture_before_the_last_one(frames, packets):
+    """What a map for P-frames measures its residual against: the previous decoded picture
+    of the same size, never one of a failed unit or of another size."""
+    decoder = EncodedStreamDecoder()
+    first = decoder.decode(packets[0], 1, WIDTH, HEIGHT)
+    assert first.ok and decoder.reference_image is None  # a stream's first picture
+    second = decoder.decode(packets[1], 2, WIDTH, HEIGHT)
+    assert second.ok and decoder.reference_image is first.image
+    assert not np.shares_memory(first.image, second.image)  # each picture its own array
+    assert not decoder.decode(b"junk", 3, WIDTH, HEIGHT).ok
+    assert decoder.reference_image is first.image  # a failed unit changes nothing
+    small = np.ascontiguousarray(frames[0][: HEIGHT // 2, : WIDTH // 2])
+    with QPMapEncoder(EncoderConfig(crf=24), WIDTH // 2, HEIGHT // 2) as encoder:
+        keyframe = encoder.encode(small).data
+    assert decoder.decode(keyframe, 4, WIDTH // 2, HEIGHT // 2).ok
+    assert decoder.reference_image is None  # a new size: nothing to predict from

@@ -12,7 +12,7 @@ from stac_edge_segmenter.model import build_lite0_fpn
 from stac_sensitivity.allocation import allocate
 from stac_sensitivity.calibration import Calibration, save_calibration
 from stac_sensitivity.macroblocks import macroblock_ac_energy, macroblock_residual_energy
-from stac_sensitivity.online import QPMapComputer, ReferencePictures
+from stac_sensitivity.online import QPMapComputer
 from stac_sensitivity.sensitivity import compute_sensitivity
 
 
@@ -94,14 +94,3 @@ def test_a_map_for_p_frames_takes_the_rate_term_from_the_residual(model, frame, 
     # a reference of another size (a new stream) is no reference: the frame's own energy
     other = computer.compute(frame, reference[:32]).offsets_qp
     np.testing.assert_array_equal(other, computer.compute(frame).offsets_qp)
-
-
-def test_reference_pictures_remember_the_picture_before_recent_frames():
-    pictures = ReferencePictures(keep=3)
-    images = [np.full((2, 2, 3), value, np.uint8) for value in range(6)]
-    for frame_seq, image in enumerate(images, start=1):
-        pictures.add(frame_seq, image)
-    assert pictures.reference(1) is None  # the first picture of the stream has none
-    assert pictures.reference(3) is None  # forgotten: only the last 3 are kept
-    for frame_seq in (4, 5, 6):
-        assert pictures.reference(frame_seq) is images[frame_seq - 2]

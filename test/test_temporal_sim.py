@@ -92,8 +92,8 @@ def test_stream_mode_sends_every_frame_and_the_robot_holds_masks(clip):
     computer = StubComputer()
     result = simulate(clip, "stac", computer)
     # the first map comes from the stream's first picture; every later one is given the
-    # decoded picture before its frame, the reference of that P-frame (ReferencePictures is
-    # tested in test_online_map.py)
+    # decoded picture before its frame, the reference of that P-frame (the decoder's
+    # reference_image, tested in test_codec_decoder.py)
     assert computer.given[0][1] is None and len(computer.given) >= 2
     for image, reference in computer.given[1:]:
         assert reference is not None and reference.shape == image.shape

@@ -23,6 +23,9 @@ class DecodedFrame:
     header: object  # std_msgs/Header, kept opaque: this module has no ROS imports
     frame_seq: int
     image: np.ndarray
+    # the stream's picture decoded before this one, about what its P-frame was predicted from
+    # (EncodedStreamDecoder.reference_image); None for a stream's first picture
+    reference_image: np.ndarray | None = None
 
 
 class EncodedStreamDecoder:
@@ -39,6 +42,15 @@ class EncodedStreamDecoder:
         self._decoder: H264Decoder | None = None
         self._candidate: H264Decoder | None = None
         self.max_macroblocks = max_macroblocks
+        self._last_image: np.ndarray | None = None
+        self._reference_image: np.ndarray | None = None
+
+    @property
+    def reference_image(self) -> np.ndarray | None:
+        """The picture decoded before the last one, of the same size: about what the last
+        frame's P-frame was predicted from (a map that steers P-frames takes its rate term
+        from the residual against it). None before a stream's second picture."""
+        return self._reference_image
 
     def decode(
         self,
@@ -58,13 +70,23 @@ class EncodedStreamDecoder:
         if current is None:
             current = self._decoder = self._new_decoder(width, height)
         if (current.width, current.height) == (width, height):
-            return current.decode(bytes(memoryview(data)), frame_seq, expected_crc32)
+            return self._remember(
+                current.decode(bytes(memoryview(data)), frame_seq, expected_crc32)
+            )
         candidate = self._candidate
         if candidate is None or (candidate.width, candidate.height) != (width, height):
             candidate = self._candidate = self._new_decoder(width, height)
         result = candidate.decode(bytes(memoryview(data)), frame_seq, expected_crc32)
         if result.ok:  # the new size decodes: it is the stream now
             self._decoder, self._candidate = candidate, None
+        return self._remember(result)
+
+    def _remember(self, result: DecodeResult) -> DecodeResult:
+        if result.ok:
+            last = self._last_image
+            same_size = last is not None and last.shape == result.image.shape
+            self._reference_image = last if same_size else None
+            self._last_image = result.image
         return result
 
     def _new_decoder(self, width: int, height: int) -> H264Decoder:

@@ -142,7 +142,7 @@ class SegmenterNode(Node):
                 f"frame {msg.frame_seq} not decoded ({result.status.value}): {result.detail}",
             )
             return
-        frame = DecodedFrame(msg.header, msg.frame_seq, result.image)
+        frame = DecodedFrame(msg.header, msg.frame_seq, result.image, self._decoder.reference_image)
         if self.hook is not None:
             self.hook.frame_decoded(frame)
         self.statistics.count("frames_pending")

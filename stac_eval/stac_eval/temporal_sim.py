@@ -48,7 +48,7 @@ from stac_eval.replay.truth import EdgeTiming
 from stac_eval.replay.wire import encoded_frame_bytes, qp_map_bytes
 from stac_sensitivity.calibration import MAP_ONLY_AQ_STRENGTH
 from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder, FeedbackMap
-from stac_sensitivity.online import QPMapComputer, ReferencePictures
+from stac_sensitivity.online import QPMapComputer
 
 FEEDBACK_SESSION_ID = 1
 X264_AQ_STRENGTH = 1.0
@@ -178,11 +178,9 @@ class _MapRule:
         self._requested = True
         self._last_stamp_s: float | None = None
         self._next_allowed_s = 0.0
-        self._references = ReferencePictures()
 
-    def frame_decoded(self, frame_seq: int, image: np.ndarray) -> None:
+    def frame_decoded(self) -> None:
         self._decoded_since_map += 1
-        self._references.add(frame_seq, image)
 
     def wants(self, now_s: float, stamp_s: float) -> bool:
         if self._requested:
@@ -195,14 +193,19 @@ class _MapRule:
         return elapsed >= self.settings.min_map_interval_s or elapsed < 0
 
     def compute(
-        self, image: np.ndarray, frame_seq: int, stamp_s: float, start_s: float, end_s: float
+        self,
+        image: np.ndarray,
+        reference: np.ndarray | None,
+        stamp_s: float,
+        start_s: float,
+        end_s: float,
     ):
         self._requested = False
         self._decoded_since_map = 0
         self._last_stamp_s = stamp_s
         share = self.settings.max_compute_share
         self._next_allowed_s = end_s + (end_s - start_s) * (1.0 - share) / share
-        result = self.computer.compute(image, self._references.reference(frame_seq))
+        result = self.computer.compute(image, reference)
         allocation = result.allocation
         if self.variant.maps == "two_level":
             allocation = two_level_allocation(
@@ -216,6 +219,7 @@ class _Job:
     index: int
     frame_seq: int
     image: np.ndarray
+    reference: np.ndarray | None  # the picture decoded before it
 
 
 class TemporalSim:
@@ -396,8 +400,8 @@ class TemporalSim:
         if stride and index % stride == 0 and self.variant.mode == "stream":
             self._score_decoded(position, index, decoded.image)
         if self.map_rule is not None:
-            self.map_rule.frame_decoded(frame_seq, decoded.image)
-        job = _Job(position, frame_seq, decoded.image)
+            self.map_rule.frame_decoded()
+        job = _Job(position, frame_seq, decoded.image, self.decoder.reference_image)
         if self.variant.mode == "stream" and self._queue:  # the newest frame only
             self.counters["skipped"] += len(self._queue)
             self._queue.clear()
@@ -421,7 +425,7 @@ class TemporalSim:
         stamp_s = self._rows["capture_s"][job.index]
         if self.map_rule is not None and self.map_rule.wants(now, stamp_s):
             done = now + 1e-3 * self.timing.map_ms
-            sent, class_ids = self.map_rule.compute(job.image, job.frame_seq, stamp_s, now, done)
+            sent, class_ids = self.map_rule.compute(job.image, job.reference, stamp_s, now, done)
             size = qp_map_bytes(len(sent.data))
             self._rows["map_bytes"][job.index] += size
             self.counters["maps"] += 1

@@ -12,7 +12,6 @@ carried by every QPMap) for the map to mean what the calibration measured.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,30 +107,6 @@ class QPMapComputer:
             result.class_ids[0],
             result.macroblock_sensitivity[0],
         )
-
-
-class ReferencePictures:
-    """The decoded picture before each recent frame of a stream: the reference of its P-frame
-    (for a map of that frame, QPMapComputer.compute's reference_rgb). The edge decodes every
-    frame but maps the newest one a worker takes up, a few frames later, so the last
-    `keep` frames are remembered; a frame that is not among them has no reference."""
-
-    def __init__(self, keep: int = 8) -> None:
-        self._keep = keep
-        self._before: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._last: np.ndarray | None = None
-
-    def add(self, frame_seq: int, image: np.ndarray) -> None:
-        """A decoded frame, in stream order."""
-        if self._last is not None:
-            self._before[frame_seq] = self._last
-            self._before.move_to_end(frame_seq)
-            while len(self._before) > self._keep:
-                self._before.popitem(last=False)
-        self._last = image
-
-    def reference(self, frame_seq: int) -> np.ndarray | None:
-        return self._before.get(frame_seq)
 
 
 def qp_heatmap(frame_rgb: np.ndarray, offsets_qp: np.ndarray, max_abs_qp: int) -> np.ndarray:

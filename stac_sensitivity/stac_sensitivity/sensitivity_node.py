@@ -43,7 +43,7 @@ from stac_ros_common.qos import ENCODED_QOS_KINDS, OUTPUT_QOS, QP_MAP_QOS, encod
 from stac_ros_common.statistics import NodeStatistics
 from stac_ros_common.wire_size import serialized_size_bytes
 from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder, FeedbackMap
-from stac_sensitivity.online import QPMapComputer, ReferencePictures, qp_heatmap
+from stac_sensitivity.online import QPMapComputer, qp_heatmap
 
 PARAMETERS = (
     *MODEL_PARAMETERS,
@@ -122,7 +122,6 @@ class SensitivityNode(Node):
         self._decoded_since_map = 0
         self._compute_requested = True  # the first decodable frame gets a map at once
         self._last_frame_seq = 0
-        self._references = ReferencePictures()  # the P-frame reference of recent frames
         self._next_map_allowed_s = 0.0  # monotonic; the compute-share cap (container only)
         self._last_map_stamp_s: float | None = None  # camera time of the last map's frame
         self._map_publisher = self.create_publisher(QPMap, "qp_map", QP_MAP_QOS)
@@ -155,10 +154,8 @@ class SensitivityNode(Node):
         with self._lock:
             if frame.frame_seq <= self._last_frame_seq:
                 self.feedback.request_key()  # the robot's numbering started again
-                self._references = ReferencePictures()
             self._last_frame_seq = frame.frame_seq
             self._decoded_since_map += 1
-            self._references.add(frame.frame_seq, frame.image)
 
     def wants(self, frame: DecodedFrame) -> bool:
         with self._lock:
@@ -208,7 +205,7 @@ class SensitivityNode(Node):
             self.statistics.count("frames_in")
             self.statistics.count("frames_failed")
             return
-        frame = DecodedFrame(msg.header, msg.frame_seq, result.image)
+        frame = DecodedFrame(msg.header, msg.frame_seq, result.image, self._decoder.reference_image)
         self.frame_decoded(frame)
         if self.wants(frame):
             self._mark_map_started(frame)
@@ -231,9 +228,7 @@ class SensitivityNode(Node):
         return response
 
     def _compute_and_publish(self, frame: DecodedFrame) -> np.ndarray:
-        with self._lock:
-            reference = self._references.reference(frame.frame_seq)
-        result = self.computer.compute(frame.image, reference)
+        result = self.computer.compute(frame.image, frame.reference_image)
         sent = self.feedback.encode(result.allocation)
         msg = qp_map_message(sent, frame, self.computer.calibration.aq_strength)
         msg.header.stamp = self.get_clock().now().to_msg()

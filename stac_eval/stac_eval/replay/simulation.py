@@ -55,7 +55,7 @@ from stac_eval.replay.wire import (
 )
 from stac_sensitivity.calibration import MAP_ONLY_AQ_STRENGTH
 from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder, FeedbackMap
-from stac_sensitivity.online import QPMapComputer, ReferencePictures, qp_heatmap
+from stac_sensitivity.online import QPMapComputer, qp_heatmap
 
 X264_AQ_STRENGTH = 1.0  # x264's default variance AQ
 FEEDBACK_SESSION_ID = 1  # fixed (the node draws one at random) so that runs are identical
@@ -204,17 +204,14 @@ class _MapEdge:
         self._decoded_since_map = 0
         self._compute_requested = True
         self._last_frame_seq = 0
-        self._references = ReferencePictures()
         self._last_map_stamp_s: float | None = None
         self._next_map_allowed_s = 0.0
 
-    def frame_decoded(self, frame_seq: int, image: np.ndarray) -> None:
+    def frame_decoded(self, frame_seq: int) -> None:
         if frame_seq <= self._last_frame_seq:
             self.feedback.request_key()
-            self._references = ReferencePictures()
         self._last_frame_seq = frame_seq
         self._decoded_since_map += 1
-        self._references.add(frame_seq, image)
 
     def wants(self, now_s: float, stamp_s: float) -> bool:
         if self._compute_requested:
@@ -230,15 +227,21 @@ class _MapEdge:
         return elapsed_s >= self.settings.min_map_interval_s or elapsed_s < 0
 
     def compute(
-        self, image: np.ndarray, frame_seq: int, stamp_s: float, start_s: float, end_s: float
+        self,
+        image: np.ndarray,
+        reference: np.ndarray | None,
+        stamp_s: float,
+        start_s: float,
+        end_s: float,
     ):
-        """The map of `image` (a job from start_s to end_s) as it goes out."""
+        """The map of `image` (a job from start_s to end_s; reference: the picture decoded
+        before it) as it goes out."""
         self._compute_requested = False
         self._decoded_since_map = 0
         self._last_map_stamp_s = stamp_s
         share = self.settings.max_compute_share
         self._next_map_allowed_s = end_s + (end_s - start_s) * (1.0 - share) / share
-        result = self.computer.compute(image, self._references.reference(frame_seq))
+        result = self.computer.compute(image, reference)
         allocation = result.allocation
         if self.method.maps == "two_level":
             allocation = two_level_allocation(
@@ -327,7 +330,8 @@ class PointReplay:
         self._events: list = []
         self._tie = itertools.count()
         self._robot_inbox: list = []  # (arrival time, tie, kind, payload): maps, requests
-        self._pending: tuple[int, int, np.ndarray] | None = None
+        # (index, frame_seq, image, the picture decoded before it)
+        self._pending: tuple[int, int, np.ndarray, np.ndarray | None] | None = None
         self._busy = False
         self._to_predict: list[tuple[int, np.ndarray]] = []
         self._decoded_masks: dict[int, bytes] = {}
@@ -446,6 +450,7 @@ class PointReplay:
     # --- edge --------------------------------------------------------------------------------
 
     def _edge_arrival(self, now: float, arrival: _Arrival) -> None:
+        reference = None
         if self.method.transport == "jpeg":
             image = arrival.payload
         else:
@@ -458,13 +463,13 @@ class PointReplay:
             if not decoded.ok:
                 self._frames["status"][arrival.index] = UNDECODABLE
                 return
-            image = decoded.image
+            image, reference = decoded.image, self.decoder.reference_image
         self._to_predict.append((arrival.index, image))
         if len(self._to_predict) >= self.settings.batch_size:
             self._flush_predictions()
         if self.map_edge is not None:
-            self.map_edge.frame_decoded(arrival.frame_seq, image)
-        self._pending = (arrival.index, arrival.frame_seq, image)
+            self.map_edge.frame_decoded(arrival.frame_seq)
+        self._pending = (arrival.index, arrival.frame_seq, image, reference)
         if not self._busy:
             self._start_job(now)
 
@@ -484,7 +489,7 @@ class PointReplay:
     def _start_job(self, now: float) -> None:
         if self._pending is None:
             return
-        index, frame_seq, image = self._pending
+        index, frame_seq, image, reference = self._pending
         self._pending = None
         self._busy = True
         self._frames["segmented"][index] = True
@@ -492,7 +497,7 @@ class PointReplay:
         if self.map_edge is not None and self.map_edge.wants(now, capture_s):
             self.counters["jobs_map"] += 1
             done = now + 1e-3 * self.timing.map_ms
-            sent = self.map_edge.compute(image, frame_seq, capture_s, now, done)
+            sent = self.map_edge.compute(image, reference, capture_s, now, done)
             size = qp_map_bytes(len(sent.data))
             self._frames["feedback_bytes"][index] += size
             self.counters["maps_sent"] += 1
