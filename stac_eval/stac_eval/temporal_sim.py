@@ -41,16 +41,14 @@ from stac_encoder.qp_map_receiver import QPMapReceiver, ReceivedMapFields
 from stac_encoder.rate_control import RateControlConfig
 from stac_encoder.robot_encoder import QPMapUpdate, RobotEncoderConfig
 from stac_encoder.robot_loop import RobotLoop, RobotLoopConfig
-from stac_eval.baselines import two_level_allocation
 from stac_eval.replay.link import Downlink, LinkConfig, Uplink
-from stac_eval.replay.simulation import confusion
+from stac_eval.replay.simulation import MapEdge, confusion
 from stac_eval.replay.truth import EdgeTiming
 from stac_eval.replay.wire import encoded_frame_bytes, qp_map_bytes
 from stac_sensitivity.calibration import MAP_ONLY_AQ_STRENGTH
-from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder, FeedbackMap
+from stac_sensitivity.feedback import FeedbackMap
 from stac_sensitivity.online import QPMapComputer
 
-FEEDBACK_SESSION_ID = 1
 X264_AQ_STRENGTH = 1.0
 
 
@@ -165,55 +163,6 @@ def segmentation_mask_bytes(data_bytes: int, frame_id: str = "camera") -> int:
     return 4 + offset
 
 
-class _MapRule:
-    """The sensitivity node's rule for which frames get a map (as the replay's _MapEdge)."""
-
-    def __init__(self, variant: Variant, computer: QPMapComputer, settings: SimSettings):
-        self.variant, self.computer, self.settings = variant, computer, settings
-        hysteresis = settings.hysteresis_levels if variant.maps == "stac" else 0
-        self.feedback = FeedbackEncoder(
-            FeedbackConfig(hysteresis, settings.key_map_interval), session_id=FEEDBACK_SESSION_ID
-        )
-        self._decoded_since_map = 0
-        self._requested = True
-        self._last_stamp_s: float | None = None
-        self._next_allowed_s = 0.0
-
-    def frame_decoded(self) -> None:
-        self._decoded_since_map += 1
-
-    def wants(self, now_s: float, stamp_s: float) -> bool:
-        if self._requested:
-            return True
-        period = self.settings.period_frames
-        if not period or self._decoded_since_map < period or now_s < self._next_allowed_s:
-            return False
-        last = self._last_stamp_s
-        elapsed = stamp_s - last if last is not None else math.inf
-        return elapsed >= self.settings.min_map_interval_s or elapsed < 0
-
-    def compute(
-        self,
-        image: np.ndarray,
-        reference: np.ndarray | None,
-        stamp_s: float,
-        start_s: float,
-        end_s: float,
-    ):
-        self._requested = False
-        self._decoded_since_map = 0
-        self._last_stamp_s = stamp_s
-        share = self.settings.max_compute_share
-        self._next_allowed_s = end_s + (end_s - start_s) * (1.0 - share) / share
-        result = self.computer.compute(image, reference)
-        allocation = result.allocation
-        if self.variant.maps == "two_level":
-            allocation = two_level_allocation(
-                result.macroblock_sensitivity, self.settings.two_level_top_fraction
-            )
-        return self.feedback.encode(allocation), result.class_ids
-
-
 @dataclass
 class _Job:
     index: int
@@ -273,7 +222,7 @@ class TemporalSim:
             )
         )
         self.receiver = QPMapReceiver(settings.max_abs_offset_qp) if variant.maps else None
-        self.map_rule = _MapRule(variant, computer, settings) if variant.maps else None
+        self.map_rule = MapEdge(variant, computer, settings) if variant.maps else None
         self.decoder = EncodedStreamDecoder()
         self.counters = dict.fromkeys(
             ("sent", "idr", "maps", "masks", "jobs_map", "jobs_segment", "skipped", "lost"), 0
@@ -400,7 +349,7 @@ class TemporalSim:
         if stride and index % stride == 0 and self.variant.mode == "stream":
             self._score_decoded(position, index, decoded.image)
         if self.map_rule is not None:
-            self.map_rule.frame_decoded()
+            self.map_rule.frame_decoded(frame_seq)
         job = _Job(position, frame_seq, decoded.image, self.decoder.reference_image)
         if self.variant.mode == "stream" and self._queue:  # the newest frame only
             self.counters["skipped"] += len(self._queue)

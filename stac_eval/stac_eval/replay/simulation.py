@@ -7,7 +7,7 @@ edge container's: `EncodedStreamDecoder` decodes every access unit that arrives;
 takes the newest decoded frame whenever it is free (a frame replaced before the worker got to
 it is skipped) and holds it for the edge's compute time (`EdgeTiming`). For the map methods the
 worker runs the sensitivity pass instead of a plain forward when the sensitivity node's rule
-says a map is due (`_MapEdge`: period_frames, min_map_interval_s, max_compute_share), through
+says a map is due (`MapEdge`: period_frames, min_map_interval_s, max_compute_share), through
 `QPMapComputer` and `FeedbackEncoder`, and the map travels back over the downlink to the
 robot's receiver; the robot applies the newest map from the next frame it encodes after the
 map arrived (warped by flow). Masks travel back over the downlink too.
@@ -184,15 +184,17 @@ class PointResult:
         )
 
 
-class _MapEdge:
+class MapEdge:
     """Which frames get a map, by the sensitivity node's rule in the edge container
     (SensitivityNode.frame_decoded / wants / segment, with the simulated clock for its
     monotonic one), around the real cores: the first frame, then the first frame the worker
     takes once `period_frames` frames were decoded, `min_map_interval_s` of camera time
     passed since the last map's frame, and the worker spent at most `max_compute_share` of its
-    time on maps."""
+    time on maps. Shared by the replay and stac-bench temporal's simulation (settings: their
+    ReplaySettings or SimSettings, which both carry the fields used here; method: anything
+    with `maps`, "stac" or "two_level")."""
 
-    def __init__(self, method: Method, computer: QPMapComputer, settings: ReplaySettings):
+    def __init__(self, method, computer: QPMapComputer, settings) -> None:
         self.method = method
         self.computer = computer
         self.settings = settings
@@ -235,7 +237,7 @@ class _MapEdge:
         end_s: float,
     ):
         """The map of `image` (a job from start_s to end_s; reference: the picture decoded
-        before it) as it goes out."""
+        before it) as it goes out, and the class ids of the same forward pass."""
         self._compute_requested = False
         self._decoded_since_map = 0
         self._last_map_stamp_s = stamp_s
@@ -247,7 +249,7 @@ class _MapEdge:
             allocation = two_level_allocation(
                 result.macroblock_sensitivity, self.settings.two_level_top_fraction
             )
-        return self.feedback.encode(allocation)
+        return self.feedback.encode(allocation), result.class_ids
 
 
 @dataclass
@@ -288,7 +290,7 @@ class PointReplay:
         self.uplink = Uplink(link)
         self.downlink = Downlink(link)
         self.recording = Recording() if record else None
-        self.map_edge = _MapEdge(method, computer, settings) if method.maps else None
+        self.map_edge = MapEdge(method, computer, settings) if method.maps else None
         self.computer = computer
         self.robot: RobotEncoder | None = None
         self.receiver: QPMapReceiver | None = None
@@ -497,7 +499,7 @@ class PointReplay:
         if self.map_edge is not None and self.map_edge.wants(now, capture_s):
             self.counters["jobs_map"] += 1
             done = now + 1e-3 * self.timing.map_ms
-            sent = self.map_edge.compute(image, reference, capture_s, now, done)
+            sent, _ = self.map_edge.compute(image, reference, capture_s, now, done)
             size = qp_map_bytes(len(sent.data))
             self._frames["feedback_bytes"][index] += size
             self.counters["maps_sent"] += 1
