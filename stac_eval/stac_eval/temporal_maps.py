@@ -143,7 +143,7 @@ def _uniform_and_maps(context, crf: float) -> tuple[dict, dict]:
     encoder, decoder = _encoder(context, crf, warp=False), EncodedStreamDecoder()
     classes = context.model.num_classes
     total = np.zeros((classes, classes + 1), np.int64)
-    sizes, maps, previous = 0, {}, None
+    sizes, maps = 0, {}
     with progress_bar(total=len(context.frames), desc=f"uniform + maps crf {crf:g}") as bar:
         for position, frame in enumerate(context.frames):
             result = encoder.encode(frame.image, frame.offset_s)
@@ -153,9 +153,9 @@ def _uniform_and_maps(context, crf: float) -> tuple[dict, dict]:
             if decoded.ok and _scored(position, stride):
                 total += _score(context, position, decoded.image)
             if decoded.ok and position % period == 0:
-                allocation = context.computer.compute(decoded.image, previous).allocation
+                reference = decoder.reference_image
+                allocation = context.computer.compute(decoded.image, reference).allocation
                 maps[position] = (allocation.offsets_qp, len(encode_qp_map(allocation)))
-            previous = decoded.image if decoded.ok else None
             bar.update(1)
     encoder.close()
     kbps = 8.0 * sizes * context.fps / len(context.frames) / 1e3
