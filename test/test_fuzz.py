@@ -1,10 +1,11 @@
 """Property-based fuzzing (hypothesis) of every decoder of outside bytes.
 
 Each target gets arbitrary and mutated input; the properties: nothing but the module's domain
-error comes out (WireFormatError, ImageConversionError, SourceError, ModelConfigError,
-CalibrationError; the H.264 decoders raise nothing at all and report CORRUPT), no example runs
-past its deadline (no hang), no forged size makes anything allocate more than the input holds,
-and a damaged H.264 access unit never comes out as a picture other than the undamaged one.
+error comes out (WireFormatError, MaskWireError, ImageConversionError, SourceError,
+ModelConfigError, CalibrationError; the H.264 decoders raise nothing at all and report
+CORRUPT), no example runs past its deadline (no hang), no forged size makes anything allocate
+more than the input holds (or, for masks, the receiver's budget), and a damaged H.264 access
+unit never comes out as a picture other than the undamaged one.
 
 Reproducible in CI: derandomize=True, no example database; the example counts keep the whole
 module at about a minute on two shared cores.
@@ -16,6 +17,8 @@ import binascii
 import json
 import struct
 import tempfile
+import tracemalloc
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,6 +30,7 @@ from hypothesis import strategies as st
 
 from stac_codec.h264_decoder import DecodeStatus, H264Decoder
 from stac_codec.h264_encoder import EncoderConfig, QPMapEncoder
+from stac_codec.mask_wire import MaskWireError, decode_mask, encode_mask
 from stac_codec.qp_map import QPLevelMap
 from stac_codec.qp_map_wire import WireFormatError, decode_qp_map, encode_qp_map
 from stac_edge_segmenter.edge_decoding import EncodedStreamDecoder
@@ -113,6 +117,62 @@ def test_qp_map_wire_mutated_real_maps(which, edits, cut, fix_checksum):
     if fix_checksum and len(data) > 2:
         data[-2:] = struct.pack(">H", binascii.crc_hqx(bytes(data[:-2]), 0))
     _decode_map(bytes(data), REFERENCE)
+
+
+# --- Mask wire form (the edge's masks back to the robot) -----------------------------------
+
+MASK_SHAPE = (48, 64)
+MASK_BYTES = encode_mask(np.repeat(np.arange(6, dtype=np.uint8), 8)[:, None].repeat(64, axis=1))
+
+
+def _decode_robot_mask(data: bytes) -> None:
+    """The robot's budget is the frame it holds: whatever the bytes declare, only
+    MaskWireError comes out and nothing much beyond that budget is allocated."""
+    budget = MASK_SHAPE[0] * MASK_SHAPE[1]
+    tracemalloc.start()
+    try:
+        mask = decode_mask(data, max_pixels=budget)
+        assert mask.size <= budget
+    except MaskWireError:
+        pass
+    finally:
+        _, peak_bytes = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak_bytes < 64 * budget + 4 * len(data) + 2**16
+
+
+@settings(FUZZ, max_examples=300)
+@given(
+    version=st.sampled_from([1, 1, 1, 0, 2, 255]),
+    width=st.one_of(st.integers(0, 80), st.sampled_from([64, 16384, 65535])),
+    height=st.one_of(st.integers(0, 60), st.sampled_from([48, 16384, 65535])),
+    runs=st.one_of(st.integers(0, 4000), st.integers(0, 2**32 - 1)),
+    payload=st.binary(max_size=200),
+    deflate=st.booleans(),
+)
+def test_mask_wire_forged_headers_with_valid_checksums(
+    version, width, height, runs, payload, deflate
+):
+    body = struct.pack(">BHHI", version, width, height, runs)
+    body += zlib.compress(payload) if deflate else payload
+    _decode_robot_mask(body + struct.pack(">I", zlib.crc32(body)))
+
+
+@settings(FUZZ, max_examples=300)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), min_size=1, max_size=4),
+    cut=st.one_of(st.none(), st.integers(0, 200)),
+    fix_checksum=st.booleans(),
+)
+def test_mask_wire_mutated_real_masks(edits, cut, fix_checksum):
+    data = bytearray(MASK_BYTES)
+    for position, xor in edits:
+        data[position % len(data)] ^= xor
+    if cut is not None:
+        data = data[: cut % (len(data) + 1)]
+    if fix_checksum and len(data) > 4:
+        data[-4:] = struct.pack(">I", zlib.crc32(bytes(data[:-4])))
+    _decode_robot_mask(bytes(data))
 
 
 # --- H.264 access units through the edge's decoders -----------------------------------------

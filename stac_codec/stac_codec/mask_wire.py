@@ -62,22 +62,32 @@ def encode_mask(class_ids: np.ndarray) -> bytes:
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def decode_mask(data: bytes, max_pixels: int = MAX_SIDE_PIXELS * MAX_SIDE_PIXELS) -> np.ndarray:
-    """Inverse of encode_mask; MaskWireError on anything malformed or larger than max_pixels."""
-    data = bytes(data)
+def mask_size(data: bytes) -> tuple[int, int]:
+    """(width, height) the header declares, read without decoding anything: what a receiver
+    checks against the picture it holds before it lets the decoder allocate."""
     if len(data) < _HEADER.size + _CRC.size:
         raise MaskWireError(f"{len(data)} bytes is shorter than header and checksum")
+    version, width, height, _ = _HEADER.unpack_from(data)
+    if version != MASK_WIRE_VERSION:
+        raise MaskWireError(f"mask wire version {version}, this decoder reads {MASK_WIRE_VERSION}")
+    if not (1 <= width <= MAX_SIDE_PIXELS and 1 <= height <= MAX_SIDE_PIXELS):
+        raise MaskWireError(f"a {width}x{height} mask is outside the wire form's bounds")
+    return width, height
+
+
+def decode_mask(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """Inverse of encode_mask; MaskWireError on anything malformed or larger than max_pixels
+    (the receiver's budget, e.g. the pixels of the frame it holds: a forged header must not
+    make it allocate more; the work and memory are bounded by max_pixels)."""
+    data = bytes(data)
+    width, height = mask_size(data)
+    pixels = width * height
+    if pixels > max_pixels:
+        raise MaskWireError(f"a {width}x{height} mask is larger than {max_pixels} pixels")
     body, (checksum,) = data[: -_CRC.size], _CRC.unpack(data[-_CRC.size :])
     if zlib.crc32(body) != checksum:
         raise MaskWireError("checksum mismatch: the mask was damaged or truncated")
-    version, width, height, runs = _HEADER.unpack_from(body)
-    if version != MASK_WIRE_VERSION:
-        raise MaskWireError(f"mask wire version {version}, this decoder reads {MASK_WIRE_VERSION}")
-    pixels = width * height
-    if not (1 <= width <= MAX_SIDE_PIXELS and 1 <= height <= MAX_SIDE_PIXELS):
-        raise MaskWireError(f"a {width}x{height} mask is outside the wire form's bounds")
-    if pixels > max_pixels:
-        raise MaskWireError(f"a {width}x{height} mask is larger than {max_pixels} pixels")
+    runs = _HEADER.unpack_from(body)[3]
     if not 1 <= runs <= pixels:
         raise MaskWireError(f"{runs} runs cannot make a {width}x{height} mask")
     limit = runs * (1 + _MAX_VARINT_BYTES)

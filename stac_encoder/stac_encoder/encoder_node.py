@@ -35,7 +35,7 @@ from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from stac_codec.h264_encoder import PRESETS, EncoderConfig
-from stac_codec.mask_wire import ENCODING_NAME, MaskWireError, decode_mask
+from stac_codec.mask_wire import ENCODING_NAME, MaskWireError, decode_mask, mask_size
 from stac_encoder.frame_flow import DIS_PRESETS, FlowConfig
 from stac_encoder.keyframes import KeyframeConfig
 from stac_encoder.mask_warp import mask_overlay
@@ -376,23 +376,42 @@ class EncoderNode(Node):
         self.statistics.count("robot_masks")
 
     def _on_mask(self, msg: SegmentationMask) -> None:
+        """A mask from the edge. Anything on the domain can publish here: the declared size is
+        checked against the frames the robot holds before the decoder allocates anything, and
+        no exception leaves this callback (a refusal is counted and logged once per kind)."""
         self.statistics.add_mask_feedback(time.monotonic(), serialized_size_bytes(msg))
+        try:
+            self._take_mask(msg)
+        except Exception as error:  # noqa: BLE001 - a message must never kill the node
+            self._refuse_mask("mask/internal", f"mask refused: {type(error).__name__}: {error}")
+
+    def _take_mask(self, msg: SegmentationMask) -> None:
         if msg.encoding != ENCODING_NAME:
             self._refuse_mask("mask/encoding", f"mask refused: unknown encoding {msg.encoding!r}")
             return
+        frame_size = self.loop.frame_size
+        if frame_size is None:
+            self._refuse_mask("mask/no_frame", "mask refused: no camera frame yet to size it")
+            return
+        if (msg.width, msg.height) != frame_size:
+            self._refuse_mask(
+                "mask/size",
+                f"mask refused: {msg.width}x{msg.height} for frames of "
+                f"{frame_size[0]}x{frame_size[1]}",
+            )
+            return
         try:
-            class_ids = decode_mask(field_as_numpy(msg.data).tobytes())
-            if class_ids.shape != (msg.height, msg.width):
+            data = field_as_numpy(msg.data).tobytes()
+            declared = mask_size(data)
+            if declared != frame_size:
                 raise MaskWireError(
-                    f"header says {msg.width}x{msg.height}, the data holds "
-                    f"{class_ids.shape[1]}x{class_ids.shape[0]}"
+                    f"header says {msg.width}x{msg.height}, the data declares "
+                    f"{declared[0]}x{declared[1]}"
                 )
+            class_ids = decode_mask(data, max_pixels=frame_size[0] * frame_size[1])
             adopted = self.loop.submit_mask(class_ids, msg.source_frame_seq)
         except (MaskWireError, ImageConversionError) as error:
             self._refuse_mask("mask/damaged", f"mask refused: {error}")
-            return
-        except ValueError as error:  # another picture size than the frames now
-            self._refuse_mask("mask/size", f"mask refused: {error}")
             return
         if not adopted:
             self._refuse_mask(

@@ -103,6 +103,12 @@ class RobotLoop:
     def flow(self) -> FrameFlow:
         return self._flow
 
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        """(width, height) of the camera frames now, None before the first: the size every
+        mask from the edge must have."""
+        return (self._flow.width, self._flow.height) if self._sized else None
+
     def _ensure_flow(self, width: int, height: int) -> None:
         if self._sized and (self._flow.width, self._flow.height) == (width, height):
             return

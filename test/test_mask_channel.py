@@ -1,0 +1,119 @@
+"""The robot's mask channel against forged messages, in process (no DDS traffic): a
+SegmentationMask with a valid checksum that declares a huge picture is refused before the
+decoder allocates anything, and no exception of any kind leaves the callback.
+
+Before this was fixed, a 34-byte forged mask made encoder_node allocate 268 MB, and a 522 KB
+one killed it with a MemoryError out of its mask callback."""
+
+from __future__ import annotations
+
+import struct
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+import rclpy
+
+from stac_codec.mask_wire import ENCODING_NAME, encode_mask
+from stac_encoder.encoder_node import EncoderNode
+from stac_msgs.msg import SegmentationMask
+from stac_ros_common.image_conversion import numpy_to_image
+from stac_ros_common.image_pixels import to_uint8_field
+
+WIDTH, HEIGHT = 64, 48
+HUGE_SIDE = 16384
+MAX_RUN = (1 << 21) - 1  # the longest run three varint bytes hold
+
+
+def _forged_huge_mask() -> bytes:
+    """A CRC-valid wire mask whose runs really cover 16384x16384 pixels: 34-odd bytes that
+    decode to 268 MB."""
+    pixels = HUGE_SIDE * HUGE_SIDE
+    runs = [MAX_RUN] * (pixels // MAX_RUN) + [pixels % MAX_RUN]
+    varints = b"".join(
+        bytes([(r & 0x7F) | 0x80, ((r >> 7) & 0x7F) | 0x80, r >> 14]) if r >= 1 << 14
+        else bytes([(r & 0x7F) | 0x80, r >> 7])
+        for r in runs
+    )  # fmt: skip
+    body = struct.pack(">BHHI", 1, HUGE_SIDE, HUGE_SIDE, len(runs))
+    body += zlib.compress(bytes(len(runs)) + varints, 9)
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def _mask_message(data: bytes, width: int, height: int, source_frame_seq: int = 1):
+    msg = SegmentationMask(
+        source_frame_seq=source_frame_seq,
+        width=width,
+        height=height,
+        encoding=ENCODING_NAME,
+        num_classes=11,
+    )
+    msg.data = to_uint8_field(data)
+    return msg
+
+
+@pytest.fixture
+def robot():
+    rclpy.init(args=["--ros-args", "-r", "__node:=mask_channel_test_robot"])
+    node = EncoderNode()
+    frame = np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    node._on_image(numpy_to_image(frame, "rgb8"))  # the robot now holds 64x48 frames
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _rejected(node) -> dict[str, int]:
+    return node._rejections.counts()
+
+
+@pytest.mark.parametrize("declared", ["huge", "frame_size"])
+def test_a_forged_huge_mask_is_refused_before_anything_is_allocated(robot, declared):
+    data = _forged_huge_mask()
+    assert len(data) < 200
+    side = (HUGE_SIDE, HUGE_SIDE) if declared == "huge" else (WIDTH, HEIGHT)
+    tracemalloc.start()
+    try:
+        robot._on_mask(_mask_message(data, *side))
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak_bytes < 8 * 2**20, f"the forged mask made the robot allocate {peak_bytes} B"
+    assert robot.statistics.counters.masks_rejected == 1
+    assert robot.statistics.counters.masks_received == 0
+    kind = "mask/size" if declared == "huge" else "mask/damaged"
+    assert _rejected(robot) == {kind: 1}
+
+
+def test_a_mask_before_any_camera_frame_is_refused():
+    rclpy.init(args=["--ros-args", "-r", "__node:=mask_channel_test_fresh"])
+    try:
+        node = EncoderNode()
+        mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+        node._on_mask(_mask_message(encode_mask(mask), WIDTH, HEIGHT))
+        assert node._rejections.counts() == {"mask/no_frame": 1}
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+
+
+def test_no_exception_of_any_kind_leaves_the_mask_callback(robot, monkeypatch):
+    def out_of_memory(*_args, **_kwargs):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(robot.loop, "submit_mask", out_of_memory)
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    robot._on_mask(_mask_message(encode_mask(mask), WIDTH, HEIGHT))
+    robot._on_mask(_mask_message(encode_mask(mask), WIDTH, HEIGHT))
+    assert _rejected(robot) == {"mask/internal": 2}
+    assert robot.statistics.counters.masks_rejected == 2
+
+
+def test_a_good_mask_of_the_frame_size_is_still_adopted(robot):
+    mask = np.full((HEIGHT, WIDTH), 3, np.uint8)
+    robot._on_mask(_mask_message(encode_mask(mask), WIDTH, HEIGHT))
+    assert robot.statistics.counters.masks_received == 1
+    assert _rejected(robot) == {}
