@@ -101,8 +101,13 @@ write_env_file() {
 source "$VENV/bin/activate"
 export AMENT_PREFIX_PATH="$VENV\${AMENT_PREFIX_PATH:+:\$AMENT_PREFIX_PATH}"
 source "$ROOT/install/setup.bash"
-# User-facing commands (stac-train, stac-bench, stac-demo) live in the packages' lib dirs.
-export PATH="$ROOT/install/stac_eval/lib/stac_eval:$ROOT/install/stac_edge_segmenter/lib/stac_edge_segmenter:\$PATH"
+# User-facing commands (stac-train, stac-bench, stac-demo) and the nodes' executables
+# (encoder_node, edge_container, ...: what ros2 run would start) live in the lib dirs.
+for package in ${PACKAGES[*]}; do
+  if [ -d "$ROOT/install/\$package/lib/\$package" ]; then
+    export PATH="$ROOT/install/\$package/lib/\$package:\$PATH"
+  fi
+done
 # DDS stays on this machine unless the user says otherwise.
 export ROS_AUTOMATIC_DISCOVERY_RANGE="\${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 EOF

@@ -1,18 +1,10 @@
 """`segmenter_node` (edge): H.264 from the robot in, class-id masks and overlays out.
 
-Topics:
-  encoded        stac_msgs/EncodedFrame      in
-  mask           sensor_msgs/Image mono8     out  class id per pixel, header = the camera
-                                                  frame's (on the edge)
-  overlay        sensor_msgs/Image rgb8      out  mask colours over the decoded frame, for rviz
-  mask_feedback  stac_msgs/SegmentationMask  out  the same mask for the robot, in the compact
-                                                  lossless wire form of stac_codec.mask_wire
-                                                  (~2.7 kB at 960x540), which the robot warps
-                                                  to every camera frame
-Client request_keyframe (std_srvs/Trigger; remap to the robot's /stac_encoder/request_keyframe):
-  after a lost or damaged access unit, or on joining a running stream, the segmenter asks the
-  robot for a keyframe (at most every `keyframe_request_interval_s`) instead of waiting for the
-  next GOP; the time from such an outage to the next mask is reported as recovery_ms_max.
+Its topics, its keyframe-request client and the service it calls are in ENDPOINTS below
+(docs/reference.md lists them with types and QoS, read from the running node). After a lost
+or damaged access unit, or on joining a running stream, the segmenter asks the robot for a
+keyframe (at most every `keyframe_request_interval_s`) instead of waiting for the next GOP;
+the time from such an outage to the next mask is reported as recovery_ms_max.
 
 Every access unit is decoded in the subscription callback (P-frames need their references);
 inference runs in a worker thread on the newest decoded frame only. A decoded frame that a
@@ -50,6 +42,17 @@ from stac_ros_common.qos import ENCODED_QOS_KINDS, MASK_FEEDBACK_QOS, OUTPUT_QOS
 from stac_ros_common.rejections import RejectionLog
 from stac_ros_common.statistics import NodeStatistics
 from stac_ros_common.wire_size import serialized_size_bytes
+
+# Every topic and service client of the node, by the name it creates (remap as needed).
+ENDPOINTS = {
+    "encoded": "The robot's H.264 access units; every one is decoded (QoS set by encoded_qos).",
+    "mask": "Class id per pixel (mono8), header = the camera frame's.",
+    "overlay": "Mask colours over the decoded frame (rgb8), for viewers (publish_overlay).",
+    "mask_feedback": "The same mask for the robot in stac_codec.mask_wire's lossless form "
+    "(~2.7 kB at 960x540), which the robot warps to every camera frame.",
+    "request_keyframe": "Client: asks the robot for a keyframe after a loss or on joining; "
+    "remap to the encoder's ~/request_keyframe.",
+}
 
 PARAMETERS = (
     *MODEL_PARAMETERS,

@@ -1,18 +1,8 @@
 """`encoder_node` (robot): camera images in, H.264 access units out, maps and masks from the
 edge, and a mask for every camera frame.
 
-A thin shell over `stac_encoder.robot_loop.RobotLoop`. Topics (remap as needed):
-  image           sensor_msgs/Image           in   the camera (rgb8, bgr8 or mono8)
-  qp_map          stac_msgs/QPMap             in   maps from the edge's sensitivity node
-  mask_feedback   stac_msgs/SegmentationMask  in   the edge's masks (compact wire form)
-  encoded         stac_msgs/EncodedFrame      out  every frame (stream) or keyframes only
-  robot_mask      sensor_msgs/Image mono8     out  for every camera frame: the edge's newest
-                                                   mask warped to it (the camera's stamp)
-  robot_mask_age  stac_msgs/MaskAge           out  how old that mask is (same stamp)
-  robot_overlay   sensor_msgs/Image rgb8      out  that mask's colours over the camera frame,
-                                                   for rviz (publish_robot_overlay)
-Service ~/request_keyframe (std_srvs/Trigger): the next frame is an IDR picture (in keyframe
-mode it is sent at once).
+A thin shell over `stac_encoder.robot_loop.RobotLoop`. Its topics and its service are in
+ENDPOINTS below (docs/reference.md lists them with types and QoS, read from the running node).
 Parameter `mode`: stream (every frame encoded and sent) or keyframe (only frames whose
 propagated state went stale, when the edge is free). `target_kbps` (changeable at run time:
 `ros2 param set /stac_encoder target_kbps 600`) holds a bitrate with the QP map applied.
@@ -65,6 +55,20 @@ from stac_ros_common.statistics import NodeStatistics
 from stac_ros_common.wire_size import serialized_size_bytes
 
 PIXEL_FORMAT_BY_ENCODING = {"rgb8": "rgb24", "bgr8": "bgr24", "mono8": "rgb24"}
+
+# Every topic and service of the node, by the name it creates (remap as needed).
+ENDPOINTS = {
+    "image": "The camera (rgb8, bgr8 or mono8); QoS set by camera_qos.",
+    "qp_map": "QP maps from the edge's sensitivity node (compact wire form).",
+    "mask_feedback": "The edge's masks (compact wire form), warped here to every camera frame.",
+    "encoded": "One H.264 access unit a message: every frame (stream) or keyframes only.",
+    "robot_mask": "For every camera frame (its stamp): the edge's newest mask warped to it, "
+    "mono8 class ids (all 255 until the edge's first mask).",
+    "robot_mask_age": "How old that mask is (same stamp): frames, seconds, source stamp, warped.",
+    "robot_overlay": "That mask's colours over the camera frame (rgb8) for viewers "
+    "(publish_robot_overlay).",
+    "~/request_keyframe": "The next frame is an IDR picture (in keyframe mode it is sent at once).",
+}
 
 PARAMETERS = (
     ParameterSpec(

@@ -28,6 +28,12 @@ from stac_ros_common.parameter_spec import ParameterSpec
 from stac_ros_common.parameters import declare_parameters
 from stac_ros_common.qos import ENCODED_QOS, camera_qos
 
+# Every topic of the node, by the name it creates (remap as needed).
+ENDPOINTS = {
+    "image": "The frames (rgb8), stamped with the publish time; QoS set by camera_qos.",
+    "encoded": "Pace 'consumed' only: the encoder's output, to know when a frame was taken.",
+}
+
 PARAMETERS = (
     ParameterSpec(
         "uri",

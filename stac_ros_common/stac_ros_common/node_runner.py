@@ -7,13 +7,18 @@ import time
 from collections.abc import Callable, Sequence
 
 import rclpy
-from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from stac_msgs.msg import Statistics
 from stac_ros_common.qos import OUTPUT_QOS, STATISTICS_TOPIC
 from stac_ros_common.statistics import NodeStatistics
+
+# The topic every node publishes through its StatisticsReporter.
+ENDPOINTS = {
+    STATISTICS_TOPIC: "The node's Statistics (frame accounting, link bits/s, latency, "
+    "recovery), once a second.",
+}
 
 
 class StatisticsReporter:
@@ -79,7 +84,7 @@ def spin_until_shutdown(spin: Callable[[], None]) -> None:
         spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except RCLError:
+    except RuntimeError:  # rclpy's RCLError is one; rclpy exports it from no public module
         if rclpy.ok():
             raise
 

@@ -1,10 +1,7 @@
 """`sensitivity_node` (edge): decoded frames in, QP maps back to the robot.
 
-Topics:
-  encoded     stac_msgs/EncodedFrame  in   the robot's stream (decoded here, every frame)
-  qp_map      stac_msgs/QPMap         out  to the robot's encoder (compact wire form)
-  qp_heatmap  sensor_msgs/Image rgb8  out  the frame with its map blended on top, for rviz
-Service ~/compute_now (std_srvs/Trigger): compute a map on the next decoded frame.
+Its topics and its service are in ENDPOINTS below (docs/reference.md lists them with
+types and QoS, read from the running node).
 
 A map is computed every `period_frames` decoded frames (0 = only when asked). On its own, the
 node decodes the stream itself and computes maps in a worker thread on the newest due frame:
@@ -44,6 +41,15 @@ from stac_ros_common.statistics import NodeStatistics
 from stac_ros_common.wire_size import serialized_size_bytes
 from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder, FeedbackMap
 from stac_sensitivity.online import QPMapComputer, qp_heatmap
+
+# Every topic and service of the node, by the name it creates (remap as needed).
+ENDPOINTS = {
+    "encoded": "The robot's stream, decoded here (standalone only: in the edge container the "
+    "segmenter decodes for both).",
+    "qp_map": "QP maps to the robot's encoder (compact wire form: key maps and deltas).",
+    "qp_heatmap": "The frame with its map blended on top (rgb8), for viewers (publish_heatmap).",
+    "~/compute_now": "Compute a map on the next decoded frame.",
+}
 
 PARAMETERS = (
     *MODEL_PARAMETERS,
