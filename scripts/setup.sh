@@ -2,7 +2,8 @@
 # Idempotent set-up of the STAC workspace on a Debian/Ubuntu machine without a ROS install:
 #   1. system tools (cmake, a C++ compiler, iproute2, nftables) via apt when missing;
 #   2. .venv with the pinned ROS 2 Jazzy wheels, torch (CPU), PyAV, OpenCV, rosbags, ...;
-#   3. colcon build of the workspace (stac_msgs and the four Python packages, symlinked);
+#   3. colcon build of the workspace (stac_msgs and the Python packages, symlinked; a
+#      test-only foxglove_msgs where no real one is installed);
 #   4. .venv/stac_env.sh, the environment file to source.
 # Steps 2 and 3 are skipped when their inputs hash to the stamp of the last successful run,
 # so a second run with nothing changed takes a few seconds.
@@ -73,9 +74,25 @@ setup_venv() {
   echo "$want" >"$stamp"
 }
 
+# foxglove_msgs (the edge's live `video` topic) is not in the PyPI wheels: where no real one
+# is installed, a TEST-ONLY stand-in holding CompressedVideo (Foxglove's published schema) is
+# built into the workspace, so the live video can be tested. A real foxglove_msgs (a ROS
+# install, ros-jazzy-foxglove-msgs) always wins.
+FOXGLOVE_STAND_IN=test/interfaces/foxglove_msgs
+
+needs_foxglove_stand_in() {
+  local where
+  where=$("$VENV/bin/python" -c 'import foxglove_msgs, os; print(os.path.dirname(foxglove_msgs.__file__))' \
+            2>/dev/null) || return 0
+  [[ "$where" == "$ROOT/install/"* || "$where" == "$ROOT/build/"* ]]
+}
+
 build_workspace() {
-  local stamp="$VENV/.stac_build_stamp" want inputs
-  inputs=$(find "${PACKAGES[@]}" \( -name package.xml -o -name setup.py -o -name setup.cfg \
+  local stamp="$VENV/.stac_build_stamp" want inputs paths=("${PACKAGES[@]}")
+  if needs_foxglove_stand_in; then
+    paths+=("$FOXGLOVE_STAND_IN")
+  fi
+  inputs=$(find "${paths[@]}" \( -name package.xml -o -name setup.py -o -name setup.cfg \
              -o -name CMakeLists.txt -o -name '*.msg' \) -not -path '*/build/*' | sort)
   # shellcheck disable=SC2086
   want=$(hash_files $inputs "$VENV/.stac_pip_stamp")
@@ -88,7 +105,7 @@ build_workspace() {
     # shellcheck disable=SC1091
     source "$VENV/bin/activate"
     export AMENT_PREFIX_PATH="$VENV"
-    colcon build --symlink-install --base-paths "${PACKAGES[@]}" \
+    colcon build --symlink-install --base-paths "${paths[@]}" \
       --event-handlers console_cohesion- summary+ \
       --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF
   )

@@ -22,6 +22,7 @@ setup(
             "stac-demo = stac_eval.ros.demo:main",
             "stac-calibrate = stac_eval.calibrate:main",
             "stac-replay = stac_eval.replay.cli:main",
+            "stac-record = stac_eval.ros.recorder_node:main",
         ],
     },
 )

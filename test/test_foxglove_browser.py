@@ -14,8 +14,9 @@ the page has posted its results (decoding is asynchronous; `--virtual-time-budge
 
 Two streams: ~30 frames from QPMapEncoder with a QP map and a keyframe forced in the middle,
 written through stac_eval.foxglove_video into a small mcap with rosbags (fast, no ROS graph),
-also played from the forced keyframe on as a seeking viewer would; and the bag of the real
-graph run shared with test_graph_e2e.py (conftest.graph_run). Negative controls (a keyframe
+also played from the forced keyframe on as a seeking viewer would; and the edge's live
+`video` topic of the real graph run shared with test_graph_e2e.py (conftest.graph_run), as
+its recorder wrote it into the bag. Negative controls (a keyframe
 without SPS/PPS, two frames in one message) show that the browser check does fail.
 """
 
@@ -408,8 +409,14 @@ def test_encoder_stream_plays_in_chromium(encoder_bag, chromium, tmp_path):
 
 @pytest.mark.dds
 @pytest.mark.slow
-def test_graph_bag_video_plays_in_chromium(graph_run, chromium, tmp_path):
+def test_the_edges_live_video_plays_in_chromium(graph_run, chromium, tmp_path):
+    """The edge's live `video` topic (recorded as it came) holds every access unit the robot
+    sent, unchanged, and plays in the browser as Foxglove would play it."""
     result, out_dir = graph_run
+    assert result.video_live, (
+        "the recorder found no foxglove_msgs, so the bag's video is not the edge's live topic "
+        "(scripts/setup.sh builds a test-only foxglove_msgs where no real one is installed)"
+    )
     assert not result.video_errors, f"frames left out of {VIDEO_TOPIC}: {result.video_errors}"
     messages = read_video(out_dir / "bag")
     encoded = {

@@ -38,10 +38,21 @@ from stac_ros_common.newest_item_worker import NewestItemWorker
 from stac_ros_common.node_runner import StatisticsReporter, run_node, stamp_to_s
 from stac_ros_common.parameter_spec import ParameterSpec
 from stac_ros_common.parameters import declare_parameters
-from stac_ros_common.qos import ENCODED_QOS_KINDS, MASK_FEEDBACK_QOS, OUTPUT_QOS, encoded_qos
+from stac_ros_common.qos import (
+    ENCODED_QOS,
+    ENCODED_QOS_KINDS,
+    MASK_FEEDBACK_QOS,
+    OUTPUT_QOS,
+    encoded_qos,
+)
 from stac_ros_common.rejections import RejectionLog
 from stac_ros_common.statistics import NodeStatistics
 from stac_ros_common.wire_size import serialized_size_bytes
+
+try:  # optional: the live video for Foxglove (ros-jazzy-foxglove-msgs)
+    from foxglove_msgs.msg import CompressedVideo
+except ImportError:
+    CompressedVideo = None
 
 # Every topic and service client of the node, by the name it creates (remap as needed).
 ENDPOINTS = {
@@ -52,6 +63,9 @@ ENDPOINTS = {
     "(~2.7 kB at 960x540), which the robot warps to every camera frame.",
     "request_keyframe": "Client: asks the robot for a keyframe after a loss or on joining; "
     "remap to the encoder's ~/request_keyframe.",
+    "video": "Every access unit the edge decoded, unchanged, as Foxglove's CompressedVideo "
+    "(capture stamp, format h264), so foxglove_bridge shows the robot's stream live; only "
+    "where foxglove_msgs is installed.",
 }
 
 PARAMETERS = (
@@ -106,6 +120,14 @@ class SegmenterNode(Node):
             EncodedFrame, "encoded", self._on_encoded, encoded_qos(self.params["encoded_qos"])
         )
         self._keyframe_client = self.create_client(Trigger, "request_keyframe")
+        self._video_publisher = None
+        if CompressedVideo is None:
+            self.get_logger().info(
+                "foxglove_msgs is not installed: no live video on 'video' (install "
+                "ros-jazzy-foxglove-msgs to watch the robot's stream in Foxglove)"
+            )
+        else:
+            self._video_publisher = self.create_publisher(CompressedVideo, "video", ENCODED_QOS)
         self._resync = ResyncTracker(self.params["keyframe_request_interval_s"])
         self._resync_lock = threading.Lock()
         self._rejections = RejectionLog(self.get_logger().warning)
@@ -145,6 +167,7 @@ class SegmenterNode(Node):
                 f"frame {msg.frame_seq} not decoded ({result.status.value}): {result.detail}",
             )
             return
+        self._republish_video(msg)
         frame = DecodedFrame(msg.header, msg.frame_seq, result.image, self._decoder.reference_image)
         if self.hook is not None:
             self.hook.frame_decoded(frame)
@@ -153,6 +176,18 @@ class SegmenterNode(Node):
         if displaced is not None:
             self.statistics.count("frames_pending", -1)
             self.statistics.count("frames_skipped")
+
+    def _republish_video(self, msg: EncodedFrame) -> None:
+        """The access unit, unchanged, as CompressedVideo on `video` (when foxglove_msgs is
+        installed). Only units the decoder accepted go out: a viewer cannot play what the edge
+        refused (damaged, forged, or waiting for a keyframe)."""
+        if self._video_publisher is None:
+            return
+        video = CompressedVideo(
+            timestamp=msg.header.stamp, frame_id=msg.header.frame_id, format=msg.codec
+        )
+        video.data = msg.data
+        self._video_publisher.publish(video)
 
     def _on_segment_error(self, frame: DecodedFrame, error: Exception) -> None:
         self.statistics.count("frames_failed")

@@ -1,10 +1,21 @@
-"""The demo's recorder: a ROS node that watches the graph's topics and keeps what the report
-needs (sizes, stamps, masks, statistics), writing a rosbag2 (mcap) that Foxglove opens and an
-mp4 of the mask overlay.
+"""The graph's recorder, `stac-record`: a ROS node that watches the graph's topics and writes
+an MCAP rosbag2 that Foxglove and Lichtblick play (the robot's video, masks, overlays, QP maps
+and heatmaps, the robot's masks, statistics), each mask as a PNG, and optionally an mp4 of the
+mask overlay. The demo and the live benchmarks run the same recorder in their own process and
+also keep what their reports need (sizes, stamps, statistics) in a GraphRunResult.
+
+    stac-record --out DIR [--duration-s S] [--overlay-video]
+
+The video channel (VIDEO_TOPIC, foxglove_msgs/msg/CompressedVideo) is the edge's live `video`
+topic, recorded as it is, where foxglove_msgs is installed here (the edge publishes it then);
+elsewhere the recorder writes each EncodedFrame's access unit as CompressedVideo itself
+(stac_eval.foxglove_video). Either way every message is checked to play in those viewers, and
+one that would not is left out and counted.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -15,6 +26,7 @@ import cv2
 import numpy as np
 import rclpy
 from ament_index_python.packages import get_package_share_directory
+from rclpy.executors import ExternalShutdownException
 from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
@@ -24,6 +36,7 @@ from stac_eval.foxglove_video import (
     COMPRESSED_VIDEO_TYPE,
     VIDEO_TOPIC,
     VideoFrameError,
+    check_access_unit,
     compressed_video_cdr,
     register_compressed_video,
 )
@@ -37,14 +50,20 @@ from stac_ros_common.qos import (
     STATISTICS_TOPIC,
 )
 
-# topic -> (message class, ROS type name, QoS); what the bag keeps. The bag also carries
-# /stac/encoded again as foxglove_msgs/msg/CompressedVideo on VIDEO_TOPIC
-# (stac_eval.foxglove_video), the only form in which Foxglove and Lichtblick play H.264.
+try:  # the edge's live video; without it the recorder converts /stac/encoded itself
+    from foxglove_msgs.msg import CompressedVideo
+except ImportError:
+    CompressedVideo = None
+
+# topic -> (message class, ROS type name, QoS); what the bag keeps. The bag also carries the
+# robot's stream as foxglove_msgs/msg/CompressedVideo on VIDEO_TOPIC (module docstring), the
+# only form in which Foxglove and Lichtblick play H.264.
 BAG_TOPICS = {
     "/stac/encoded": (EncodedFrame, "stac_msgs/msg/EncodedFrame", ENCODED_QOS),
     "/stac/qp_map": (QPMap, "stac_msgs/msg/QPMap", QP_MAP_QOS),
     "/stac/mask": (Image, "sensor_msgs/msg/Image", OUTPUT_QOS),
     "/stac/overlay": (Image, "sensor_msgs/msg/Image", OUTPUT_QOS),  # rgb8: colours in viewers
+    "/stac/qp_heatmap": (Image, "sensor_msgs/msg/Image", OUTPUT_QOS),  # rgb8, one per map
     # the edge's masks on their way back, and the robot's mask of every camera frame
     "/stac/mask_feedback": (
         SegmentationMask,
@@ -103,8 +122,11 @@ class GraphRunResult:
     mask_arrival_s: list[float] = field(default_factory=list)  # time.monotonic() per mask
     logs: dict[str, Path] = field(default_factory=dict)
     wall_s: float = 0.0
-    # EncodedFrames left out of the bag's VIDEO_TOPIC, and why (empty when the video is complete)
+    # Frames left out of the bag's VIDEO_TOPIC, and why (empty when the video is complete);
+    # how many went in, and whether they came from the edge's live topic
     video_errors: list[str] = field(default_factory=list)
+    video_frames: int = 0
+    video_live: bool = False
 
     def mask(self, stamp_ns: int) -> np.ndarray:
         """The class-id mask (HxW uint8) published for the camera frame of `stamp_ns`."""
@@ -189,6 +211,11 @@ class GraphRecorder:
             self.node.create_subscription(
                 msg_type, topic, lambda raw, t=topic: self._on_raw(t, raw), qos, raw=True
             )
+        self.result.video_live = CompressedVideo is not None
+        if CompressedVideo is not None:
+            self.node.create_subscription(
+                CompressedVideo, VIDEO_TOPIC, self._on_live_video, ENCODED_QOS, raw=True
+            )
 
     def _on_raw(self, topic: str, raw: bytes) -> None:
         now_ns = self.node.get_clock().now().nanoseconds
@@ -226,14 +253,34 @@ class GraphRecorder:
             self.result.robot_mask_ages[_stamp_ns(msg.header.stamp)] = age
         elif topic == "/stac/overlay":
             self._on_overlay(msg)
-        else:
+        elif topic == STATISTICS_TOPIC:
             self.result.statistics[msg.node_name] = msg
 
+    def _on_live_video(self, raw: bytes) -> None:
+        """The edge's CompressedVideo as it is, once checked to play as one frame."""
+        now_ns = self.node.get_clock().now().nanoseconds
+        msg = deserialize_message(raw, CompressedVideo)
+        try:
+            check_access_unit(bytes(msg.data))
+        except VideoFrameError as error:
+            stamp = f"{msg.timestamp.sec}.{msg.timestamp.nanosec:09d}"
+            self._video_error(f"the live frame of {stamp}", error)
+            return
+        self.result.video_frames += 1
+        if self._bag is not None:
+            self._bag.write(self._connections[VIDEO_TOPIC], now_ns, raw)
+
+    def _video_error(self, what: str, error: Exception) -> None:
+        problem = f"{what} not written to {VIDEO_TOPIC}: {error}"
+        self.result.video_errors.append(problem)
+        self.node.get_logger().error(problem)
+
     def _write_video(self, msg: EncodedFrame, now_ns: int) -> None:
-        """The access unit once more as foxglove_msgs/msg/CompressedVideo, stamped with the
-        capture time, so Foxglove and Lichtblick can play the robot's stream. A frame they
-        could not play is left out, logged and counted in result.video_errors."""
-        if self._bag is None:
+        """Without the edge's live video: the access unit once more as
+        foxglove_msgs/msg/CompressedVideo, stamped with the capture time, so Foxglove and
+        Lichtblick can play the robot's stream. A frame they could not play is left out,
+        logged and counted in result.video_errors."""
+        if self._bag is None or self.result.video_live:
             return
         try:
             cdr = compressed_video_cdr(
@@ -246,10 +293,9 @@ class GraphRecorder:
                 codec=msg.codec,
             )
         except VideoFrameError as error:
-            problem = f"frame_seq {msg.frame_seq} not written to {VIDEO_TOPIC}: {error}"
-            self.result.video_errors.append(problem)
-            self.node.get_logger().error(problem)
+            self._video_error(f"frame_seq {msg.frame_seq}", error)
             return
+        self.result.video_frames += 1
         self._bag.write(self._connections[VIDEO_TOPIC], now_ns, cdr)
 
     def _on_overlay(self, msg: Image) -> None:
@@ -272,3 +318,40 @@ class GraphRecorder:
         if self._video is not None:
             self._video.close()
         self.node.destroy_node()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """stac-record: record the graph until Ctrl-C, SIGTERM or --duration-s."""
+    parser = argparse.ArgumentParser(
+        prog="stac-record",
+        description="Record the STAC graph (/stac/... topics) into an MCAP rosbag2 that "
+        "Foxglove plays: the robot's video, masks, overlays, QP maps and heatmaps, the "
+        "robot's masks, statistics. Stops on Ctrl-C, SIGTERM or --duration-s.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="directory to create")
+    parser.add_argument("--duration-s", type=float, default=0.0, help="0 = until stopped")
+    parser.add_argument(
+        "--overlay-video", action="store_true", help="also write overlay.mp4 (mask colours)"
+    )
+    args, ros_arguments = parser.parse_known_args(argv)
+    if args.out.exists():
+        parser.error(f"{args.out} exists; give a new directory")
+    args.out.mkdir(parents=True)
+    rclpy.init(args=ros_arguments)
+    result = GraphRunResult()
+    recorder = GraphRecorder(result, args.out, record_bag=True, overlay_video=args.overlay_video)
+    started = time.monotonic()
+    try:
+        limit = args.duration_s or float("inf")
+        recorder.spin_until(lambda: time.monotonic() - started >= limit, limit)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        recorder.close()
+        rclpy.try_shutdown()
+    print(
+        f"stac-record: {time.monotonic() - started:.1f} s into {args.out / 'bag'}: "
+        f"{len(result.encoded)} encoded frames, {result.video_frames} video frames "
+        f"({'the edge' if result.video_live else 'converted'}; {len(result.video_errors)} left "
+        f"out), {len(result.mask_files)} masks, {len(result.robot_mask_ages)} robot masks"
+    )
