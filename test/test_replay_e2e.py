@@ -1,6 +1,6 @@
-"""stac-replay run end to end on a 20-frame clip: two methods, BD-rate with intervals, the
-report's keys, a playable bag, resuming from the cache, and determinism (two runs from empty
-caches give the same numbers and the same bytes)."""
+"""stac-replay run end to end on a 20-frame clip: stream, keyframe and JPEG methods, BD-rates
+with intervals, the report's keys, bits both ways, a playable bag, resuming from the cache, and
+determinism (two runs from empty caches give the same numbers and the same bytes)."""
 
 from __future__ import annotations
 
@@ -17,20 +17,22 @@ from test_replay_sources import small_model, write_clip, write_label_folder  # n
 
 from stac_codec.h264_decoder import H264Decoder
 from stac_eval.foxglove_video import VIDEO_TOPIC, register_compressed_video
+from stac_eval.replay.accounting import FrameLedger, PointResult
 from stac_eval.replay.cli import main as replay_main
-from stac_eval.replay.simulation import PointResult
 
 FRAMES = 20
-CRFS = "18,26,34,42,50"
+CRFS = "18,30,42"
+METHODS = ("uniform", "stac", "stac_keyframe", "jpeg")
 
 
 def _argv(clip: Path, out: Path, cache: Path, labels: Path, model: Path) -> list[str]:
     return [
         "run", str(clip), "--out", str(out), "--cache-dir", str(cache),
-        "--methods", "uniform,stac", "--crf", CRFS, "--labels", str(labels),
+        "--methods", ",".join(METHODS), "--crf", CRFS, "--labels", str(labels),
+        "--stale-psnr-db", "30,99", "--jpeg-quality", "30,80",
         "--model", str(model), "--edge-ms", "40/120", "--period-frames", "3",
         "--min-map-interval-s", "0.3", "--link", "rate=600kbit,delay=20ms,loss=3%,seed=7",
-        "--bootstrap", "100", "--max-frames", str(FRAMES),
+        "--bootstrap", "40", "--max-frames", str(FRAMES),
     ]  # fmt: skip
 
 
@@ -63,29 +65,57 @@ def _numbers(report: dict) -> dict:
 def test_report_carries_the_keys_and_stac_against_its_baseline(first_run):
     out, _, _ = first_run
     report = json.loads((out / "report.json").read_text())
-    for key in ("methods", "bd_rate_pct", "bd_rate_pct_timely", "link", "source", "command"):
+    for key in ("methods", "timely_ceiling", "edge_profile", "link", "source", "command"):
         assert key in report
-    assert set(report["methods"]) == {"uniform", "stac"}
-    for points in report["methods"].values():
-        assert [p["budget"] for p in points] == [float(v) for v in CRFS.split(",")]
+    for bits in ("total", "uplink"):
+        for suffix in ("", "_ci95"):
+            assert set(report[f"bd_rate_pct_timely_{bits}{suffix}"]) == {"stac", "stac_keyframe"}
+    assert set(report["bd_rate_pct_timely_total"]["stac_keyframe"]) == {"uniform", "stac", "jpeg"}
+    assert report["edge_profile"] == {
+        "profile": "fixed", "segment_ms": 40.0, "map_ms": 120.0, "source": "fixed"
+    }  # fmt: skip
+    assert set(report["methods"]) == set(METHODS)
+    assert report["robot"] == "warp"
+    for name, points in report["methods"].items():
+        assert report["timely_ceiling"][name] == max(p["timely_miou"] for p in points)
         for point in points:
-            for key in ("uplink_kbps", "feedback_kbps", "decoded_miou", "timely_miou"):
+            for key in ("uplink_kbps", "downlink_kbps", "timely_miou", "decoded_miou"):
                 assert isinstance(point[key], float), key
+            assert point["timely_miou"] == point["timely_miou_warp"]
+            assert point["total_kbps"] == pytest.approx(
+                point["uplink_kbps"] + point["downlink_kbps"], abs=0.01
+            )
+            assert point["downlink_kbps"] == pytest.approx(
+                point["map_kbps"] + point["mask_kbps"] + point["request_kbps"], abs=0.01
+            )
+            assert point["mask_kbps"] > 0  # every method's masks come back, and cost bits
             assert point["latency_ms_p50"] >= 20 + 40  # downlink delay + the edge's forward
             assert point["frames"]["camera"] == FRAMES
-            assert "decoded_miou_human" in point
+            assert "decoded_miou_human" in point and "timely_miou_human" in point
+    for name in ("uniform", "stac", "jpeg"):
+        for point in report["methods"][name]:
             # Seed 7 loses frame 7 (index 6) on the uplink, for every method alike; the edge
             # asks for a keyframe and decodes again within a round trip, not after the GOP.
             assert point["frames"]["lost"] == 1
-            assert point["edge"]["keyframe_requests"] >= 1
             assert point["frames"]["decoded"] >= FRAMES - 3
+    for name in ("uniform", "stac"):
+        points = report["methods"][name]
+        assert [p["budget"] for p in points] == [float(v) for v in CRFS.split(",")]
+        assert all(p["edge"]["keyframe_requests"] >= 1 for p in points)
         rates = [p["uplink_kbps"] for p in points]
         assert rates == sorted(rates, reverse=True)  # a higher CRF sends fewer bits
-    # Uniform sends back only keyframe requests (8 bytes each); STAC also its maps.
-    assert all(p["feedback_kbps"] < 0.1 for p in report["methods"]["uniform"])
-    assert all(p["feedback_kbps"] > 1 for p in report["methods"]["stac"])
+    keyframe = report["methods"]["stac_keyframe"]
+    assert [(p["stale_psnr_db"], p["budget"]) for p in keyframe] == [
+        (stale, float(crf)) for stale in (30.0, 99.0) for crf in CRFS.split(",")
+    ]
+    for point in keyframe:
+        assert point["frames"]["kept_on_robot"] > 0  # only stale frames travel
+        assert point["frames"]["sent"] + point["frames"]["kept_on_robot"] == FRAMES
+    # Uniform sends back keyframe requests and masks, STAC maps too.
+    assert all(p["map_kbps"] == 0 for p in report["methods"]["uniform"])
+    assert all(p["map_kbps"] > 1 for p in report["methods"]["stac"])
     assert report["link"]["uplink_rate_kbps"] == 600 and report["link"]["loss_pct"] == 3
-    for suffix in ("", "_timely", "_human"):
+    for suffix in ("", "_human"):
         value = report[f"bd_rate_pct{suffix}"]["uniform"]
         assert value is None or math.isfinite(value)
     assert math.isfinite(report["bd_rate_pct"]["uniform"])
@@ -94,13 +124,33 @@ def test_report_carries_the_keys_and_stac_against_its_baseline(first_run):
     assert report["bootstrap"]["block_frames"] == 10  # one second of a 10 fps clip
     markdown = (out / "report.md").read_text()
     assert "BD-rate" in markdown and "| stac | crf 18 |" in markdown
+    assert "| stac_keyframe | crf 18, stale < 30 dB |" in markdown
     for name in ("curves.png", "bitrate_over_time.png", "timely_miou_over_time.png"):
         assert (out / name).stat().st_size > 1000
 
 
+def test_held_robot_reports_the_held_masks_from_the_same_points(inputs, first_run):
+    root, clip, labels, model = inputs
+    out, argv, _ = first_run
+    held_out = root / "out_held"
+    argv = [a if a != str(out) else str(held_out) for a in argv] + ["--robot", "held"]
+    points = root / "out_held" / "points"
+    points.parent.mkdir(parents=True, exist_ok=True)
+    if not points.exists():
+        points.symlink_to(out / "points")  # the same simulations: only the scoring differs
+    assert replay_main(argv + ["--no-bag", "--bootstrap", "0"]) == 0
+    warp = json.loads((out / "report.json").read_text())
+    held = json.loads((held_out / "report.json").read_text())
+    assert held["robot"] == "held"
+    for name, points_held in held["methods"].items():
+        for point_held, point_warp in zip(points_held, warp["methods"][name], strict=True):
+            assert point_held["timely_miou"] == point_warp["timely_miou_held"]
+            assert point_held["total_kbps"] == point_warp["total_kbps"]
+
+
 def test_the_chosen_point_bag_plays(first_run):
     out, _, _ = first_run
-    bag = out / "bags" / "stac_crf34"
+    bag = out / "bags" / "stac_crf30"
     typestore = get_typestore(Stores.ROS2_JAZZY)
     register_compressed_video(typestore)
     with AnyReader([bag], default_typestore=typestore) as reader:
@@ -113,8 +163,9 @@ def test_the_chosen_point_bag_plays(first_run):
             msg = reader.deserialize(raw, connection.msgtype)
             decoded += decoder.decode(bytes(msg.data)).ok
         assert decoded > 0
-    point = PointResult.load(out / "points" / "stac_crf34.npz")
+    point = PointResult.load(out / "points" / "stac_crf30.npz")
     assert decoded <= int(np.sum(point.status != 2))
+    assert (out / "bags" / "stac_keyframe_crf30_stale99" / "metadata.yaml").is_file()
 
 
 def test_a_rerun_resumes_from_the_cache(first_run):
@@ -136,7 +187,7 @@ def test_two_runs_from_empty_caches_give_the_same_numbers_and_bytes(inputs, firs
     assert _numbers(report_a) == _numbers(report_b)
     for path_a in sorted((out_a / "points").glob("*.npz")):
         a, b = PointResult.load(path_a), PointResult.load(out_b / "points" / path_a.name)
-        for name in PointResult.ARRAYS:
+        for name in FrameLedger.COLUMNS:
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
         for kind in a.confusion:
             np.testing.assert_array_equal(a.confusion[kind], b.confusion[kind])

@@ -20,7 +20,7 @@ def test_replay_defaults_are_the_nodes_defaults():
     args = build_parser().parse_args(["run", "clip.mp4", "--out", "out"])
     assert args.gop == encoder["gop_frames"]
     assert args.preset == settings.preset == encoder["preset"]
-    assert settings.flow_width_px == encoder["flow_width_px"]
+    assert settings.flow.flow_width_px == encoder["flow_width_px"]
     assert settings.warp_qp_map == encoder["warp_qp_map"] and not args.no_warp
     assert settings.max_abs_offset_qp == encoder["max_abs_offset_qp"]
     assert args.period_frames == settings.period_frames == sensitivity["period_frames"]
@@ -30,3 +30,10 @@ def test_replay_defaults_are_the_nodes_defaults():
     assert settings.max_compute_share == sensitivity["max_compute_share"]
     assert settings.hysteresis_levels == sensitivity["hysteresis_levels"]
     assert settings.key_map_interval == sensitivity["key_map_interval"]
+    assert settings.keyframes.stale_psnr_db == encoder["stale_psnr_db"]
+    assert settings.keyframes.cut_explained == encoder["cut_explained"]
+    assert settings.keyframes.max_interval_frames == encoder["max_keyframe_interval_frames"]
+    assert settings.keyframes.edge_timeout_s == encoder["edge_timeout_s"]
+    assert settings.flow.preset == encoder["flow_preset"]
+    assert settings.flow.anchor_preset == encoder["anchor_preset"]
+    assert settings.flow.history_frames == encoder["flow_history_frames"]

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage
 from std_srvs.srv import Trigger
 
+from stac_codec.mask_wire import ENCODING_NAME, encode_mask
 from stac_eval.replay.wire import (
     JPEG_FORMAT,
     compressed_image_bytes,
     encoded_frame_bytes,
     keyframe_request_bytes,
+    mask_message_bytes,
     qp_map_bytes,
+    segmentation_mask_bytes,
 )
-from stac_msgs.msg import EncodedFrame, QPMap
+from stac_msgs.msg import EncodedFrame, QPMap, SegmentationMask
 
 
 @pytest.mark.parametrize("size", [0, 1, 3, 7, 590, 20_001])
@@ -30,6 +34,18 @@ def test_sizes_equal_rclpy_serialisation(size, frame_id):
     image = CompressedImage(format=JPEG_FORMAT, data=payload)
     image.header.frame_id = frame_id
     assert compressed_image_bytes(size, frame_id) == len(serialize_message(image))
+    mask = SegmentationMask(encoding=ENCODING_NAME, width=960, height=540, data=payload)
+    mask.header.frame_id = frame_id
+    assert segmentation_mask_bytes(size, frame_id) == len(serialize_message(mask))
+
+
+def test_a_mask_costs_its_coded_message():
+    class_ids = np.zeros((54, 96), np.uint8)
+    class_ids[20:, :] = 3
+    coded = encode_mask(class_ids)
+    message = SegmentationMask(encoding=ENCODING_NAME, width=96, height=54, data=coded)
+    message.header.frame_id = "camera"
+    assert mask_message_bytes(class_ids) == len(serialize_message(message))
 
 
 def test_keyframe_request_size_equals_rclpy_serialisation():

@@ -1,8 +1,50 @@
-"""Segmentation accuracy from a confusion matrix: per-class IoU, mIoU, pixel accuracy."""
+"""Segmentation accuracy from a confusion matrix: per-class IoU, mIoU, pixel accuracy.
+
+The one home of mIoU in the project. A matrix has K rows (truth) and K columns (prediction),
+or K + 1 columns where some truth pixels had no prediction at all (a robot that holds no mask
+yet, in the replay): the last column counts them, and they lower their class's IoU as misses.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def mask_confusion(
+    truth: np.ndarray, prediction: np.ndarray | None, num_classes: int
+) -> np.ndarray:
+    """K x (K+1) int32 counts of one frame, rows truth, columns prediction; column K: pixels
+    without a prediction (all of them when `prediction` is None). Truth ids outside 0..K-1
+    (void) are not counted."""
+    truth = np.asarray(truth).reshape(-1).astype(np.int64)
+    valid = (truth >= 0) & (truth < num_classes)
+    if prediction is None:
+        predicted = np.full(truth.shape, num_classes, dtype=np.int64)
+    else:
+        if np.size(prediction) != truth.size:
+            raise ValueError(f"a mask of {np.shape(prediction)} for {truth.size} truth pixels")
+        predicted = np.asarray(prediction).reshape(-1).astype(np.int64)
+        predicted = np.where((predicted >= 0) & (predicted < num_classes), predicted, num_classes)
+    index = truth[valid] * (num_classes + 1) + predicted[valid]
+    counts = np.bincount(index, minlength=num_classes * (num_classes + 1))
+    return counts.reshape(num_classes, num_classes + 1).astype(np.int32)
+
+
+def iou_per_class(matrix: np.ndarray) -> np.ndarray:
+    """Per-class IoU of a K x K or K x (K+1) matrix: TP / (truth + predicted - TP), NaN for a
+    class never in truth nor predicted."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    classes = matrix.shape[0]
+    true_positive = np.diag(matrix[:, :classes])
+    union = matrix.sum(1) + matrix[:, :classes].sum(0) - true_positive
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, true_positive / union, np.nan)
+
+
+def mean_iou(matrix: np.ndarray) -> float:
+    """mIoU of a summed K x K or K x (K+1) matrix over the classes present (NaN: none)."""
+    iou = iou_per_class(matrix)
+    return float(np.nanmean(iou)) if np.any(np.isfinite(iou)) else float("nan")
 
 
 class ConfusionMatrix:
@@ -39,13 +81,10 @@ class ConfusionMatrix:
 
     def iou(self) -> np.ndarray:
         """Per-class intersection over union, NaN for classes never seen nor predicted."""
-        true_positive = np.diag(self.matrix).astype(np.float64)
-        union = self.matrix.sum(0) + self.matrix.sum(1) - true_positive
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(union > 0, true_positive / union, np.nan)
+        return iou_per_class(self.matrix)
 
     def mean_iou(self) -> float:
-        return float(np.nanmean(self.iou())) if np.any(self.matrix) else float("nan")
+        return mean_iou(self.matrix)
 
     def pixel_accuracy(self) -> float:
         total = self.matrix.sum()

@@ -2,13 +2,14 @@
 
 Five measurements, each over the robot's real core (`stac_encoder.robot_loop.RobotLoop`: flow,
 map warp, keyframe decision, x264 with the map, mask warp) and, where the edge is involved, the
-event simulation of `stac_eval.temporal_sim` (the replay's link model, edge timing and pseudo
-ground truth, which it imports unchanged):
+replay's event simulation (`stac_eval.replay.simulation.PointReplay`: the same simulator as
+`stac-replay run`, its link model, edge profile and pseudo ground truth):
 
 1. `bd_rate_pct`: STAC stream mode against uniform H.264 (same encoder settings), x264's
    variance AQ and the two-level map, each swept over --crf, at equal decoded mIoU; bits are
-   the uplink messages plus the QP maps sent back (the masks sent back are counted apart:
-   every method needs them for the robot to have masks). 95% intervals by block bootstrap.
+   the uplink messages plus the QP maps and keyframe requests sent back (the masks sent back
+   are counted apart: every method needs them for the robot to have masks). 95% intervals by
+   block bootstrap. `stac-replay run` gives the system view (every bit both ways, timely).
 2. `propagation`: for feedback delays d (frames), the robot holding the edge's mask of frame
    t-d at frame t: carried by flow (`warped_miou`), as it was (`held_miou`), or no mask at all
    (`none_miou`, 0 by definition: every pixel unlabelled), timely mIoU against the pseudo
@@ -47,7 +48,7 @@ from stac_encoder.frame_flow import FlowConfig
 DEFAULT_CRFS = (18, 25, 32, 39, 46)
 DEFAULT_DELAYS = (0, 2, 5, 10, 25)
 BASELINES = ("uniform", "x264_aq", "two_level")
-BENCH_VERSION = 2  # bump when a change alters results, so cached points are recomputed
+BENCH_VERSION = 3  # bump when a change alters results, so cached points are recomputed
 
 
 def default_video() -> Path:
@@ -80,7 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the robot's optical-flow width (the node's flow_width_px)",
     )
     parser.add_argument(
-        "--edge-ms", default="", help="MS or FORWARD_MS/SENSITIVITY_MS (default: measured)"
+        "--edge-ms", default="", help="MS or FORWARD_MS/SENSITIVITY_MS (default: the profile)"
+    )
+    parser.add_argument(
+        "--edge-profile",
+        default="measured",
+        help="edge compute times: measured (here, cached), fast (published GPU figures) or a "
+        "JSON file from `stac-replay edge-timing`",
     )
     parser.add_argument("--rc-seconds", type=float, default=20.0, help="rate-control run length, s")
     parser.add_argument(
@@ -137,6 +144,7 @@ class Context:
     link: object
     work_dir: Path
     key: dict
+    decoded_cache: Path  # the model's masks of decoded pictures, by content (DecodedMasks)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -190,14 +198,9 @@ def run(args: argparse.Namespace) -> dict:
 def _context(args: argparse.Namespace) -> Context:
     from stac_edge_segmenter.loading import load_model
     from stac_eval.replay.link import LinkConfig
+    from stac_eval.replay.runner import edge_timing
     from stac_eval.replay.source import open_source
-    from stac_eval.replay.truth import (
-        EdgeTiming,
-        PseudoTruth,
-        default_cache_dir,
-        measured_edge_timing,
-        model_digest,
-    )
+    from stac_eval.replay.truth import PseudoTruth, default_cache_dir, model_digest
     from stac_sensitivity.online import QPMapComputer
 
     model = load_model(args.model, device="cpu")
@@ -216,11 +219,9 @@ def _context(args: argparse.Namespace) -> Context:
             Calibration(), default_cache_dir() / "temporal" / "feasibility_calibration.json"
         )
     computer = QPMapComputer(model, calibration)
-    if args.edge_ms:
-        timing = EdgeTiming.parse(args.edge_ms)
-    else:
-        images = (frame.image for frame in source.frames(4))
-        timing = measured_edge_timing(default_cache_dir(), model, model_key, computer, images, 1)
+    args.threads = 1
+    size = (index.width, index.height)
+    timing = edge_timing(args, model, model_key, computer, source, default_cache_dir(), size)
     frames = list(source.frames(count))
     work_dir = args.work_dir or (default_cache_dir() / "temporal" / source.digest[:16])
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -233,17 +234,20 @@ def _context(args: argparse.Namespace) -> Context:
         "timing": [timing.segment_ms, timing.map_ms],
         "link": args.link,
     }
+    decoded_key = f"{model_key[:16]}-{model.device}-t1-b1"
     return Context(
         args, model, computer, truth, frames, fps, timing, LinkConfig.parse(args.link),
-        work_dir, key,
+        work_dir, key, default_cache_dir() / "decoded" / decoded_key,
     )  # fmt: skip
 
 
 def _settings(context: Context, **changes):
-    from stac_eval.temporal_sim import SimSettings
+    from stac_eval.replay.simulation import ReplaySettings
 
     flow = FlowConfig(flow_width_px=context.args.flow_width_px)
-    settings = SimSettings(fps=context.fps, decoded_stride=context.args.decoded_stride, flow=flow)
+    settings = ReplaySettings(
+        fps=context.fps, decoded_stride=context.args.decoded_stride, flow=flow
+    )
     return replace(settings, **changes)
 
 
@@ -259,7 +263,8 @@ def _point(
     """One simulated run, from the cache when the same run was done before (computer: another
     map computer than the context's, e.g. another calibration)."""
     from stac_eval.progress import progress_bar
-    from stac_eval.temporal_sim import VARIANTS, SimResult, TemporalSim
+    from stac_eval.replay.accounting import PointResult
+    from stac_eval.replay.simulation import METHODS, PointReplay
 
     computer = computer or context.computer
     key = {**context.key, "variant": variant, "budget": budget, "settings": settings.as_json()}
@@ -268,11 +273,11 @@ def _point(
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     path = context.work_dir / f"{variant}{tag}_{budget:g}_{digest[:12]}.npz"
     if path.is_file() and path.with_suffix(".json").is_file():
-        return SimResult.load(path)
+        return PointResult.load(path)
     frames = context.frames if frames is None else frames
-    simulation = TemporalSim(
-        VARIANTS[variant], budget, settings, context.link, context.timing, context.model,
-        computer, context.truth,
+    simulation = PointReplay(
+        METHODS[variant], budget, settings, context.link, context.timing, context.model,
+        computer, context.truth, decoded_cache=context.decoded_cache,
     )  # fmt: skip
     with progress_bar(total=len(frames), desc=f"{variant}{tag} crf {budget:g}") as bar:
         result = simulation.run(frames, bar)
@@ -281,21 +286,6 @@ def _point(
 
 
 # --- 1. stream mode against the baselines ------------------------------------------------
-
-
-class _AsReplayPoint:
-    """A SimResult in the shape stac_eval.replay.analysis reads (uplink and feedback bytes,
-    confusions by kind), so the replay's block bootstrap computes the intervals."""
-
-    def __init__(self, result) -> None:
-        self.budget = result.budget
-        self.capture_s = result.capture_s
-        self.uplink_bytes = result.uplink_bytes
-        self.feedback_bytes = result.map_bytes
-        self.confusion = {
-            "decoded_pseudo": result.decoded_confusion,
-            "timely_pseudo": result.timely_confusion,
-        }
 
 
 def _stream_curves(context: Context, variants) -> dict:
@@ -311,19 +301,20 @@ def _kbps(values, frames: int, fps: float) -> float:
 
 
 def _curve_table(points, fps: float) -> list[dict]:
-    from stac_eval.replay.simulation import miou
+    from stac_edge_segmenter.metrics import mean_iou
 
     table = []
     for point in points:
-        frames = len(point.capture_s)
+        frames = point.frames
+        decoded = mean_iou(point.confusion["decoded_pseudo"].sum(0))
         table.append(
             {
                 "crf": point.budget,
                 "uplink_kbps": round(_kbps(point.uplink_bytes, frames, fps), 2),
                 "map_feedback_kbps": round(_kbps(point.map_bytes, frames, fps), 3),
                 "mask_feedback_kbps": round(_kbps(point.mask_bytes, frames, fps), 2),
-                "decoded_miou": round(miou(point.decoded_confusion.sum(0)), 4),
-                "timely_miou": round(miou(point.timely_confusion.sum(0)), 4),
+                "decoded_miou": round(decoded, 4) if np.isfinite(decoded) else None,
+                "timely_miou": round(mean_iou(point.confusion["timely_pseudo"].sum(0)), 4),
                 "frames_sent": int(point.sent.sum()),
                 "idr": int(point.idr.sum()),
                 "counters": point.counters,
@@ -333,18 +324,16 @@ def _curve_table(points, fps: float) -> list[dict]:
 
 
 def _bd_rates(context: Context, curves: dict) -> dict:
-    from stac_eval.replay.analysis import Curve, bd_rates
+    from stac_eval.replay.analysis import STREAM_AND_MAPS, UPLINK, Curve, bd_rates
 
-    replay_curves = {
-        name: Curve(name, "crf", [_AsReplayPoint(point) for point in points])
-        for name, points in curves.items()
-    }
+    replay_curves = {name: Curve(name, "crf", points) for name, points in curves.items()}
     block = max(1, round(context.fps))
     baselines = [name for name in BASELINES if name in curves]
+    bootstrap = context.args.bootstrap
     total = bd_rates(
-        replay_curves, "stac", baselines, "decoded_pseudo", block, context.args.bootstrap
+        replay_curves, "stac", baselines, "decoded_pseudo", block, bootstrap, 0, STREAM_AND_MAPS
     )
-    uplink = bd_rates(replay_curves, "stac", baselines, "decoded_pseudo", block, 0, 0, False)
+    uplink = bd_rates(replay_curves, "stac", baselines, "decoded_pseudo", block, 0, 0, UPLINK)
     return {
         "bd_rate_pct": total["pct"],
         "bd_rate_ci95_pct": total.get("ci95_pct", {}),
@@ -415,10 +404,11 @@ def _mask_delays(context: Context) -> dict:
     """The robot's mask of frame t when the edge's mask of frame t-d arrives d frames late:
     through the robot's own FrameFlow and MaskPropagator (one direct flow per arrival, then
     per-frame composition), against holding it and against having none."""
+    from stac_edge_segmenter.metrics import mask_confusion as confusion
+    from stac_edge_segmenter.metrics import mean_iou as miou
     from stac_encoder.frame_flow import FrameFlow
     from stac_encoder.mask_warp import MaskPropagator
     from stac_eval.progress import progress_bar
-    from stac_eval.replay.simulation import confusion, miou
 
     classes = context.model.num_classes
     frames = context.frames
@@ -462,15 +452,15 @@ def _keyframe_vs_stream(context: Context, stream_points) -> dict:
     """Keyframe mode at each staleness threshold (--stale-psnr-db) over the CRF sweep, against
     stream mode, at equal timely mIoU; 'all' takes the efficient points of every threshold
     (the operator picks threshold and CRF for the accuracy wanted)."""
+    from stac_edge_segmenter.metrics import mean_iou as miou
     from stac_eval.bd_rate import NoOverlapError, bd_rate_pct
-    from stac_eval.replay.simulation import miou
 
     fps = context.fps
 
     def curve(points):
-        frames = len(points[0].capture_s)
+        frames = points[0].frames
         rates = [_kbps(p.uplink_bytes, frames, fps) for p in points]
-        return rates, [miou(p.timely_confusion.sum(0)) for p in points]
+        return rates, [miou(p.confusion["timely_pseudo"].sum(0)) for p in points]
 
     def ratio(points) -> float | None:
         stream_rates, stream_miou = curve(stream_points)

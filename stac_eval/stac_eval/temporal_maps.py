@@ -13,11 +13,12 @@ import numpy as np
 
 from stac_codec.h264_encoder import EncoderConfig
 from stac_edge_segmenter.edge_decoding import EncodedStreamDecoder
+from stac_edge_segmenter.metrics import mask_confusion as confusion
+from stac_edge_segmenter.metrics import mean_iou as miou
 from stac_encoder.robot_encoder import QPMapUpdate, RobotEncoder, RobotEncoderConfig
 from stac_encoder.robot_loop import STAGES, RobotLoop, RobotLoopConfig
 from stac_eval.bd_rate import NoOverlapError, bd_rate_pct
 from stac_eval.progress import progress_bar
-from stac_eval.replay.simulation import confusion, miou
 from stac_eval.replay.wire import encoded_frame_bytes
 from stac_sensitivity.calibration import MAP_ONLY_AQ_STRENGTH
 
@@ -108,9 +109,9 @@ def _encoder(context, crf: float, warp: bool, aq_strength: float = MAP_ONLY_AQ_S
 
 
 def _sim_settings(context):
-    from stac_eval.temporal_sim import SimSettings
+    from stac_eval.replay.simulation import ReplaySettings
 
-    return SimSettings(fps=context.fps, decoded_stride=context.args.decoded_stride)
+    return ReplaySettings(fps=context.fps, decoded_stride=context.args.decoded_stride)
 
 
 def _score(context, position: int, image: np.ndarray) -> np.ndarray:

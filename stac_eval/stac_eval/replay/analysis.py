@@ -1,8 +1,10 @@
 """From per-frame results to curve points, BD-rates and block-bootstrap confidence intervals.
 
-A method's curve is its sweep of the budget knob; a point's rate is the bits it put on the link
-(uplink messages that took the link plus feedback messages) per second of recording, and its
-accuracy the mIoU of the summed per-frame confusion matrices (the dataset mIoU).
+A method's curve is its sweep of operating points (the budget knob; in keyframe mode the
+staleness threshold too: only the efficient points enter a BD-rate); a point's rate is the bits
+of the chosen byte columns per second of recording (`accounting`: uplink, maps, masks,
+requests), and its accuracy the mIoU of the summed per-frame confusion matrices (the dataset
+mIoU).
 
 Neighbouring frames of a video are strongly correlated, so resampling single frames would make
 the intervals far too narrow. The bootstrap here cuts the recording into consecutive blocks of
@@ -18,8 +20,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stac_edge_segmenter.metrics import mean_iou as miou
 from stac_eval.bd_rate import NoOverlapError, bd_rate_pct
-from stac_eval.replay.simulation import DECODED, DROPPED, LOST, UNDECODABLE, PointResult, miou
+from stac_eval.replay.accounting import (
+    DECODED,
+    DOWNLINK_PARTS,
+    DROPPED,
+    KEPT,
+    LOST,
+    UNDECODABLE,
+    PointResult,
+)
+
+UPLINK = ("uplink_bytes",)
+TOTAL = ("uplink_bytes", *DOWNLINK_PARTS)
+# compression alone: what the stream and its maps cost (masks back are every method's result)
+STREAM_AND_MAPS = ("uplink_bytes", "map_bytes", "request_bytes")
 
 
 @dataclass
@@ -34,11 +50,9 @@ class Curve:
     def budgets(self) -> list[float]:
         return [point.budget for point in self.points]
 
-    def bytes_per_frame(self, with_feedback: bool = True) -> np.ndarray:
-        """(points, frames) uplink + feedback bytes (uplink only when not with_feedback)."""
-        return np.stack(
-            [p.uplink_bytes + (p.feedback_bytes if with_feedback else 0) for p in self.points]
-        ).astype(float)
+    def bytes_per_frame(self, parts: tuple[str, ...] = TOTAL) -> np.ndarray:
+        """(points, frames) sums of the byte columns `parts`."""
+        return np.stack([p.bytes_per_frame(parts) for p in self.points])
 
     def confusions(self, kind: str) -> np.ndarray:
         """(points, frames, K, K+1) for kind 'decoded_pseudo', 'timely_pseudo', ..."""
@@ -52,33 +66,48 @@ def kbps(total_bytes: float, frames: int, fps: float) -> float:
     return 8.0 * total_bytes * fps / frames / 1e3 if frames else math.nan
 
 
-def point_summary(point: PointResult, fps: float) -> dict:
-    """The report's numbers for one operating point."""
-    frames = len(point.capture_s)
+def point_summary(point: PointResult, fps: float, robot: str = "warp") -> dict:
+    """The report's numbers for one operating point; `timely_miou` is the robot's mask as
+    `robot` ('warp' or 'held') has it, both are given as timely_miou_warp / _held."""
+    frames = point.frames
     interval = 1.0 / fps
     status = point.status
-    latency_ms = 1e3 * (point.mask_arrival_s - point.capture_s)
+    capture = point.capture_s
+    arrival = point.mask_arrival_s
+    latency_ms = 1e3 * (arrival - capture)
     latency_ms = latency_ms[np.isfinite(latency_ms)]
     age_ms = np.where(
-        point.held_frame >= 0,
-        1e3 * (point.capture_s - point.capture_s[np.maximum(point.held_frame, 0)]),
-        np.nan,
+        point.held_frame >= 0, 1e3 * (capture - capture[np.maximum(point.held_frame, 0)]), np.nan
     )
     age_ms = age_ms[np.isfinite(age_ms)]
     queueing = point.queueing_s[np.isfinite(point.queueing_s)]
+
+    def rate(parts) -> float:
+        return round(kbps(point.bytes_per_frame(parts).sum(), frames, fps), 3)
+
+    decoded = miou(point.confusion["decoded_pseudo"].sum(0))
+    timely = {
+        "warp": miou(point.confusion["timely_pseudo"].sum(0)),
+        "held": miou(point.confusion["timely_held_pseudo"].sum(0)),
+    }
     summary = {
-        "budget": point.budget,
-        "uplink_kbps": round(kbps(point.uplink_bytes.sum(), frames, fps), 2),
-        "feedback_kbps": round(kbps(point.feedback_bytes.sum(), frames, fps), 3),
-        "total_kbps": round(
-            kbps(point.uplink_bytes.sum() + point.feedback_bytes.sum(), frames, fps), 2
-        ),
-        "decoded_miou": _round(miou(point.confusion["decoded_pseudo"].sum(0))),
-        "timely_miou": _round(miou(point.confusion["timely_pseudo"].sum(0))),
+        **point.point,
+        "uplink_kbps": rate(UPLINK),
+        "downlink_kbps": rate(DOWNLINK_PARTS),
+        "total_kbps": rate(TOTAL),
+        "map_kbps": rate(("map_bytes",)),
+        "mask_kbps": rate(("mask_bytes",)),
+        "request_kbps": rate(("request_bytes",)),
+        "feedback_kbps": rate(("map_bytes", "request_bytes")),
+        "timely_miou": _round(timely[robot]),
+        "timely_miou_warp": _round(timely["warp"]),
+        "timely_miou_held": _round(timely["held"]),
+        "decoded_miou": _round(decoded),
     }
     if "decoded_human" in point.confusion:
         summary["decoded_miou_human"] = _round(miou(point.confusion["decoded_human"].sum(0)))
-        summary["timely_miou_human"] = _round(miou(point.confusion["timely_human"].sum(0)))
+        kind = "timely_human" if robot == "warp" else "timely_held_human"
+        summary["timely_miou_human"] = _round(miou(point.confusion[kind].sum(0)))
     summary.update(
         {
             "latency_ms_p50": _percentile(latency_ms, 50),
@@ -87,7 +116,8 @@ def point_summary(point: PointResult, fps: float) -> dict:
             "queueing_ms_p95": _percentile(1e3 * queueing, 95),
             "frames": {
                 "camera": frames,
-                "sent": int(np.sum(status != DROPPED)),
+                "sent": int(np.sum((status != DROPPED) & (status != KEPT))),
+                "kept_on_robot": int(np.sum(status == KEPT)),
                 "lost": int(np.sum(status == LOST)),
                 "dropped_queue_full": int(np.sum(status == DROPPED)),
                 "late": int(np.sum(queueing > interval)),
@@ -95,7 +125,9 @@ def point_summary(point: PointResult, fps: float) -> dict:
                 "undecodable": int(np.sum(status == UNDECODABLE)),
                 "segmented": int(point.segmented.sum()),
                 "skipped_newest_frame_policy": int(np.sum((status == DECODED) & ~point.segmented)),
-                "without_mask": int(np.sum(point.held_frame < 0)),
+                "without_mask": int(np.sum(point.mask_age < 0))
+                if robot == "warp"
+                else int(np.sum(point.held_frame < 0)),
             },
             "edge": dict(point.counters),
         }
@@ -125,12 +157,12 @@ class BlockBootstrap:
     """Block sums of every curve, so that a resample is a cheap sum over drawn blocks."""
 
     def __init__(
-        self, curves: dict[str, Curve], kind: str, block_frames: int, with_feedback: bool = True
+        self, curves: dict[str, Curve], kind: str, block_frames: int, parts: tuple = TOTAL
     ) -> None:
         if block_frames < 1:
             raise ValueError(f"block_frames must be >= 1, got {block_frames}")
         self.kind = kind
-        frames = len(next(iter(curves.values())).points[0].capture_s)
+        frames = next(iter(curves.values())).points[0].frames
         edges = list(range(0, frames, block_frames)) + [frames]
         self.blocks = len(edges) - 1
         self.frames_blocks = np.diff(edges)
@@ -139,7 +171,7 @@ class BlockBootstrap:
         for name, curve in curves.items():
             if not curve.has(kind):
                 continue
-            per_frame = curve.bytes_per_frame(with_feedback)
+            per_frame = curve.bytes_per_frame(parts)
             confusion = curve.confusions(kind).astype(np.int64)
             self.bytes_blocks[name] = np.add.reduceat(per_frame, edges[:-1], axis=1)
             self.confusion_blocks[name] = np.add.reduceat(confusion, edges[:-1], axis=1)
@@ -182,13 +214,13 @@ def bd_rates(
     block_frames: int,
     resamples: int,
     seed: int = 0,
-    with_feedback: bool = True,
+    parts: tuple[str, ...] = TOTAL,
 ) -> dict:
-    """BD-rate of `test` against each baseline on one accuracy kind, with intervals
-    (rates: uplink + feedback; uplink only when not with_feedback)."""
+    """BD-rate of `test` against each baseline on one accuracy kind, with intervals; rates
+    are the byte columns `parts` (default: everything both ways)."""
     if test not in curves:
         return {}
-    bootstrap = BlockBootstrap(curves, kind, block_frames, with_feedback)
+    bootstrap = BlockBootstrap(curves, kind, block_frames, parts)
     result: dict = {"pct": {}, "ci95_pct": {}, "draws_without_overlap": {}}
     for baseline in baselines:
         if baseline not in bootstrap.bytes_blocks or test not in bootstrap.bytes_blocks:

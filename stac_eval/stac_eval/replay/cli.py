@@ -1,7 +1,10 @@
 """`stac-replay`: rosbag / video replay evaluation of STAC against today's image transports.
 
-stac-replay run SOURCE --out DIR      every method over its budget sweep, over an emulated
-                                      link, with report.md/json, plots and bags
+stac-replay run SOURCE --out DIR      the system comparison: every method over its sweep,
+                                      over an emulated link, with report.md/json, plots, bags
+stac-replay edge-timing SOURCE --out FILE
+                                      the edge's forward and sensitivity-pass times on this
+                                      machine's --device (a GPU: --edge-profile FILE)
 stac-replay convert VIDEO --out BAG   a clip as a rosbag2 of sensor_msgs/Image
 """
 
@@ -26,15 +29,22 @@ def _csv(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stac_eval.replay.runner import DEFAULT_CRFS, DEFAULT_JPEG_QUALITIES, DEFAULT_LINK
+    from stac_eval.replay.edge_profile import PROFILES
+    from stac_eval.replay.runner import (
+        DEFAULT_CRFS,
+        DEFAULT_JPEG_QUALITIES,
+        DEFAULT_LINK,
+        DEFAULT_STALE_PSNR_DB,
+    )
 
     parser = argparse.ArgumentParser(prog="stac-replay", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",
-        help="evaluate STAC and the baselines on a recording",
+        help="the system comparison: STAC's modes and today's transports on a recording",
         description="Drive the robot and edge cores over a recording through an emulated "
-        "link; score decoded and timely mIoU; BD-rates with block-bootstrap intervals.",
+        "link; count every message both ways; score decoded mIoU and the timely mIoU of the "
+        "mask the robot holds at each frame; BD-rates with block-bootstrap intervals.",
     )
     run.add_argument("source", help="video file, or rosbag2 (folder, .mcap or .db3)")
     run.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
@@ -55,10 +65,29 @@ def build_parser() -> argparse.ArgumentParser:
         f"rate=2mbit,delay=40ms,loss=1%% (default {DEFAULT_LINK.replace('%', '%%')})",
     )
     run.add_argument(
+        "--robot",
+        choices=("warp", "held"),
+        default="warp",
+        help="the robot's mask of each frame: warp (this suite's RobotLoop carries the "
+        "newest mask by flow) or held (the newest mask as it came, today's transports)",
+    )
+    run.add_argument(
+        "--edge-profile",
+        default="measured",
+        help=f"edge compute times: {' or '.join(PROFILES)} (published GPU figures, not "
+        "measured), or a JSON file from `stac-replay edge-timing`",
+    )
+    run.add_argument(
         "--edge-ms",
         default="",
-        help="edge compute per frame: MS, or FORWARD_MS/SENSITIVITY_MS (default: measured "
-        "once on this machine and cached)",
+        help="fixed edge compute per frame instead of a profile: MS, or FORWARD_MS/SENSITIVITY_MS",
+    )
+    run.add_argument(
+        "--stale-psnr-db",
+        type=_csv(float),
+        default=list(DEFAULT_STALE_PSNR_DB),
+        help="keyframe methods' staleness thresholds, each swept over --crf (99: a keyframe "
+        "whenever the edge is free)",
     )
     run.add_argument(
         "--crf",
@@ -107,6 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-bag", action="store_true", help="write no bags")
 
+    timing = sub.add_parser(
+        "edge-timing",
+        help="measure the edge's compute times on this machine (e.g. --device cuda)",
+        description="Medians of 6 forwards and 4 sensitivity passes on the source's first "
+        "frames, written as JSON that `stac-replay run --edge-profile FILE` reads.",
+    )
+    timing.add_argument("source", help="video file, or rosbag2")
+    timing.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    timing.add_argument("--topic", default="", help="bag image topic")
+    timing.add_argument("--model", type=Path, default=None, help="model YAML (default: shipped)")
+    timing.add_argument("--calibration", type=Path, default=None, help="STAC calibration JSON")
+    timing.add_argument("--device", default="cpu", help="torch device (cuda for a GPU edge)")
+    timing.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+
     convert = sub.add_parser("convert", help="write a video file as a rosbag2 of images")
     convert.add_argument("video", help="video file")
     convert.add_argument("--out", type=Path, required=True, help="bag folder to create")
@@ -125,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = shlex.join(["stac-replay", *argv])
     if args.command == "convert":
+        from stac_eval.progress import progress_bar
         from stac_eval.replay.bags import convert_video
-        from stac_eval.replay.runner import _progress
 
-        with _progress(None, "convert") as bar:
+        with progress_bar(desc="convert", unit="frame") as bar:
             count = convert_video(
                 args.video,
                 args.out,
@@ -141,11 +184,36 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"wrote {count} frames to {args.out}")
         return 0
+    if args.command == "edge-timing":
+        return _edge_timing(args)
     from stac_eval.replay.runner import run
 
+    if args.edge_ms and args.edge_profile != "measured":
+        raise SystemExit("give --edge-ms or --edge-profile, not both")
     report = run(args, command)
     print(Path(args.out / "report.md").read_text())
     del report
+    return 0
+
+
+def _edge_timing(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from stac_edge_segmenter.loading import load_model
+    from stac_eval.replay.edge_profile import measure_edge
+    from stac_eval.replay.source import open_source
+    from stac_sensitivity.online import QPMapComputer
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model, device=args.device)
+    source = open_source(args.source, args.topic)
+    images = [frame.image for frame in source.frames(4)]
+    data = measure_edge(model, QPMapComputer(model, args.calibration), images, args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2))
     return 0
 
 

@@ -7,28 +7,44 @@ from pathlib import Path
 
 import numpy as np
 
-from stac_eval.replay.analysis import Curve, kbps
-from stac_eval.replay.simulation import METHODS, miou
+from stac_edge_segmenter.metrics import mean_iou
+from stac_eval.bd_rate import efficient_points
+from stac_eval.replay.analysis import TOTAL, Curve, kbps
+from stac_eval.replay.simulation import METHODS
 
-ACCURACIES = (("decoded_pseudo", "decoded mIoU"), ("timely_pseudo", "timely mIoU"))
+
+def point_label(method: str, point: dict) -> str:
+    """'crf 25' or 'crf 25, stale < 26 dB' for a point's summary (or PointResult.point)."""
+    label = f"{METHODS[method].knob} {point['budget']:g}"
+    if point.get("stale_psnr_db") is not None:
+        label += f", stale < {point['stale_psnr_db']:g} dB"
+    return label
 
 
-def write_outputs(
-    out: Path, report: dict, curves: dict[str, Curve], chosen: dict[str, float], fps: float
-) -> None:
+def write_outputs(out: Path, report: dict, curves: dict[str, Curve], fps: float) -> None:
     report["plots"] = {
         "curves": "curves.png",
         "bitrate_over_time": "bitrate_over_time.png",
         "timely_miou_over_time": "timely_miou_over_time.png",
     }
     plot_curves(report, out / "curves.png")
-    chosen_points = {
-        name: next(p for p in curve.points if p.budget == chosen[name])
-        for name, curve in curves.items()
-    }
-    plot_over_time(chosen_points, fps, out)
+    chosen_points = {}
+    for name, curve in curves.items():
+        summaries = report["methods"][name]
+        index = next(
+            i for i, s in enumerate(summaries) if _stem(name, s) == report["chosen_points"][name]
+        )
+        chosen_points[name] = curve.points[index]
+    timely = "timely_pseudo" if report["robot"] == "warp" else "timely_held_pseudo"
+    plot_over_time(chosen_points, fps, out, timely)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "report.md").write_text(markdown(report))
+
+
+def _stem(method: str, summary: dict) -> str:
+    knob = METHODS[method].knob
+    stale = summary.get("stale_psnr_db")
+    return f"{method}_{knob}{summary['budget']:g}" + ("" if stale is None else f"_stale{stale:g}")
 
 
 def _pyplot():
@@ -41,23 +57,42 @@ def _pyplot():
 
 
 def plot_curves(report: dict, path: Path) -> None:
-    """Total kbit/s against decoded and timely mIoU, one line per method."""
+    """Left: decoded mIoU against the stream and its maps (compression alone, stream-mode
+    methods). Right: the robot's timely mIoU against every bit both ways (the system view);
+    every point drawn, a line through each method's efficient ones."""
     plt = _pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for axis, (key, title) in zip(
-        axes, (("decoded_miou", "decoded"), ("timely_miou", "timely")), strict=True
-    ):
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5))
+    panels = (
+        (axes[0], "decoded_miou", "uplink + maps, kbit/s", "decoded mIoU", True),
+        (axes[1], "timely_miou", "total both ways, kbit/s", f"timely mIoU, robot {report['robot']}",
+         False),
+    )  # fmt: skip
+    for axis, key, xlabel, ylabel, stream_only in panels:
         for name, points in report["methods"].items():
-            rates = [p["total_kbps"] for p in points]
-            values = [p[key] if p[key] is not None else np.nan for p in points]
-            axis.plot(rates, values, marker="o", ms=3, label=name)
+            if stream_only and METHODS[name].mode != "stream":
+                continue
+            rates = [
+                p["uplink_kbps"] + p["feedback_kbps"] if stream_only else p["total_kbps"]
+                for p in points
+            ]
+            values = [p[key] for p in points]
+            kept = [(r, v) for r, v in zip(rates, values, strict=True) if v is not None and r > 0]
+            if not kept:
+                continue
+            xs, ys = zip(*kept, strict=True)
+            line = axis.plot(*efficient_points(xs, ys), marker="o", ms=3, label=name)[0]
+            axis.scatter(xs, ys, s=8, color=line.get_color(), alpha=0.4)
         axis.set_xscale("log")
-        axis.set_xlabel("uplink + feedback, kbit/s")
-        axis.set_ylabel(f"{title} mIoU (vs the model on raw frames)")
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(f"{ylabel} (vs the model on raw frames)")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
-    link = report["link"]["spec"]
-    figure.suptitle(f"{Path(report['source']['uri']).name}, link {link}", fontsize=9)
+    profile = report["edge_profile"]
+    figure.suptitle(
+        f"{Path(report['source']['uri']).name}, link {report['link']['spec']}, edge "
+        f"{profile['profile']} ({profile['segment_ms']:g} / {profile['map_ms']:g} ms)",
+        fontsize=9,
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)
@@ -67,11 +102,12 @@ def _seconds(point) -> np.ndarray:
     return np.floor(point.capture_s - point.capture_s[0]).astype(int)
 
 
-def plot_over_time(points: dict, fps: float, out: Path) -> None:
-    """Bits per second and timely mIoU per second of recording, chosen point of each method."""
+def plot_over_time(points: dict, fps: float, out: Path, timely: str) -> None:
+    """Bits per second both ways and timely mIoU per second of recording, the chosen point of
+    each method."""
     plt = _pyplot()
     for filename, ylabel in (
-        ("bitrate_over_time.png", "uplink + feedback, kbit/s"),
+        ("bitrate_over_time.png", "total both ways, kbit/s"),
         ("timely_miou_over_time.png", "timely mIoU in that second"),
     ):
         figure, axis = plt.subplots(figsize=(10, 4))
@@ -82,13 +118,12 @@ def plot_over_time(points: dict, fps: float, out: Path) -> None:
                 frames = seconds == second
                 xs.append(second)
                 if filename.startswith("bitrate"):
-                    total = point.uplink_bytes[frames].sum() + point.feedback_bytes[frames].sum()
+                    total = point.bytes_per_frame(TOTAL)[frames].sum()
                     ys.append(kbps(total, int(frames.sum()), fps))
                 else:
-                    ys.append(miou(point.confusion["timely_pseudo"][frames].sum(0)))
-            knob = METHODS[name].knob
+                    ys.append(mean_iou(point.confusion[timely][frames].sum(0)))
             xs, ys = xs + [xs[-1] + 1], ys + [ys[-1]]  # draw the last second to its end
-            axis.step(xs, ys, where="post", label=f"{name} ({knob} {point.budget:g})")
+            axis.step(xs, ys, where="post", label=f"{name} ({point_label(name, point.point)})")
         axis.set_xlabel("recording time, s")
         axis.set_ylabel(ylabel)
         if filename.startswith("bitrate"):
@@ -106,75 +141,97 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def _bd_cell(report: dict, suffix: str, baseline: str) -> str:
-    value = report.get(f"bd_rate_pct{suffix}", {}).get(baseline)
+def _bd_text(value, interval) -> str:
     if value is None:
         return "-- (no overlap)"
-    interval = report.get(f"bd_rate_ci95_pct{suffix}", {}).get(baseline)
     text = f"{value:+.1f} %"
     return text + (f" [{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval else "")
 
 
 def markdown(report: dict) -> str:
-    source, link, timing = report["source"], report["link"], report["edge_timing"]
+    source, link, timing = report["source"], report["link"], report["edge_profile"]
     lines = [
-        "# stac-replay report",
+        "# stac-replay report: the system comparison",
         "",
         f"- command: `{report['command']}`",
         f"- source: {source['uri']} ({source['kind']}"
         + (f", topic {source['topic']}" if source.get("topic") else "")
         + f"), {source['frames']} frames at {source['fps']:g} fps",
         f"- link: `{link['spec']}`",
-        f"- edge compute: forward {timing['segment_ms']:g} ms, sensitivity pass "
-        f"{timing['map_ms']:g} ms ({timing['source']})",
+        f"- edge profile {timing['profile']}: forward {timing['segment_ms']:g} ms, sensitivity "
+        f"pass {timing['map_ms']:g} ms ({timing['source']})",
+        f"- robot: {report['robot']} (timely mIoU of the mask it holds at each capture)",
         f"- model: {report['model']['name']}; STAC calibration: {report['calibration']}",
         f"- labels: {report['labels'] or 'none (pseudo ground truth only)'}",
         f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
         f"- wall time: {report['wall_s']:.0f} s",
         "",
-        "Decoded mIoU: the model on each decoded frame against the model on the raw frame. "
-        "Timely mIoU: the newest mask back at the robot at each frame's capture time, against "
-        "that frame. kbit/s: serialized messages that took the uplink, plus the maps sent back.",
+        "Timely mIoU: the mask the robot holds at each camera frame's capture (warped by flow, "
+        "or held as it came), against the model on that raw frame. Decoded mIoU: the model on "
+        "each decoded frame (keyframe methods: the keyframes only). kbit/s: serialized "
+        "messages, uplink (frames) and downlink (QP maps, masks back, keyframe requests).",
         "",
-        "## BD-rate of STAC stream mode (negative = fewer bits at equal mIoU)",
+        "## BD-rate at equal timely mIoU, every bit both ways (negative = fewer bits)",
         "",
         f"95% intervals: block bootstrap, {report['bootstrap']['resamples']} draws of "
         f"{report['bootstrap']['blocks']} blocks of {report['bootstrap']['block_frames']} frames.",
         "",
     ]
-    suffixes = [("", "decoded mIoU"), ("_timely", "timely mIoU")]
-    if report["labels"]:
-        suffixes += [("_human", "decoded, human labels"), ("_timely_human", "timely, human")]
-    suffixes.append(("_uplink_only", "decoded, feedback bits left out (diagnostic)"))
-    lines.append("| baseline | " + " | ".join(title for _, title in suffixes) + " |")
-    lines.append("|---" * (len(suffixes) + 1) + "|")
-    for baseline in report["bd_rate_pct"]:
-        cells = [_bd_cell(report, suffix, baseline) for suffix, _ in suffixes]
-        lines.append(f"| {baseline} | " + " | ".join(cells) + " |")
+    for bits in ("total", "uplink"):
+        table = report.get(f"bd_rate_pct_timely_{bits}", {})
+        intervals = report.get(f"bd_rate_pct_timely_{bits}_ci95", {})
+        if not table:
+            continue
+        baselines = sorted({b for row in table.values() for b in row})
+        lines.append(f"| {bits} bits | " + " | ".join(f"vs {b}" for b in baselines) + " |")
+        lines.append("|---" * (len(baselines) + 1) + "|")
+        for test, row in table.items():
+            cells = [
+                _bd_text(row.get(b), intervals.get(test, {}).get(b)) if b in row else ""
+                for b in baselines
+            ]
+            lines.append(f"| {test} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "Best timely mIoU of each method: "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in report["timely_ceiling"].items()),
+        "",
+        "## STAC stream mode at equal decoded mIoU (compression alone: stream + maps)",
+        "",
+        "| baseline | stream + maps | uplink only |",
+        "|---|---|---|",
+    ]
+    for baseline, value in report.get("bd_rate_pct", {}).items():
+        lines.append(
+            f"| {baseline} | {_bd_text(value, report['bd_rate_ci95_pct'].get(baseline))} | "
+            f"{_bd_text(report['bd_rate_pct_uplink_only'].get(baseline), None)} |"
+        )
     lines += ["", "## Operating points", ""]
     header = (
-        "| method | budget | uplink kbit/s | feedback kbit/s | decoded mIoU | timely mIoU | "
-        "latency p50 / p95 ms | sent / lost / dropped / late | segmented / skipped |"
+        "| method | point | uplink kbit/s | downlink kbit/s (maps / masks) | decoded mIoU | "
+        "timely mIoU (warp / held) | latency p50 / p95 ms | sent / kept / lost / dropped | "
+        "segmented / skipped |"
     )
     lines += [header, "|---" * 9 + "|"]
     for name, points in report["methods"].items():
         for p in points:
             frames = p["frames"]
             lines.append(
-                f"| {name} | {p['knob']} {p['budget']:g} | {p['uplink_kbps']:.0f} | "
-                f"{p['feedback_kbps']:.2f} | {_fmt(p['decoded_miou'])} | "
-                f"{_fmt(p['timely_miou'])} | {_fmt(p['latency_ms_p50'], 0)} / "
-                f"{_fmt(p['latency_ms_p95'], 0)} | {frames['sent']} / {frames['lost']} / "
-                f"{frames['dropped_queue_full']} / {frames['late']} | {frames['segmented']} / "
+                f"| {name} | {point_label(name, p)} | {p['uplink_kbps']:.0f} | "
+                f"{p['downlink_kbps']:.0f} ({p['map_kbps']:.1f} / {p['mask_kbps']:.0f}) | "
+                f"{_fmt(p['decoded_miou'])} | {_fmt(p['timely_miou_warp'])} / "
+                f"{_fmt(p['timely_miou_held'])} | {_fmt(p['latency_ms_p50'], 0)} / "
+                f"{_fmt(p['latency_ms_p95'], 0)} | {frames['sent']} / {frames['kept_on_robot']} / "
+                f"{frames['lost']} / {frames['dropped_queue_full']} | {frames['segmented']} / "
                 f"{frames['skipped_newest_frame_policy']} |"
             )
     lines += [
         "",
         "## Files",
         "",
-        "- curves.png: kbit/s against decoded and timely mIoU, every method",
+        "- curves.png: decoded mIoU against stream + maps; timely mIoU against every bit",
         "- bitrate_over_time.png, timely_miou_over_time.png: the chosen point of each method",
     ]
     for name, bag in report.get("bags", {}).items():
-        lines.append(f"- {bag['path']}: {name} at {report['chosen_points'][name]:g} (Foxglove)")
+        lines.append(f"- {bag['path']}: {report['chosen_points'][name]} (Foxglove)")
     return "\n".join(lines) + "\n"

@@ -1,16 +1,23 @@
-"""`stac-replay run`: every method over its budget sweep, cached per point, then the report.
+"""`stac-replay run`: every method over its sweep, cached per point, then the report.
 
 Steps (each with a progress bar): the pseudo ground truth of every frame (cached per model and
-source), the edge timing (fixed by --edge-ms, or measured once and cached), then one simulation
-per method and budget (`simulation.PointReplay`), each saved under DIR/points/ as soon as it is
-done with a key of everything that shaped it; a rerun with the same options loads finished
-points instead of running them again, so an interrupted run resumes. The chosen operating
-point of each method (the middle of its sweep by default) also gets a bag under DIR/bags/.
+source), the edge profile (`edge_profile`: measured once and cached, the fast GPU profile, a
+file, or --edge-ms), then one simulation per method and operating point
+(`simulation.PointReplay`), each saved under DIR/points/ as soon as it is done with a key of
+everything that shaped it; a rerun with the same options loads finished points instead of
+running them again, so an interrupted run resumes. The model's masks of decoded pictures are
+cached by content (`accuracy.DecodedMasks`), so another edge profile or a robot-side change
+does not run the model again on a stream it has seen. The chosen operating point of each
+method (the middle of its sweep by default) also gets a bag under DIR/bags/.
+
+Keyframe methods sweep the staleness threshold (--stale-psnr-db) as well as the CRF: the
+operator picks both, and a BD-rate takes the efficient points of the whole grid.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import time
@@ -19,42 +26,68 @@ from pathlib import Path
 import numpy as np
 
 from stac_edge_segmenter.loading import load_model
-from stac_eval.replay.analysis import Curve, bd_rates, point_summary
+from stac_eval.progress import progress_bar
+from stac_eval.replay.accounting import PointResult
+from stac_eval.replay.analysis import STREAM_AND_MAPS, TOTAL, UPLINK, Curve, bd_rates, point_summary
 from stac_eval.replay.bags import write_point_bag
+from stac_eval.replay.edge_profile import (
+    EdgeTiming,
+    fast_edge_timing,
+    measured_edge_timing,
+    timing_from_file,
+)
 from stac_eval.replay.link import LinkConfig
 from stac_eval.replay.report import write_outputs
 from stac_eval.replay.simulation import (
     BASELINES,
     METHODS,
+    STAC_METHODS,
     PointReplay,
-    PointResult,
     ReplaySettings,
 )
 from stac_eval.replay.source import bag_labels, label_folder, open_source, read_label_png
-from stac_eval.replay.truth import (
-    EdgeTiming,
-    PseudoTruth,
-    default_cache_dir,
-    measured_edge_timing,
-    model_digest,
-)
+from stac_eval.replay.truth import PseudoTruth, default_cache_dir, model_digest
 from stac_sensitivity.online import QPMapComputer
 
-REPLAY_VERSION = 3  # bump when a change alters results, so cached points are recomputed
+REPLAY_VERSION = 4  # bump when a change alters results, so cached points are recomputed
 DEFAULT_CRFS = (18, 25, 32, 39, 46)
 DEFAULT_JPEG_QUALITIES = (10, 20, 35, 55, 80)
+DEFAULT_STALE_PSNR_DB = (22, 26, 30, 99)
 DEFAULT_LINK = "rate=10mbit,delay=20ms,loss=0%,queue=30"
 
 
-def _progress(total: int | None, desc: str):
-    from tqdm import tqdm
+@dataclasses.dataclass(frozen=True)
+class OperatingPoint:
+    """One point of a method's sweep: its budget (CRF or JPEG quality) and, in keyframe
+    mode, the staleness threshold."""
 
-    return tqdm(total=total, desc=desc, unit="frame", leave=False, dynamic_ncols=True)
+    budget: float
+    stale_psnr_db: float | None = None
+
+    def name(self, method: str) -> str:
+        knob = METHODS[method].knob
+        stale = "" if self.stale_psnr_db is None else f"_stale{self.stale_psnr_db:g}"
+        return f"{method}_{knob}{self.budget:g}{stale}"
+
+    def settings(self, base: ReplaySettings) -> ReplaySettings:
+        if self.stale_psnr_db is None:
+            return base
+        keyframes = dataclasses.replace(base.keyframes, stale_psnr_db=self.stale_psnr_db)
+        return dataclasses.replace(base, keyframes=keyframes)
 
 
-def _budgets(args: argparse.Namespace, method: str) -> list[float]:
-    values = args.jpeg_quality if METHODS[method].knob == "quality" else args.crf
-    return [float(v) for v in values]
+def sweep(args: argparse.Namespace, method: str) -> list[OperatingPoint]:
+    """The operating points of `method`: its knob's values (keyframe mode: every staleness
+    threshold at every CRF)."""
+    if METHODS[method].knob == "quality":
+        return [OperatingPoint(float(q)) for q in args.jpeg_quality]
+    if METHODS[method].mode == "keyframe":
+        return [
+            OperatingPoint(float(crf), float(stale))
+            for stale in args.stale_psnr_db
+            for crf in args.crf
+        ]
+    return [OperatingPoint(float(crf)) for crf in args.crf]
 
 
 def _key(data: dict) -> str:
@@ -81,6 +114,18 @@ def _labels(args, source, offsets: list[float], count: int) -> tuple[dict, str |
     return {}, None
 
 
+def edge_timing(args, model, model_key, computer, source, cache_dir, size) -> EdgeTiming:
+    """--edge-ms, else the --edge-profile: 'measured' (cached), 'fast' or a JSON file."""
+    if args.edge_ms:
+        return EdgeTiming.parse(args.edge_ms)
+    if args.edge_profile == "fast":
+        return fast_edge_timing(model, *size)
+    if args.edge_profile == "measured":
+        frames = (frame.image for frame in source.frames(4))
+        return measured_edge_timing(cache_dir, model, model_key, computer, frames, args.threads)
+    return timing_from_file(Path(args.edge_profile))
+
+
 def run(args: argparse.Namespace, command: str) -> dict:
     import cv2
     import torch
@@ -102,20 +147,15 @@ def run(args: argparse.Namespace, command: str) -> dict:
     model_key = model_digest(model)
 
     truth = PseudoTruth(cache_dir, model, model_key, source, args.batch_size)
-    with _progress(args.max_frames or None, "pseudo ground truth") as bar:
+    with progress_bar(total=args.max_frames or None, desc="pseudo ground truth") as bar:
         index = truth.ensure(args.max_frames, bar)
     count = min(index.count, args.max_frames) if args.max_frames else index.count
     offsets = index.offsets_s[:count]
     fps = _fps(offsets)
     labels, labels_note = _labels(args, source, offsets, count)
-    computer = None
-    if any(METHODS[m].maps for m in methods) or not args.edge_ms:
-        computer = QPMapComputer(model, args.calibration)
-    if args.edge_ms:
-        timing = EdgeTiming.parse(args.edge_ms)
-    else:
-        frames = (frame.image for frame in source.frames(4))
-        timing = measured_edge_timing(cache_dir, model, model_key, computer, frames, args.threads)
+    computer = QPMapComputer(model, args.calibration)
+    size = (index.width, index.height)
+    timing = edge_timing(args, model, model_key, computer, source, cache_dir, size)
     settings = ReplaySettings(
         fps=round(fps, 3),
         gop_frames=args.gop,
@@ -127,45 +167,67 @@ def run(args: argparse.Namespace, command: str) -> dict:
         warp_qp_map=not args.no_warp,
         batch_size=args.batch_size,
     )
+    decoded_cache = (
+        cache_dir
+        / "decoded"
+        / f"{model_key[:16]}-{model.device}-t{args.threads}-b{args.batch_size}"
+    )
     common = {
         "version": REPLAY_VERSION,
         "source": source.digest,
         "topic": source.topic,
         "frames": count,
         "model": model_key,
-        "calibration": str(computer.calibration) if computer else None,
+        "calibration": str(computer.calibration),
         "link": link.describe(),
         "timing": [timing.segment_ms, timing.map_ms],
-        "settings": settings.as_json(),
         "labels": labels_note,
         "threads": args.threads,
         "device": str(model.device),
     }
     curves: dict[str, Curve] = {}
     bags: dict[str, dict] = {}
-    chosen: dict[str, float] = {}
-    total_points = sum(len(_budgets(args, m)) for m in methods)
+    chosen: dict[str, str] = {}
+    total_points = sum(len(sweep(args, m)) for m in methods)
     done_points = 0
     for name in methods:
         method = METHODS[name]
-        budgets = _budgets(args, name)
-        pick = args.bag_point if args.bag_point is not None else len(budgets) // 2
-        pick = min(max(pick, 0), len(budgets) - 1)
-        chosen[name] = budgets[pick]
+        points_of_method = sweep(args, name)
+        pick = _chosen(args, points_of_method, settings)
+        chosen[name] = points_of_method[pick].name(name)
         points = []
-        for position, budget in enumerate(budgets):
+        for position, operating in enumerate(points_of_method):
             done_points += 1
             record = position == pick and not args.no_bag
-            path = out / "points" / f"{name}_{method.knob}{budget:g}.npz"
-            bag_path = out / "bags" / f"{name}_{method.knob}{budget:g}"
-            key = _key({**common, "method": name, "budget": budget})
+            stem = operating.name(name)
+            path = out / "points" / f"{stem}.npz"
+            bag_path = out / "bags" / stem
+            point_settings = operating.settings(settings)
+            key = _key(
+                {
+                    **common,
+                    "settings": point_settings.as_json(),
+                    "method": name,
+                    "budget": operating.budget,
+                }
+            )
             point = _cached(path, key)
             if point is None or (record and not (bag_path / "metadata.yaml").is_file()):
                 replay = PointReplay(
-                    method, budget, settings, link, timing, model, computer, truth, labels, record
+                    method,
+                    operating.budget,
+                    point_settings,
+                    link,
+                    timing,
+                    model,
+                    computer if method.maps else None,
+                    truth,
+                    labels,
+                    record,
+                    decoded_cache,
                 )
-                desc = f"[{done_points}/{total_points}] {name} {method.knob} {budget:g}"
-                with _progress(count, desc) as bar:
+                desc = f"[{done_points}/{total_points}] {stem}"
+                with progress_bar(total=count, desc=desc, unit="frame") as bar:
                     point = replay.run(source.frames(count), bar)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 point.counters["key"] = key
@@ -183,12 +245,24 @@ def run(args: argparse.Namespace, command: str) -> dict:
     report["edge_timing"] = timing.as_json()
     report["labels"] = labels_note
     report["model"] = {"name": model.spec.name, "weights_sha256": model_key}
-    report["calibration"] = (
-        str(computer.calibration_path or "built-in defaults") if computer else None
-    )
+    report["calibration"] = str(computer.calibration_path or "built-in defaults")
     report["wall_s"] = round(time.time() - started, 1)
-    write_outputs(out, report, curves, chosen, fps)
+    write_outputs(out, report, curves, fps)
     return report
+
+
+def _chosen(args, points: list[OperatingPoint], settings: ReplaySettings) -> int:
+    """The point that gets a bag: --bag-point, else the middle budget (at the robot's default
+    staleness threshold in keyframe mode, or the middle threshold)."""
+    if args.bag_point is not None:
+        return min(max(args.bag_point, 0), len(points) - 1)
+    thresholds = sorted({p.stale_psnr_db for p in points if p.stale_psnr_db is not None})
+    if not thresholds:
+        return len(points) // 2
+    default = settings.keyframes.stale_psnr_db
+    stale = default if default in thresholds else thresholds[len(thresholds) // 2]
+    same = [i for i, p in enumerate(points) if p.stale_psnr_db == stale]
+    return same[len(same) // 2]
 
 
 def _cached(path: Path, key: str) -> PointResult | None:
@@ -203,17 +277,10 @@ def _cached(path: Path, key: str) -> PointResult | None:
 
 def _report(args, command, source, count, fps, link, timing, settings, curves, labels) -> dict:
     methods = {
-        name: [point_summary(point, fps) for point in curve.points]
+        name: [{"knob": curve.knob, **point_summary(p, fps, args.robot)} for p in curve.points]
         for name, curve in curves.items()
     }
-    for name, curve in curves.items():
-        for summary in methods[name]:
-            summary["knob"] = curve.knob
     block = max(1, round(fps * args.block_s))
-    baselines = [b for b in BASELINES if b in curves]
-    kinds = {"": "decoded_pseudo", "_timely": "timely_pseudo"}
-    if labels:
-        kinds.update({"_human": "decoded_human", "_timely_human": "timely_human"})
     report: dict = {
         "command": command,
         "versions": versions(),
@@ -225,27 +292,72 @@ def _report(args, command, source, count, fps, link, timing, settings, curves, l
         },
         "link": link.as_json(),
         "settings": settings.as_json(),
+        "robot": args.robot,
+        "edge_profile": timing.as_json(),
         "methods": methods,
+        "timely_ceiling": {
+            name: max(
+                (p["timely_miou"] for p in points if p["timely_miou"] is not None), default=None
+            )
+            for name, points in methods.items()
+        },  # fmt: skip
     }
-    from tqdm import tqdm
-
-    for suffix, kind in tqdm(kinds.items(), desc="BD-rates and bootstrap", leave=False):
-        result = bd_rates(curves, "stac", baselines, kind, block, args.bootstrap, args.seed)
-        report[f"bd_rate_pct{suffix}"] = result.get("pct", {})
-        report[f"bd_rate_ci95_pct{suffix}"] = result.get("ci95_pct", {})
-        report[f"bd_rate_draws_without_overlap{suffix}"] = result.get("draws_without_overlap", {})
-    # Diagnostic: what the map does to the stream alone, its feedback left out.
-    result = bd_rates(
-        curves, "stac", baselines, "decoded_pseudo", block, args.bootstrap, args.seed, False
-    )
-    report["bd_rate_pct_uplink_only"] = result.get("pct", {})
-    report["bd_rate_ci95_pct_uplink_only"] = result.get("ci95_pct", {})
+    report.update(_system_bd_rates(args, curves, block, bool(labels)))
+    report.update(_stream_bd_rates(args, curves, block, bool(labels)))
     report["bootstrap"] = {
         "resamples": args.bootstrap,
         "block_frames": block,
         "blocks": -(-count // block),
         "seed": args.seed,
     }
+    return report
+
+
+def _system_bd_rates(args, curves: dict[str, Curve], block: int, labels: bool) -> dict:
+    """Each STAC method against every other method at equal timely mIoU (the robot's mask as
+    --robot has it), total bits both ways and uplink only."""
+    timely = "timely_pseudo" if args.robot == "warp" else "timely_held_pseudo"
+    kinds = {"": timely}
+    if labels:
+        kinds["_human"] = timely.replace("pseudo", "human")
+    report: dict = {}
+    jobs = [
+        (suffix, kind, bits, parts)
+        for suffix, kind in kinds.items()
+        for bits, parts in (("total", TOTAL), ("uplink", UPLINK))
+    ]
+    for suffix, kind, bits, parts in progress_bar(iterable=jobs, desc="BD-rates, timely"):
+        name = f"bd_rate_pct_timely_{bits}{suffix}"
+        values, intervals = {}, {}
+        for test in (m for m in STAC_METHODS if m in curves):
+            others = [m for m in curves if m != test]
+            result = bd_rates(curves, test, others, kind, block, args.bootstrap, args.seed, parts)
+            values[test] = result.get("pct", {})
+            intervals[test] = result.get("ci95_pct", {})
+        report[name] = values
+        report[f"{name}_ci95"] = intervals
+    return report
+
+
+def _stream_bd_rates(args, curves: dict[str, Curve], block: int, labels: bool) -> dict:
+    """STAC stream mode against the streaming baselines at equal decoded mIoU (compression
+    alone: the stream and its maps, the masks sent back left out), and uplink only."""
+    baselines = [b for b in BASELINES if b in curves]
+    kinds = {"": "decoded_pseudo"}
+    if labels:
+        kinds["_human"] = "decoded_human"
+    report: dict = {}
+    for suffix, kind in kinds.items():
+        result = bd_rates(
+            curves, "stac", baselines, kind, block, args.bootstrap, args.seed, STREAM_AND_MAPS
+        )
+        report[f"bd_rate_pct{suffix}"] = result.get("pct", {})
+        report[f"bd_rate_ci95_pct{suffix}"] = result.get("ci95_pct", {})
+    result = bd_rates(
+        curves, "stac", baselines, "decoded_pseudo", block, args.bootstrap, args.seed, UPLINK
+    )
+    report["bd_rate_pct_uplink_only"] = result.get("pct", {})
+    report["bd_rate_ci95_pct_uplink_only"] = result.get("ci95_pct", {})
     return report
 
 

@@ -1,16 +1,11 @@
-"""The pseudo ground truth (the model on every raw frame) and the edge's compute times, cached.
+"""The pseudo ground truth (the model on every raw frame), computed once and cached.
 
-Both are expensive and both must be the same in every run over the same input (the replay is
-deterministic), so both are computed once and kept on disk:
-
-- truth: one class-id PNG per frame under `<cache>/truth/<model>-<source>/`, plus an index
-  (frame count, recorded offsets, frame size) rewritten after every batch, so an interrupted
-  computation resumes where it stopped. Keyed by the model (weights digest and configuration)
-  and the source's bytes (and bag topic).
-- edge timing: the median time of one segmentation forward and of one sensitivity pass
-  (forward + backward, QPMapComputer) on the source's first frames, measured once per model,
-  frame size, device and thread count, and reused from then on. The replay records the value
-  and where it came from; `--edge-ms` fixes it instead.
+It is expensive and must be the same in every run over the same input (the replay is
+deterministic), so it is kept on disk: one class-id PNG per frame under
+`<cache>/truth/<model>-<source>/`, plus an index (frame count, recorded offsets, frame size)
+rewritten after every batch, so an interrupted computation resumes where it stopped. Keyed by
+the model (weights digest and configuration) and the source's bytes (and bag topic). The edge's
+compute times are `edge_profile`'s.
 """
 
 from __future__ import annotations
@@ -18,9 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import statistics
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,10 +22,8 @@ import torch
 
 from stac_edge_segmenter.loading import SegmentationModel
 from stac_eval.replay.source import ReplaySource
-from stac_sensitivity.online import QPMapComputer
 
 TRUTH_FORMAT = "stac-replay-truth-v1"
-TIMING_FORMAT = "stac-replay-edge-timing-v1"
 PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 
 
@@ -160,73 +150,3 @@ class PseudoTruth:
 
     def mask(self, index: int) -> np.ndarray:
         return decode_mask((self.directory / f"{index:06d}.png").read_bytes())
-
-
-@dataclass(frozen=True)
-class EdgeTiming:
-    """How long the edge takes for one frame: a segmentation forward, or a sensitivity pass
-    (forward + backward + allocation), in ms; source says 'fixed' or where it was measured."""
-
-    segment_ms: float
-    map_ms: float
-    source: str = "fixed"
-
-    @classmethod
-    def parse(cls, spec: str) -> EdgeTiming:
-        """'150' (both passes 150 ms) or '80/300' (forward 80 ms, sensitivity pass 300 ms)."""
-        parts = spec.split("/")
-        try:
-            values = [float(part) for part in parts]
-        except ValueError as error:
-            raise ValueError(f"--edge-ms '{spec}': expected MS or SEGMENT_MS/MAP_MS") from error
-        if len(values) not in (1, 2) or min(values) < 0:
-            raise ValueError(f"--edge-ms '{spec}': expected MS or SEGMENT_MS/MAP_MS, >= 0")
-        return cls(values[0], values[-1], "fixed")
-
-    def as_json(self) -> dict:
-        return {"segment_ms": self.segment_ms, "map_ms": self.map_ms, "source": self.source}
-
-
-def measured_edge_timing(
-    cache_dir: Path,
-    model: SegmentationModel,
-    model_key: str,
-    computer: QPMapComputer,
-    frames: Iterator[np.ndarray],
-    threads: int,
-) -> EdgeTiming:
-    """The cached measurement for this model, frame size, device and thread count, or a new
-    one on up to 4 frames (medians of 6 forwards and 4 sensitivity passes after a warm-up)."""
-    images = [image for _, image in zip(range(4), frames, strict=False)]
-    height, width = images[0].shape[:2]
-    key = f"{model_key[:16]}-{width}x{height}-{model.device}-t{threads}"
-    path = cache_dir / "edge_timing" / f"{key}.json"
-    if path.is_file():
-        data = json.loads(path.read_text())
-        if data.get("format") == TIMING_FORMAT:
-            return EdgeTiming(data["segment_ms"], data["map_ms"], f"measured, cached in {path}")
-    model.predict(images[0], with_probabilities=False)
-    computer.compute(images[0])
-    forwards = []
-    for image in images + images[:2]:
-        started = time.perf_counter()
-        model.predict(image, with_probabilities=False)
-        forwards.append(1e3 * (time.perf_counter() - started))
-    passes = []
-    for image in images:
-        started = time.perf_counter()
-        computer.compute(image)
-        passes.append(1e3 * (time.perf_counter() - started))
-    data = {
-        "format": TIMING_FORMAT,
-        "segment_ms": round(statistics.median(forwards), 1),
-        "map_ms": round(statistics.median(passes), 1),
-        "frame_size": [width, height],
-        "device": str(model.device),
-        "threads": threads,
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return EdgeTiming(data["segment_ms"], data["map_ms"], f"measured now, cached in {path}")

@@ -8,10 +8,16 @@ test_replay_wire.py checks every function against rclpy's serialisation.
 - H.264 methods send stac_msgs/EncodedFrame (the STAC robot; ffmpeg_image_transport's
   FFMPEGPacket has the same shape: header, size, flags and the access unit);
 - JPEG sends sensor_msgs/CompressedImage (compressed_image_transport);
-- maps come back as stac_msgs/QPMap, keyframe requests as std_srvs/Trigger requests.
+- maps come back as stac_msgs/QPMap, keyframe requests as std_srvs/Trigger requests, masks as
+  stac_msgs/SegmentationMask in the mask coder's wire form (`mask_message_bytes`: the one place
+  where the replay and stac-bench temporal price a mask sent back).
 """
 
 from __future__ import annotations
+
+import numpy as np
+
+from stac_codec.mask_wire import ENCODING_NAME, encode_mask
 
 ENCAPSULATION_BYTES = 4
 FRAME_ID = "camera"
@@ -77,3 +83,18 @@ def compressed_image_bytes(
 def keyframe_request_bytes() -> int:
     """Serialized size of a std_srvs/Trigger request (no fields: CDR pads one octet)."""
     return _Cdr().primitive(1).total() + 3  # the body is padded to 4 octets
+
+
+def segmentation_mask_bytes(
+    data_bytes: int, frame_id: str = FRAME_ID, encoding: str = ENCODING_NAME
+) -> int:
+    """Serialized size of a stac_msgs/SegmentationMask carrying `data_bytes` of coded mask."""
+    cdr = _Cdr().header(frame_id).primitive(8)  # source_frame_seq
+    cdr.primitive(4).primitive(4).string(encoding).primitive(2)  # width, height, num_classes
+    return cdr.octets(data_bytes).total()
+
+
+def mask_message_bytes(class_ids: np.ndarray, frame_id: str = FRAME_ID) -> int:
+    """What sending `class_ids` (HxW uint8) back to the robot costs: the SegmentationMask
+    message with the mask in the segmenter's wire form (stac_codec.mask_wire)."""
+    return segmentation_mask_bytes(len(encode_mask(class_ids)), frame_id)

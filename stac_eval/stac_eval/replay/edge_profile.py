@@ -1,0 +1,168 @@
+"""How long the edge takes per pass: measured here, a fast (GPU) profile, or fixed.
+
+Timeliness decides which mode wins (a slow edge makes every mask late, and keyframe mode sends
+only what the edge can take), so the system comparison runs under two edge profiles:
+
+- `measured`: the median time of one segmentation forward and of one sensitivity pass
+  (forward + backward + allocation, QPMapComputer) on the source's first frames, on this
+  machine's device and threads, measured once per model, frame size, device and thread count
+  and cached (the replay is deterministic: a rerun reuses the figure);
+- `fast`: a datacenter-GPU edge, from published figures for this class of model
+  (EfficientNet-B0, the family of the shipped EfficientNet-Lite0 backbone), scaled to the
+  model's working resolution; NOT measured here (no GPU was at hand). The constants and their
+  sources are below and in docs/system_comparison.md;
+- a JSON file (`--edge-profile FILE`): a measurement written by `stac-replay edge-timing
+  --device cuda --out FILE` on a machine with a GPU, the path to replace the published
+  figures by a measured GPU run;
+- `--edge-ms FORWARD/SENSITIVITY`: fixed numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stac_edge_segmenter.loading import SegmentationModel
+from stac_sensitivity.online import QPMapComputer
+
+TIMING_FORMAT = "stac-replay-edge-timing-v1"
+PROFILES = ("measured", "fast")
+
+# Published figures behind the `fast` profile (EfficientNet-B0 at 224x224):
+# - batch-1 latency on an NVIDIA A100, TensorFlow FP32: 6.77 ms (NVIDIA TensorRT TensorFlow
+#   quantization toolkit, "Model Zoo Results", EfficientNet-B0 baseline row): what a framework's
+#   eager forward of this network costs at batch 1 (kernel launches dominate);
+# - per-image time at full occupancy on an NVIDIA V100-32GB, PyTorch AMP channels-last (timm
+#   benchmarks, R. Wightman, NGC 21.02): inference 6496.56 img/s, training 1556.66 img/s.
+FAST_BATCH1_MS_224 = 6.77
+FAST_INFERENCE_MS_PER_IMAGE_224 = 1e3 / 6496.56
+FAST_TRAIN_OVER_INFERENCE = 6496.56 / 1556.66  # forward + backward against forward alone
+REFERENCE_PIXELS = 224 * 224
+
+
+@dataclass(frozen=True)
+class EdgeTiming:
+    """How long the edge takes for one frame: a segmentation forward, or a sensitivity pass
+    (forward + backward + allocation), in ms; profile: 'measured', 'fast' or 'fixed'; source:
+    where the figures come from."""
+
+    segment_ms: float
+    map_ms: float
+    source: str = "fixed"
+    profile: str = "fixed"
+
+    @classmethod
+    def parse(cls, spec: str) -> EdgeTiming:
+        """'150' (both passes 150 ms) or '80/300' (forward 80 ms, sensitivity pass 300 ms)."""
+        parts = spec.split("/")
+        try:
+            values = [float(part) for part in parts]
+        except ValueError as error:
+            raise ValueError(f"--edge-ms '{spec}': expected MS or SEGMENT_MS/MAP_MS") from error
+        if len(values) not in (1, 2) or min(values) < 0:
+            raise ValueError(f"--edge-ms '{spec}': expected MS or SEGMENT_MS/MAP_MS, >= 0")
+        return cls(values[0], values[-1], "fixed", "fixed")
+
+    def as_json(self) -> dict:
+        return {
+            "profile": self.profile,
+            "segment_ms": self.segment_ms,
+            "map_ms": self.map_ms,
+            "source": self.source,
+        }
+
+
+def fast_edge_timing(model: SegmentationModel, width: int, height: int) -> EdgeTiming:
+    """The `fast` profile for frames of width x height: the published batch-1 latency plus
+    the published per-image compute scaled by the pixels the network sees (its working
+    resolution, or the frame's own size), and the sensitivity pass as that forward times the
+    published training / inference ratio. The allocation's CPU part (macroblock aggregation,
+    the residual's flow) is left out."""
+    working = model.spec.input_size or (width, height)
+    scale = working[0] * working[1] / REFERENCE_PIXELS
+    forward_ms = FAST_BATCH1_MS_224 + FAST_INFERENCE_MS_PER_IMAGE_224 * scale
+    map_ms = forward_ms * FAST_TRAIN_OVER_INFERENCE
+    source = (
+        f"published GPU figures for EfficientNet-B0 scaled to the {working[0]}x{working[1]} "
+        "network input (A100 batch-1 6.77 ms at 224 px, NVIDIA TensorRT quantization toolkit "
+        "model zoo; V100 per-image inference / training 0.154 / 0.642 ms, timm benchmarks); "
+        "not measured"
+    )
+    return EdgeTiming(round(forward_ms, 2), round(map_ms, 2), source, "fast")
+
+
+def timing_from_file(path: Path) -> EdgeTiming:
+    """A measurement written by `stac-replay edge-timing` (or the replay's cache)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--edge-profile {path}: not a readable JSON file ({error})") from error
+    if data.get("format") != TIMING_FORMAT:
+        raise ValueError(f"--edge-profile {path}: format is not {TIMING_FORMAT}")
+    where = f"measured on {data.get('device')}, {data.get('date')}, file {path}"
+    return EdgeTiming(float(data["segment_ms"]), float(data["map_ms"]), where, "measured")
+
+
+def measure_edge(
+    model: SegmentationModel, computer: QPMapComputer, images: list[np.ndarray], threads: int
+) -> dict:
+    """Medians of 6 forwards and 4 sensitivity passes on up to 4 frames, after a warm-up
+    (predict and compute return numpy arrays, so a GPU has finished when the clock stops)."""
+    height, width = images[0].shape[:2]
+    model.predict(images[0], with_probabilities=False)
+    computer.compute(images[0])
+    forwards = []
+    for image in images + images[:2]:
+        started = time.perf_counter()
+        model.predict(image, with_probabilities=False)
+        forwards.append(1e3 * (time.perf_counter() - started))
+    passes = []
+    for image in images:
+        started = time.perf_counter()
+        computer.compute(image)
+        passes.append(1e3 * (time.perf_counter() - started))
+    return {
+        "format": TIMING_FORMAT,
+        "segment_ms": round(statistics.median(forwards), 1),
+        "map_ms": round(statistics.median(passes), 1),
+        "frame_size": [width, height],
+        "device": str(model.device),
+        "threads": threads,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def measured_edge_timing(
+    cache_dir: Path,
+    model: SegmentationModel,
+    model_key: str,
+    computer: QPMapComputer,
+    frames: Iterator[np.ndarray],
+    threads: int,
+) -> EdgeTiming:
+    """The cached measurement for this model, frame size, device and thread count, or a new
+    one (`measure_edge`) on the first 4 frames."""
+    images = [image for _, image in zip(range(4), frames, strict=False)]
+    height, width = images[0].shape[:2]
+    key = f"{model_key[:16]}-{width}x{height}-{model.device}-t{threads}"
+    path = cache_dir / "edge_timing" / f"{key}.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("format") == TIMING_FORMAT:
+            return EdgeTiming(
+                data["segment_ms"], data["map_ms"], f"measured, cached in {path}", "measured"
+            )
+    data = measure_edge(model, computer, images, threads)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return EdgeTiming(
+        data["segment_ms"], data["map_ms"], f"measured now, cached in {path}", "measured"
+    )

@@ -1,0 +1,204 @@
+"""The replay's event simulator (the one behind `stac-replay run` and `stac-bench temporal`),
+with a stand-in model and map computer (no torch), on a short panning clip: what travels in
+each mode and method, every byte both ways, what the robot holds warped and held, and the
+bitrate target's window check."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from stac_codec.qp_map import QPLevelMap, macroblock_grid
+from stac_eval.baselines import jpeg_round_trip
+from stac_eval.replay.accounting import KEPT, PointResult
+from stac_eval.replay.edge_profile import EdgeTiming
+from stac_eval.replay.link import LinkConfig
+from stac_eval.replay.simulation import METHODS, PointReplay, ReplaySettings
+from stac_eval.replay.wire import (
+    compressed_image_bytes,
+    keyframe_request_bytes,
+    segmentation_mask_bytes,
+)
+from stac_eval.temporal_maps import window_errors
+
+WIDTH, HEIGHT, FRAMES, FPS = 128, 80, 30, 25.0
+
+
+def _classes(image: np.ndarray) -> np.ndarray:
+    """Class 1 where the frame is bright, else 0."""
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    return (grey > 128).astype(np.uint8)
+
+
+class StubModel:
+    num_classes = 3
+    palette = np.array([[0, 0, 0], [255, 255, 255], [255, 0, 0]], np.uint8)
+
+    def predict(self, images, batch_size=1, with_probabilities=False):
+        images = np.asarray(images)
+        batch = images[None] if images.ndim == 3 else images
+        return SimpleNamespace(class_ids=np.stack([_classes(image) for image in batch]))
+
+
+class StubComputer:
+    """A fixed map: the left half finer; remembers the (frame, reference) pairs it was given."""
+
+    aq_strength = 0.001
+    max_offset_qp = 6
+
+    def __init__(self):
+        self.given = []
+
+    def compute(self, image, reference=None):
+        self.given.append((image, reference))
+        rows, cols = macroblock_grid(image.shape[1], image.shape[0])
+        indices = np.zeros((rows, cols), np.uint8)
+        indices[:, cols // 2 :] = 2
+        level_map = QPLevelMap(indices, (-6, 0, 6))
+        return SimpleNamespace(
+            allocation=level_map,
+            offsets_qp=level_map.offsets_qp,
+            class_ids=_classes(image),
+            macroblock_sensitivity=np.ones((rows, cols)),
+        )
+
+
+class StubTruth:
+    def __init__(self, frames):
+        self._masks = [_classes(f.image) for f in frames]
+
+    def mask(self, index):
+        return self._masks[index]
+
+
+@pytest.fixture(scope="module")
+def clip():
+    rng = np.random.default_rng(4)
+    noise = rng.integers(0, 256, (HEIGHT, WIDTH + 2 * FRAMES, 3)).astype(np.float32)
+    world = cv2.normalize(cv2.GaussianBlur(noise, (0, 0), 3.0), None, 0, 255, cv2.NORM_MINMAX)
+    return [
+        SimpleNamespace(
+            index=i,
+            offset_s=i / FPS,
+            image=np.ascontiguousarray(world[:, 2 * i : 2 * i + WIDTH]).astype(np.uint8),
+        )
+        for i in range(FRAMES)
+    ]
+
+
+def simulate(clip, method: str, budget=30.0, computer=None, link="rate=10mbit,delay=10ms",
+             timing=(100.0, 200.0), **settings) -> PointResult:  # fmt: skip
+    simulation = PointReplay(
+        METHODS[method],
+        budget,
+        ReplaySettings(fps=FPS, **settings),
+        LinkConfig.parse(link),
+        EdgeTiming(*timing),
+        StubModel(),
+        computer or StubComputer(),
+        StubTruth(clip),
+    )
+    return simulation.run(clip)
+
+
+def _miou(point, kind):
+    from stac_edge_segmenter.metrics import mean_iou
+
+    return mean_iou(point.confusion[kind].sum(0))
+
+
+def test_stream_mode_sends_every_frame_and_counts_every_message_back(clip):
+    computer = StubComputer()
+    point = simulate(clip, "stac", computer=computer)
+    # the first map comes from the stream's first picture; every later one is given the
+    # decoded picture before its frame, the reference of that P-frame (the decoder's
+    # reference_image, tested in test_codec_decoder.py)
+    assert computer.given[0][1] is None and len(computer.given) >= 2
+    for image, reference in computer.given[1:]:
+        assert reference is not None and reference.shape == image.shape
+        assert not np.array_equal(reference, image)  # the camera pans: another picture
+    assert point.sent.all() and point.uplink_bytes.min() > 0
+    assert point.counters["maps_sent"] >= 1 and point.map_bytes.sum() > 0
+    # one SegmentationMask per segmented frame, charged to that frame, apart from the maps
+    segmented = point.segmented
+    assert point.counters["masks_sent"] == segmented.sum() > 0
+    assert (point.mask_bytes[segmented] > segmentation_mask_bytes(0)).all()
+    assert (point.mask_bytes[~segmented] == 0).all()
+    assert point.counters["skipped"] > 0  # the newest-frame policy under a 100 ms edge
+    np.testing.assert_array_equal(
+        point.downlink_bytes, point.map_bytes + point.mask_bytes + point.request_bytes
+    )
+    assert (point.mask_age[:3] == -1).all() and (point.mask_age[-10:] >= 0).all()
+    assert point.confusion["decoded_pseudo"].sum() > 0
+    held = point.confusion["timely_pseudo"][-10:].sum(0)
+    assert np.trace(held[:, :3]) / held.sum() > 0.8  # the robot's masks fit the frames
+
+
+def test_keyframe_mode_sends_only_keyframes_never_to_a_busy_edge(clip):
+    point = simulate(clip, "stac_keyframe")
+    sent = np.flatnonzero(point.sent)
+    assert 1 <= len(sent) < FRAMES // 2
+    assert (point.status[~point.sent] == KEPT).all()
+    # the edge answers each keyframe within ~0.1-0.2 s (+ link): never two within 3 frames
+    assert (np.diff(sent) >= 3).all()
+    assert (point.mask_age[sent[0] + 10 :] >= 0).all()
+    # every keyframe is segmented and its mask (only its) goes back
+    assert point.segmented[sent].all() and not point.segmented[~point.sent].any()
+    assert (point.mask_bytes[sent] > 0).all() and (point.mask_bytes[~point.sent] == 0).all()
+    assert point.uplink_bytes[~point.sent].sum() == 0
+
+
+def test_uniform_keyframe_is_keyframe_mode_without_maps(clip):
+    computer = StubComputer()
+    point = simulate(clip, "uniform_keyframe", computer=computer)
+    assert not computer.given and point.map_bytes.sum() == 0
+    assert 1 <= point.sent.sum() < FRAMES // 2
+
+
+def test_jpeg_counts_each_compressed_image_and_has_the_same_robot(clip):
+    point = simulate(clip, "jpeg", budget=50)
+    expected = [compressed_image_bytes(jpeg_round_trip(f.image, 50)[1]) for f in clip]
+    np.testing.assert_array_equal(point.uplink_bytes, expected)
+    assert point.map_bytes.sum() == 0 and point.mask_bytes.sum() > 0
+    assert (point.mask_age[-10:] >= 0).all()  # masks warped to every frame, as with H.264
+
+
+def test_a_lost_frame_costs_a_keyframe_request_counted_on_the_downlink(clip):
+    point = simulate(clip, "uniform", link="rate=10mbit,delay=10ms,loss=15%,seed=3")
+    requests = point.counters["keyframe_requests"]
+    assert requests >= 1
+    assert point.request_bytes.sum() == requests * keyframe_request_bytes()
+    assert point.counters["keyframes"] >= 2  # the robot answered with an IDR
+
+
+def test_the_warping_robot_beats_holding_on_a_pan_and_both_come_from_one_run(clip):
+    point = simulate(clip, "uniform", timing=(200.0, 200.0))
+    warped, held = _miou(point, "timely_pseudo"), _miou(point, "timely_held_pseudo")
+    assert warped > held
+    after = np.flatnonzero(point.held_frame >= 0)
+    assert len(after) and (point.held_frame[after] < after).all()  # a mask of an older frame
+
+
+def test_the_simulation_is_deterministic(clip):
+    first, second = simulate(clip, "stac"), simulate(clip, "stac")
+    for name, values in first.arrays.items():
+        np.testing.assert_array_equal(values, second.arrays[name], err_msg=name)
+    for kind, values in first.confusion.items():
+        np.testing.assert_array_equal(values, second.confusion[kind], err_msg=kind)
+    assert first.counters == second.counters
+
+
+def test_window_errors_of_a_perfect_and_of_a_lagging_stream():
+    fps, target = 10.0, 80.0
+    per_frame = target * 1e3 / 8 / fps  # bytes per frame on target
+    sizes = np.full(100, per_frame)
+    sizes[50:] = per_frame / 2
+    perfect = window_errors(sizes, fps, (target, target / 2), 5.0)
+    assert perfect["worst_window_error_pct"] < 1e-6 and perfect["step_settle_s"] == 0.0
+    lagging = sizes.copy()
+    lagging[50:60] = per_frame  # follows the step one second late
+    late = window_errors(lagging, fps, (target, target / 2), 5.0)
+    assert late["step_settle_s"] == pytest.approx(1.0, abs=0.11)
