@@ -12,6 +12,9 @@ too). The rules, and why:
   (a node), a `*_container.py` (nodes composed in one process), or the `ros` subpackage of the
   evaluation (the live graph). Everything else must be importable without ROS.
 - A node never imports another node (only a container composes nodes).
+- No cycle between modules, inside a package too: each module has one home and a reader can
+  read them bottom-up (imports inside functions count; a module's own parent packages do not,
+  Python imports those anyway).
 - Every import is declared: a stac package in package.xml's depends, a third-party module by
   its rosdep key (`MODULE_TO_ROSDEP`), or, for pip-only ones, a `not in rosdep: pip install X`
   comment in package.xml.
@@ -188,7 +191,68 @@ def check(root: Path, packages: list[str] | None = None) -> list[str]:
             problems.append(f"{name} is a core module but uses ROS: it {reason}")
     for module in modules.values():
         problems += _check_module_imports(module, modules, manifests)
+    for cycle in module_cycles(modules):
+        problems.append(f"import cycle between modules: {' -> '.join(cycle + cycle[:1])}")
     return problems
+
+
+def module_graph(modules: dict[str, Module]) -> dict[str, set[str]]:
+    """Module -> the workspace modules it imports (not itself, nor its parent packages)."""
+    graph = {}
+    for name, module in modules.items():
+        targets = set()
+        for imported in module.imports:
+            targets.update(_local_targets(imported, modules))
+        ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+        graph[name] = targets - ancestors - {name}
+    return graph
+
+
+def module_cycles(modules: dict[str, Module]) -> list[list[str]]:
+    """Every group of modules that import each other in a circle (strongly connected
+    components of more than one module, Tarjan's algorithm), each in a stable order."""
+    graph = module_graph(modules)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles = []
+
+    def visit(start: str) -> None:
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    cycles.append(sorted(component))
+
+    for name in sorted(graph):
+        if name not in index:
+            visit(name)
+    return sorted(cycles)
 
 
 def _check_module_imports(

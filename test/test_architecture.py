@@ -1,9 +1,9 @@
 """The architecture holds (test/import_graph.py), and the check catches each kind of fault.
 
 The synthetic workspaces below reproduce, one by one, the faults this layout was made to end:
-an edge package importing the robot package, a cycle between packages, a node importing a
-node, a core module importing a message package (directly or through another module), and
-imports that package.xml does not declare.
+an edge package importing the robot package, a cycle between packages or between modules, a
+node importing a node, a core module importing a message package (directly or through another
+module), and imports that package.xml does not declare.
 """
 
 from __future__ import annotations
@@ -87,6 +87,25 @@ FAULTS = {
         {"stac_sensitivity/calibrate.py": "from stac_eval.rate_accuracy import curve\n"},
         {"stac_sensitivity": ["stac_eval"]},
         "may only import lower layers",
+    ),
+    "a cycle between modules of one package": (
+        {
+            "stac_eval/bench_temporal.py": "from stac_eval.temporal_maps import maps\n",
+            "stac_eval/temporal_maps.py": "def f():\n    from stac_eval.bench_temporal import h\n",
+        },
+        {},
+        "import cycle between modules: stac_eval.bench_temporal -> stac_eval.temporal_maps",
+    ),
+    "a longer cycle through a subpackage": (
+        {
+            "stac_eval/replay/__init__.py": "",
+            "stac_eval/replay/simulation.py": "from stac_eval import progress\n",
+            "stac_eval/progress.py": "from stac_eval.replay.report import r\n",
+            "stac_eval/replay/report.py": "import stac_eval.replay.simulation\n",
+        },
+        {},
+        "import cycle between modules: stac_eval.progress -> stac_eval.replay.report -> "
+        "stac_eval.replay.simulation",
     ),
     "a node imports a node": (
         {

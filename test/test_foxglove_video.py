@@ -173,3 +173,11 @@ def test_keyframe_flag_and_codec_must_agree_with_the_data(typestore):
         compressed_video(typestore, data=packets[1].data, keyframe=True, **fields)
     with pytest.raises(VideoFrameError, match="codec 'h265' is not supported"):
         compressed_video(typestore, data=packets[0].data, codec="h265", **fields)
+
+
+def test_a_slice_header_that_ends_early_is_refused_as_unplayable():
+    """The slice header is read by stac_codec.h264_syntax: a header cut inside its first
+    Exp-Golomb code is the viewer check's VideoFrameError, naming the field."""
+    truncated = b"\x00\x00\x00\x01\x65\x00"  # IDR slice whose first_mb_in_slice never ends
+    with pytest.raises(VideoFrameError, match="first_mb_in_slice"):
+        check_access_unit(truncated)

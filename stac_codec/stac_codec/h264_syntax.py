@@ -204,6 +204,16 @@ class SliceHeader:
     reference: bool
 
 
+def slice_start(unit: NalUnit) -> tuple[int, int]:
+    """(first_mb_in_slice, slice_type % 5) of a slice NAL unit: the two fields before any
+    that need the stream's parameter sets, so one unit can be classified on its own (which
+    picture it starts, I/P/B). SyntaxCheckError when the header ends early or the code is
+    invalid."""
+    reader = _Reader(unit.rbsp(16), "slice header")
+    first_mb = reader.ue("first_mb_in_slice")
+    return first_mb, reader.ue("slice_type", 0, 9) % 5
+
+
 def parse_sps(unit: NalUnit) -> SequenceParameterSet:
     reader = _Reader(unit.rbsp(), "SPS")
     profile_idc = reader.u(8, "profile_idc")

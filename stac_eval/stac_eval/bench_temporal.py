@@ -33,7 +33,6 @@ Each simulated point is cached under --work-dir (a rerun with the same options r
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import time
@@ -241,57 +240,15 @@ def _context(args: argparse.Namespace) -> Context:
     )  # fmt: skip
 
 
-def _settings(context: Context, **changes):
-    from stac_eval.replay.simulation import ReplaySettings
-
-    flow = FlowConfig(flow_width_px=context.args.flow_width_px)
-    settings = ReplaySettings(
-        fps=context.fps, decoded_stride=context.args.decoded_stride, flow=flow
-    )
-    return replace(settings, **changes)
-
-
-def _point(
-    context: Context,
-    variant: str,
-    budget: float,
-    settings,
-    frames=None,
-    tag: str = "",
-    computer=None,
-):
-    """One simulated run, from the cache when the same run was done before (computer: another
-    map computer than the context's, e.g. another calibration)."""
-    from stac_eval.progress import progress_bar
-    from stac_eval.replay.accounting import PointResult
-    from stac_eval.replay.simulation import METHODS, PointReplay
-
-    computer = computer or context.computer
-    key = {**context.key, "variant": variant, "budget": budget, "settings": settings.as_json()}
-    if computer is not context.computer:
-        key["calibration"] = str(computer.calibration)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-    path = context.work_dir / f"{variant}{tag}_{budget:g}_{digest[:12]}.npz"
-    if path.is_file() and path.with_suffix(".json").is_file():
-        return PointResult.load(path)
-    frames = context.frames if frames is None else frames
-    simulation = PointReplay(
-        METHODS[variant], budget, settings, context.link, context.timing, context.model,
-        computer, context.truth, decoded_cache=context.decoded_cache,
-    )  # fmt: skip
-    with progress_bar(total=len(frames), desc=f"{variant}{tag} crf {budget:g}") as bar:
-        result = simulation.run(frames, bar)
-    result.save(path)
-    return result
-
-
 # --- 1. stream mode against the baselines ------------------------------------------------
 
 
 def _stream_curves(context: Context, variants) -> dict:
-    settings = _settings(context)
+    from stac_eval.temporal_maps import settings_for, simulated_point
+
+    settings = settings_for(context)
     return {
-        variant: [_point(context, variant, crf, settings) for crf in context.args.crf]
+        variant: [simulated_point(context, variant, crf, settings) for crf in context.args.crf]
         for variant in variants
     }
 
@@ -348,6 +305,8 @@ def _tried(context: Context, curves: dict) -> dict:
     """Each --tried variant of STAC stream mode: its BD-rates against the same baselines."""
     import ast
 
+    from stac_eval.temporal_maps import settings_for, simulated_point
+
     tried = {}
     for spec in context.args.tried:
         name, _, assignments = spec.partition(":")
@@ -357,9 +316,9 @@ def _tried(context: Context, curves: dict) -> dict:
             key, value = key.strip(), value.strip()
             changes[key] = value if key == "calibration" else ast.literal_eval(value)
         computer = _computer_for(context, changes.get("calibration"))
-        settings = _settings(context, **{k: v for k, v in changes.items() if k != "calibration"})
+        settings = settings_for(context, **{k: v for k, v in changes.items() if k != "calibration"})
         points = [
-            _point(context, "stac", crf, settings, tag=f"_{name}", computer=computer)
+            simulated_point(context, "stac", crf, settings, tag=f"_{name}", computer=computer)
             for crf in context.args.crf
         ]
         rates = _bd_rates(context, {**{k: v for k, v in curves.items() if k != "stac"},
@@ -409,12 +368,13 @@ def _mask_delays(context: Context) -> dict:
     from stac_encoder.frame_flow import FrameFlow
     from stac_encoder.mask_warp import MaskPropagator
     from stac_eval.progress import progress_bar
+    from stac_eval.temporal_maps import settings_for
 
     classes = context.model.num_classes
     frames = context.frames
     height, width = frames[0].image.shape[:2]
     results = {}
-    flow_config = _settings(context).flow
+    flow_config = settings_for(context).flow
     with progress_bar(total=len(frames) * len(context.args.delays), desc="mask delays") as bar:
         for delay in context.args.delays:
             flow = FrameFlow(width, height, flow_config)
@@ -454,6 +414,7 @@ def _keyframe_vs_stream(context: Context, stream_points) -> dict:
     (the operator picks threshold and CRF for the accuracy wanted)."""
     from stac_edge_segmenter.metrics import mean_iou as miou
     from stac_eval.bd_rate import NoOverlapError, bd_rate_pct
+    from stac_eval.temporal_maps import settings_for, simulated_point
 
     fps = context.fps
 
@@ -471,10 +432,12 @@ def _keyframe_vs_stream(context: Context, stream_points) -> dict:
             return None
 
     by_threshold, every = {}, []
-    base = _settings(context, decoded_stride=0)
+    base = settings_for(context, decoded_stride=0)
     for threshold in context.args.stale_psnr_db:
         settings = replace(base, keyframes=replace(base.keyframes, stale_psnr_db=threshold))
-        points = [_point(context, "stac_keyframe", crf, settings) for crf in context.args.crf]
+        points = [
+            simulated_point(context, "stac_keyframe", crf, settings) for crf in context.args.crf
+        ]
         every += points
         by_threshold[f"{threshold:g}"] = {
             "uplink_ratio": ratio(points),

@@ -36,6 +36,15 @@ from stac_codec.annexb import (
     NalUnit,
     split_nal_units,
 )
+from stac_codec.h264_syntax import (
+    SLICE_B,
+    SLICE_I,
+    SLICE_P,
+    SLICE_SI,
+    SLICE_SP,
+    SyntaxCheckError,
+    slice_start,
+)
 
 VIDEO_TOPIC = "/stac/video"
 COMPRESSED_VIDEO_TYPE = "foxglove_msgs/msg/CompressedVideo"
@@ -61,8 +70,7 @@ H264_FORMAT = "h264"
 NAL_TYPE_AUD = 9
 # NAL units that open a new access unit when they follow a picture's slices (H.264 7.4.1.2.3).
 _ACCESS_UNIT_OPENERS = frozenset({6, 7, 8, 9, 14, 15, 16, 17, 18})
-_SLICE_TYPE_B = 1  # slice_type % 5 (H.264 table 7-6)
-_SLICE_TYPE_NAMES = {0: "P", 1: "B", 2: "I", 3: "SP", 4: "SI"}
+_SLICE_TYPE_NAMES = {SLICE_P: "P", SLICE_B: "B", SLICE_I: "I", SLICE_SP: "SP", SLICE_SI: "SI"}
 
 
 class VideoFrameError(ValueError):
@@ -70,8 +78,8 @@ class VideoFrameError(ValueError):
 
 
 @dataclass(frozen=True)
-class AccessUnitInfo:
-    """What `check_access_unit` found in one valid access unit.
+class PlayableFrame:
+    """What `check_access_unit` found in one access unit a viewer can play.
 
     keyframe: holds an IDR (a player may start decoding here); slice_types: the slices'
     types ("I", "P", ...) in order; codec: the WebCodecs codec string from the SPS
@@ -88,38 +96,6 @@ def register_compressed_video(typestore: Typestore) -> None:
     typestore.register(get_types_from_msg(COMPRESSED_VIDEO_MSG, COMPRESSED_VIDEO_TYPE))
 
 
-def _read_ue(rbsp: bytes, bit: int) -> tuple[int, int]:
-    """One unsigned Exp-Golomb code (H.264 9.1) at bit offset `bit`: (value, next offset)."""
-    total = 8 * len(rbsp)
-
-    def read_bit(position: int) -> int:
-        if position >= total:
-            raise VideoFrameError("slice header ends early")
-        return (rbsp[position // 8] >> (7 - position % 8)) & 1
-
-    zeros = 0
-    while read_bit(bit + zeros) == 0:
-        zeros += 1
-        if zeros > 31:
-            raise VideoFrameError("invalid Exp-Golomb code in a slice header")
-    bit += zeros + 1
-    value = 0
-    for _ in range(zeros):
-        value = (value << 1) | read_bit(bit)
-        bit += 1
-    return (1 << zeros) - 1 + value, bit
-
-
-def _slice_start(unit: NalUnit) -> tuple[int, int]:
-    """(first_mb_in_slice, slice_type % 5) from a slice header."""
-    rbsp = unit.rbsp(16)
-    first_mb, bit = _read_ue(rbsp, 0)
-    slice_type, _ = _read_ue(rbsp, bit)
-    if slice_type > 9:
-        raise VideoFrameError(f"slice_type {slice_type} out of range")
-    return first_mb, slice_type % 5
-
-
 def avc_codec_string(sps: NalUnit) -> str:
     """The WebCodecs/RFC 6381 codec string of an SPS: "avc1." + profile_idc, the constraint
     flags byte and level_idc in hex, as Foxglove and Lichtblick build it to configure the
@@ -132,7 +108,7 @@ def avc_codec_string(sps: NalUnit) -> str:
     return "avc1." + head.hex().upper()
 
 
-def check_access_unit(data: bytes) -> AccessUnitInfo:
+def check_access_unit(data: bytes) -> PlayableFrame:
     """Check that `data` is one H.264 frame a WebCodecs player decodes as one chunk (the rules
     in the module docstring); returns what it holds. Raises VideoFrameError saying which rule
     is broken."""
@@ -151,7 +127,10 @@ def check_access_unit(data: bytes) -> AccessUnitInfo:
     slices: list[tuple[int, int, int]] = []  # (nal type, first_mb_in_slice, slice type)
     for index, unit in enumerate(units):
         if unit.is_slice:
-            first_mb, slice_type = _slice_start(unit)
+            try:
+                first_mb, slice_type = slice_start(unit)
+            except SyntaxCheckError as error:
+                raise VideoFrameError(str(error)) from error
             if slices and first_mb <= slices[-1][1]:
                 raise VideoFrameError(
                     f"holds more than one frame (a slice starting at macroblock {first_mb} "
@@ -190,9 +169,9 @@ def check_access_unit(data: bytes) -> AccessUnitInfo:
             f"an IDR without {missing} in front: a player starting at this keyframe "
             "could not decode it"
         )
-    if any(slice_type == _SLICE_TYPE_B for _, _, slice_type in slices):
+    if any(slice_type == SLICE_B for _, _, slice_type in slices):
         raise VideoFrameError("holds a B slice; the players need a stream without B-frames")
-    return AccessUnitInfo(
+    return PlayableFrame(
         keyframe=keyframe,
         slice_types=tuple(_SLICE_TYPE_NAMES[slice_type] for _, _, slice_type in slices),
         codec=codec,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 
 import cv2
@@ -15,6 +16,7 @@ from stac_codec.h264_encoder import EncoderConfig
 from stac_edge_segmenter.edge_decoding import EncodedStreamDecoder
 from stac_edge_segmenter.metrics import mask_confusion as confusion
 from stac_edge_segmenter.metrics import mean_iou as miou
+from stac_encoder.frame_flow import FlowConfig
 from stac_encoder.robot_encoder import QPMapUpdate, RobotEncoder, RobotEncoderConfig
 from stac_encoder.robot_loop import STAGES, RobotLoop, RobotLoopConfig
 from stac_eval.bd_rate import NoOverlapError, bd_rate_pct
@@ -217,7 +219,6 @@ def rate_control_runs(context, stream_points) -> dict:
     """STAC stream mode with a bitrate target (the map from the edge applied), the clip played
     forth and back for rc_seconds, the target stepped at half time; for the robot's outer loop
     on the CRF and for x264's ABR + VBV."""
-    from stac_eval.bench_temporal import _point, _settings
 
     args = context.args
     fps = context.fps
@@ -240,14 +241,16 @@ def rate_control_runs(context, stream_points) -> dict:
     step_s = round(count / 2) / fps
     result: dict = {"target_kbps": [first, second], "step_at_s": step_s, "seconds": count / fps}
     for rate_control, label in (("crf", "outer_loop_on_crf"), ("bitrate", "x264_abr_vbv")):
-        settings = _settings(
+        settings = settings_for(
             context,
             decoded_stride=0,
             target_steps=((0.0, first), (step_s, second)),
             rate_control=rate_control,
         )
         start_crf = float(context.args.crf[len(context.args.crf) // 2])
-        point = _point(context, "stac", start_crf, settings, frames, tag=f"_rc_{rate_control}")
+        point = simulated_point(
+            context, "stac", start_crf, settings, frames, tag=f"_rc_{rate_control}"
+        )
         result[label] = window_errors(point.uplink_bytes, fps, (first, second), step_s)
         result[label]["base_quality_range"] = [float(point.crf.min()), float(point.crf.max())]
         result.setdefault("series", {})[label] = _series(point.uplink_bytes, fps)
@@ -324,7 +327,6 @@ def robot_stage_timing(context) -> dict:
     The top level holds, per stage and for the total, the larger of the two modes' means: what
     a robot's per-frame budget must cover whichever mode it runs (stream mode encodes every
     frame, keyframe mode decides on every frame). Each mode's own figures are under its name."""
-    from stac_eval.bench_temporal import _settings
 
     count = context.args.timing_frames
     forth_back = context.frames + context.frames[::-1]
@@ -337,7 +339,7 @@ def robot_stage_timing(context) -> dict:
         masks.append(cv2.resize(mask, TIMING_SIZE, interpolation=cv2.INTER_NEAREST))
     offsets = context.computer.compute(images[0]).offsets_qp
     result = {"frame_size": [width, height], "frames": count, "threads": 1}
-    flow = _settings(context).flow
+    flow = settings_for(context).flow
     for mode in ("stream", "keyframe"):
         loop = RobotLoop(
             RobotLoopConfig(
@@ -390,3 +392,49 @@ def robot_stage_timing(context) -> dict:
 def _frame_seq_of(sent: dict, position: int) -> int:
     """The frame_seq of the last frame encoded at or before `position`."""
     return max((seq for pos, seq in sent.items() if pos <= position), default=1)
+
+
+def settings_for(context, **changes):
+    """The simulation settings of a stac-bench temporal run (its fps, decoded stride and
+    flow width), with `changes`."""
+    from stac_eval.replay.simulation import ReplaySettings
+
+    flow = FlowConfig(flow_width_px=context.args.flow_width_px)
+    settings = ReplaySettings(
+        fps=context.fps, decoded_stride=context.args.decoded_stride, flow=flow
+    )
+    return replace(settings, **changes)
+
+
+def simulated_point(
+    context,
+    variant: str,
+    budget: float,
+    settings,
+    frames=None,
+    tag: str = "",
+    computer=None,
+):
+    """One simulated run, from the cache when the same run was done before (computer: another
+    map computer than the context's, e.g. another calibration)."""
+    from stac_eval.progress import progress_bar
+    from stac_eval.replay.accounting import PointResult
+    from stac_eval.replay.simulation import METHODS, PointReplay
+
+    computer = computer or context.computer
+    key = {**context.key, "variant": variant, "budget": budget, "settings": settings.as_json()}
+    if computer is not context.computer:
+        key["calibration"] = str(computer.calibration)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    path = context.work_dir / f"{variant}{tag}_{budget:g}_{digest[:12]}.npz"
+    if path.is_file() and path.with_suffix(".json").is_file():
+        return PointResult.load(path)
+    frames = context.frames if frames is None else frames
+    simulation = PointReplay(
+        METHODS[variant], budget, settings, context.link, context.timing, context.model,
+        computer, context.truth, decoded_cache=context.decoded_cache,
+    )  # fmt: skip
+    with progress_bar(total=len(frames), desc=f"{variant}{tag} crf {budget:g}") as bar:
+        result = simulation.run(frames, bar)
+    result.save(path)
+    return result
