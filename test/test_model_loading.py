@@ -20,7 +20,7 @@ from stac_edge_segmenter.loading import (
     read_spec,
 )
 from stac_edge_segmenter.metrics import ConfusionMatrix
-from stac_edge_segmenter.model import DEFAULT_WEIGHTS
+from stac_edge_segmenter.model import DEFAULT_WEIGHTS, WeightsError
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +243,70 @@ def test_shipped_weights_reach_065_miou_on_20_val_frames(model, data_dir):
     matrix = ConfusionMatrix(model.num_classes, IGNORE_INDEX)
     matrix.update(split.labels, model.predict(split.images).class_ids)
     assert matrix.mean_iou() >= 0.65
+
+
+def _shipped_checkpoint() -> dict:
+    return torch.load(DEFAULT_WEIGHTS, map_location="cpu", weights_only=True)
+
+
+def _malformed_weights(kind: str, path) -> str:
+    """Write one kind of broken weights file to `path`; returns the problem its error names."""
+    if kind == "text":  # torch.load: KeyError: 101
+        path.write_bytes(b"hello world")
+        return "not a readable PyTorch weights file"
+    if kind == "empty":  # EOFError
+        path.write_bytes(b"")
+        return "not a readable PyTorch weights file"
+    if kind == "truncated":
+        path.write_bytes(DEFAULT_WEIGHTS.read_bytes()[:100_000])
+        return "not a readable PyTorch weights file"
+    saved = _shipped_checkpoint()
+    if kind == "no num_classes":  # KeyError: 'num_classes'
+        del saved["num_classes"]
+        problem = "'num_classes' must be a positive integer"
+    elif kind == "fpn_channels text":
+        saved["fpn_channels"] = "64"
+        problem = "'fpn_channels' must be a positive integer"
+    elif kind == "state_dict list":
+        saved["state_dict"] = [1, 2]
+        problem = "'state_dict' must map parameter names to tensors"
+    elif kind == "tensor missing":
+        saved["state_dict"].pop(next(iter(saved["state_dict"])))
+        problem = "the weights do not fit the network"
+    else:
+        raise AssertionError(kind)
+    torch.save(saved, path)
+    return problem
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "text",
+        "empty",
+        "truncated",
+        "no num_classes",
+        "fpn_channels text",
+        "state_dict list",
+        "tensor missing",
+    ],
+)
+def test_malformed_weights_fail_with_a_weights_error_naming_file_and_problem(tmp_path, kind):
+    weights = tmp_path / "broken.pt"
+    problem = _malformed_weights(kind, weights)
+    with pytest.raises(WeightsError) as caught:
+        load_model(write_config(tmp_path, weights=str(weights)), "cpu")
+    assert str(weights) in str(caught.value) and problem in str(caught.value)
+
+
+def test_malformed_state_dict_files_of_other_kinds_fail_with_a_weights_error(tmp_path):
+    weights = tmp_path / "text.pt"
+    weights.write_text("not weights")
+    for kind, architecture in (("torchscript", None), ("torchvision", "fcn_resnet50")):
+        overrides = {"kind": kind, "weights": str(weights)}
+        if architecture:
+            overrides["architecture"] = architecture
+        if kind == "torchvision" and importlib.util.find_spec("torchvision") is None:
+            continue
+        with pytest.raises(WeightsError, match=str(weights)):
+            load_model(write_config(tmp_path, **overrides), "cpu")

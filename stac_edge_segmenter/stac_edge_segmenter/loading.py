@@ -38,7 +38,12 @@ import torch.nn.functional as F  # noqa: N812
 import yaml
 from torch import nn
 
-from stac_edge_segmenter.model import fuse_for_inference, load_lite0_fpn
+from stac_edge_segmenter.model import (
+    WeightsError,
+    fuse_for_inference,
+    load_lite0_fpn,
+    read_weights_file,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "camvid_lite0_fpn.yaml"
@@ -327,8 +332,10 @@ def _load_torchscript(spec: ModelSpec) -> nn.Module:
     design (no weights_only mode exists for it): only load files you trust."""
     try:
         return torch.jit.load(str(spec.weights), map_location="cpu")
-    except RuntimeError as error:
-        raise ValueError(f"{spec.weights} is not a loadable TorchScript file: {error}") from error
+    except Exception as error:  # noqa: BLE001 - torch.jit.load raises anything on a bad file
+        raise WeightsError(
+            f"{spec.weights} is not a loadable TorchScript file ({type(error).__name__}: {error})"
+        ) from error
 
 
 def _import_optional(module: str, package: str, kind: str):
@@ -361,13 +368,15 @@ def _load_smp(spec: ModelSpec) -> nn.Module:
 
 def _with_state_dict(network: nn.Module, spec: ModelSpec) -> nn.Module:
     """Load a state-dict file; a shape mismatch is reported as a class-count problem."""
-    state = torch.load(spec.weights, map_location="cpu", weights_only=True)
+    state = read_weights_file(spec.weights)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{spec.weights} holds no state dict (got {type(state).__name__})")
     try:
         network.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(
+    except (RuntimeError, TypeError) as error:
+        raise WeightsError(
             f"weights {spec.weights} do not fit {spec.architecture} with "
             f"{len(spec.classes)} classes (does the class list match?): {error}"
         ) from error

@@ -190,24 +190,53 @@ def fuse_for_inference(network: LiteFPN) -> LiteFPN:
     return network
 
 
-def load_lite0_fpn(path: str | Path, *, num_classes: int) -> LiteFPN:
-    """Rebuild the network from a file written by `save_lite0_fpn` (weights back in fp32)."""
+class WeightsError(ValueError):
+    """A weights file that cannot give the network its weights; the message names the file
+    and the problem."""
+
+
+def read_weights_file(path: str | Path) -> object:
+    """torch.load of a weights file (weights_only: no pickled code runs). Whatever the file
+    holds instead (text, a truncated archive, random bytes), the error is a WeightsError
+    naming it, not the unpickler's KeyError or EOFError."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch.load raises anything on a bad file
+        raise WeightsError(
+            f"{path} is not a readable PyTorch weights file ({type(error).__name__}: {error})"
+        ) from error
+
+
+def load_lite0_fpn(path: str | Path, *, num_classes: int) -> LiteFPN:
+    """Rebuild the network from a file written by `save_lite0_fpn` (weights back in fp32).
+    WeightsError when the file is not one, or does not fit the declared classes."""
+    path = Path(path)
+    saved = read_weights_file(path)
     if not isinstance(saved, dict) or saved.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{path} is not a {WEIGHTS_FORMAT} weights file")
+        raise WeightsError(f"{path} is not a {WEIGHTS_FORMAT} weights file")
+    for key in ("num_classes", "fpn_channels"):
+        value = saved.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise WeightsError(f"{path}: '{key}' must be a positive integer, got {value!r}")
     if saved["num_classes"] != num_classes:
-        raise ValueError(
+        raise WeightsError(
             f"{path} holds a {saved['num_classes']}-class model, the configuration declares "
             f"{num_classes} classes"
         )
+    state = saved.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise WeightsError(f"{path}: 'state_dict' must map parameter names to tensors")
     model = build_lite0_fpn(num_classes=num_classes, fpn_channels=saved["fpn_channels"])
-    model.load_state_dict(
-        {
-            name: tensor.float() if tensor.is_floating_point() else tensor
-            for name, tensor in saved["state_dict"].items()
-        }
-    )
+    try:
+        model.load_state_dict(
+            {
+                name: tensor.float() if tensor.is_floating_point() else tensor
+                for name, tensor in state.items()
+            }
+        )
+    except RuntimeError as error:  # missing, unexpected or mis-shaped tensors
+        raise WeightsError(f"{path}: the weights do not fit the network: {error}") from error
     return model
