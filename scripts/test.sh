@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# The test command: set up (idempotent), lint, then the whole pytest suite.
+# The test command: set up (idempotent), lint, then the whole pytest suite (what CI runs).
+#   bash scripts/test.sh --fast [PYTEST ARGS]: the unit tests only, while you work: no DDS, no
+#   browser, nothing marked slow (pyproject.toml's markers).
 # DDS stays on loopback: ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and a test-own ROS_DOMAIN_ID
 # (test/conftest.py), and the suite runs in a private network namespace where the machine allows.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
+FAST=0
+if [ "${1:-}" = "--fast" ]; then
+  FAST=1
+  shift
+  set -- -m "not dds and not slow and not browser" "$@"
+fi
+
 bash scripts/setup.sh
 
 # test/test_foxglove_browser.py plays the bags' /stac/video in a real browser (WebCodecs, as
 # Foxglove and Lichtblick do): Debian's chromium, installed once when missing.
-if ! command -v chromium >/dev/null 2>&1; then
+if [ "$FAST" = 0 ] && ! command -v chromium >/dev/null 2>&1; then
   echo "[test] installing chromium for the browser playback check"
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -39,6 +39,7 @@ def test_two_level_rejects_bad_fraction():
         two_level_allocation(np.ones((2, 2)), 1.5)
 
 
+@pytest.mark.slow
 def test_benchmark_runs_end_to_end_on_three_frames(data_dir, tmp_path):
     """The shipped model (its calibration beside it) on 3 val frames, 3 points per method:
     enough for every BD-rate against uniform to be defined."""

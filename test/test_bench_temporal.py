@@ -11,6 +11,9 @@ from stac_eval import bench
 BASELINES = ("uniform", "x264_aq", "two_level")
 ROBOT_STAGES = ("flow", "map_warp", "mask_warp", "keyframe_decision", "encode", "total")
 
+# stac-bench temporal on 30 frames: minutes on 2 cores
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def temporal_result(data_dir, tmp_path_factory):

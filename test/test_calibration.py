@@ -111,6 +111,7 @@ def test_lloyd_levels_find_the_clusters():
     assert lloyd_levels(np.array([-20.0, 20.0]), 2, 4) == (-4, 4)
 
 
+@pytest.mark.slow
 def test_calibration_search_writes_a_usable_file(data_dir, tmp_path):
     """On frames the model never saw (two of the dashcam clip, pseudo labels only)."""
     frames = read_sources([data_dir / "video" / "solidWhiteRight.mp4"], video_frames=2)
@@ -175,6 +176,7 @@ def _shipped_weights_report_its_splits(data_dir):
     return splits
 
 
+@pytest.mark.slow
 def test_calibration_refuses_frames_of_the_models_training_and_reported_sets(data_dir):
     splits = _shipped_weights_report_its_splits(data_dir)
     train = read_frames(splits["train"], limit=2)
@@ -192,6 +194,7 @@ def test_calibration_refuses_frames_of_the_models_training_and_reported_sets(dat
     assert report.overlapping["train"] == train.names
 
 
+@pytest.mark.slow
 def test_calibration_accepts_video_frames_the_model_never_saw(data_dir):
     _shipped_weights_report_its_splits(data_dir)
     video = read_sources([data_dir / "video" / "solidWhiteRight.mp4"], video_frames=3)
@@ -205,6 +208,7 @@ def test_without_a_training_report_the_check_says_it_cannot_tell(tmp_path):
     assert report.checked_against == {} and "cannot tell" in report.note
 
 
+@pytest.mark.slow
 def test_stac_calibrate_stops_before_any_work_on_training_frames(data_dir, capsys):
     splits = _shipped_weights_report_its_splits(data_dir)
     with pytest.raises(TrainingOverlapError):

@@ -369,6 +369,7 @@ def without_parameter_sets(chunk: Chunk) -> Chunk:
     return Chunk(data, chunk.key, chunk.timestamp_us)
 
 
+@pytest.mark.browser
 def test_encoder_stream_plays_in_chromium(encoder_bag, chromium, tmp_path):
     messages = read_video(encoder_bag)
     assert len(messages) == ENCODER_FRAMES
@@ -409,6 +410,7 @@ def test_encoder_stream_plays_in_chromium(encoder_bag, chromium, tmp_path):
 
 @pytest.mark.dds
 @pytest.mark.slow
+@pytest.mark.browser
 def test_the_edges_live_video_plays_in_chromium(graph_run, chromium, tmp_path):
     """The edge's live `video` topic (recorded as it came) holds every access unit the robot
     sent, unchanged, and plays in the browser as Foxglove would play it."""

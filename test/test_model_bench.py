@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from stac_eval import bench
 
 
+@pytest.mark.slow
 def test_bench_model_writes_timings_and_val_miou(tmp_path, data_dir):
     out = tmp_path / "model.json"
     argv = ["model", "--out", str(out), "--repeats", "1", "--val-limit", "2",

@@ -215,6 +215,7 @@ def test_optional_libraries_are_named_when_missing(tmp_path, kind, module, libra
         load_model(config)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # still supported in 2.13
 def test_torchscript_export_loads_and_matches(tmp_path, model, frames):
     frame = np.ascontiguousarray(np.resize(frames[0], (360, 480, 3)))  # the traced size
@@ -238,6 +239,7 @@ def test_torchscript_export_loads_and_matches(tmp_path, model, frames):
         load_model(wrong, "cpu").predict(frame)
 
 
+@pytest.mark.slow
 def test_shipped_weights_reach_065_miou_on_20_val_frames(model, data_dir):
     split = load_split(data_dir / "camvid" / "val", limit=20)
     matrix = ConfusionMatrix(model.num_classes, IGNORE_INDEX)

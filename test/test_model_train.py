@@ -71,6 +71,7 @@ def _train(tmp_path, name: str, iterations: int, data_dir, resume: bool = False)
     return load_checkpoint(out / "checkpoint.pt")["model"]
 
 
+@pytest.mark.slow
 def test_tiny_run_exports_loadable_weights_and_resumes_exactly(tmp_path, data_dir):
     shipped_before = DEFAULT_WEIGHTS.stat().st_mtime_ns
     straight = _train(tmp_path, "straight", 2, data_dir)

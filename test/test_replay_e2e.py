@@ -177,6 +177,7 @@ def test_a_rerun_resumes_from_the_cache(first_run):
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "points").glob("*.npz")}
 
 
+@pytest.mark.slow
 def test_two_runs_from_empty_caches_give_the_same_numbers_and_bytes(inputs, first_run):
     root, clip, labels, model = inputs
     out_a, _, _ = first_run
