@@ -17,7 +17,7 @@ from rosbags.highlevel import AnyReader
 
 from conftest import GRAPH_FRAMES as FRAMES
 from stac_edge_segmenter.loading import load_model
-from stac_eval.ros.demo import masks_miou, summarise
+from stac_eval.ros.demo import score_masks, summarise
 from stac_eval.ros.recorder_node import stac_typestore
 
 
@@ -45,7 +45,7 @@ def test_every_frame_is_accounted_for(graph_run):
     assert (segmenter.frames_failed, segmenter.frames_pending) == (0, 0)
     assert segmenter.frames_segmented + segmenter.frames_skipped == FRAMES
     assert segmenter.frames_segmented >= 1
-    report = summarise(result, float("nan"), 0, "test")
+    report = summarise(result, None, "test")
     assert report["frames"]["every_frame_accounted_for"]
 
 
@@ -110,10 +110,18 @@ def test_bag_and_overlay_video_are_readable(graph_run):
 @pytest.mark.dds
 @pytest.mark.slow
 def test_masks_are_scored_against_the_model_on_uncompressed_frames(graph_run, graph_clip):
+    """The edge's masks and the robot's mask of every camera frame, each against the model on
+    the raw frame with its stamp; the report counts every bit both ways."""
     result, _ = graph_run
-    miou, frames = masks_miou(result, str(graph_clip), load_model(device="cpu"))
-    assert frames == len(result.mask_files) >= 1
-    assert 0.3 < miou <= 1.0  # CRF 28 masks agree with the raw-frame masks, not perfectly
+    scores = score_masks(result, str(graph_clip), load_model(device="cpu"))
+    assert scores["edge_frames"] == len(result.mask_files) >= 1
+    assert 0.3 < scores["edge_miou"] <= 1.0  # CRF 28 masks agree with the raw-frame masks
+    assert scores["robot_frames"] == FRAMES  # every camera frame, the first ones without mask
+    assert 0.1 < scores["robot_timely_miou"] < scores["edge_miou"]  # late and carried: lower
+    report = summarise(result, scores, "test")
+    assert report["robot_timely_miou"] == scores["robot_timely_miou"]
+    assert report["total_bps"] == pytest.approx(report["uplink_bps"] + report["downlink_bps"], 1)
+    assert report["downlink_bps"] >= report["mask_feedback_bps"] > 0
 
 
 @pytest.mark.dds
@@ -139,7 +147,7 @@ def test_the_edge_also_runs_as_two_processes(graph_clip, tmp_path):
         "segmenter_node", "sensitivity_node", "encoder_node", "video_source_node",
     }  # fmt: skip
     assert set(result.exit_codes.values()) == {0}
-    report = summarise(result, float("nan"), 0, "test")
+    report = summarise(result, None, "test")
     assert report["frames"]["every_frame_accounted_for"], report["frames"]
     assert result.qp_map_bytes and any(r.qp_map_seq > 0 for r in result.encoded)
 

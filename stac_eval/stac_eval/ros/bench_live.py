@@ -4,8 +4,10 @@ Runs the real nodes as separate processes (stac_eval.ros.graph_runner) and measu
 robot's encoder node (CPU time per frame from /proc, over the playback only, so start-up is
 excluded; sustained fps), the edge (CPU seconds per second of video from the start of playback
 to the end of the drain, peak resident memory, frames segmented per second), capture-to-mask
-latency, and the uplink and feedback bit rates (serialized messages). `--edge` compares the
-one-process edge with the two-process one.
+latency, every bit both ways (serialized messages: uplink; maps, masks and keyframe requests
+back), and the timely mIoU of the robot's mask of every camera frame against the model on that
+raw frame (`stac_eval.ros.demo.score_masks`). `--edge` compares the one-process edge with the
+two-process one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from stac_eval.bench_codec import default_video
 from stac_eval.kernel_link import settings_from_spec
-from stac_eval.ros.demo import find_launch_dir
+from stac_eval.ros.demo import find_launch_dir, score_masks, summarise
 from stac_eval.ros.graph_runner import EDGE_PROCESSES, GraphRun, GraphRunConfig
 
 
@@ -88,6 +90,8 @@ def run(args: argparse.Namespace) -> dict:
             overlay_video=False,
         )
         result = GraphRun(config).run()
+        scores = _scores(args, result)
+    report = summarise(result, scores, "stac-bench live")
     encoded = result.encoded
     if len(encoded) < 2:
         raise SystemExit("stac-bench live: fewer than two frames were encoded")
@@ -116,6 +120,10 @@ def run(args: argparse.Namespace) -> dict:
         "latency_ms_p95": round(float(np.percentile(latency, 95)), 1) if latency.size else None,
         "uplink_bps": round(8 * sum(r.size_bytes for r in encoded) / clip_s, 1),
         "feedback_bps": round(8 * sum(result.qp_map_bytes) / clip_s, 1),
+        "downlink_bps": report["downlink_bps"],
+        "total_bps": report["total_bps"],
+        "robot_timely_miou": report["robot_timely_miou"],
+        "robot_timely_frames": report["robot_timely_frames"],
         "qp_maps": len(result.qp_map_bytes),
         "frames_with_qp_map": sum(1 for r in encoded if r.qp_map_seq > 0),
         "frames_segmented": segmenter.frames_segmented,
@@ -124,6 +132,17 @@ def run(args: argparse.Namespace) -> dict:
     }
     _print_table(out)
     return out
+
+
+def _scores(args: argparse.Namespace, result) -> dict:
+    """score_masks over the run (the clip's frame count when it looped)."""
+    from stac_edge_segmenter.loading import load_model
+    from stac_encoder.frame_sources import read_frames
+
+    clip_frames = None
+    if args.duration_s:
+        clip_frames = sum(1 for _ in read_frames(str(args.video), max_frames=args.max_frames))
+    return score_masks(result, str(args.video), load_model(), clip_frames)
 
 
 def _resolution(result) -> str:
@@ -147,6 +166,9 @@ def _print_table(out: dict) -> None:
          f"{out['latency_ms_p95']} ms"),
         ("uplink", f"{out['uplink_bps'] / 1e3:.1f} kbit/s"),
         ("feedback", f"{out['feedback_bps'] / 1e3:.2f} kbit/s ({out['qp_maps']} maps)"),
+        ("total both ways", f"{(out['total_bps'] or 0) / 1e3:.1f} kbit/s"),
+        ("robot's timely mIoU", f"{out['robot_timely_miou']} ({out['robot_timely_frames']} "
+         "frames)"),
         ("segmented / skipped", f"{out['frames_segmented']} / {out['frames_skipped']}"),
     ]  # fmt: skip
     width = max(len(name) for name, _ in rows)

@@ -4,8 +4,10 @@ Plays a clip (default: OpenCV's vtest.avi from Debian's opencv-doc) through the 
 separate processes over DDS, then writes to the output folder:
   bag/         rosbag2 (mcap) of encoded frames, QP maps, masks and statistics (Foxglove opens it)
   overlay.mp4  the mask overlay
-  report.json, report.md  uplink and feedback bits/s, mIoU of the masks against the model's
-               output on the uncompressed frames, capture-to-mask latency, frame accounting
+  report.json, report.md  every bit both ways (uplink; maps, masks and keyframe requests back),
+               the timely mIoU of the robot's mask of every camera frame and the mIoU of the
+               edge's masks, both against the model on the uncompressed frame with that stamp,
+               capture-to-mask latency, frame accounting
   logs/        each node's log
 """
 
@@ -25,6 +27,7 @@ from stac_encoder.frame_sources import read_frames
 from stac_eval.accounting import frame_accounting
 from stac_eval.kernel_link import settings_from_spec
 from stac_eval.progress import progress_bar
+from stac_eval.replay.wire import keyframe_request_bytes
 from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig
 from stac_eval.ros.recorder_node import GraphRunResult
 
@@ -93,41 +96,98 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def masks_miou(result: GraphRunResult, video: str, model) -> tuple[float, int]:
-    """mIoU of the received masks against the model on the uncompressed source frames.
+def camera_indices(result: GraphRunResult, clip_frames: int | None = None) -> dict[int, int]:
+    """Camera stamp (ns) -> the source frame it was, for every camera frame of the run.
 
-    Frames are matched through the encoder's frame_seq (frame_seq n is the source's frame
-    n - 1: the source publishes every frame and the encoder numbers them in order)."""
-    from stac_edge_segmenter.metrics import ConfusionMatrix
+    The source publishes the clip's frames in order (looping after `clip_frames` when it
+    loops) over a reliable camera topic, and the robot publishes a mask and its age for every
+    camera frame with its stamp: when the run shows as many camera stamps as the source
+    published, the k-th stamp is frame k. Otherwise, in stream mode (every camera frame
+    encoded), frame_seq n is frame n - 1; else nothing can be matched ({})."""
+    stamps = result.camera_stamps()
+    if result.frames_published and len(stamps) == result.frames_published:
+        pairs = enumerate(stamps)
+    elif len(result.encoded) == len(stamps):
+        pairs = ((seq - 1, stamp) for stamp, seq in result.frame_seq_by_stamp().items())
+    else:
+        return {}
+    return {stamp: index % clip_frames if clip_frames else index for index, stamp in pairs}
 
+
+def score_masks(result: GraphRunResult, video: str, model, clip_frames: int | None = None):
+    """Both accuracies of a run, against the model on the uncompressed frame of each stamp:
+    the edge's masks (`edge_miou`, over the frames it segmented) and the robot's mask of every
+    camera frame (`robot_timely_miou`: what the robot held at the frame's capture; before the
+    edge's first mask its pixels have no class and count as missed). None where the frames
+    cannot be read again (a live camera) or matched (`camera_indices`)."""
+    from stac_edge_segmenter.metrics import mask_confusion, mean_iou
+
+    empty = {"edge_miou": None, "edge_frames": 0, "robot_timely_miou": None, "robot_frames": 0}
     if video.startswith(("camera:", "/dev/video")):
-        return float("nan"), 0  # a live camera cannot be read twice
-    seq_by_stamp = result.frame_seq_by_stamp()
-    stamps = {seq_by_stamp[s] - 1: s for s in result.mask_files if s in seq_by_stamp}
-    if not stamps:
-        return float("nan"), 0
-    confusion = ConfusionMatrix(model.num_classes)
-    frames = read_frames(video, max_frames=max(stamps) + 1)
-    pairs = ((f.image, result.mask(stamps[f.index])) for f in frames if f.index in stamps)
-    with progress_bar(total=len(stamps), desc="reference masks", unit="frame") as bar:
-        while batch := list(itertools.islice(pairs, 8)):
-            images = np.stack([image for image, _ in batch])
-            reference = model.predict(images, with_probabilities=False).class_ids
-            confusion.update(reference, np.stack([mask for _, mask in batch]))
+        return empty  # a live camera cannot be read twice
+    index_of = camera_indices(result, clip_frames)
+    wanted: dict[int, list[tuple[str, int]]] = {}
+    for kind, files in (("edge", result.mask_files), ("robot", result.robot_mask_files)):
+        for stamp in files:
+            if stamp in index_of:
+                wanted.setdefault(index_of[stamp], []).append((kind, stamp))
+    if not wanted:
+        return empty
+    classes = model.num_classes
+    totals = {kind: np.zeros((classes, classes + 1), np.int64) for kind in ("edge", "robot")}
+    counts = dict.fromkeys(totals, 0)
+    frames = (f for f in read_frames(video, max_frames=max(wanted) + 1) if f.index in wanted)
+    with progress_bar(total=len(wanted), desc="reference masks", unit="frame") as bar:
+        while batch := list(itertools.islice(frames, 8)):
+            images = np.stack([frame.image for frame in batch])
+            references = model.predict(images, with_probabilities=False).class_ids
+            for frame, reference in zip(batch, references, strict=True):
+                for kind, stamp in wanted[frame.index]:
+                    mask = result.mask(stamp) if kind == "edge" else result.robot_mask(stamp)
+                    totals[kind] += mask_confusion(reference, mask, classes)
+                    counts[kind] += 1
             bar.update(len(batch))
-    return confusion.mean_iou(), len(stamps)
+
+    def value(kind: str):
+        return round(mean_iou(totals[kind]), 4) if counts[kind] else None
+
+    return {
+        "edge_miou": value("edge"),
+        "edge_frames": counts["edge"],
+        "robot_timely_miou": value("robot"),
+        "robot_frames": counts["robot"],
+    }
 
 
-def summarise(result: GraphRunResult, miou: float, miou_frames: int, command: str) -> dict:
-    encoded = result.encoded
+def summarise(result: GraphRunResult, scores: dict | None, command: str) -> dict:
+    """The report of a run: frames accounted for, every bit both ways (serialized messages the
+    recorder saw; keyframe requests from the segmenter's count), latency, and `score_masks`'s
+    accuracies (None: not scored)."""
+    scores = scores or {}
+    stamps = result.camera_stamps() or [r.stamp_ns for r in result.encoded]
     duration_s = 0.0
-    if len(encoded) > 1:
-        duration_s = (encoded[-1].stamp_ns - encoded[0].stamp_ns) * 1e-9
-        duration_s *= len(encoded) / (len(encoded) - 1)  # include the last frame's interval
+    if len(stamps) > 1:
+        duration_s = (stamps[-1] - stamps[0]) * 1e-9 * len(stamps) / (len(stamps) - 1)
     stats = {name: _statistics_dict(msg) for name, msg in result.statistics.items()}
     seg, enc = stats.get("stac_segmenter", {}), stats.get("stac_encoder", {})
     accounting = frame_accounting(result.frames_published, enc, seg)
     latency = np.asarray(result.mask_latency_ms)
+    encoded = result.encoded
+    request_bytes = (seg.get("keyframe_requests") or 0) * keyframe_request_bytes()
+    bytes_sent = {
+        "uplink_bps": sum(r.size_bytes for r in encoded),
+        "feedback_bps": sum(result.qp_map_bytes),
+        "mask_feedback_bps": sum(result.mask_feedback_bytes),
+        "keyframe_request_bps": request_bytes,
+    }
+    bytes_sent["downlink_bps"] = sum(
+        bytes_sent[k] for k in ("feedback_bps", "mask_feedback_bps", "keyframe_request_bps")
+    )
+    bytes_sent["total_bps"] = bytes_sent["uplink_bps"] + bytes_sent["downlink_bps"]
+    rates = {
+        name: round(8 * value / duration_s, 1) if duration_s else None
+        for name, value in bytes_sent.items()
+    }
     return {
         "command": command,
         "link": result.link,
@@ -139,18 +199,15 @@ def summarise(result: GraphRunResult, miou: float, miou_frames: int, command: st
             "frames_with_qp_map": sum(1 for r in encoded if r.qp_map_seq > 0),
         },
         "duration_s": round(duration_s, 2),
-        "uplink_bps": round(8 * sum(r.size_bytes for r in encoded) / duration_s, 1)
-        if duration_s
-        else None,
-        "feedback_bps": round(8 * sum(result.qp_map_bytes) / duration_s, 1) if duration_s else None,
+        **rates,
         "qp_maps": len(result.qp_map_bytes),
-        "mask_feedback_bps": round(8 * sum(result.mask_feedback_bytes) / duration_s, 1)
-        if duration_s
-        else None,
         "masks_fed_back": len(result.mask_feedback_bytes),
         "robot_masks": len(result.robot_mask_sizes),
-        "miou_vs_uncompressed": None if np.isnan(miou) else round(miou, 4),
-        "miou_frames": miou_frames,
+        "robot_frames_without_mask": sum(1 for age in result.robot_mask_ages.values() if age < 0),
+        "robot_timely_miou": scores.get("robot_timely_miou"),
+        "robot_timely_frames": scores.get("robot_frames", 0),
+        "miou_vs_uncompressed": scores.get("edge_miou"),
+        "miou_frames": scores.get("edge_frames", 0),
         "latency_ms": {
             "median": round(float(np.median(latency)), 1) if latency.size else None,
             "p95": round(float(np.percentile(latency, 95)), 1) if latency.size else None,
@@ -168,10 +225,12 @@ def _statistics_dict(msg) -> dict:
 
 def report_markdown(report: dict) -> str:
     frames = report["frames"]
-    uplink, feedback = report["uplink_bps"], report["feedback_bps"]
-    share = f" ({100 * feedback / uplink:.2f}% of the uplink)" if uplink and feedback else ""
-    masks = report.get("mask_feedback_bps")
-    mask_share = f" ({100 * masks / uplink:.2f}% of the uplink)" if uplink and masks else ""
+    uplink = report["uplink_bps"]
+
+    def share(key: str) -> str:
+        value = report.get(key)
+        return f" ({100 * value / uplink:.2f}% of the uplink)" if uplink and value else ""
+
     lines = [
         "# STAC demo report",
         "",
@@ -181,13 +240,21 @@ def report_markdown(report: dict) -> str:
         "|---|---|",
         f"| clip duration | {report['duration_s']} s |",
         f"| link | {_link_text(report['link'])} |",
+        f"| robot's mask of every camera frame: timely mIoU vs the model on that raw frame "
+        f"({report['robot_timely_frames']} frames; {report['robot_frames_without_mask']} before "
+        f"the first mask, counted as missed) | {report['robot_timely_miou']} |",
+        f"| **total both ways** (uplink + everything sent back) | {_kbps(report['total_bps'])} |",
         f"| uplink (EncodedFrame messages) | {_kbps(uplink)} |",
-        f"| feedback: QP maps (QPMap messages, {report['qp_maps']} maps) | "
-        f"{_kbps(feedback)}{share} |",
-        f"| feedback: masks (SegmentationMask messages, {report.get('masks_fed_back')} masks; "
-        f"not in the line above) | {_kbps(masks)}{mask_share} |",
+        f"| downlink (maps + masks + keyframe requests) | {_kbps(report['downlink_bps'])}"
+        f"{share('downlink_bps')} |",
+        f"| - QP maps (QPMap messages, {report['qp_maps']} maps) | "
+        f"{_kbps(report['feedback_bps'])}{share('feedback_bps')} |",
+        f"| - masks (SegmentationMask messages, {report.get('masks_fed_back')} masks) | "
+        f"{_kbps(report['mask_feedback_bps'])}{share('mask_feedback_bps')} |",
+        f"| - keyframe requests ({frames['keyframe_requests']}) | "
+        f"{_kbps(report['keyframe_request_bps'])} |",
         f"| robot masks published (one per camera frame) | {report.get('robot_masks')} |",
-        f"| mIoU of masks vs model on uncompressed frames ({report['miou_frames']} frames) "
+        f"| edge masks: mIoU vs model on uncompressed frames ({report['miou_frames']} frames) "
         f"| {report['miou_vs_uncompressed']} |",
         f"| capture-to-mask latency, median / p95 | {report['latency_ms']['median']} / "
         f"{report['latency_ms']['p95']} ms |",
@@ -251,11 +318,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"stac-demo: playing {args.video} through the STAC graph; output in {args.out}")
     result = GraphRun(config).run()
-    print("stac-demo: comparing masks with the model on the uncompressed frames")
+    print("stac-demo: comparing the masks with the model on the uncompressed frames")
     from stac_edge_segmenter.loading import load_model
 
-    miou, miou_frames = masks_miou(result, args.video, load_model())
-    report = summarise(result, miou, miou_frames, shlex.join(["stac-demo", *argv]))
+    scores = score_masks(result, args.video, load_model())
+    report = summarise(result, scores, shlex.join(["stac-demo", *argv]))
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = report_markdown(report)
     (args.out / "report.md").write_text(markdown)

@@ -100,9 +100,11 @@ class GraphRunResult:
     mask_latency_ms: list[float] = field(default_factory=list)
     qp_map_bytes: list[int] = field(default_factory=list)  # serialized QPMap sizes
     mask_feedback_bytes: list[int] = field(default_factory=list)  # serialized SegmentationMasks
-    # the robot's mask of each camera frame: camera stamp (ns) -> (width, height), and its age
-    # (camera stamp -> age in frames, -1 before the edge's first mask)
+    # the robot's mask of each camera frame: camera stamp (ns) -> (width, height), its PNG
+    # file (as the edge's masks) and its age (camera stamp -> age in frames, -1 before the
+    # edge's first mask)
     robot_mask_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
+    robot_mask_files: dict[int, Path] = field(default_factory=dict)
     robot_mask_ages: dict[int, int] = field(default_factory=dict)
     statistics: dict[str, Statistics] = field(default_factory=dict)
     exit_codes: dict[str, int] = field(default_factory=dict)
@@ -129,11 +131,19 @@ class GraphRunResult:
     video_live: bool = False
 
     def mask(self, stamp_ns: int) -> np.ndarray:
-        """The class-id mask (HxW uint8) published for the camera frame of `stamp_ns`."""
-        mask = cv2.imread(str(self.mask_files[stamp_ns]), cv2.IMREAD_UNCHANGED)
-        if mask is None:
-            raise FileNotFoundError(f"mask file {self.mask_files[stamp_ns]} is unreadable")
-        return mask
+        """The class-id mask (HxW uint8) the edge published for the frame of `stamp_ns`."""
+        return _read_mask(self.mask_files[stamp_ns])
+
+    def robot_mask(self, stamp_ns: int) -> np.ndarray:
+        """The robot's class-id mask (HxW uint8, 255 = no class yet) of the camera frame of
+        `stamp_ns`."""
+        return _read_mask(self.robot_mask_files[stamp_ns])
+
+    def camera_stamps(self) -> list[int]:
+        """Every camera frame's stamp the graph showed (robot masks, their ages, encoded
+        frames), in order."""
+        stamps = set(self.robot_mask_sizes) | set(self.robot_mask_ages)
+        return sorted(stamps | {record.stamp_ns for record in self.encoded})
 
     def frame_seq_by_stamp(self) -> dict[int, int]:
         return {record.stamp_ns: record.frame_seq for record in self.encoded}
@@ -183,6 +193,13 @@ class OverlayVideo:
         self._container.close()
 
 
+def _read_mask(path: Path) -> np.ndarray:
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise FileNotFoundError(f"mask file {path} is unreadable")
+    return mask
+
+
 class GraphRecorder:
     """An in-process node that records the graph's topics into a result, a bag and a video."""
 
@@ -193,6 +210,8 @@ class GraphRecorder:
         self.node = rclpy.create_node("stac_demo_recorder")
         self._mask_dir = out_dir / "masks"
         self._mask_dir.mkdir(parents=True, exist_ok=True)
+        self._robot_mask_dir = out_dir / "robot_masks"
+        self._robot_mask_dir.mkdir(parents=True, exist_ok=True)
         self._bag = None
         self._connections = {}
         self._typestore = stac_typestore()
@@ -247,7 +266,12 @@ class GraphRecorder:
         elif topic == "/stac/mask_feedback":
             self.result.mask_feedback_bytes.append(len(raw))
         elif topic == "/stac/robot_mask":
-            self.result.robot_mask_sizes[_stamp_ns(msg.header.stamp)] = (msg.width, msg.height)
+            stamp_ns = _stamp_ns(msg.header.stamp)
+            self.result.robot_mask_sizes[stamp_ns] = (msg.width, msg.height)
+            path = self._robot_mask_dir / f"{stamp_ns}.png"
+            if not cv2.imwrite(str(path), image_to_numpy(msg), [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+                raise OSError(f"cannot write {path}")
+            self.result.robot_mask_files[stamp_ns] = path
         elif topic == "/stac/robot_mask_age":
             age = msg.age_frames if msg.has_source else -1
             self.result.robot_mask_ages[_stamp_ns(msg.header.stamp)] = age
