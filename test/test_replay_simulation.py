@@ -202,3 +202,32 @@ def test_window_errors_of_a_perfect_and_of_a_lagging_stream():
     lagging[50:60] = per_frame  # follows the step one second late
     late = window_errors(lagging, fps, (target, target / 2), 5.0)
     assert late["step_settle_s"] == pytest.approx(1.0, abs=0.11)
+
+
+def test_edge_profiles_fast_from_published_figures_and_a_measured_file(tmp_path):
+    import json
+
+    from stac_eval.replay.edge_profile import (
+        FAST_BATCH1_MS_224,
+        TIMING_FORMAT,
+        fast_edge_timing,
+        timing_from_file,
+    )
+
+    def model(input_size):
+        return SimpleNamespace(spec=SimpleNamespace(input_size=input_size))
+
+    working = fast_edge_timing(model((480, 360)), 960, 540)
+    assert working.profile == "fast" and "not measured" in working.source
+    assert FAST_BATCH1_MS_224 < working.segment_ms < working.map_ms
+    # the network sees its working resolution, whatever the frame size
+    assert fast_edge_timing(model((480, 360)), 768, 576) == working
+    native = fast_edge_timing(model(None), 960, 540)  # a model that runs at the frame's size
+    assert native.segment_ms > working.segment_ms
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps({"format": TIMING_FORMAT, "segment_ms": 4.0, "map_ms": 11.5}))
+    measured = timing_from_file(path)
+    assert (measured.segment_ms, measured.map_ms, measured.profile) == (4.0, 11.5, "measured")
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="format"):
+        timing_from_file(path)
