@@ -11,7 +11,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
-PACKAGES=(stac_msgs stac_codec stac_ros_common stac_encoder stac_edge_segmenter stac_sensitivity stac_eval)
+PACKAGES=(stac_msgs stac_codec stac_ros_common stac_encoder stac_edge_segmenter stac_sensitivity stac_training stac_eval)
 cd "$ROOT"
 
 log() { printf '[setup] %s\n' "$*"; }

@@ -22,7 +22,6 @@ setup(
     entry_points={
         "console_scripts": [
             "segmenter_node = stac_edge_segmenter.segmenter_node:main",
-            "stac-train = stac_edge_segmenter.train:main",
         ],
     },
 )

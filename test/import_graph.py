@@ -5,8 +5,10 @@ too). The rules, and why:
 
 - Layers: a package imports only packages of a lower layer. The codec and the node glue are
   the floor; the robot (stac_encoder) and the edge segmenter stand on it side by side and never
-  import each other; the sensitivity stands on the segmenter (it needs the model); evaluation
-  is on top. This also rules out every cycle between packages.
+  import each other; the sensitivity stands on the segmenter (it needs the model), and so
+  does the training of the model (stac_training: the CamVid reader and `stac-train`, which
+  nothing at run time needs); evaluation is on top. This also rules out every cycle between
+  packages.
 - Cores are ROS-free: a module that uses ROS (imports rclpy, a message package, ... or one of
   our modules that does) must say so by where it lives: the node glue package, a `*_node.py`
   (a node), a `*_container.py` (nodes composed in one process), or the `ros` subpackage of the
@@ -36,6 +38,7 @@ LAYERS = {
     "stac_encoder": 2,
     "stac_edge_segmenter": 2,
     "stac_sensitivity": 3,
+    "stac_training": 3,
     "stac_eval": 4,
 }
 GLUE_PACKAGE = "stac_ros_common"

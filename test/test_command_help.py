@@ -12,7 +12,7 @@ COMMANDS = {
     "stac-demo": "stac_eval.ros.demo",
     "stac-calibrate": "stac_eval.calibrate",
     "stac-replay": "stac_eval.replay.cli",
-    "stac-train": "stac_edge_segmenter.train",
+    "stac-train": "stac_training.train",
 }
 
 

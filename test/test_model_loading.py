@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 import yaml
 
-from stac_edge_segmenter.camvid import CLASS_NAMES, IGNORE_INDEX, PALETTE, load_split
 from stac_edge_segmenter.loading import (
     DEFAULT_CONFIG,
     ModelConfigError,
@@ -21,6 +20,7 @@ from stac_edge_segmenter.loading import (
 )
 from stac_edge_segmenter.metrics import ConfusionMatrix
 from stac_edge_segmenter.model import DEFAULT_WEIGHTS, WeightsError
+from stac_training.camvid import CLASS_NAMES, IGNORE_INDEX, PALETTE, load_split
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from stac_edge_segmenter.camvid import (
+from stac_edge_segmenter.metrics import ConfusionMatrix
+from stac_training.camvid import (
     CLASS_NAMES,
     IGNORE_INDEX,
     NUM_CLASSES,
@@ -15,7 +16,6 @@ from stac_edge_segmenter.camvid import (
     load_split,
     split_pairs,
 )
-from stac_edge_segmenter.metrics import ConfusionMatrix
 
 
 def test_iou_miou_and_pixel_accuracy_by_hand():

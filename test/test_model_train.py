@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from stac_edge_segmenter.camvid import IGNORE_INDEX
 from stac_edge_segmenter.loading import DEFAULT_CONFIG, load_model
 from stac_edge_segmenter.model import DEFAULT_WEIGHTS
-from stac_edge_segmenter.train import Augmenter, class_weights, load_checkpoint, lr_factor, main
+from stac_training.camvid import IGNORE_INDEX
+from stac_training.train import Augmenter, class_weights, load_checkpoint, lr_factor, main
 
 
 def test_lr_warms_up_then_decays_to_zero():

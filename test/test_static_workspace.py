@@ -20,14 +20,8 @@ import yaml
 from conftest import REPO_ROOT
 from stac_eval.launch_args import argument_defaults, launch_nodes
 
-PYTHON_PACKAGES = [
-    "stac_codec",
-    "stac_ros_common",
-    "stac_encoder",
-    "stac_edge_segmenter",
-    "stac_sensitivity",
-    "stac_eval",
-]
+# every ament_python package of the workspace (a new one cannot be forgotten here)
+PYTHON_PACKAGES = sorted(path.parent.name for path in REPO_ROOT.glob("stac_*/setup.py"))
 LAUNCH_FILES = sorted((REPO_ROOT / "launch").glob("*.launch.py"))
 PARAMS_FILES = sorted((REPO_ROOT / "config").glob("*.yaml"))
 INSTALL = REPO_ROOT / "install"

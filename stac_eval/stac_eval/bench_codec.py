@@ -28,7 +28,7 @@ import numpy as np
 from stac_codec.h264_decoder import H264Decoder
 from stac_codec.h264_encoder import PRESETS, EncoderConfig, QPMapEncoder
 from stac_codec.qp_map import macroblock_grid
-from stac_edge_segmenter.camvid import shared_data_dir
+from stac_training.camvid import shared_data_dir
 
 DEFAULT_SIZES = ("960x540", "1280x720")
 DEFAULT_CRFS = (20, 28, 36)

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from stac_edge_segmenter.camvid import IGNORE_INDEX, load_split
 from stac_edge_segmenter.loading import DEFAULT_CONFIG, SegmentationModel, build_model, read_spec
 from stac_edge_segmenter.metrics import ConfusionMatrix
-from stac_edge_segmenter.train import default_data_dir
+from stac_training.camvid import IGNORE_INDEX, load_split
+from stac_training.train import default_data_dir
 
 CASES = (
     ("480x360", 480, 360, False),

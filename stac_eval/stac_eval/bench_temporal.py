@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stac_edge_segmenter.camvid import shared_data_dir
 from stac_encoder.frame_flow import FlowConfig
+from stac_training.camvid import shared_data_dir
 
 DEFAULT_CRFS = (18, 25, 32, 39, 46)
 DEFAULT_DELAYS = (0, 2, 5, 10, 25)

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 
 from stac_codec.qp_map_wire import encode_qp_map
-from stac_edge_segmenter.camvid import IGNORE_INDEX
 from stac_edge_segmenter.loading import SegmentationModel, load_model
 from stac_eval.frame_dirs import read_sources
 from stac_eval.intra import code_intra
@@ -53,6 +52,7 @@ from stac_sensitivity.calibration import (
 )
 from stac_sensitivity.macroblocks import macroblock_ac_energy
 from stac_sensitivity.sensitivity import compute_sensitivity
+from stac_training.camvid import IGNORE_INDEX
 
 DEFAULT_CRFS = (20, 26, 32, 38, 44)
 # Coordinate-descent grids, searched in this order (each starts from the best so far).

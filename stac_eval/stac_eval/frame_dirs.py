@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stac_edge_segmenter.camvid import read_image_rgb, read_label
+from stac_training.camvid import read_image_rgb, read_label
 
 WORKING_SIZE = (480, 360)  # (width, height)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stac_edge_segmenter.camvid import read_image_rgb, shared_data_dir
+from stac_training.camvid import read_image_rgb, shared_data_dir
 
 THUMBNAIL_SIZE = (32, 24)
 # Mean absolute difference (0..255 grey levels) under which two thumbnails are the same frame.

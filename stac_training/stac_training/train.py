@@ -25,13 +25,6 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from tqdm import tqdm
 
-from stac_edge_segmenter.camvid import (
-    CLASS_NAMES,
-    IGNORE_INDEX,
-    NUM_CLASSES,
-    load_split,
-    shared_data_dir,
-)
 from stac_edge_segmenter.metrics import ConfusionMatrix
 from stac_edge_segmenter.model import (
     DEFAULT_WEIGHTS,
@@ -40,6 +33,13 @@ from stac_edge_segmenter.model import (
     LiteFPN,
     build_lite0_fpn,
     save_lite0_fpn,
+)
+from stac_training.camvid import (
+    CLASS_NAMES,
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    load_split,
+    shared_data_dir,
 )
 
 
