@@ -81,3 +81,20 @@ def test_load_split_reads_aligned_pairs(data_dir):
     assert split.images.shape == (3, 360, 480, 3) and split.images.dtype == np.uint8
     assert split.labels.shape == (3, 360, 480) and split.labels.max() <= IGNORE_INDEX
     assert split.names == sorted(split.names)
+
+
+def test_a_missing_prediction_is_a_miss_of_its_class():
+    """mask_confusion's last column: pixels without a class (no mask yet, or id 255); void
+    truth is not counted; mean_iou takes K x K and K x (K+1) matrices alike."""
+    from stac_edge_segmenter.metrics import mask_confusion, mean_iou
+
+    truth = np.array([[0, 0, 1, 1], [2, 2, 255, 3]], np.uint8)  # 255 and 3: void for K = 3
+    prediction = np.array([[0, 255, 1, 1], [2, 0, 1, 1]], np.uint8)
+    matrix = mask_confusion(truth, prediction, 3)
+    np.testing.assert_array_equal(matrix, [[1, 0, 0, 1], [0, 2, 0, 0], [1, 0, 1, 0]])
+    # class 0: tp 1, truth 2, predicted 2 -> 1/3; class 1: 2/2; class 2: tp 1, truth 2 -> 1/2
+    assert mean_iou(matrix) == pytest.approx((1 / 3 + 1 + 1 / 2) / 3)
+    assert mean_iou(mask_confusion(truth, None, 3)) == 0.0
+    square = ConfusionMatrix(3)
+    square.update(truth, np.where(prediction == 255, 0, prediction))
+    assert square.mean_iou() == mean_iou(square.matrix)

@@ -14,20 +14,27 @@ def mask_confusion(
     truth: np.ndarray, prediction: np.ndarray | None, num_classes: int
 ) -> np.ndarray:
     """K x (K+1) int32 counts of one frame, rows truth, columns prediction; column K: pixels
-    without a prediction (all of them when `prediction` is None). Truth ids outside 0..K-1
-    (void) are not counted."""
-    truth = np.asarray(truth).reshape(-1).astype(np.int64)
-    valid = (truth >= 0) & (truth < num_classes)
+    without a prediction (all of them when `prediction` is None; ids outside 0..K-1, such as a
+    robot's 255 = no class yet). Truth ids outside 0..K-1 (void) are not counted."""
+    columns = num_classes + 1
+    truth = _ids(truth, num_classes).astype(np.intp)
     if prediction is None:
-        predicted = np.full(truth.shape, num_classes, dtype=np.int64)
+        predicted = num_classes
     else:
-        if np.size(prediction) != truth.size:
+        predicted = _ids(prediction, num_classes)
+        if predicted.size != truth.size:
             raise ValueError(f"a mask of {np.shape(prediction)} for {truth.size} truth pixels")
-        predicted = np.asarray(prediction).reshape(-1).astype(np.int64)
-        predicted = np.where((predicted >= 0) & (predicted < num_classes), predicted, num_classes)
-    index = truth[valid] * (num_classes + 1) + predicted[valid]
-    counts = np.bincount(index, minlength=num_classes * (num_classes + 1))
-    return counts.reshape(num_classes, num_classes + 1).astype(np.int32)
+    # one bin per (truth, prediction) pair; truth ids >= K land past the K x (K+1) bins
+    counts = np.bincount(truth * columns + predicted, minlength=num_classes * columns)
+    return counts[: num_classes * columns].reshape(num_classes, columns).astype(np.int32)
+
+
+def _ids(values: np.ndarray, num_classes: int) -> np.ndarray:
+    """Flat class ids with every id outside 0..K-1 set to K."""
+    flat = np.asarray(values).reshape(-1)
+    if flat.dtype == np.uint8:
+        return np.minimum(flat, num_classes)
+    return np.where((flat >= 0) & (flat < num_classes), flat, num_classes)
 
 
 def iou_per_class(matrix: np.ndarray) -> np.ndarray:
