@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of the STAC workspace on a Debian/Ubuntu machine without a ROS install:
-#   1. system tools (cmake, a C++ compiler, iproute2, nftables) via apt when missing;
+#   1. system tools (cmake, a C++ compiler, Python's headers, iproute2, nftables) via apt when
+#      missing;
 #   2. .venv with the pinned ROS 2 Jazzy wheels, torch (CPU), PyAV, OpenCV, rosbags, ...;
 #   3. colcon build of the workspace (stac_msgs and the Python packages, symlinked; a
 #      test-only foxglove_msgs where no real one is installed);
@@ -37,6 +38,12 @@ install_system_tools() {
   command -v make >/dev/null || missing+=(make)
   command -v ip >/dev/null || missing+=(iproute2)
   command -v nft >/dev/null || missing+=(nftables)  # loss on the emulated robot-edge link
+  # Python's headers: stac_codec builds its mask coder (a C++ extension)
+  local python
+  python=$(find_python)
+  "$python" -c 'import os, sys, sysconfig
+sys.exit(not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' ||
+    missing+=("$(basename "$python")-dev")
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing system packages: ${missing[*]}"
   local sudo=""
@@ -93,7 +100,7 @@ build_workspace() {
     paths+=("$FOXGLOVE_STAND_IN")
   fi
   inputs=$(find "${paths[@]}" \( -name package.xml -o -name setup.py -o -name setup.cfg \
-             -o -name CMakeLists.txt -o -name '*.msg' \) -not -path '*/build/*' | sort)
+             -o -name CMakeLists.txt -o -name '*.msg' -o -name '*.cpp' \) -not -path '*/build/*' | sort)
   # shellcheck disable=SC2086
   want=$(hash_files $inputs "$VENV/.stac_pip_stamp")
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -f install/setup.bash ]; then

@@ -1,4 +1,4 @@
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 package_name = "stac_codec"
 
@@ -10,13 +10,23 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
     ],
+    # the mask coder's hot loops (stac_codec.mask_wire); g++ comes with scripts/setup.sh
+    ext_modules=[
+        Extension(
+            "stac_codec._mask_coder",
+            ["stac_codec/_mask_coder.cpp"],
+            extra_compile_args=["-O2", "-std=c++17"],
+            language="c++",
+        )
+    ],
     install_requires=["setuptools"],
-    zip_safe=True,
+    zip_safe=False,
     maintainer="STAC for ROS 2 developers",
     maintainer_email="stac@example.org",
     description=(
         "H.264 with per-macroblock QP maps, without ROS: libx264 through ctypes, a loss-aware "
-        "PyAV decoder, Annex B helpers, and the QP maps' level-bank wire form."
+        "PyAV decoder, Annex B helpers, the QP maps' level-bank wire form and the masks' "
+        "context-coded wire form."
     ),
     license="Apache-2.0",
 )

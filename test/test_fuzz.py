@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from stac_codec.h264_decoder import DecodeStatus, H264Decoder
 from stac_codec.h264_encoder import EncoderConfig, QPMapEncoder
-from stac_codec.mask_wire import MaskWireError, decode_mask, encode_mask
+from stac_codec.mask_wire import MASK_CODINGS, MaskWireError, decode_mask, encode_mask
 from stac_codec.qp_map import QPLevelMap
 from stac_codec.qp_map_wire import WireFormatError, decode_qp_map, encode_qp_map
 from stac_edge_segmenter.edge_decoding import EncodedStreamDecoder
@@ -122,12 +122,26 @@ def test_qp_map_wire_mutated_real_maps(which, edits, cut, fix_checksum):
 # --- Mask wire form (the edge's masks back to the robot) -----------------------------------
 
 MASK_SHAPE = (48, 64)
-MASK_BYTES = encode_mask(np.repeat(np.arange(6, dtype=np.uint8), 8)[:, None].repeat(64, axis=1))
+
+
+def _real_mask() -> np.ndarray:
+    """Bands with a slanted boundary and two small objects (48x64)."""
+    mask = np.repeat(np.arange(6, dtype=np.uint8), 8)[:, None].repeat(64, axis=1)
+    rows, cols = np.mgrid[0:48, 0:64]
+    mask[rows > 20 + cols // 4] = 7
+    mask[5:9, 30:33] = 9
+    mask[30:44, 50:52] = 2
+    return mask
+
+
+MASK_BYTES = {coding: encode_mask(_real_mask(), coding) for coding in sorted(MASK_CODINGS)}
 
 
 def _decode_robot_mask(data: bytes) -> None:
     """The robot's budget is the frame it holds: whatever the bytes declare, only
-    MaskWireError comes out and nothing much beyond that budget is allocated."""
+    MaskWireError comes out and nothing much beyond that budget is allocated (Python's
+    allocations are traced; the C++ coder's own are a fixed model of under 1 MB and one row of
+    boundary positions)."""
     budget = MASK_SHAPE[0] * MASK_SHAPE[1]
     tracemalloc.start()
     try:
@@ -160,12 +174,32 @@ def test_mask_wire_forged_headers_with_valid_checksums(
 
 @settings(FUZZ, max_examples=300)
 @given(
+    mode=st.sampled_from([1, 1, 2, 2, 0, 3, 255]),
+    width=st.one_of(st.integers(0, 80), st.sampled_from([64, 16384, 65535])),
+    height=st.one_of(st.integers(0, 60), st.sampled_from([48, 16384, 65535])),
+    coded=st.tuples(st.integers(0, 80), st.integers(0, 60)),
+    flags=st.integers(0, 255),
+    stream=st.one_of(
+        st.binary(max_size=200),
+        st.sampled_from([data[11:-4] for data in MASK_BYTES.values() if data[0] == 2]),
+    ),
+)
+def test_mask_wire_v2_forged_headers_with_valid_checksums(
+    mode, width, height, coded, flags, stream
+):
+    body = struct.pack(">BBHHHHB", 2, mode, width, height, *coded, flags) + stream
+    _decode_robot_mask(body + struct.pack(">I", zlib.crc32(body)))
+
+
+@settings(FUZZ, max_examples=300)
+@given(
+    coding=st.sampled_from(sorted(MASK_CODINGS)),
     edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), min_size=1, max_size=4),
     cut=st.one_of(st.none(), st.integers(0, 200)),
     fix_checksum=st.booleans(),
 )
-def test_mask_wire_mutated_real_masks(edits, cut, fix_checksum):
-    data = bytearray(MASK_BYTES)
+def test_mask_wire_mutated_real_masks(coding, edits, cut, fix_checksum):
+    data = bytearray(MASK_BYTES[coding])
     for position, xor in edits:
         data[position % len(data)] ^= xor
     if cut is not None:

@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 import rclpy
 
-from stac_codec.mask_wire import ENCODING_NAME, encode_mask
+from stac_codec.mask_wire import (
+    ENCODING_NAME,
+    MASK_CODINGS,
+    RLE_DEFLATE_ENCODING,
+    decode_mask,
+    encode_mask,
+    encoding_of,
+)
 from stac_encoder.encoder_node import EncoderNode
 from stac_msgs.msg import SegmentationMask
 from stac_ros_common.image_conversion import numpy_to_image
@@ -41,12 +48,14 @@ def _forged_huge_mask() -> bytes:
     return body + struct.pack(">I", zlib.crc32(body))
 
 
-def _mask_message(data: bytes, width: int, height: int, source_frame_seq: int = 1):
+def _mask_message(
+    data: bytes, width: int, height: int, source_frame_seq: int = 1, encoding: str | None = None
+):
     msg = SegmentationMask(
         source_frame_seq=source_frame_seq,
         width=width,
         height=height,
-        encoding=ENCODING_NAME,
+        encoding=encoding or encoding_of(data),
         num_classes=11,
     )
     msg.data = to_uint8_field(data)
@@ -117,3 +126,30 @@ def test_a_good_mask_of_the_frame_size_is_still_adopted(robot):
     robot._on_mask(_mask_message(encode_mask(mask), WIDTH, HEIGHT))
     assert robot.statistics.counters.masks_received == 1
     assert _rejected(robot) == {}
+
+
+@pytest.mark.parametrize("coding", sorted(MASK_CODINGS))
+def test_the_robot_takes_every_coding_the_edge_may_choose(robot, monkeypatch, coding):
+    mask = np.full((HEIGHT, WIDTH), 3, np.uint8)
+    mask[10:30, 5:40] = 1
+    mask[20:24, 50:53] = 9
+    adopted = []
+    submit = robot.loop.submit_mask
+    monkeypatch.setattr(
+        robot.loop, "submit_mask", lambda ids, seq: adopted.append(ids) or submit(ids, seq)
+    )
+    data = encode_mask(mask, coding)
+    robot._on_mask(_mask_message(data, WIDTH, HEIGHT))
+    assert robot.statistics.counters.masks_received == 1
+    assert _rejected(robot) == {}
+    np.testing.assert_array_equal(adopted[0], decode_mask(data, max_pixels=mask.size))
+    if MASK_CODINGS[coding].lossless:
+        np.testing.assert_array_equal(adopted[0], mask)
+
+
+def test_a_mask_whose_data_is_not_its_declared_encoding_is_refused(robot):
+    data = encode_mask(np.zeros((HEIGHT, WIDTH), np.uint8), "lossless")
+    robot._on_mask(_mask_message(data, WIDTH, HEIGHT, encoding=RLE_DEFLATE_ENCODING))
+    robot._on_mask(_mask_message(data, WIDTH, HEIGHT, encoding="png"))
+    assert _rejected(robot) == {"mask/damaged": 1, "mask/encoding": 1}
+    assert encoding_of(data) == ENCODING_NAME

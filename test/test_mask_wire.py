@@ -1,5 +1,6 @@
-"""The masks' wire form: lossless, compact, and a decoder of outside bytes that only ever raises
-MaskWireError (never allocates what a forged header asks for)."""
+"""The masks' wire forms: every coding round-trips (exactly where it is lossless, within its
+promise where it is not), and a decoder of outside bytes that only ever raises MaskWireError
+(never allocates what a forged header asks for)."""
 
 from __future__ import annotations
 
@@ -12,43 +13,107 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stac_codec.mask_wire import MaskWireError, decode_mask, encode_mask
+from stac_codec.mask_wire import (
+    ENCODING_NAME,
+    MASK_CODINGS,
+    RLE_DEFLATE_ENCODING,
+    MaskWireError,
+    decode_mask,
+    encode_mask,
+    encode_mask_and_decoded,
+    encoding_of,
+    mask_coding,
+    mask_size,
+    reduced_size,
+)
+
+V2_HEADER = struct.Struct(">BBHHHHB")
 
 
 def street_like(height: int = 270, width: int = 480, seed: int = 0) -> np.ndarray:
-    """Horizontal bands (sky, buildings, road) with a few objects: what masks look like."""
+    """Bands (sky, buildings, road) with slanted, curved boundaries and a few small objects:
+    what masks look like."""
     rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
     mask = np.zeros((height, width), np.uint8)
-    mask[height // 3 :] = 1
-    mask[2 * height // 3 :] = 3
+    mask[rows > height / 3 + 12 * np.sin(cols / 40.0)] = 1
+    mask[rows > 2 * height / 3 - cols / 8] = 3
     for _ in range(12):
         y, x = rng.integers(0, height - 20), rng.integers(0, width - 30)
-        mask[y : y + rng.integers(5, 20), x : x + rng.integers(3, 30)] = rng.integers(0, 11)
+        mask[y : y + rng.integers(5, 20), x : x + rng.integers(3, 30)] = rng.integers(4, 11)
     return mask
 
 
-def test_round_trip_is_exact_and_small():
+def _v2(mode, width, height, coded_width, coded_height, stream: bytes, flags=0) -> bytes:
+    body = V2_HEADER.pack(2, mode, width, height, coded_width, coded_height, flags) + stream
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize("coding", sorted(MASK_CODINGS))
+def test_every_coding_round_trips_to_what_the_encoder_promised(coding):
     mask = street_like()
-    data = encode_mask(mask)
-    np.testing.assert_array_equal(decode_mask(data, max_pixels=mask.size), mask)
+    data, promised = encode_mask_and_decoded(mask, coding)
+    assert encoding_of(data) == MASK_CODINGS[coding].encoding
+    assert mask_size(data) == (480, 270)
+    decoded = decode_mask(data, max_pixels=mask.size)
+    np.testing.assert_array_equal(decoded, promised)
+    if MASK_CODINGS[coding].lossless:
+        np.testing.assert_array_equal(decoded, mask)
+    else:
+        assert (decoded == mask).mean() > 0.97
     assert len(data) < mask.size / 100  # far below raw mono8
 
 
+def test_context_coding_is_smaller_than_run_length_and_deflate():
+    mask = street_like()
+    assert len(encode_mask(mask, "lossless")) < len(encode_mask(mask, "rle_deflate"))
+    assert len(encode_mask(mask, "near_lossless")) <= len(encode_mask(mask, "lossless"))
+
+
+def test_near_lossless_moves_only_large_boundaries_and_by_at_most_its_tolerance():
+    mask = street_like()
+    coding = mask_coding("near_lossless")
+    decoded = decode_mask(encode_mask(mask, coding), max_pixels=mask.size)
+    counts = np.bincount(mask.ravel(), minlength=256)
+    small = np.flatnonzero((counts > 0) & (counts < coding.protected_share * mask.size))
+    assert len(small) > 0
+    assert np.array_equal(np.isin(decoded, small), np.isin(mask, small))  # small classes exact
+    tolerance = coding.tolerance_px
+    padded = np.pad(mask, tolerance, mode="edge")
+    for y, x in zip(*np.nonzero(decoded != mask), strict=True):
+        window = padded[y : y + 2 * tolerance + 1, x : x + 2 * tolerance + 1]
+        assert decoded[y, x] in window  # the class it took is within the tolerance
+
+
+def test_reduced_masks_travel_smaller_and_come_back_full_size():
+    mask = street_like()
+    data = encode_mask(mask, "reduced")
+    _, _, width, height, coded_width, coded_height, _ = V2_HEADER.unpack_from(data)
+    assert (width, height) == (480, 270)
+    assert (coded_width, coded_height) == reduced_size(480, 270, 2) == (240, 135)
+    assert decode_mask(data, max_pixels=mask.size).shape == (270, 480)
+
+
+@pytest.mark.parametrize("coding", sorted(MASK_CODINGS))
 @pytest.mark.parametrize(
     "mask",
     [
         np.zeros((1, 1), np.uint8),
         np.full((3000, 3000), 7, np.uint8),  # one run longer than three varint bytes hold
         np.random.default_rng(1).integers(0, 255, (33, 17)).astype(np.uint8),
+        np.random.default_rng(2).integers(0, 2, (7, 300)).astype(np.uint8) * 255,
     ],
-    ids=["one_pixel", "one_long_run", "noise"],
+    ids=["one_pixel", "one_long_run", "noise", "ids_0_and_255"],
 )
-def test_edge_cases_round_trip(mask):
-    np.testing.assert_array_equal(decode_mask(encode_mask(mask), max_pixels=mask.size), mask)
+def test_edge_cases_round_trip(coding, mask):
+    data, promised = encode_mask_and_decoded(mask, coding)
+    np.testing.assert_array_equal(decode_mask(data, max_pixels=mask.size), promised)
+    if MASK_CODINGS[coding].lossless:
+        np.testing.assert_array_equal(promised, mask)
 
 
 def test_damage_and_forgery_are_refused():
-    data = bytearray(encode_mask(street_like()))
+    data = bytearray(encode_mask(street_like(), "rle_deflate"))
     data[20] ^= 0x10
     with pytest.raises(MaskWireError, match="checksum"):
         decode_mask(bytes(data), max_pixels=480 * 270)
@@ -61,6 +126,29 @@ def test_damage_and_forgery_are_refused():
         decode_mask(forged, max_pixels=16384 * 16384)
     with pytest.raises(ValueError):
         encode_mask(np.zeros((4, 4), np.int32))
+    with pytest.raises(ValueError, match="choose one of"):
+        encode_mask(np.zeros((4, 4), np.uint8), "jpeg")
+
+
+def test_forged_version_2_headers_are_refused():
+    stream = encode_mask(np.zeros((48, 64), np.uint8), "lossless")[V2_HEADER.size : -4]
+    with pytest.raises(MaskWireError, match="larger than"):
+        decode_mask(_v2(1, 16384, 16384, 16384, 16384, stream), max_pixels=64 * 48)
+    with pytest.raises(MaskWireError, match="mode 9"):
+        decode_mask(_v2(9, 64, 48, 64, 48, stream), max_pixels=64 * 48)
+    with pytest.raises(MaskWireError, match="coded size"):
+        decode_mask(_v2(2, 64, 48, 65, 48, stream), max_pixels=64 * 48)
+    with pytest.raises(MaskWireError, match="coded size is not its size"):
+        decode_mask(_v2(1, 64, 48, 32, 24, stream), max_pixels=64 * 48)
+    with pytest.raises(MaskWireError, match="damaged"):
+        decode_mask(_v2(1, 64, 48, 64, 48, stream[:1]), max_pixels=64 * 48)
+    with pytest.raises(MaskWireError, match="version 3"):
+        mask_size(bytes([3]) + bytes(20))
+
+
+def test_encodings_name_the_versions():
+    assert encoding_of(encode_mask(street_like(), "rle_deflate")) == RLE_DEFLATE_ENCODING
+    assert encoding_of(encode_mask(street_like(), "lossless")) == ENCODING_NAME
 
 
 @settings(
@@ -70,9 +158,10 @@ def test_damage_and_forgery_are_refused():
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-@given(st.binary(max_size=300), st.integers(0, 2**32 - 1))
-def test_random_bytes_only_raise_mask_wire_error(payload, runs):
-    for data in (payload, _with_valid_frame(payload, runs)):
+@given(st.binary(max_size=300), st.integers(0, 2**32 - 1), st.integers(0, 3))
+def test_random_bytes_only_raise_mask_wire_error(payload, runs, mode):
+    framed = (payload, _with_valid_frame(payload, runs), _v2(mode, 64, 48, 64 // 2, 48, payload))
+    for data in framed:
         with contextlib.suppress(MaskWireError):
             decode_mask(data, max_pixels=64 * 48)
 

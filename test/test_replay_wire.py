@@ -8,15 +8,15 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage
 from std_srvs.srv import Trigger
 
-from stac_codec.mask_wire import ENCODING_NAME, encode_mask
+from stac_codec.mask_wire import MASK_CODINGS, encode_mask_and_decoded
 from stac_eval.replay.wire import (
     JPEG_FORMAT,
     compressed_image_bytes,
     encoded_frame_bytes,
     keyframe_request_bytes,
-    mask_message_bytes,
     qp_map_bytes,
     segmentation_mask_bytes,
+    sent_mask,
 )
 from stac_msgs.msg import EncodedFrame, QPMap, SegmentationMask
 
@@ -34,18 +34,24 @@ def test_sizes_equal_rclpy_serialisation(size, frame_id):
     image = CompressedImage(format=JPEG_FORMAT, data=payload)
     image.header.frame_id = frame_id
     assert compressed_image_bytes(size, frame_id) == len(serialize_message(image))
-    mask = SegmentationMask(encoding=ENCODING_NAME, width=960, height=540, data=payload)
+    mask = SegmentationMask(encoding="stac_mask_v2", width=960, height=540, data=payload)
     mask.header.frame_id = frame_id
     assert segmentation_mask_bytes(size, frame_id) == len(serialize_message(mask))
 
 
-def test_a_mask_costs_its_coded_message():
+@pytest.mark.parametrize("coding", sorted(MASK_CODINGS))
+def test_a_mask_costs_its_coded_message(coding):
     class_ids = np.zeros((54, 96), np.uint8)
     class_ids[20:, :] = 3
-    coded = encode_mask(class_ids)
-    message = SegmentationMask(encoding=ENCODING_NAME, width=96, height=54, data=coded)
+    class_ids[30:40, 10:12] = 5
+    coded, decoded = encode_mask_and_decoded(class_ids, coding)
+    message = SegmentationMask(
+        encoding=MASK_CODINGS[coding].encoding, width=96, height=54, data=coded
+    )
     message.header.frame_id = "camera"
-    assert mask_message_bytes(class_ids) == len(serialize_message(message))
+    size_bytes, received = sent_mask(class_ids, coding)
+    assert size_bytes == len(serialize_message(message))
+    np.testing.assert_array_equal(received, decoded)
 
 
 def test_keyframe_request_size_equals_rclpy_serialisation():

@@ -1,34 +1,100 @@
-"""Compact lossless wire form of a class-id mask, for the masks the edge sends back to the robot.
+"""Wire forms of a class-id mask, for the masks the edge sends back to the robot.
 
-A segmentation mask is mostly long horizontal runs of one class, so it travels as the runs of
-its raster scan: the class id of each run (one byte), the run lengths as LEB128 varints (one
-byte up to 127 pixels, two up to 16383, three beyond), both deflated (zlib level 6). On
-960x540 masks of the dashcam clip (22 frames, the shipped model) this takes about 2.7 kB, a
-mask's 518 kB of raw mono8 shrunk about 190x; encoding and decoding take about 2 ms each on
-one core of this (busy) machine. Measured alternatives: PNG 4.8 kB at 86 ms; zlib of the raw
-bytes 3.7 kB at 61 ms; lzma of the runs 2.5 kB at 3 ms; a fax-style two-dimensional coding of
-run ends against the row above 2.1 kB, but 30 ms in Python.
+Version 2 (the default, `encoding` "stac_mask_v2"): the class ids arithmetic-coded in raster
+order with adaptive context models (`_mask_coder`, C++: each pixel in the context of its
+already-coded neighbours; one decision per stretch where the row above is flat; boundary
+positions guessed from how they moved in the rows above). Its codings (`MASK_CODINGS`, the
+edge's `mask_coding` parameter) differ only in what the edge puts in:
 
-Layout (big-endian header):
+- lossless: the mask as it is;
+- near_lossless: boundaries between large classes (each at least `protected_share` of the
+  mask) may move by up to `tolerance_px` where the coder expects them to; smaller classes
+  (poles, signs, people) stay exact. The decoder is the same;
+- reduced: the mask at 1/`reduction` of each side (each cell its majority class); the robot
+  upsamples it (each pixel the class with the most bilinear weight among its four nearest
+  cells).
 
-    version u8 | width u16 | height u16 | runs u32 | deflated (ids, varint lengths) | CRC32
+Version 1 (`encoding` "stac_rle_deflate_v1", coding rle_deflate): the runs of the raster
+scan, class id and LEB128 varint length each, deflated. Robots still read it, so an edge of
+an earlier release keeps working with this one.
 
-The CRC covers everything before it, so a damaged mask is refused, not shown. Sizes are
-checked before anything is allocated: the deflated stream may not expand past what `runs`
-allows, and the run lengths must add up to width x height exactly.
+What each costs and how close it stays: docs/masks.md (`stac-bench masks`).
+
+Layouts (big-endian), each followed by the CRC32 of everything before it (a damaged mask is
+refused, not shown):
+
+    v1: version=1 u8 | width u16 | height u16 | runs u32 | deflated (ids, varint lengths)
+    v2: version=2 u8 | mode u8 | width u16 | height u16 | coded width u16 | coded height u16
+        | flags u8 | class bits u8 | range-coded stream
+
+Decoding never allocates or works beyond the receiver's pixel budget (`max_pixels`, the frame
+it holds): sizes are checked before anything is allocated, and the range decoder writes
+exactly the declared pixels and stops a few bytes past the end of the data.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 
-MASK_WIRE_VERSION = 1
-ENCODING_NAME = "stac_rle_deflate_v1"  # what the SegmentationMask message's `encoding` says
+from stac_codec import _mask_coder
+
+RLE_DEFLATE_VERSION = 1
+MASK_WIRE_VERSION = 2  # what every coding but rle_deflate writes
+ENCODING_NAME = "stac_mask_v2"  # what the SegmentationMask message's `encoding` says for v2
+RLE_DEFLATE_ENCODING = "stac_rle_deflate_v1"  # and for v1
+ENCODING_BY_VERSION = {RLE_DEFLATE_VERSION: RLE_DEFLATE_ENCODING, MASK_WIRE_VERSION: ENCODING_NAME}
 MAX_SIDE_PIXELS = 16384
-_HEADER = struct.Struct(">BHHI")
+
+MODE_CONTEXT = 1  # full resolution
+MODE_REDUCED = 2  # coded smaller, upsampled by the receiver
+FLAG_LOSSY = 0x01  # the edge moved boundaries (near_lossless) or reduced the mask
+
+_CONFIDENT = 0.8  # near_lossless: a pixel may take a class the model gives at least this
+_MAX_MOVABLE_CLASS = 63  # class ids a near_lossless boundary may move between (a 64-bit set)
+
+
+@dataclass(frozen=True)
+class MaskCoding:
+    """How the edge puts a mask on the wire.
+
+    version: 1 (run-length + deflate) or 2 (context-coded); reduction: the mask travels at
+    1/reduction of each side; tolerance_px: how far a boundary between two large classes may
+    move (0: exact); protected_share: classes below this share of the mask's pixels never
+    move."""
+
+    name: str
+    version: int = MASK_WIRE_VERSION
+    reduction: int = 1
+    tolerance_px: int = 0
+    protected_share: float = 0.01
+
+    @property
+    def lossless(self) -> bool:
+        return self.reduction == 1 and self.tolerance_px == 0
+
+    @property
+    def encoding(self) -> str:
+        """The SegmentationMask `encoding` of masks in this coding."""
+        return ENCODING_BY_VERSION[self.version]
+
+
+MASK_CODINGS = {
+    coding.name: coding
+    for coding in (
+        MaskCoding("rle_deflate", version=RLE_DEFLATE_VERSION),
+        MaskCoding("lossless"),
+        MaskCoding("near_lossless", tolerance_px=1),
+        MaskCoding("reduced", reduction=2),
+    )
+}
+DEFAULT_MASK_CODING = "near_lossless"
+
+_HEADER_V1 = struct.Struct(">BHHI")
+_HEADER_V2 = struct.Struct(">BBHHHHB")
 _CRC = struct.Struct(">I")
 _MAX_VARINT_BYTES = 3  # runs of up to 2^21 - 1 pixels; longer runs are split
 _MAX_RUN = (1 << (7 * _MAX_VARINT_BYTES)) - 1
@@ -38,14 +104,145 @@ class MaskWireError(ValueError):
     """Bytes that are not a mask in this wire form."""
 
 
-def encode_mask(class_ids: np.ndarray) -> bytes:
-    """The wire bytes of an HxW uint8 class-id mask."""
+def mask_coding(name: str) -> MaskCoding:
+    """The coding of that name (ValueError naming the choices otherwise)."""
+    try:
+        return MASK_CODINGS[name]
+    except KeyError:
+        raise ValueError(f"mask coding {name!r}: choose one of {sorted(MASK_CODINGS)}") from None
+
+
+def encode_mask(class_ids: np.ndarray, coding: str | MaskCoding = DEFAULT_MASK_CODING) -> bytes:
+    """The wire bytes of an HxW uint8 class-id mask, as the edge sends it."""
+    return encode_mask_and_decoded(class_ids, coding)[0]
+
+
+def encode_mask_and_decoded(
+    class_ids: np.ndarray, coding: str | MaskCoding = DEFAULT_MASK_CODING
+) -> tuple[bytes, np.ndarray]:
+    """The wire bytes and the mask the robot will decode from them (the same mask unless
+    the coding is lossy)."""
     if not isinstance(class_ids, np.ndarray) or class_ids.ndim != 2 or class_ids.dtype != np.uint8:
         raise ValueError("a mask must be a 2-D uint8 array of class ids")
     height, width = class_ids.shape
     if not (1 <= width <= MAX_SIDE_PIXELS and 1 <= height <= MAX_SIDE_PIXELS):
         raise ValueError(f"a {width}x{height} mask is outside the wire form's bounds")
-    flat = np.ascontiguousarray(class_ids).reshape(-1)
+    coding = mask_coding(coding) if isinstance(coding, str) else coding
+    mask = np.ascontiguousarray(class_ids)
+    if coding.version == RLE_DEFLATE_VERSION:
+        return _encode_rle(mask), mask
+    coded_width, coded_height = reduced_size(width, height, coding.reduction)
+    movable = 0
+    if coding.reduction > 1:
+        coded = np.frombuffer(
+            _mask_coder.downsample(mask, width, height, coded_width, coded_height), np.uint8
+        ).reshape(coded_height, coded_width)
+    else:
+        coded = mask
+        if coding.tolerance_px > 0:
+            movable = _movable_classes(mask, coding.protected_share)
+    stream, sent = _mask_coder.encode(coded, coded_width, coded_height, None, 0, 0, 0.0)
+    lossy = coding.reduction > 1
+    if movable:  # the moved boundaries usually cost less, not always: the smaller one goes
+        moved_stream, moved = _mask_coder.encode(
+            coded, coded_width, coded_height, None, coding.tolerance_px, movable, _CONFIDENT
+        )
+        if len(moved_stream) < len(stream):
+            stream, sent, lossy = moved_stream, moved, True
+    mode = MODE_REDUCED if coding.reduction > 1 else MODE_CONTEXT
+    flags = FLAG_LOSSY if lossy else 0
+    body = _HEADER_V2.pack(MASK_WIRE_VERSION, mode, width, height, coded_width, coded_height, flags)
+    body += stream
+    data = body + _CRC.pack(zlib.crc32(body))
+    if coding.reduction > 1:
+        return data, _upsample(sent, coded_width, coded_height, width, height)
+    return data, np.frombuffer(sent, np.uint8).reshape(height, width)
+
+
+def reduced_size(width: int, height: int, reduction: int) -> tuple[int, int]:
+    """(width, height) of a mask sent at 1/reduction of each side (rounded up)."""
+    if reduction < 1:
+        raise ValueError(f"reduction must be >= 1, got {reduction}")
+    return -(-width // reduction), -(-height // reduction)
+
+
+def encoding_of(data: bytes) -> str:
+    """The SegmentationMask `encoding` that goes with these wire bytes (by their version)."""
+    version = data[0] if data else None
+    if version not in ENCODING_BY_VERSION:
+        raise MaskWireError(f"mask wire version {version}, this decoder reads 1 and 2")
+    return ENCODING_BY_VERSION[version]
+
+
+def mask_size(data: bytes) -> tuple[int, int]:
+    """(width, height) the header declares, read without decoding anything: what a receiver
+    checks against the picture it holds before it lets the decoder allocate."""
+    encoding_of(data)
+    header = _HEADER_V1 if data[0] == RLE_DEFLATE_VERSION else _HEADER_V2
+    if len(data) < header.size + _CRC.size:
+        raise MaskWireError(f"{len(data)} bytes is shorter than header and checksum")
+    if data[0] == RLE_DEFLATE_VERSION:
+        _, width, height, _ = header.unpack_from(data)
+    else:
+        _, _, width, height, *_ = header.unpack_from(data)
+    if not (1 <= width <= MAX_SIDE_PIXELS and 1 <= height <= MAX_SIDE_PIXELS):
+        raise MaskWireError(f"a {width}x{height} mask is outside the wire form's bounds")
+    return width, height
+
+
+def decode_mask(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """Inverse of encode_mask (any coding; reduced masks come back upsampled to their full
+    size); MaskWireError on anything malformed or larger than max_pixels (the receiver's
+    budget, e.g. the pixels of the frame it holds: a forged header must not make it allocate
+    more; the work and memory are bounded by max_pixels)."""
+    data = bytes(data)
+    width, height = mask_size(data)
+    pixels = width * height
+    if pixels > max_pixels:
+        raise MaskWireError(f"a {width}x{height} mask is larger than {max_pixels} pixels")
+    body, (checksum,) = data[: -_CRC.size], _CRC.unpack(data[-_CRC.size :])
+    if zlib.crc32(body) != checksum:
+        raise MaskWireError("checksum mismatch: the mask was damaged or truncated")
+    if data[0] == RLE_DEFLATE_VERSION:
+        return _decode_rle(body, width, height)
+    return _decode_context(body, width, height)
+
+
+def _decode_context(body: bytes, width: int, height: int) -> np.ndarray:
+    _, mode, _, _, coded_width, coded_height, _ = _HEADER_V2.unpack_from(body)
+    if mode not in (MODE_CONTEXT, MODE_REDUCED):
+        raise MaskWireError(f"mask coding mode {mode} is unknown to this decoder")
+    if mode == MODE_CONTEXT and (coded_width, coded_height) != (width, height):
+        raise MaskWireError("a full-resolution mask whose coded size is not its size")
+    if not (1 <= coded_width <= width and 1 <= coded_height <= height):
+        raise MaskWireError(f"coded size {coded_width}x{coded_height} for a {width}x{height} mask")
+    try:
+        coded = _mask_coder.decode(body[_HEADER_V2.size :], coded_width, coded_height, None)
+    except ValueError as error:
+        raise MaskWireError(str(error)) from error
+    if mode == MODE_REDUCED:
+        return _upsample(coded, coded_width, coded_height, width, height)
+    return np.frombuffer(coded, np.uint8).reshape(height, width)
+
+
+def _upsample(coded: bytes, coded_width: int, coded_height: int, width: int, height: int):
+    full = _mask_coder.upsample(coded, coded_width, coded_height, width, height, None, 1.0)
+    return np.frombuffer(full, np.uint8).reshape(height, width)
+
+
+def _movable_classes(mask: np.ndarray, protected_share: float) -> int:
+    """The set (bit k = class k) of classes large enough that their boundaries may move."""
+    counts = np.bincount(mask.reshape(-1), minlength=256)[: _MAX_MOVABLE_CLASS + 1]
+    large = np.flatnonzero(counts >= protected_share * mask.size)
+    return int(sum(1 << int(k) for k in large))
+
+
+# --- version 1: run-length + deflate ---------------------------------------------------------
+
+
+def _encode_rle(mask: np.ndarray) -> bytes:
+    height, width = mask.shape
+    flat = mask.reshape(-1)
     starts = np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1))
     lengths = np.diff(np.concatenate((starts, [flat.size])))
     if lengths.max() > _MAX_RUN:  # split runs too long for three varint bytes
@@ -58,42 +255,20 @@ def encode_mask(class_ids: np.ndarray) -> bytes:
     else:
         values = flat[starts]
     payload = values.tobytes() + _varints(lengths)
-    body = _HEADER.pack(MASK_WIRE_VERSION, width, height, len(values)) + zlib.compress(payload, 6)
+    body = _HEADER_V1.pack(RLE_DEFLATE_VERSION, width, height, len(values))
+    body += zlib.compress(payload, 6)
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def mask_size(data: bytes) -> tuple[int, int]:
-    """(width, height) the header declares, read without decoding anything: what a receiver
-    checks against the picture it holds before it lets the decoder allocate."""
-    if len(data) < _HEADER.size + _CRC.size:
-        raise MaskWireError(f"{len(data)} bytes is shorter than header and checksum")
-    version, width, height, _ = _HEADER.unpack_from(data)
-    if version != MASK_WIRE_VERSION:
-        raise MaskWireError(f"mask wire version {version}, this decoder reads {MASK_WIRE_VERSION}")
-    if not (1 <= width <= MAX_SIDE_PIXELS and 1 <= height <= MAX_SIDE_PIXELS):
-        raise MaskWireError(f"a {width}x{height} mask is outside the wire form's bounds")
-    return width, height
-
-
-def decode_mask(data: bytes, *, max_pixels: int) -> np.ndarray:
-    """Inverse of encode_mask; MaskWireError on anything malformed or larger than max_pixels
-    (the receiver's budget, e.g. the pixels of the frame it holds: a forged header must not
-    make it allocate more; the work and memory are bounded by max_pixels)."""
-    data = bytes(data)
-    width, height = mask_size(data)
+def _decode_rle(body: bytes, width: int, height: int) -> np.ndarray:
     pixels = width * height
-    if pixels > max_pixels:
-        raise MaskWireError(f"a {width}x{height} mask is larger than {max_pixels} pixels")
-    body, (checksum,) = data[: -_CRC.size], _CRC.unpack(data[-_CRC.size :])
-    if zlib.crc32(body) != checksum:
-        raise MaskWireError("checksum mismatch: the mask was damaged or truncated")
-    runs = _HEADER.unpack_from(body)[3]
+    runs = _HEADER_V1.unpack_from(body)[3]
     if not 1 <= runs <= pixels:
         raise MaskWireError(f"{runs} runs cannot make a {width}x{height} mask")
     limit = runs * (1 + _MAX_VARINT_BYTES)
     inflater = zlib.decompressobj()
     try:
-        payload = inflater.decompress(body[_HEADER.size :], limit + 1)
+        payload = inflater.decompress(body[_HEADER_V1.size :], limit + 1)
     except zlib.error as error:
         raise MaskWireError(f"the runs do not inflate: {error}") from error
     if len(payload) > limit or not inflater.eof:

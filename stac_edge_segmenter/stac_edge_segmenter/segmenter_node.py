@@ -25,7 +25,13 @@ from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from stac_codec.h264_decoder import DecodeResult, DecodeStatus
-from stac_codec.mask_wire import ENCODING_NAME, encode_mask
+from stac_codec.mask_wire import (
+    DEFAULT_MASK_CODING,
+    MASK_CODINGS,
+    MaskCoding,
+    encode_mask,
+    mask_coding,
+)
 from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
 from stac_edge_segmenter.model_parameters import MODEL_PARAMETERS, load_model_from
 from stac_edge_segmenter.overlay import mask_overlay
@@ -59,8 +65,8 @@ ENDPOINTS = {
     "encoded": "The robot's H.264 access units; every one is decoded (QoS set by encoded_qos).",
     "mask": "Class id per pixel (mono8), header = the camera frame's.",
     "overlay": "Mask colours over the decoded frame (rgb8), for viewers (publish_overlay).",
-    "mask_feedback": "The same mask for the robot in stac_codec.mask_wire's lossless form "
-    "(~2.7 kB at 960x540), which the robot warps to every camera frame.",
+    "mask_feedback": "The same mask for the robot in the stac_codec.mask_wire form mask_coding "
+    "picks (about 1 kB at 960x540), which the robot warps to every camera frame.",
     "request_keyframe": "Client: asks the robot for a keyframe after a loss or on joining; "
     "remap to the encoder's ~/request_keyframe.",
     "video": "Every access unit the edge decoded, unchanged, as Foxglove's CompressedVideo "
@@ -77,6 +83,15 @@ PARAMETERS = (
         True,
         "Send every mask back to the robot (mask_feedback, compact wire form), which warps "
         "it to every camera frame.",
+    ),
+    ParameterSpec(
+        "mask_coding",
+        DEFAULT_MASK_CODING,
+        "How masks travel back to the robot (stac_codec.mask_wire; bytes and accuracy of each: "
+        "docs/masks.md): near_lossless (boundaries between large classes may move 1 px, small "
+        "classes exact), lossless, reduced (half resolution, upsampled by the robot) or "
+        "rle_deflate (the earlier run-length form).",
+        choices=tuple(MASK_CODINGS),
     ),
     ParameterSpec(
         "encoded_qos",
@@ -108,6 +123,7 @@ class SegmenterNode(Node):
         super().__init__("stac_segmenter", **node_options)
         self.params = declare_parameters(self, PARAMETERS)
         self.model = load_model_from(self.params)
+        self._mask_coding = mask_coding(self.params["mask_coding"])
         self.hook = hook
         self.statistics = NodeStatistics()
         self._decoder = EncodedStreamDecoder()
@@ -206,7 +222,9 @@ class SegmenterNode(Node):
             class_ids = self.model.predict(frame.image, with_probabilities=False).class_ids[0]
         self._mask_publisher.publish(numpy_to_image(class_ids, "mono8", frame.header))
         if self.params["publish_mask_feedback"]:
-            feedback = mask_feedback_message(class_ids, frame, self.model.num_classes)
+            feedback = mask_feedback_message(
+                class_ids, frame, self.model.num_classes, self._mask_coding
+            )
             self._feedback_publisher.publish(feedback)
             self.statistics.add_mask_feedback(time.monotonic(), serialized_size_bytes(feedback))
         if self.params["publish_overlay"]:
@@ -243,17 +261,19 @@ class SegmenterNode(Node):
             self._mask_publisher.wait_for_all_acked(Duration(seconds=2))
 
 
-def mask_feedback_message(class_ids, frame: DecodedFrame, num_classes: int) -> SegmentationMask:
+def mask_feedback_message(
+    class_ids, frame: DecodedFrame, num_classes: int, coding: MaskCoding
+) -> SegmentationMask:
     """The SegmentationMask of a frame's class ids, as it goes back to the robot."""
     msg = SegmentationMask(
         header=frame.header,
         source_frame_seq=frame.frame_seq,
         width=int(class_ids.shape[1]),
         height=int(class_ids.shape[0]),
-        encoding=ENCODING_NAME,
+        encoding=coding.encoding,
         num_classes=int(num_classes),
     )
-    msg.data = to_uint8_field(encode_mask(class_ids))
+    msg.data = to_uint8_field(encode_mask(class_ids, coding))
     return msg
 
 

@@ -7,8 +7,9 @@ Parameter `mode`: stream (every frame encoded and sent) or keyframe (only frames
 propagated state went stale, when the edge is free). `target_kbps` (changeable at run time:
 `ros2 param set /stac_encoder target_kbps 600`) holds a bitrate with the QP map applied.
 Maps arrive in the compact wire form (key maps and deltas, `stac_encoder.qp_map_receiver`),
-masks in `stac_codec.mask_wire`'s; every refused map or mask is counted and each kind of
-refusal logged once.
+masks in any of `stac_codec.mask_wire`'s (whichever `mask_coding` the edge chose, and the
+earlier run-length form); every refused map or mask is counted and each kind of refusal logged
+once.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from stac_codec.h264_encoder import PRESETS, EncoderConfig
-from stac_codec.mask_wire import ENCODING_NAME, MaskWireError, decode_mask, mask_size
+from stac_codec.mask_wire import (
+    ENCODING_BY_VERSION,
+    MaskWireError,
+    decode_mask,
+    encoding_of,
+    mask_size,
+)
 from stac_encoder.frame_flow import DIS_PRESETS, FlowConfig
 from stac_encoder.keyframes import KeyframeConfig
 from stac_encoder.mask_warp import mask_overlay
@@ -390,7 +397,7 @@ class EncoderNode(Node):
             self._refuse_mask("mask/internal", f"mask refused: {type(error).__name__}: {error}")
 
     def _take_mask(self, msg: SegmentationMask) -> None:
-        if msg.encoding != ENCODING_NAME:
+        if msg.encoding not in ENCODING_BY_VERSION.values():
             self._refuse_mask("mask/encoding", f"mask refused: unknown encoding {msg.encoding!r}")
             return
         frame_size = self.loop.frame_size
@@ -406,6 +413,8 @@ class EncoderNode(Node):
             return
         try:
             data = field_as_numpy(msg.data).tobytes()
+            if encoding_of(data) != msg.encoding:
+                raise MaskWireError(f"{msg.encoding} declared, the data is {encoding_of(data)}")
             declared = mask_size(data)
             if declared != frame_size:
                 raise MaskWireError(

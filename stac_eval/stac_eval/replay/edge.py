@@ -30,7 +30,7 @@ from stac_eval.replay.accuracy import DecodedMasks
 from stac_eval.replay.edge_profile import EdgeTiming
 from stac_eval.replay.events import EventQueue
 from stac_eval.replay.robot import EdgeUnit
-from stac_eval.replay.wire import keyframe_request_bytes, mask_message_bytes, qp_map_bytes
+from stac_eval.replay.wire import keyframe_request_bytes, qp_map_bytes, sent_mask
 from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder, FeedbackMap
 from stac_sensitivity.online import QPMapComputer
 
@@ -218,14 +218,9 @@ class Edge:
             done_s = now_s + 1e-3 * self.timing.segment_ms
             self.masks.add(job.index, job.image)
             class_ids = self.masks.get(job.index)
+        size_bytes, received = sent_mask(class_ids)
         outgoing.append(
-            Outgoing(
-                "mask",
-                done_s,
-                job.index,
-                mask_message_bytes(class_ids),
-                (class_ids, job.frame_seq, job.image),
-            )
+            Outgoing("mask", done_s, job.index, size_bytes, (received, job.frame_seq, job.image))
         )
         queued = {queued_job.index for queued_job in self._queue}
         self.masks.release(lambda index: index > job.index or index in queued)

@@ -9,15 +9,21 @@ test_replay_wire.py checks every function against rclpy's serialisation.
   FFMPEGPacket has the same shape: header, size, flags and the access unit);
 - JPEG sends sensor_msgs/CompressedImage (compressed_image_transport);
 - maps come back as stac_msgs/QPMap, keyframe requests as std_srvs/Trigger requests, masks as
-  stac_msgs/SegmentationMask in the mask coder's wire form (`mask_message_bytes`: the one place
-  where the replay and stac-bench temporal price a mask sent back).
+  stac_msgs/SegmentationMask in the mask coder's wire form (`sent_mask`: the one place where
+  the replay and stac-bench temporal price a mask sent back, in the segmenter's default
+  `mask_coding`, and take the mask the robot decodes from it).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from stac_codec.mask_wire import ENCODING_NAME, encode_mask
+from stac_codec.mask_wire import (
+    DEFAULT_MASK_CODING,
+    ENCODING_NAME,
+    encode_mask_and_decoded,
+    mask_coding,
+)
 
 ENCAPSULATION_BYTES = 4
 FRAME_ID = "camera"
@@ -94,7 +100,12 @@ def segmentation_mask_bytes(
     return cdr.octets(data_bytes).total()
 
 
-def mask_message_bytes(class_ids: np.ndarray, frame_id: str = FRAME_ID) -> int:
-    """What sending `class_ids` (HxW uint8) back to the robot costs: the SegmentationMask
-    message with the mask in the segmenter's wire form (stac_codec.mask_wire)."""
-    return segmentation_mask_bytes(len(encode_mask(class_ids)), frame_id)
+def sent_mask(
+    class_ids: np.ndarray, coding: str = DEFAULT_MASK_CODING, frame_id: str = FRAME_ID
+) -> tuple[int, np.ndarray]:
+    """What sending `class_ids` (HxW uint8) back to the robot costs, the SegmentationMask
+    message with the mask in `coding` (stac_codec.mask_wire), and the mask the robot decodes
+    from it (the same mask unless the coding is lossy)."""
+    chosen = mask_coding(coding)
+    data, decoded = encode_mask_and_decoded(class_ids, chosen)
+    return segmentation_mask_bytes(len(data), frame_id, chosen.encoding), decoded

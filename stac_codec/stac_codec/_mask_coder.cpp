@@ -1,0 +1,819 @@
+// The hot loops of stac_codec.mask_wire (its format and checks live there, in Python):
+// context-modelled arithmetic coding of class-id masks, block-mode downsampling and label
+// upsampling. Why C++: an adaptive arithmetic coder is sequential, pixel by pixel; in Python it
+// would take seconds per mask, here about a millisecond.
+//
+// Coding. A mask is coded in raster order with an adaptive binary range coder (the LZMA
+// carry-less encoder, 16-bit probabilities that learn fast at first and settle to a 1/32 rate).
+// Each decision's context is what the decoder already knows:
+// - Flat context (W == N == NW == NE): the decoder can see how far the row above stays that
+//   class; one decision says whether the whole stretch continues, so most of a mask costs
+//   next to nothing per pixel. A break costs its position: guessed from where the row above's
+//   class change moved since the row before it (boundaries are smooth), else Elias-gamma.
+// - Elsewhere (near a boundary): is it W? N? NE? NW? (in turn, each in the context of the
+//   neighbours' equality pattern and of the guessed boundary position), else the class itself
+//   through a binary tree in the context of W.
+// - With a prediction both ends hold (the previous mask sent): where the causal neighbours
+//   agree with it, one decision per stretch says whether the row keeps following it.
+// A lossy encoder may give a pixel the class the model expects instead of its own, when both
+// classes are movable (large) and the expected class occurs within `tolerance` pixels of it in
+// the original: boundaries move by at most that much and small classes stay exact. The decoder
+// is the same for both.
+// Decoding is bounded: it writes exactly width x height pixels and reads at most a few bytes
+// past the payload before it reports the data as damaged.
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <vector>
+
+namespace {
+
+// --- the binary range coder ------------------------------------------------------------------
+
+constexpr int kProbBits = 16;
+constexpr uint32_t kTop = 1u << 24;
+constexpr int kRateSteps = 30;
+constexpr int32_t kProbMin = 48;
+constexpr int32_t kProbMax = (1 << kProbBits) - 48;
+
+struct Rates {
+  int32_t step[kRateSteps + 1];
+  Rates() {
+    for (int n = 0; n <= kRateSteps; ++n) step[n] = static_cast<int32_t>(65536.0 / (n + 1.6));
+  }
+};
+const Rates kRates;
+
+// P(bit == 1) in 1/65536 and how many bits it has seen (the learning rate falls with it).
+struct Prob {
+  uint16_t p = 1 << (kProbBits - 1);
+  uint8_t n = 0;
+  void update(int bit) {
+    const int32_t target = bit ? (1 << kProbBits) : 0;
+    const int32_t moved =
+        p + static_cast<int32_t>((static_cast<int64_t>(target - p) * kRates.step[n]) >> 16);
+    p = static_cast<uint16_t>(std::clamp(moved, kProbMin, kProbMax));
+    if (n < kRateSteps) ++n;
+  }
+};
+
+class RangeEncoder {
+ public:
+  int bit(Prob& prob, int value) {
+    const uint32_t bound = (range_ >> kProbBits) * prob.p;
+    if (value) {
+      range_ = bound;
+    } else {
+      low_ += bound;
+      range_ -= bound;
+    }
+    prob.update(value);
+    while (range_ < kTop) {
+      range_ <<= 8;
+      shift_low();
+    }
+    return value;
+  }
+  std::vector<uint8_t> finish() {
+    for (int i = 0; i < 5; ++i) shift_low();
+    return std::move(out_);
+  }
+
+ private:
+  void shift_low() {
+    if (static_cast<uint32_t>(low_) < 0xFF000000u || (low_ >> 32) != 0) {
+      const uint8_t carry = static_cast<uint8_t>(low_ >> 32);
+      uint8_t pending = cache_;
+      do {
+        out_.push_back(static_cast<uint8_t>(pending + carry));
+        pending = 0xFF;
+      } while (--cache_size_ != 0);
+      cache_ = static_cast<uint8_t>(static_cast<uint32_t>(low_) >> 24);
+    }
+    ++cache_size_;
+    low_ = static_cast<uint32_t>(low_) << 8;
+  }
+  std::vector<uint8_t> out_;
+  uint64_t low_ = 0;
+  uint32_t range_ = 0xFFFFFFFFu;
+  uint8_t cache_ = 0;
+  uint64_t cache_size_ = 1;
+};
+
+class RangeDecoder {
+ public:
+  RangeDecoder(const uint8_t* data, size_t size) : data_(data), size_(size) {
+    for (int i = 0; i < 5; ++i) code_ = (code_ << 8) | next();
+  }
+  int bit(Prob& prob, int /*value: the encoder's*/) {
+    const uint32_t bound = (range_ >> kProbBits) * prob.p;
+    int value;
+    if (code_ < bound) {
+      range_ = bound;
+      value = 1;
+    } else {
+      code_ -= bound;
+      range_ -= bound;
+      value = 0;
+    }
+    prob.update(value);
+    while (range_ < kTop) {
+      range_ <<= 8;
+      code_ = (code_ << 8) | next();
+    }
+    return value;
+  }
+  size_t overrun() const { return overrun_; }
+
+ private:
+  uint32_t next() {
+    if (pos_ < size_) return data_[pos_++];
+    ++overrun_;
+    return 0;
+  }
+  const uint8_t* data_;
+  size_t size_;
+  size_t pos_ = 0;
+  size_t overrun_ = 0;
+  uint32_t code_ = 0;
+  uint32_t range_ = 0xFFFFFFFFu;
+};
+
+// --- the model ------------------------------------------------------------------------------
+
+constexpr int kMaxLogRun = 15;   // run-length buckets (rows are at most 16384 pixels)
+constexpr int kCandidates = 5;   // W, N, NE, NW, the prediction
+constexpr int kPatterns = 64 * 8;
+constexpr int kPredictionKinds = 5;
+constexpr int kGuessKinds = 6;   // none, or the pixel's offset from the guess in -2..2
+constexpr int kNoGuess = -1000000;
+constexpr int kMaxShift = 48;    // a class change this far from one in the row above is new
+
+int ilog2(uint32_t v) { return 31 - __builtin_clz(v | 1); }
+
+struct Model {
+  explicit Model(int class_bits) : class_bits(class_bits), tree(256u << class_bits) {}
+  int class_bits;
+  // flat stretches: [first row][log2 length][the last one broke][no guess / outside / inside]
+  Prob run_whole[2][kMaxLogRun + 1][2][3];
+  Prob break_at_guess;
+  Prob break_length[2][kMaxLogRun + 1][kMaxLogRun + 2];
+  Prob break_mantissa[kMaxLogRun + 2][2];
+  Prob break_class_above[3];
+  // stretches that follow the prediction: [log2 length][the last one broke]
+  Prob follow_whole[kMaxLogRun + 1][2];
+  Prob follow_length[kMaxLogRun + 1][kMaxLogRun + 2];
+  Prob follow_mantissa[kMaxLogRun + 2][2];
+  Prob leave[kCandidates];
+  Prob boundary[kPatterns * kPredictionKinds * kGuessKinds][kCandidates];
+  std::vector<Prob> tree;  // [W][node]: a class none of the candidates had
+};
+
+// What a lossy encoder may change (see the top of the file).
+struct Lossy {
+  const uint8_t* original;
+  const uint64_t* near;  // per pixel: the classes (< 64) within the tolerance of it
+  uint64_t movable;      // classes that may move
+  uint16_t confident;    // the candidate's probability from which a pixel may take it
+  bool may(size_t index, int to) const {
+    const int from = original[index];
+    return to < 64 && from < 64 && ((movable >> to) & (movable >> from) & 1) &&
+           ((near[index] >> to) & 1);
+  }
+};
+
+// m in 0..max_value, adaptive Elias-gamma (the length in unary, then the mantissa). False when
+// a damaged stream decodes to more than max_value.
+template <class Coder>
+bool code_integer(Coder& rc, Prob* length_probs, Prob (*mantissa)[2], uint32_t max_value,
+                  uint32_t* value) {
+  const int max_bits = ilog2(max_value + 1) + 1;
+  const uint32_t v = *value + 1;
+  const int want_bits = ilog2(v) + 1;
+  int bits = 1;
+  while (bits < max_bits && rc.bit(length_probs[bits - 1], bits < want_bits)) ++bits;
+  uint32_t result = 1;
+  for (int i = bits - 2; i >= 0; --i) {
+    const int bit = rc.bit(mantissa[bits][i == bits - 2 ? 0 : 1], (v >> i) & 1);
+    result = (result << 1) | static_cast<uint32_t>(bit);
+  }
+  if (result - 1 > max_value) return false;
+  *value = result - 1;
+  return true;
+}
+
+template <class Coder>
+int code_class(Coder& rc, Model& model, int context_class, int value) {
+  Prob* node = &model.tree[static_cast<size_t>(context_class) << model.class_bits];
+  int index = 1;
+  for (int i = model.class_bits - 1; i >= 0; --i)
+    index = (index << 1) | rc.bit(node[index], (value >> i) & 1);
+  return index - (1 << model.class_bits);
+}
+
+// The candidates in turn (skipping repeats and `exclude`), then the class itself.
+template <bool kEncode, class Coder>
+int code_candidates(Coder& rc, Model& model, Prob* probs, const int (&candidates)[kCandidates],
+                    int exclude, int actual, int context_class, const Lossy* lossy,
+                    size_t index) {
+  for (int i = 0; i < kCandidates; ++i) {
+    const int candidate = candidates[i];
+    if (candidate == exclude) continue;
+    bool seen = false;
+    for (int j = 0; j < i; ++j) seen |= candidates[j] == candidate;
+    if (seen) continue;
+    if constexpr (kEncode) {
+      if (lossy && actual != candidate && probs[i].p >= lossy->confident &&
+          lossy->may(index, candidate))
+        actual = candidate;
+    }
+    if (rc.bit(probs[i], actual == candidate)) return candidate;
+  }
+  return code_class(rc, model, context_class, actual);
+}
+
+// Where each row's class changes and how far each change moved from the row above; the guess
+// for the next row is the same move again (smooth boundaries).
+class Transitions {
+ public:
+  // The guessed position, in the row being coded, of the above row's change nearest to x.
+  int guess(int x) {
+    const int count = static_cast<int>(prev_pos_.size());
+    if (count == 0) return kNoGuess;
+    while (cursor_ + 1 < count && std::abs(prev_pos_[cursor_ + 1] - x) <= std::abs(prev_pos_[cursor_] - x))
+      ++cursor_;
+    while (cursor_ > 0 && std::abs(prev_pos_[cursor_ - 1] - x) < std::abs(prev_pos_[cursor_] - x))
+      --cursor_;
+    const int shift = prev_shift_[cursor_];
+    return shift == kNoGuess ? kNoGuess : prev_pos_[cursor_] + shift;
+  }
+  void row_done(const uint8_t* row, int width) {
+    pos_.clear();
+    shift_.clear();
+    key_.clear();
+    size_t first = 0;
+    for (int p = 1; p < width; ++p) {
+      if (row[p] == row[p - 1]) continue;
+      const int key = row[p - 1] << 8 | row[p];
+      while (first < prev_pos_.size() && prev_pos_[first] < p - kMaxShift) ++first;
+      int best = kNoGuess;
+      for (size_t k = first; k < prev_pos_.size() && prev_pos_[k] <= p + kMaxShift; ++k) {
+        if (prev_key_[k] == key && (best == kNoGuess || std::abs(p - prev_pos_[k]) < std::abs(best)))
+          best = p - prev_pos_[k];
+      }
+      pos_.push_back(p);
+      shift_.push_back(best);
+      key_.push_back(key);
+    }
+    prev_pos_.swap(pos_);
+    prev_shift_.swap(shift_);
+    prev_key_.swap(key_);
+    cursor_ = 0;
+  }
+
+ private:
+  std::vector<int> prev_pos_, prev_shift_, prev_key_;
+  std::vector<int> pos_, shift_, key_;
+  int cursor_ = 0;
+};
+
+// Codes the width x height mask in raster order: encoding reads it (and, when lossy, writes
+// what the decoder will see), decoding writes it. `pred`: the prediction both ends hold, or
+// nullptr. Returns false on a damaged stream.
+template <bool kEncode, class Coder>
+bool code_mask(Coder& rc, Model& model, uint8_t* mask, const uint8_t* pred, int width,
+               int height, const Lossy* lossy) {
+  const int max_class = (1 << model.class_bits) - 1;
+  Transitions transitions;
+  for (int r = 0; r < height; ++r) {
+    uint8_t* row = mask + static_cast<size_t>(r) * width;
+    const uint8_t* up = r > 0 ? row - width : nullptr;
+    const uint8_t* up2 = r > 1 ? row - 2 * width : up;
+    const uint8_t* prow = pred ? pred + static_cast<size_t>(r) * width : nullptr;
+    const uint8_t* pup = (pred && r > 0) ? prow - width : nullptr;
+    const size_t row_index = static_cast<size_t>(r) * width;
+    const int first_row = r == 0;
+    int last_broke = 0;
+    int c = 0;
+    while (c < width) {
+      const int n = up ? up[c] : (c > 0 ? row[c - 1] : 0);
+      const int w = c > 0 ? row[c - 1] : n;
+      const int nw = (up && c > 0) ? up[c - 1] : n;
+      const int ne = (up && c + 1 < width) ? up[c + 1] : n;
+      const int p = prow ? prow[c] : w;
+
+      if (prow && (c == 0 || row[c - 1] == prow[c - 1]) &&
+          (!up || (up[c] == pup[c] && (c == 0 || up[c - 1] == pup[c - 1]) &&
+                   (c + 1 >= width || up[c + 1] == pup[c + 1])))) {
+        // the neighbours follow the prediction: how far does the row above keep doing so?
+        int run = width - c;
+        if (up) {
+          run = 1;
+          while (c + run + 1 < width && up[c + run + 1] == pup[c + run + 1]) ++run;
+          if (c + run + 1 == width) ++run;
+        }
+        int brk = run;
+        if constexpr (kEncode) {
+          for (int k = 0; k < run; ++k)
+            if (row[c + k] != prow[c + k]) {
+              brk = k;
+              break;
+            }
+          if (lossy && brk < run) {
+            int k = brk;
+            while (k < run && (row[c + k] == prow[c + k] || lossy->may(row_index + c + k, prow[c + k])))
+              ++k;
+            if (k == run) brk = run;
+          }
+        }
+        const int bucket = std::min(ilog2(static_cast<uint32_t>(run)), kMaxLogRun);
+        if (rc.bit(model.follow_whole[bucket][last_broke], brk == run)) {
+          std::memcpy(row + c, prow + c, static_cast<size_t>(run));
+          c += run;
+          last_broke = 0;
+          continue;
+        }
+        uint32_t at = static_cast<uint32_t>(brk);
+        if (!code_integer(rc, model.follow_length[bucket], model.follow_mantissa,
+                          static_cast<uint32_t>(run - 1), &at))
+          return false;
+        brk = static_cast<int>(at);
+        std::memcpy(row + c, prow + c, static_cast<size_t>(brk));
+        c += brk;
+        // the pixel that leaves the prediction: any class but the predicted one
+        const int bw = c > 0 ? row[c - 1] : (up ? up[c] : 0);
+        const int bn = up ? up[c] : bw;
+        const int bnw = (up && c > 0) ? up[c - 1] : bn;
+        const int bne = (up && c + 1 < width) ? up[c + 1] : bn;
+        const int candidates[kCandidates] = {bw, bn, bne, bnw, bw};
+        const int value = code_candidates<kEncode>(rc, model, model.leave, candidates, prow[c],
+                                                   kEncode ? row[c] : 0, prow[c], nullptr, 0);
+        if (value > max_class || value == prow[c]) return false;
+        row[c] = static_cast<uint8_t>(value);
+        last_broke = 1;
+        ++c;
+        continue;
+      }
+
+      if (w == n && n == nw && n == ne) {
+        // flat: how far does the row above stay this class?
+        int run = width - c;
+        if (up) {
+          run = 1;
+          while (c + run < width && up[c + run] == w && up[std::min(c + run + 1, width - 1)] == w)
+            ++run;
+        }
+        int brk = run;  // the first pixel of another class (run: none)
+        const int end_guess = c + run < width ? transitions.guess(c + run) : kNoGuess;
+        const int guess_at = end_guess == kNoGuess ? kNoGuess : end_guess - c;
+        const int guess_kind = guess_at == kNoGuess ? 0 : (guess_at >= 0 && guess_at < run) ? 2 : 1;
+        if constexpr (kEncode) {
+          for (int k = 0; k < run; ++k)
+            if (row[c + k] != w) {
+              brk = k;
+              break;
+            }
+          if (lossy && brk < run) {
+            int k = brk;
+            while (k < run && (row[c + k] == w || lossy->may(row_index + c + k, w))) ++k;
+            if (k == run) {
+              brk = run;
+            } else if (guess_kind == 2 && guess_at != brk) {
+              // move the break to the guess when every pixel in between may follow
+              bool ok = true;
+              if (guess_at > brk) {
+                for (int j = brk; j < guess_at && ok; ++j)
+                  ok = row[c + j] == w || lossy->may(row_index + c + j, w);
+              } else {
+                const int arriving = row[c + brk];
+                for (int j = guess_at; j < brk && ok; ++j) ok = lossy->may(row_index + c + j, arriving);
+                if (ok) std::memset(row + c + guess_at, arriving, static_cast<size_t>(brk - guess_at));
+              }
+              if (ok) brk = guess_at;
+            }
+          }
+        }
+        const int bucket = std::min(ilog2(static_cast<uint32_t>(run)), kMaxLogRun);
+        if (rc.bit(model.run_whole[first_row][bucket][last_broke][guess_kind], brk == run)) {
+          std::memset(row + c, w, static_cast<size_t>(run));
+          c += run;
+          last_broke = 0;
+          continue;
+        }
+        if (guess_kind == 2 && rc.bit(model.break_at_guess, brk == guess_at)) {
+          brk = guess_at;
+        } else {
+          uint32_t from_end = static_cast<uint32_t>(run - 1 - brk);
+          if (!code_integer(rc, model.break_length[guess_kind == 2][bucket], model.break_mantissa,
+                            static_cast<uint32_t>(run - 1), &from_end))
+            return false;
+          brk = run - 1 - static_cast<int>(from_end);
+        }
+        std::memset(row + c, w, static_cast<size_t>(brk));
+        const int stretch_end = c + run;
+        c += brk;
+        // the class arriving: most likely the one that follows the stretch in the row above
+        const int above = up && stretch_end < width ? up[std::min(stretch_end + 1, width - 1)] : w;
+        int value;
+        if (above != w && rc.bit(model.break_class_above[guess_kind], kEncode && row[c] == above))
+          value = above;
+        else
+          value = code_class(rc, model, w, kEncode ? row[c] : 0);
+        if (value > max_class) return false;
+        row[c] = static_cast<uint8_t>(value);
+        last_broke = 1;
+        ++c;
+        continue;
+      }
+
+      // near a boundary
+      const int ww = c > 1 ? row[c - 2] : w;
+      const int nn = up2 ? up2[c] : n;
+      const int nee = (up && c + 2 < width) ? up[c + 2] : ne;
+      int pattern = (w == n) | (w == nw) << 1 | (w == ne) << 2 | (n == nw) << 3 |
+                    (n == ne) << 4 | (nw == ne) << 5;
+      pattern = pattern << 3 | (ww == w) | (nn == n) << 1 | (nee == ne) << 2;
+      const int prediction_kind =
+          !prow ? 0 : p == w ? 0 : p == n ? 1 : p == ne ? 2 : p == nw ? 3 : 4;
+      const int g = transitions.guess(c);
+      const int guess_kind = g == kNoGuess ? 0 : 3 + std::clamp(c - g, -2, 2);
+      Prob* probs =
+          model.boundary[(pattern * kPredictionKinds + prediction_kind) * kGuessKinds + guess_kind];
+      const int candidates[kCandidates] = {w, n, ne, nw, p};
+      const int value = code_candidates<kEncode>(rc, model, probs, candidates, -1,
+                                                 kEncode ? row[c] : 0, w, lossy, row_index + c);
+      if (value > max_class) return false;
+      row[c] = static_cast<uint8_t>(value);
+      ++c;
+    }
+    transitions.row_done(row, width);
+  }
+  return true;
+}
+
+// Per pixel, the classes (ids < 64) that occur within `tolerance` pixels (a square) of it.
+std::vector<uint64_t> classes_near(const uint8_t* mask, int width, int height, int tolerance) {
+  const size_t size = static_cast<size_t>(width) * height;
+  std::vector<uint64_t> bits(size), across(size);
+  for (size_t i = 0; i < size; ++i) bits[i] = mask[i] < 64 ? uint64_t{1} << mask[i] : 0;
+  for (int r = 0; r < height; ++r) {
+    const uint64_t* src = &bits[static_cast<size_t>(r) * width];
+    uint64_t* dst = &across[static_cast<size_t>(r) * width];
+    for (int c = 0; c < width; ++c) {
+      uint64_t acc = 0;
+      for (int k = std::max(0, c - tolerance); k <= std::min(width - 1, c + tolerance); ++k)
+        acc |= src[k];
+      dst[c] = acc;
+    }
+  }
+  for (int r = 0; r < height; ++r) {
+    uint64_t* dst = &bits[static_cast<size_t>(r) * width];
+    std::fill(dst, dst + width, 0);
+    for (int k = std::max(0, r - tolerance); k <= std::min(height - 1, r + tolerance); ++k) {
+      const uint64_t* src = &across[static_cast<size_t>(k) * width];
+      for (int c = 0; c < width; ++c) dst[c] |= src[c];
+    }
+  }
+  return bits;
+}
+
+// --- resampling -----------------------------------------------------------------------------
+
+// Each low-res cell takes the class that covers most of its footprint in the full mask.
+void downsample_mode(const uint8_t* mask, int width, int height, uint8_t* low, int low_width,
+                     int low_height) {
+  std::vector<uint32_t> counts(256);
+  for (int j = 0; j < low_height; ++j) {
+    const int y0 = static_cast<int>(static_cast<int64_t>(j) * height / low_height);
+    const int y1 = std::max(y0 + 1, static_cast<int>(static_cast<int64_t>(j + 1) * height / low_height));
+    for (int i = 0; i < low_width; ++i) {
+      const int x0 = static_cast<int>(static_cast<int64_t>(i) * width / low_width);
+      const int x1 = std::max(x0 + 1, static_cast<int>(static_cast<int64_t>(i + 1) * width / low_width));
+      int best = mask[static_cast<size_t>(y0) * width + x0];
+      uint32_t best_count = 0;
+      for (int y = y0; y < y1; ++y) {
+        const uint8_t* src = mask + static_cast<size_t>(y) * width;
+        for (int x = x0; x < x1; ++x) {
+          const uint32_t count = ++counts[src[x]];
+          if (count > best_count) {
+            best_count = count;
+            best = src[x];
+          }
+        }
+      }
+      for (int y = y0; y < y1; ++y) {
+        const uint8_t* src = mask + static_cast<size_t>(y) * width;
+        for (int x = x0; x < x1; ++x) counts[src[x]] = 0;
+      }
+      low[static_cast<size_t>(j) * low_width + i] = static_cast<uint8_t>(best);
+    }
+  }
+}
+
+// Each full-res pixel takes the class with the most weight among its four nearest low-res
+// cells: bilinear weights, times (guided) how close the pixel's colour is to the cell's mean
+// colour in the guide, exp(-d^2 / (2 sigma^2)).
+void upsample_labels(const uint8_t* low, int low_width, int low_height, uint8_t* out, int width,
+                     int height, const uint8_t* guide, double sigma) {
+  std::vector<float> cell_colour;
+  float range_table[3 * 255 * 255 / 64 + 2];
+  if (guide) {
+    cell_colour.assign(static_cast<size_t>(low_width) * low_height * 3, 0.0f);
+    std::vector<uint32_t> cell_pixels(static_cast<size_t>(low_width) * low_height, 0);
+    for (int y = 0; y < height; ++y) {
+      const int j = std::min(low_height - 1, static_cast<int>(static_cast<int64_t>(y) * low_height / height));
+      for (int x = 0; x < width; ++x) {
+        const int i = std::min(low_width - 1, static_cast<int>(static_cast<int64_t>(x) * low_width / width));
+        const size_t cell = static_cast<size_t>(j) * low_width + i;
+        const uint8_t* rgb = guide + (static_cast<size_t>(y) * width + x) * 3;
+        for (int k = 0; k < 3; ++k) cell_colour[cell * 3 + k] += rgb[k];
+        ++cell_pixels[cell];
+      }
+    }
+    for (size_t cell = 0; cell < cell_pixels.size(); ++cell)
+      for (int k = 0; k < 3; ++k) cell_colour[cell * 3 + k] /= std::max<uint32_t>(1, cell_pixels[cell]);
+    for (size_t d = 0; d < sizeof(range_table) / sizeof(float); ++d)
+      range_table[d] = static_cast<float>(std::exp(-(64.0 * d) / (2.0 * sigma * sigma))) + 1e-4f;
+  }
+  const double sx = static_cast<double>(low_width) / width;
+  const double sy = static_cast<double>(low_height) / height;
+  for (int y = 0; y < height; ++y) {
+    const double v = std::clamp((y + 0.5) * sy - 0.5, 0.0, low_height - 1.0);
+    const int j0 = std::min(static_cast<int>(v), low_height - 1);
+    const int j1 = std::min(j0 + 1, low_height - 1);
+    const float fy = static_cast<float>(v - j0);
+    for (int x = 0; x < width; ++x) {
+      const double u = std::clamp((x + 0.5) * sx - 0.5, 0.0, low_width - 1.0);
+      const int i0 = std::min(static_cast<int>(u), low_width - 1);
+      const int i1 = std::min(i0 + 1, low_width - 1);
+      const float fx = static_cast<float>(u - i0);
+      const size_t cells[4] = {static_cast<size_t>(j0) * low_width + i0,
+                               static_cast<size_t>(j0) * low_width + i1,
+                               static_cast<size_t>(j1) * low_width + i0,
+                               static_cast<size_t>(j1) * low_width + i1};
+      const int labels[4] = {low[cells[0]], low[cells[1]], low[cells[2]], low[cells[3]]};
+      uint8_t* dst = out + static_cast<size_t>(y) * width + x;
+      if (labels[0] == labels[1] && labels[0] == labels[2] && labels[0] == labels[3]) {
+        *dst = static_cast<uint8_t>(labels[0]);
+        continue;
+      }
+      float weights[4] = {(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy};
+      if (guide) {
+        const uint8_t* rgb = guide + (static_cast<size_t>(y) * width + x) * 3;
+        for (int k = 0; k < 4; ++k) {
+          float d2 = 0;
+          for (int ch = 0; ch < 3; ++ch) {
+            const float d = rgb[ch] - cell_colour[cells[k] * 3 + ch];
+            d2 += d * d;
+          }
+          weights[k] *= range_table[std::min<size_t>(static_cast<size_t>(d2 / 64), sizeof(range_table) / sizeof(float) - 1)];
+        }
+      }
+      int best = labels[0];
+      float best_weight = -1;
+      for (int k = 0; k < 4; ++k) {
+        float total = 0;
+        for (int m = 0; m < 4; ++m)
+          if (labels[m] == labels[k]) total += weights[m];
+        if (total > best_weight) {
+          best_weight = total;
+          best = labels[k];
+        }
+      }
+      *dst = static_cast<uint8_t>(best);
+    }
+  }
+}
+
+// --- Python ---------------------------------------------------------------------------------
+
+class Buffer {
+ public:
+  ~Buffer() {
+    if (held_) PyBuffer_Release(&view_);
+  }
+  // A C-contiguous buffer of `size` bytes (any size when size < 0).
+  bool get(PyObject* object, const char* name, Py_ssize_t size) {
+    if (PyObject_GetBuffer(object, &view_, PyBUF_C_CONTIGUOUS) != 0) return false;
+    held_ = true;
+    if (size >= 0 && view_.len != size) {
+      PyErr_Format(PyExc_ValueError, "%s: %zd bytes, expected %zd", name, view_.len, size);
+      return false;
+    }
+    return true;
+  }
+  const uint8_t* bytes() const { return held_ ? static_cast<const uint8_t*>(view_.buf) : nullptr; }
+  Py_ssize_t size() const { return view_.len; }
+
+ private:
+  Py_buffer view_{};
+  bool held_ = false;
+};
+
+bool valid_size(int width, int height) {
+  if (width >= 1 && height >= 1 && width <= 16384 && height <= 16384) return true;
+  PyErr_Format(PyExc_ValueError, "a %dx%d mask is outside 1..16384 pixels a side", width, height);
+  return false;
+}
+
+PyObject* encode(PyObject*, PyObject* args) {
+  PyObject *mask_object, *pred_object;
+  int width, height, tolerance;
+  unsigned long long movable;
+  double confident;
+  if (!PyArg_ParseTuple(args, "OiiOiKd", &mask_object, &width, &height, &pred_object,
+                        &tolerance, &movable, &confident))
+    return nullptr;
+  if (!valid_size(width, height)) return nullptr;
+  const Py_ssize_t size = static_cast<Py_ssize_t>(width) * height;
+  Buffer mask, pred;
+  if (!mask.get(mask_object, "mask", size)) return nullptr;
+  if (pred_object != Py_None && !pred.get(pred_object, "prediction", size)) return nullptr;
+  PyObject* coded = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(mask.bytes()), size);
+  if (!coded) return nullptr;
+  uint8_t* decoded_view = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(coded));
+  std::vector<uint8_t> stream;
+  int class_bits = 1;
+  bool out_of_memory = false;
+  Py_BEGIN_ALLOW_THREADS;
+  try {
+    int top = 0;
+    for (Py_ssize_t i = 0; i < size; ++i) top = std::max<int>(top, mask.bytes()[i]);
+    class_bits = ilog2(static_cast<uint32_t>(top)) + 1;
+    auto model = std::make_unique<Model>(class_bits);  // ~0.4 MB: not on the stack
+    RangeEncoder rc;
+    std::vector<uint64_t> near;
+    Lossy lossy{mask.bytes(), nullptr, movable,
+                static_cast<uint16_t>(std::clamp(confident, 0.0, 1.0) * 65535)};
+    if (tolerance > 0 && movable) {
+      near = classes_near(mask.bytes(), width, height, tolerance);
+      lossy.near = near.data();
+    }
+    code_mask<true>(rc, *model, decoded_view, pred.bytes(), width, height,
+                    lossy.near ? &lossy : nullptr);
+    stream = rc.finish();
+  } catch (const std::bad_alloc&) {
+    out_of_memory = true;
+  }
+  Py_END_ALLOW_THREADS;
+  if (out_of_memory) {
+    Py_DECREF(coded);
+    return PyErr_NoMemory();
+  }
+  // the class bits, then the range-coded stream
+  PyObject* data = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(stream.size() + 1));
+  if (!data) {
+    Py_DECREF(coded);
+    return nullptr;
+  }
+  PyBytes_AS_STRING(data)[0] = static_cast<char>(class_bits);
+  std::memcpy(PyBytes_AS_STRING(data) + 1, stream.data(), stream.size());
+  return Py_BuildValue("NN", data, coded);
+}
+
+PyObject* decode(PyObject*, PyObject* args) {
+  PyObject *data_object, *pred_object;
+  int width, height;
+  if (!PyArg_ParseTuple(args, "OiiO", &data_object, &width, &height, &pred_object))
+    return nullptr;
+  if (!valid_size(width, height)) return nullptr;
+  const Py_ssize_t size = static_cast<Py_ssize_t>(width) * height;
+  Buffer data, pred;
+  if (!data.get(data_object, "data", -1)) return nullptr;
+  if (pred_object != Py_None && !pred.get(pred_object, "prediction", size)) return nullptr;
+  if (data.size() < 1) return PyErr_Format(PyExc_ValueError, "no coded mask");
+  const int class_bits = data.bytes()[0];
+  if (class_bits < 1 || class_bits > 8)
+    return PyErr_Format(PyExc_ValueError, "class bits %d outside 1..8", class_bits);
+  PyObject* result = PyBytes_FromStringAndSize(nullptr, size);
+  if (!result) return nullptr;
+  uint8_t* mask = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(result));
+  bool ok = false;
+  size_t overrun = 0;
+  bool out_of_memory = false;
+  Py_BEGIN_ALLOW_THREADS;
+  try {
+    auto model = std::make_unique<Model>(class_bits);  // ~0.4 MB: not on the stack
+    RangeDecoder rc(data.bytes() + 1, static_cast<size_t>(data.size() - 1));
+    ok = code_mask<false>(rc, *model, mask, pred.bytes(), width, height, nullptr);
+    overrun = rc.overrun();
+  } catch (const std::bad_alloc&) {
+    out_of_memory = true;
+  }
+  Py_END_ALLOW_THREADS;
+  if (out_of_memory) {
+    Py_DECREF(result);
+    return PyErr_NoMemory();
+  }
+  if (!ok || overrun > 4) {
+    Py_DECREF(result);
+    return PyErr_Format(PyExc_ValueError, "the coded mask is damaged (%s)",
+                        ok ? "it ends early" : "an impossible symbol");
+  }
+  return result;
+}
+
+PyObject* downsample(PyObject*, PyObject* args) {
+  PyObject* mask_object;
+  int width, height, low_width, low_height;
+  if (!PyArg_ParseTuple(args, "Oiiii", &mask_object, &width, &height, &low_width, &low_height))
+    return nullptr;
+  if (!valid_size(width, height) || !valid_size(low_width, low_height)) return nullptr;
+  if (low_width > width || low_height > height)
+    return PyErr_Format(PyExc_ValueError, "%dx%d is not smaller than %dx%d", low_width,
+                        low_height, width, height);
+  Buffer mask;
+  if (!mask.get(mask_object, "mask", static_cast<Py_ssize_t>(width) * height)) return nullptr;
+  PyObject* result = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(low_width) * low_height);
+  if (!result) return nullptr;
+  uint8_t* low = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(result));
+  bool out_of_memory = false;
+  Py_BEGIN_ALLOW_THREADS;
+  try {
+    downsample_mode(mask.bytes(), width, height, low, low_width, low_height);
+  } catch (const std::bad_alloc&) {
+    out_of_memory = true;
+  }
+  Py_END_ALLOW_THREADS;
+  if (out_of_memory) {
+    Py_DECREF(result);
+    return PyErr_NoMemory();
+  }
+  return result;
+}
+
+PyObject* upsample(PyObject*, PyObject* args) {
+  PyObject *low_object, *guide_object;
+  int low_width, low_height, width, height;
+  double sigma;
+  if (!PyArg_ParseTuple(args, "OiiiiOd", &low_object, &low_width, &low_height, &width, &height,
+                        &guide_object, &sigma))
+    return nullptr;
+  if (!valid_size(width, height) || !valid_size(low_width, low_height)) return nullptr;
+  if (low_width > width || low_height > height)
+    return PyErr_Format(PyExc_ValueError, "%dx%d is not smaller than %dx%d", low_width,
+                        low_height, width, height);
+  if (!(sigma > 0)) return PyErr_Format(PyExc_ValueError, "sigma must be positive");
+  Buffer low, guide;
+  if (!low.get(low_object, "low", static_cast<Py_ssize_t>(low_width) * low_height)) return nullptr;
+  if (guide_object != Py_None &&
+      !guide.get(guide_object, "guide", static_cast<Py_ssize_t>(width) * height * 3))
+    return nullptr;
+  PyObject* result = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(width) * height);
+  if (!result) return nullptr;
+  uint8_t* out = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(result));
+  bool out_of_memory = false;
+  Py_BEGIN_ALLOW_THREADS;
+  try {
+    upsample_labels(low.bytes(), low_width, low_height, out, width, height, guide.bytes(), sigma);
+  } catch (const std::bad_alloc&) {
+    out_of_memory = true;
+  }
+  Py_END_ALLOW_THREADS;
+  if (out_of_memory) {
+    Py_DECREF(result);
+    return PyErr_NoMemory();
+  }
+  return result;
+}
+
+PyMethodDef kMethods[] = {
+    {"encode", encode, METH_VARARGS,
+     "encode(mask, width, height, prediction, tolerance, movable, confident) -> (data, "
+     "decoded): the coded mask and what the decoder will make of it. prediction: None or a "
+     "mask of the same size both ends hold; tolerance 0 = lossless, else how far (px) a "
+     "boundary may move between the classes whose bits are set in `movable` when the model "
+     "gives the other class at least `confident`."},
+    {"decode", decode, METH_VARARGS,
+     "decode(data, width, height, prediction) -> bytes: the width x height class ids; "
+     "ValueError when the data is damaged."},
+    {"downsample", downsample, METH_VARARGS,
+     "downsample(mask, width, height, low_width, low_height) -> bytes: each cell's majority "
+     "class."},
+    {"upsample", upsample, METH_VARARGS,
+     "upsample(low, low_width, low_height, width, height, guide, sigma) -> bytes: each pixel "
+     "the class with the most bilinear weight among its four nearest cells (guide: None or "
+     "HxWx3 uint8 whose colours weight the cells, exp(-d^2/(2 sigma^2)))."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef kModule = {PyModuleDef_HEAD_INIT,
+                       "_mask_coder",
+                       "Context-modelled arithmetic coding and resampling of class-id masks.",
+                       -1,
+                       kMethods,
+                       nullptr,
+                       nullptr,
+                       nullptr,
+                       nullptr};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__mask_coder() { return PyModule_Create(&kModule); }
