@@ -40,7 +40,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stac_codec import _mask_coder
+try:
+    from stac_codec import _mask_coder
+except ImportError as error:  # the C++ extension stac_codec's setup.py builds
+    raise ImportError(
+        "stac_codec._mask_coder is not built: run scripts/setup.sh (or colcon build; in a "
+        "worktree, source /work/tools/wt-env.sh with STAC_REBUILD=1)"
+    ) from error
 
 RLE_DEFLATE_VERSION = 1
 MASK_WIRE_VERSION = 2  # what every coding but rle_deflate writes
