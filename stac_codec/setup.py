@@ -15,7 +15,7 @@ setup(
         Extension(
             "stac_codec._mask_coder",
             ["stac_codec/_mask_coder.cpp"],
-            extra_compile_args=["-O2", "-std=c++17"],
+            extra_compile_args=["-O3", "-std=c++17"],
             language="c++",
         )
     ],

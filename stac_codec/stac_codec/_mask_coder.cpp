@@ -17,7 +17,7 @@
 //   agree with it, one decision per stretch says whether the row keeps following it.
 // A lossy encoder may give a pixel the class the model expects instead of its own, when both
 // classes are movable (large) and the expected class occurs within `tolerance` pixels of it in
-// the original: boundaries move by at most that much and small classes stay exact. The decoder
+// the original (a square window): boundaries move by at most that much and small classes stay exact. The decoder
 // is the same for both.
 // Decoding is bounded: it writes exactly width x height pixels and reads at most a few bytes
 // past the payload before it reports the data as damaged.
@@ -159,6 +159,22 @@ constexpr int kMaxShift = 48;    // a class change this far from one in the row 
 
 int ilog2(uint32_t v) { return 31 - __builtin_clz(v | 1); }
 
+// The first i in [from, to) with a[i] != b[i] (b: nullptr = `value` everywhere), or `to`;
+// eight bytes at a time, since most of a mask is long runs.
+inline int first_difference(const uint8_t* a, const uint8_t* b, uint8_t value, int from, int to) {
+  const uint64_t broadcast = 0x0101010101010101ull * value;
+  int i = from;
+  for (; i + 8 <= to; i += 8) {
+    uint64_t x, y = broadcast;
+    std::memcpy(&x, a + i, 8);
+    if (b) std::memcpy(&y, b + i, 8);
+    if (const uint64_t diff = x ^ y) return i + (__builtin_ctzll(diff) >> 3);
+  }
+  for (; i < to; ++i)
+    if (a[i] != (b ? b[i] : value)) return i;
+  return to;
+}
+
 struct Model {
   explicit Model(int class_bits) : class_bits(class_bits), tree(256u << class_bits) {}
   int class_bits;
@@ -180,13 +196,19 @@ struct Model {
 // What a lossy encoder may change (see the top of the file).
 struct Lossy {
   const uint8_t* original;
-  const uint64_t* near;  // per pixel: the classes (< 64) within the tolerance of it
-  uint64_t movable;      // classes that may move
+  int width, height, tolerance;
+  uint64_t movable;      // classes (ids < 64) that may move
   uint16_t confident;    // the candidate's probability from which a pixel may take it
   bool may(size_t index, int to) const {
     const int from = original[index];
-    return to < 64 && from < 64 && ((movable >> to) & (movable >> from) & 1) &&
-           ((near[index] >> to) & 1);
+    if (to >= 64 || from >= 64 || !((movable >> to) & (movable >> from) & 1)) return false;
+    const int r = static_cast<int>(index / width), c = static_cast<int>(index % width);
+    for (int y = std::max(0, r - tolerance); y <= std::min(height - 1, r + tolerance); ++y) {
+      const uint8_t* row = original + static_cast<size_t>(y) * width;
+      for (int x = std::max(0, c - tolerance); x <= std::min(width - 1, c + tolerance); ++x)
+        if (row[x] == to) return true;
+    }
+    return false;
   }
 };
 
@@ -261,7 +283,8 @@ class Transitions {
     key_.clear();
     size_t first = 0;
     for (int p = 1; p < width; ++p) {
-      if (row[p] == row[p - 1]) continue;
+      p = first_difference(row + 1, row, 0, p - 1, width - 1) + 1;  // the next class change
+      if (p >= width) break;
       const int key = row[p - 1] << 8 | row[p];
       while (first < prev_pos_.size() && prev_pos_[first] < p - kMaxShift) ++first;
       int best = kNoGuess;
@@ -315,18 +338,13 @@ bool code_mask(Coder& rc, Model& model, uint8_t* mask, const uint8_t* pred, int 
                    (c + 1 >= width || up[c + 1] == pup[c + 1])))) {
         // the neighbours follow the prediction: how far does the row above keep doing so?
         int run = width - c;
-        if (up) {
-          run = 1;
-          while (c + run + 1 < width && up[c + run + 1] == pup[c + run + 1]) ++run;
-          if (c + run + 1 == width) ++run;
+        if (up) {  // up to the pixel before the row above's next departure from the prediction
+          const int departs = first_difference(up, pup, 0, std::min(c + 2, width), width);
+          run = departs == width ? width - c : departs - 1 - c;
         }
         int brk = run;
         if constexpr (kEncode) {
-          for (int k = 0; k < run; ++k)
-            if (row[c + k] != prow[c + k]) {
-              brk = k;
-              break;
-            }
+          brk = first_difference(row, prow, 0, c, c + run) - c;
           if (lossy && brk < run) {
             int k = brk;
             while (k < run && (row[c + k] == prow[c + k] || lossy->may(row_index + c + k, prow[c + k])))
@@ -366,21 +384,16 @@ bool code_mask(Coder& rc, Model& model, uint8_t* mask, const uint8_t* pred, int 
       if (w == n && n == nw && n == ne) {
         // flat: how far does the row above stay this class?
         int run = width - c;
-        if (up) {
-          run = 1;
-          while (c + run < width && up[c + run] == w && up[std::min(c + run + 1, width - 1)] == w)
-            ++run;
+        if (up) {  // up to the pixel before the row above's next change (c + 1 is w: flat)
+          const int change = first_difference(up, nullptr, static_cast<uint8_t>(w), c + 2, width);
+          run = change == width ? width - c : change - 1 - c;
         }
         int brk = run;  // the first pixel of another class (run: none)
         const int end_guess = c + run < width ? transitions.guess(c + run) : kNoGuess;
         const int guess_at = end_guess == kNoGuess ? kNoGuess : end_guess - c;
         const int guess_kind = guess_at == kNoGuess ? 0 : (guess_at >= 0 && guess_at < run) ? 2 : 1;
         if constexpr (kEncode) {
-          for (int k = 0; k < run; ++k)
-            if (row[c + k] != w) {
-              brk = k;
-              break;
-            }
+          brk = first_difference(row, nullptr, static_cast<uint8_t>(w), c, c + run) - c;
           if (lossy && brk < run) {
             int k = brk;
             while (k < run && (row[c + k] == w || lossy->may(row_index + c + k, w))) ++k;
@@ -459,32 +472,6 @@ bool code_mask(Coder& rc, Model& model, uint8_t* mask, const uint8_t* pred, int 
   return true;
 }
 
-// Per pixel, the classes (ids < 64) that occur within `tolerance` pixels (a square) of it.
-std::vector<uint64_t> classes_near(const uint8_t* mask, int width, int height, int tolerance) {
-  const size_t size = static_cast<size_t>(width) * height;
-  std::vector<uint64_t> bits(size), across(size);
-  for (size_t i = 0; i < size; ++i) bits[i] = mask[i] < 64 ? uint64_t{1} << mask[i] : 0;
-  for (int r = 0; r < height; ++r) {
-    const uint64_t* src = &bits[static_cast<size_t>(r) * width];
-    uint64_t* dst = &across[static_cast<size_t>(r) * width];
-    for (int c = 0; c < width; ++c) {
-      uint64_t acc = 0;
-      for (int k = std::max(0, c - tolerance); k <= std::min(width - 1, c + tolerance); ++k)
-        acc |= src[k];
-      dst[c] = acc;
-    }
-  }
-  for (int r = 0; r < height; ++r) {
-    uint64_t* dst = &bits[static_cast<size_t>(r) * width];
-    std::fill(dst, dst + width, 0);
-    for (int k = std::max(0, r - tolerance); k <= std::min(height - 1, r + tolerance); ++k) {
-      const uint64_t* src = &across[static_cast<size_t>(k) * width];
-      for (int c = 0; c < width; ++c) dst[c] |= src[c];
-    }
-  }
-  return bits;
-}
-
 // --- resampling -----------------------------------------------------------------------------
 
 // Each low-res cell takes the class that covers most of its footprint in the full mask.
@@ -523,8 +510,9 @@ void downsample_mode(const uint8_t* mask, int width, int height, uint8_t* low, i
 // colour in the guide, exp(-d^2 / (2 sigma^2)).
 void upsample_labels(const uint8_t* low, int low_width, int low_height, uint8_t* out, int width,
                      int height, const uint8_t* guide, double sigma) {
+  constexpr size_t kRangeSteps = 3 * 255 * 255 / 64 + 2;  // squared colour distance / 64
   std::vector<float> cell_colour;
-  float range_table[3 * 255 * 255 / 64 + 2];
+  std::vector<float> range_table(kRangeSteps);
   if (guide) {
     cell_colour.assign(static_cast<size_t>(low_width) * low_height * 3, 0.0f);
     std::vector<uint32_t> cell_pixels(static_cast<size_t>(low_width) * low_height, 0);
@@ -540,33 +528,41 @@ void upsample_labels(const uint8_t* low, int low_width, int low_height, uint8_t*
     }
     for (size_t cell = 0; cell < cell_pixels.size(); ++cell)
       for (int k = 0; k < 3; ++k) cell_colour[cell * 3 + k] /= std::max<uint32_t>(1, cell_pixels[cell]);
-    for (size_t d = 0; d < sizeof(range_table) / sizeof(float); ++d)
+    for (size_t d = 0; d < kRangeSteps; ++d)
       range_table[d] = static_cast<float>(std::exp(-(64.0 * d) / (2.0 * sigma * sigma))) + 1e-4f;
   }
-  const double sx = static_cast<double>(low_width) / width;
-  const double sy = static_cast<double>(low_height) / height;
+  // per column and row: the two nearest cells and the weight of the second
+  std::vector<int> i0(width), i1(width), j0(height), j1(height);
+  std::vector<float> fx(width), fy(height);
+  const auto axis = [](int size, int low_size, std::vector<int>& a, std::vector<int>& b,
+                       std::vector<float>& f) {
+    const double scale = static_cast<double>(low_size) / size;
+    for (int k = 0; k < size; ++k) {
+      const double at = std::clamp((k + 0.5) * scale - 0.5, 0.0, low_size - 1.0);
+      a[k] = std::min(static_cast<int>(at), low_size - 1);
+      b[k] = std::min(a[k] + 1, low_size - 1);
+      f[k] = static_cast<float>(at - a[k]);
+    }
+  };
+  axis(width, low_width, i0, i1, fx);
+  axis(height, low_height, j0, j1, fy);
   for (int y = 0; y < height; ++y) {
-    const double v = std::clamp((y + 0.5) * sy - 0.5, 0.0, low_height - 1.0);
-    const int j0 = std::min(static_cast<int>(v), low_height - 1);
-    const int j1 = std::min(j0 + 1, low_height - 1);
-    const float fy = static_cast<float>(v - j0);
+    const uint8_t* top = low + static_cast<size_t>(j0[y]) * low_width;
+    const uint8_t* bottom = low + static_cast<size_t>(j1[y]) * low_width;
+    uint8_t* dst = out + static_cast<size_t>(y) * width;
     for (int x = 0; x < width; ++x) {
-      const double u = std::clamp((x + 0.5) * sx - 0.5, 0.0, low_width - 1.0);
-      const int i0 = std::min(static_cast<int>(u), low_width - 1);
-      const int i1 = std::min(i0 + 1, low_width - 1);
-      const float fx = static_cast<float>(u - i0);
-      const size_t cells[4] = {static_cast<size_t>(j0) * low_width + i0,
-                               static_cast<size_t>(j0) * low_width + i1,
-                               static_cast<size_t>(j1) * low_width + i0,
-                               static_cast<size_t>(j1) * low_width + i1};
-      const int labels[4] = {low[cells[0]], low[cells[1]], low[cells[2]], low[cells[3]]};
-      uint8_t* dst = out + static_cast<size_t>(y) * width + x;
+      const int labels[4] = {top[i0[x]], top[i1[x]], bottom[i0[x]], bottom[i1[x]]};
       if (labels[0] == labels[1] && labels[0] == labels[2] && labels[0] == labels[3]) {
-        *dst = static_cast<uint8_t>(labels[0]);
+        dst[x] = static_cast<uint8_t>(labels[0]);
         continue;
       }
-      float weights[4] = {(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy};
+      const float wx = fx[x], wy = fy[y];
+      float weights[4] = {(1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy};
       if (guide) {
+        const size_t cells[4] = {static_cast<size_t>(j0[y]) * low_width + i0[x],
+                                 static_cast<size_t>(j0[y]) * low_width + i1[x],
+                                 static_cast<size_t>(j1[y]) * low_width + i0[x],
+                                 static_cast<size_t>(j1[y]) * low_width + i1[x]};
         const uint8_t* rgb = guide + (static_cast<size_t>(y) * width + x) * 3;
         for (int k = 0; k < 4; ++k) {
           float d2 = 0;
@@ -574,7 +570,7 @@ void upsample_labels(const uint8_t* low, int low_width, int low_height, uint8_t*
             const float d = rgb[ch] - cell_colour[cells[k] * 3 + ch];
             d2 += d * d;
           }
-          weights[k] *= range_table[std::min<size_t>(static_cast<size_t>(d2 / 64), sizeof(range_table) / sizeof(float) - 1)];
+          weights[k] *= range_table[std::min<size_t>(static_cast<size_t>(d2 / 64), kRangeSteps - 1)];
         }
       }
       int best = labels[0];
@@ -588,7 +584,7 @@ void upsample_labels(const uint8_t* low, int low_width, int low_height, uint8_t*
           best = labels[k];
         }
       }
-      *dst = static_cast<uint8_t>(best);
+      dst[x] = static_cast<uint8_t>(best);
     }
   }
 }
@@ -650,15 +646,10 @@ PyObject* encode(PyObject*, PyObject* args) {
     class_bits = ilog2(static_cast<uint32_t>(top)) + 1;
     auto model = std::make_unique<Model>(class_bits);  // ~0.4 MB: not on the stack
     RangeEncoder rc;
-    std::vector<uint64_t> near;
-    Lossy lossy{mask.bytes(), nullptr, movable,
-                static_cast<uint16_t>(std::clamp(confident, 0.0, 1.0) * 65535)};
-    if (tolerance > 0 && movable) {
-      near = classes_near(mask.bytes(), width, height, tolerance);
-      lossy.near = near.data();
-    }
+    const Lossy lossy{mask.bytes(), width, height, tolerance, movable,
+                      static_cast<uint16_t>(std::clamp(confident, 0.0, 1.0) * 65535)};
     code_mask<true>(rc, *model, decoded_view, pred.bytes(), width, height,
-                    lossy.near ? &lossy : nullptr);
+                    tolerance > 0 && movable ? &lossy : nullptr);
     stream = rc.finish();
   } catch (const std::bad_alloc&) {
     out_of_memory = true;

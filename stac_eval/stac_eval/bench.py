@@ -26,6 +26,7 @@ BENCHMARKS = {
     "faults": "fault injection on the real nodes: loss, rate cap, restarts, flood, rogue input",
     "temporal": "STAC on video: stream-mode BD-rate, delays, keyframe mode, bitrate target, "
     "robot time per frame",
+    "masks": "masks sent back to the robot: bytes, agreement and speed of every coder",
 }
 # The live graph runs real nodes, so its benchmark lives with the ROS front ends.
 BENCHMARK_MODULES = {
@@ -35,6 +36,7 @@ BENCHMARK_MODULES = {
     "live": "stac_eval.ros.bench_live",
     "faults": "stac_eval.ros.bench_faults",
     "temporal": "stac_eval.bench_temporal",
+    "masks": "stac_eval.bench_masks",
 }
 
 

@@ -1,0 +1,290 @@
+"""`stac-bench masks`: what a mask sent back to the robot costs in each coding, and how close
+the robot's decoded mask stays to the edge's.
+
+The shipped model segments the frames of a clip (every `--every`-th, as the edge segments the
+newest frame it can: about every second frame of vtest.avi in the demo) or of a folder of
+images (CamVid val); each full-resolution mask goes through every coder:
+
+- baselines: rle_deflate (the earlier wire form: runs + deflate), png (palette PNG, level 9),
+  webp_lossless (PIL);
+- the codings the edge can choose (`mask_coding`: lossless, near_lossless, reduced), exactly
+  as the segmenter sends them and the robot decodes them (stac_codec.mask_wire);
+- measured alternatives that are not wire modes, kept to show why: near_lossless_2 (boundaries
+  may move 2 px), reduced_guided (reduced, upsampled with the robot's own frame as guide:
+  joint-bilateral weights), conditional (lossless, coded against the previous mask, which both
+  ends would hold) and near_lossless_conditional (near-lossless against the previous decoded
+  mask: the edge keeps the previous boundaries where it may, a temporal stabiliser).
+
+Per coder: bytes_per_mask (mean), ratio_vs_rle_deflate, agreement_miou (the decoded masks
+against the edge's, one confusion matrix over all masks), encode_ms and decode_ms (median per
+mask, one thread), lossless (every decoded mask equal to the edge's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from stac_codec import _mask_coder
+from stac_codec.mask_wire import (
+    MASK_CODINGS,
+    MaskCoding,
+    decode_mask,
+    encode_mask_and_decoded,
+    movable_classes,
+)
+from stac_edge_segmenter.loading import load_model
+from stac_edge_segmenter.metrics import ConfusionMatrix
+from stac_encoder.frame_sources import read_frames
+from stac_eval.progress import progress_bar
+from stac_training.camvid import read_image_rgb
+
+BASELINE = "rle_deflate"
+
+
+@dataclass
+class Masked:
+    """One segmented frame: the RGB frame and the edge's class ids."""
+
+    image: np.ndarray
+    class_ids: np.ndarray
+
+
+@dataclass
+class Coder:
+    """encode(mask, state) -> wire bytes; decode(data, state) -> what the robot gets. `state`
+    carries what both ends hold across masks (the previous mask) and the robot's frame."""
+
+    name: str
+    note: str
+    encode: Callable[[Masked, dict], bytes]
+    decode: Callable[[bytes, Masked, dict], np.ndarray]
+
+
+@dataclass
+class Tally:
+    sizes: list[int] = field(default_factory=list)
+    encode_ms: list[float] = field(default_factory=list)
+    decode_ms: list[float] = field(default_factory=list)
+    exact: bool = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--video", type=Path, help="clip whose masks are coded")
+    parser.add_argument(
+        "--images", type=Path, help="folder of images (e.g. CamVid val) whose masks are coded"
+    )
+    parser.add_argument(
+        "--every", type=int, default=2, help="code every N-th frame of the clip (the edge's pace)"
+    )
+    parser.add_argument(
+        "--max-frames", type=int, default=0, help="frames of the clip read (0: all)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the model)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.video is None and args.images is None:
+        raise SystemExit("stac-bench masks: give --video FILE and/or --images DIR")
+    if args.every < 1:
+        raise SystemExit("stac-bench masks: --every must be >= 1")
+    torch.set_num_threads(args.threads)
+    model = load_model()
+    result: dict = {}
+    if args.video is not None:
+        frames = _video_frames(args.video, args.every, args.max_frames)
+        result = {"source": {"video": str(args.video), "every": args.every}}
+        result.update(measure(_segmented(model, frames), model.num_classes))
+    if args.images is not None:
+        images = measure(_segmented(model, _image_frames(args.images)), model.num_classes)
+        images["source"] = {"images": str(args.images)}
+        if result:
+            result["images"] = images
+        else:
+            result = images
+    print_table(result)
+    return result
+
+
+def measure(masks: Iterator[Masked], num_classes: int) -> dict:
+    """Every coder over the masks: the JSON `coders` section and what was measured on."""
+    coders = all_coders()
+    tallies = {coder.name: Tally() for coder in coders}
+    confusions = {coder.name: ConfusionMatrix(num_classes) for coder in coders}
+    states: dict[str, dict] = {coder.name: {} for coder in coders}
+    count, size = 0, None
+    for masked in masks:
+        count += 1
+        size = masked.class_ids.shape[::-1]
+        for coder in coders:
+            tally, state = tallies[coder.name], states[coder.name]
+            started = time.perf_counter()
+            data = coder.encode(masked, state)
+            tally.encode_ms.append(1e3 * (time.perf_counter() - started))
+            started = time.perf_counter()
+            decoded = coder.decode(data, masked, state)
+            tally.decode_ms.append(1e3 * (time.perf_counter() - started))
+            tally.sizes.append(len(data))
+            tally.exact &= bool(np.array_equal(decoded, masked.class_ids))
+            confusions[coder.name].update(masked.class_ids, decoded)
+    if count == 0:
+        raise SystemExit("stac-bench masks: no frames read")
+    baseline = statistics.fmean(tallies[BASELINE].sizes)
+    table = {}
+    for coder in coders:
+        tally = tallies[coder.name]
+        mean_bytes = statistics.fmean(tally.sizes)
+        table[coder.name] = {
+            "bytes_per_mask": round(mean_bytes, 1),
+            "ratio_vs_rle_deflate": round(baseline / mean_bytes, 3),
+            "agreement_miou": round(confusions[coder.name].mean_iou(), 4),
+            "encode_ms": round(statistics.median(tally.encode_ms), 3),
+            "decode_ms": round(statistics.median(tally.decode_ms), 3),
+            "lossless": tally.exact,
+        }
+    return {
+        "coders": table,
+        "masks": count,
+        "mask_size": list(size),
+        "coder_notes": {coder.name: coder.note for coder in coders},
+    }
+
+
+def all_coders() -> list[Coder]:
+    near_2 = MaskCoding("near_lossless_2", tolerance_px=2)
+    return [
+        Coder(BASELINE, "earlier wire form (v1): runs + deflate", *_wire(MASK_CODINGS[BASELINE])),
+        Coder("png", "palette PNG, level 9 (PIL, optimize)", _png_encode, _pil_decode),
+        Coder("webp_lossless", "WebP lossless (PIL, method 4)", _webp_encode, _pil_decode),
+        *(
+            Coder(name, f"mask_coding {name} (wire v2)", *_wire(MASK_CODINGS[name]))
+            for name in ("lossless", "near_lossless", "reduced")
+        ),
+        Coder("near_lossless_2", "not a wire mode: tolerance 2 px", *_wire(near_2)),
+        Coder(
+            "reduced_guided",
+            "not a wire mode: reduced, upsampled with the robot's frame as guide",
+            _wire(MASK_CODINGS["reduced"])[0],
+            _guided_decode,
+        ),
+        Coder(
+            "conditional",
+            "not a wire mode: lossless against the previous mask (both ends hold it)",
+            _conditional_encode(0),
+            _conditional_decode,
+        ),
+        Coder(
+            "near_lossless_conditional",
+            "not a wire mode: near_lossless against the previous decoded mask",
+            _conditional_encode(MASK_CODINGS["near_lossless"].tolerance_px),
+            _conditional_decode,
+        ),
+    ]
+
+
+def _wire(coding: MaskCoding):
+    def encode(masked: Masked, state: dict) -> bytes:
+        return encode_mask_and_decoded(masked.class_ids, coding)[0]
+
+    def decode(data: bytes, masked: Masked, state: dict) -> np.ndarray:
+        return decode_mask(data, max_pixels=masked.class_ids.size)
+
+    return encode, decode
+
+
+def _png_encode(masked: Masked, state: dict) -> bytes:
+    image = Image.fromarray(masked.class_ids, mode="L").convert("P")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True, compress_level=9)
+    return buffer.getvalue()
+
+
+def _webp_encode(masked: Masked, state: dict) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(masked.class_ids, mode="L").save(
+        buffer, format="WEBP", lossless=True, quality=100, method=4
+    )
+    return buffer.getvalue()
+
+
+def _pil_decode(data: bytes, masked: Masked, state: dict) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    ids = np.asarray(image.convert("L") if image.mode not in ("L", "P") else image)
+    return ids if ids.ndim == 2 else ids[..., 0]
+
+
+def _guided_decode(data: bytes, masked: Masked, state: dict) -> np.ndarray:
+    """The reduced mask upsampled with the frame (as the robot holds it) as guide."""
+    return decode_mask(data, max_pixels=masked.class_ids.size, guide=masked.image)
+
+
+def _conditional_encode(tolerance_px: int):
+    share = MASK_CODINGS["near_lossless"].protected_share
+
+    def encode(masked: Masked, state: dict) -> bytes:
+        mask = np.ascontiguousarray(masked.class_ids)
+        height, width = mask.shape
+        movable = movable_classes(mask, share) if tolerance_px else 0
+        stream, state["sent"] = _mask_coder.encode(
+            mask, width, height, state.get("held"), tolerance_px, movable, 0.8
+        )
+        return stream
+
+    return encode
+
+
+def _conditional_decode(data: bytes, masked: Masked, state: dict) -> np.ndarray:
+    height, width = masked.class_ids.shape
+    decoded = _mask_coder.decode(data, width, height, state.get("held"))
+    if decoded != state["sent"]:
+        raise RuntimeError("the conditional decoder disagrees with its encoder")
+    state["held"] = decoded
+    return np.frombuffer(decoded, np.uint8).reshape(height, width)
+
+
+def _video_frames(path: Path, every: int, max_frames: int) -> Iterator[np.ndarray]:
+    for frame in read_frames(str(path), max_frames=max_frames):
+        if frame.index % every == 0:
+            yield frame.image
+
+
+def _image_frames(folder: Path) -> Iterator[np.ndarray]:
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not paths:
+        raise SystemExit(f"stac-bench masks: no images in {folder}")
+    for path in paths:
+        yield read_image_rgb(path)
+
+
+def _segmented(model, frames: Iterator[np.ndarray]) -> Iterator[Masked]:
+    with progress_bar(desc="masks", unit="frame") as bar:
+        for image in frames:
+            class_ids = model.predict(image, with_probabilities=False).class_ids[0]
+            bar.update(1)
+            yield Masked(image, class_ids)
+
+
+def print_table(result: dict) -> None:
+    sections = [("", result)] + ([("images: ", result["images"])] if "images" in result else [])
+    for prefix, section in sections:
+        width, height = section["mask_size"]
+        print(f"{prefix}{section['masks']} masks of {width}x{height}")
+        print(
+            f"{'coder':28s} {'bytes':>8s} {'vs rle':>7s} {'agree':>7s} {'enc ms':>7s} "
+            f"{'dec ms':>7s} lossless"
+        )
+        for name, row in section["coders"].items():
+            print(
+                f"{name:28s} {row['bytes_per_mask']:8.0f} {row['ratio_vs_rle_deflate']:7.2f} "
+                f"{row['agreement_miou']:7.4f} {row['encode_ms']:7.2f} {row['decode_ms']:7.2f} "
+                f"{row['lossless']}"
+            )
