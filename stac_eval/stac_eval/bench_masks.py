@@ -39,7 +39,7 @@ from stac_codec.mask_wire import (
     MASK_CODINGS,
     MaskCoding,
     decode_mask,
-    encode_mask_and_decoded,
+    encode_mask,
     movable_classes,
 )
 from stac_edge_segmenter.loading import load_model
@@ -193,7 +193,7 @@ def all_coders() -> list[Coder]:
 
 def _wire(coding: MaskCoding):
     def encode(masked: Masked, state: dict) -> bytes:
-        return encode_mask_and_decoded(masked.class_ids, coding)[0]
+        return encode_mask(masked.class_ids, coding)  # what the segmenter does
 
     def decode(data: bytes, masked: Masked, state: dict) -> np.ndarray:
         return decode_mask(data, max_pixels=masked.class_ids.size)
