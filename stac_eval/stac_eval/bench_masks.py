@@ -5,8 +5,8 @@ The shipped model segments the frames of a clip (every `--every`-th, as the edge
 newest frame it can: about every second frame of vtest.avi in the demo) or of a folder of
 images (CamVid val); each full-resolution mask goes through every coder:
 
-- baselines: rle_deflate (the earlier wire form: runs + deflate), png (palette PNG, level 9),
-  webp_lossless (PIL);
+- baselines: rle_deflate (the earlier wire form: runs + deflate), png (the ids as an 8-bit
+  PNG, level 9: a palette PNG's pixels without its palette), webp_lossless (OpenCV's libwebp);
 - the codings the edge can choose (`mask_coding`: lossless, near_lossless, reduced), exactly
   as the segmenter sends them and the robot decodes them (stac_codec.mask_wire);
 - measured alternatives that are not wire modes, kept to show why: near_lossless_2 (boundaries
@@ -23,16 +23,15 @@ mask, one thread), lossless (every decoded mask equal to the edge's).
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from stac_codec import _mask_coder
 from stac_codec.mask_wire import (
@@ -163,8 +162,8 @@ def all_coders() -> list[Coder]:
     near_2 = MaskCoding("near_lossless_2", tolerance_px=2)
     return [
         Coder(BASELINE, "earlier wire form (v1): runs + deflate", *_wire(MASK_CODINGS[BASELINE])),
-        Coder("png", "palette PNG, level 9 (PIL, optimize)", _png_encode, _pil_decode),
-        Coder("webp_lossless", "WebP lossless (PIL, method 4)", _webp_encode, _pil_decode),
+        Coder("png", "8-bit PNG of the ids, level 9 (OpenCV)", _png_encode, _image_decode),
+        Coder("webp_lossless", "WebP lossless (OpenCV)", _webp_encode, _image_decode),
         *(
             Coder(name, f"mask_coding {name} (wire v2)", *_wire(MASK_CODINGS[name]))
             for name in ("lossless", "near_lossless", "reduced")
@@ -202,23 +201,22 @@ def _wire(coding: MaskCoding):
 
 
 def _png_encode(masked: Masked, state: dict) -> bytes:
-    image = Image.fromarray(masked.class_ids, mode="L").convert("P")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True, compress_level=9)
-    return buffer.getvalue()
+    return _imencode(".png", masked.class_ids, [cv2.IMWRITE_PNG_COMPRESSION, 9])
 
 
 def _webp_encode(masked: Masked, state: dict) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(masked.class_ids, mode="L").save(
-        buffer, format="WEBP", lossless=True, quality=100, method=4
-    )
-    return buffer.getvalue()
+    return _imencode(".webp", masked.class_ids, [cv2.IMWRITE_WEBP_QUALITY, 101])  # lossless
 
 
-def _pil_decode(data: bytes, masked: Masked, state: dict) -> np.ndarray:
-    image = Image.open(io.BytesIO(data))
-    ids = np.asarray(image.convert("L") if image.mode not in ("L", "P") else image)
+def _imencode(extension: str, class_ids: np.ndarray, options: list[int]) -> bytes:
+    ok, data = cv2.imencode(extension, class_ids, options)
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a mask as {extension}")
+    return data.tobytes()
+
+
+def _image_decode(data: bytes, masked: Masked, state: dict) -> np.ndarray:
+    ids = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     return ids if ids.ndim == 2 else ids[..., 0]
 
 
