@@ -3,7 +3,12 @@
 By default both edge nodes run in one process (`edge_container`: one decoder, one model);
 `single_process:=false` starts them as separate processes, as on two edge machines.
 
+Every name is relative: `namespace:=r1` serves the robot launched with `namespace:=r1`
+(/r1/stac/encoded, /r1/stac_encoder/request_keyframe, ...); without a namespace the edge
+serves the robot in the root namespace.
+
 ros2 launch launch/edge.launch.py model_config:=/path/to/model.yaml budget_shift_qp:=2
+ros2 launch launch/edge.launch.py namespace:=r1
 """
 
 from launch.actions import DeclareLaunchArgument
@@ -16,6 +21,12 @@ from launch import LaunchDescription
 
 def generate_launch_description() -> LaunchDescription:
     arguments = [
+        DeclareLaunchArgument(
+            "namespace",
+            default_value="",
+            description="Namespace of the robot this edge serves (the robot's own namespace "
+            "argument); empty = the root namespace.",
+        ),
         DeclareLaunchArgument(
             "model_config",
             default_value="",
@@ -46,6 +57,7 @@ def generate_launch_description() -> LaunchDescription:
     container = Node(
         package="stac_sensitivity",
         executable="edge_container",
+        namespace=LaunchConfiguration("namespace"),
         parameters=[
             LaunchConfiguration("params_file"),
             {
@@ -55,14 +67,14 @@ def generate_launch_description() -> LaunchDescription:
             },
         ],
         remappings=[
-            ("encoded", "/stac/encoded"),
-            ("mask", "/stac/mask"),
-            ("mask_feedback", "/stac/mask_feedback"),
-            ("overlay", "/stac/overlay"),
-            ("video", "/stac/video"),
-            ("qp_map", "/stac/qp_map"),
-            ("qp_heatmap", "/stac/qp_heatmap"),
-            ("request_keyframe", "/stac_encoder/request_keyframe"),
+            ("encoded", "stac/encoded"),
+            ("mask", "stac/mask"),
+            ("mask_feedback", "stac/mask_feedback"),
+            ("overlay", "stac/overlay"),
+            ("video", "stac/video"),
+            ("qp_map", "stac/qp_map"),
+            ("qp_heatmap", "stac/qp_heatmap"),
+            ("request_keyframe", "stac_encoder/request_keyframe"),
         ],
         condition=IfCondition(LaunchConfiguration("single_process")),
         output="screen",
@@ -71,17 +83,18 @@ def generate_launch_description() -> LaunchDescription:
         package="stac_edge_segmenter",
         executable="segmenter_node",
         name="stac_segmenter",
+        namespace=LaunchConfiguration("namespace"),
         parameters=[
             LaunchConfiguration("params_file"),
             {"model_config": LaunchConfiguration("model_config")},
         ],
         remappings=[
-            ("encoded", "/stac/encoded"),
-            ("mask", "/stac/mask"),
-            ("mask_feedback", "/stac/mask_feedback"),
-            ("overlay", "/stac/overlay"),
-            ("video", "/stac/video"),
-            ("request_keyframe", "/stac_encoder/request_keyframe"),
+            ("encoded", "stac/encoded"),
+            ("mask", "stac/mask"),
+            ("mask_feedback", "stac/mask_feedback"),
+            ("overlay", "stac/overlay"),
+            ("video", "stac/video"),
+            ("request_keyframe", "stac_encoder/request_keyframe"),
         ],
         condition=UnlessCondition(LaunchConfiguration("single_process")),
         output="screen",
@@ -90,6 +103,7 @@ def generate_launch_description() -> LaunchDescription:
         package="stac_sensitivity",
         executable="sensitivity_node",
         name="stac_sensitivity",
+        namespace=LaunchConfiguration("namespace"),
         parameters=[
             LaunchConfiguration("params_file"),
             {
@@ -99,9 +113,9 @@ def generate_launch_description() -> LaunchDescription:
             },
         ],
         remappings=[
-            ("encoded", "/stac/encoded"),
-            ("qp_map", "/stac/qp_map"),
-            ("qp_heatmap", "/stac/qp_heatmap"),
+            ("encoded", "stac/encoded"),
+            ("qp_map", "stac/qp_map"),
+            ("qp_heatmap", "stac/qp_heatmap"),
         ],
         condition=UnlessCondition(LaunchConfiguration("single_process")),
         output="screen",

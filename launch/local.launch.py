@@ -1,6 +1,10 @@
 """Robot and edge on one machine, optionally fed from a video file or bag, with rviz.
 
+`namespace:=r1` puts the whole robot (player, encoder) and its edge and rviz in /r1; two such
+launches with different namespaces are two robots side by side, each with its own edge.
+
 ros2 launch launch/local.launch.py video_uri:=/usr/share/doc/opencv-doc/examples/data/vtest.avi
+ros2 launch launch/local.launch.py namespace:=r2 play_video:=true video_uri:=clip.mp4 rviz:=false
 """
 
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
@@ -15,9 +19,15 @@ from launch import LaunchDescription
 def generate_launch_description() -> LaunchDescription:
     arguments = [
         DeclareLaunchArgument(
+            "namespace",
+            default_value="",
+            description="Namespace of the robot (and of its edge and rviz); empty = root.",
+        ),
+        DeclareLaunchArgument(
             "camera_topic",
-            default_value="/camera/image_raw",
-            description="sensor_msgs/Image topic of the camera (or of the video player).",
+            default_value="camera/image_raw",
+            description="sensor_msgs/Image topic of the camera (or of the video player), "
+            "relative: inside the namespace.",
         ),
         DeclareLaunchArgument(
             "model_config",
@@ -65,6 +75,7 @@ def generate_launch_description() -> LaunchDescription:
     robot = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(PathJoinSubstitution([here, "robot.launch.py"])),
         launch_arguments={
+            "namespace": LaunchConfiguration("namespace"),
             "camera_topic": LaunchConfiguration("camera_topic"),
             "crf": LaunchConfiguration("crf"),
             "camera_qos": LaunchConfiguration("camera_qos"),
@@ -75,6 +86,7 @@ def generate_launch_description() -> LaunchDescription:
     edge = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(PathJoinSubstitution([here, "edge.launch.py"])),
         launch_arguments={
+            "namespace": LaunchConfiguration("namespace"),
             "model_config": LaunchConfiguration("model_config"),
             "budget_shift_qp": LaunchConfiguration("budget_shift_qp"),
         }.items(),
@@ -83,11 +95,12 @@ def generate_launch_description() -> LaunchDescription:
         package="stac_encoder",
         executable="video_source_node",
         name="video_source",
+        namespace=LaunchConfiguration("namespace"),
         parameters=[
             PathJoinSubstitution([here, "..", "config", "robot.yaml"]),
             {"uri": LaunchConfiguration("video_uri")},
         ],
-        remappings=[("image", LaunchConfiguration("camera_topic")), ("encoded", "/stac/encoded")],
+        remappings=[("image", LaunchConfiguration("camera_topic")), ("encoded", "stac/encoded")],
         condition=IfCondition(LaunchConfiguration("play_video")),
         output="screen",
     )
@@ -95,6 +108,7 @@ def generate_launch_description() -> LaunchDescription:
         package="rviz2",
         executable="rviz2",
         name="rviz2",
+        namespace=LaunchConfiguration("namespace"),
         arguments=["-d", PathJoinSubstitution([here, "..", "config", "stac.rviz"])],
         condition=IfCondition(LaunchConfiguration("rviz")),
     )

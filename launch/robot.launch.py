@@ -1,8 +1,12 @@
 """Robot side of STAC: the QP-map H.264 encoder on the camera stream, and a mask for every
-camera frame (the edge's newest, warped by optical flow) on /stac/robot_mask.
+camera frame (the edge's newest, warped by optical flow) on stac/robot_mask.
+
+Every name is relative: with `namespace:=r1` the robot's topics are /r1/stac/encoded, ...,
+its camera /r1/camera/image_raw and its keyframe service /r1/stac_encoder/request_keyframe;
+without a namespace they are /stac/encoded, ... as on a single-robot system.
 
 ros2 launch launch/robot.launch.py camera_topic:=/camera/image_raw crf:=30.0
-ros2 launch launch/robot.launch.py mode:=keyframe target_kbps:=400
+ros2 launch launch/robot.launch.py namespace:=r1 mode:=keyframe target_kbps:=400
 """
 
 from launch.actions import DeclareLaunchArgument
@@ -15,9 +19,16 @@ from launch import LaunchDescription
 def generate_launch_description() -> LaunchDescription:
     arguments = [
         DeclareLaunchArgument(
+            "namespace",
+            default_value="",
+            description="The robot's namespace (e.g. r1): every topic and service of its nodes "
+            "lives under it; empty = the root namespace (a single robot).",
+        ),
+        DeclareLaunchArgument(
             "camera_topic",
-            default_value="/camera/image_raw",
-            description="sensor_msgs/Image topic of the camera to offload.",
+            default_value="camera/image_raw",
+            description="sensor_msgs/Image topic of the camera to offload (relative: inside the "
+            "robot's namespace).",
         ),
         DeclareLaunchArgument(
             "crf",
@@ -35,7 +46,7 @@ def generate_launch_description() -> LaunchDescription:
             "target_kbps",
             default_value="0.0",
             description="Bitrate target in kbit/s (0 = none: constant quality at crf); can be "
-            "changed at run time with ros2 param set /stac_encoder target_kbps N.",
+            "changed at run time with ros2 param set /<namespace>/stac_encoder target_kbps N.",
         ),
         DeclareLaunchArgument(
             "camera_qos",
@@ -52,6 +63,7 @@ def generate_launch_description() -> LaunchDescription:
         package="stac_encoder",
         executable="encoder_node",
         name="stac_encoder",
+        namespace=LaunchConfiguration("namespace"),
         parameters=[
             LaunchConfiguration("params_file"),
             {
@@ -63,12 +75,12 @@ def generate_launch_description() -> LaunchDescription:
         ],
         remappings=[
             ("image", LaunchConfiguration("camera_topic")),
-            ("encoded", "/stac/encoded"),
-            ("qp_map", "/stac/qp_map"),
-            ("mask_feedback", "/stac/mask_feedback"),
-            ("robot_mask", "/stac/robot_mask"),
-            ("robot_mask_age", "/stac/robot_mask_age"),
-            ("robot_overlay", "/stac/robot_overlay"),
+            ("encoded", "stac/encoded"),
+            ("qp_map", "stac/qp_map"),
+            ("mask_feedback", "stac/mask_feedback"),
+            ("robot_mask", "stac/robot_mask"),
+            ("robot_mask_age", "stac/robot_mask_age"),
+            ("robot_overlay", "stac/robot_overlay"),
         ],
         output="screen",
     )

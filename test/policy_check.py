@@ -146,16 +146,18 @@ def _executables(root: Path) -> dict[str, Path]:
     return executables
 
 
-def _resolve(name: str, node_name: str, remaps: dict[str, str]) -> str:
-    if name in remaps:
-        return remaps[name]
+def _resolve(name: str, node_name: str, remaps: dict[str, str], namespace: str = "/") -> str:
+    """A topic or service name as a node in `namespace` resolves it (after remapping)."""
+    name = remaps.get(name, name)
+    prefix = namespace.rstrip("/")
     if name.startswith("~/"):
-        return f"/{node_name}/{name[2:]}"
-    return name if name.startswith("/") else "/" + name
+        return f"{prefix}/{node_name}/{name[2:]}"
+    return name if name.startswith("/") else f"{prefix}/{name}"
 
 
-def graph_needs(root: Path) -> dict[str, NodeNeeds]:
-    """node name -> what it needs, for every node the launch files start."""
+def graph_needs(root: Path, namespace: str = "/") -> dict[str, NodeNeeds]:
+    """node name -> what it needs, for every node the launch files start, launched with
+    `namespace:=<namespace>` (every launch file's namespace argument)."""
     constants = _module_constants(sorted(root.glob("stac_*/stac_*/*.py")))
     helpers = _helpers(root, constants)
     executables = _executables(root)
@@ -188,11 +190,12 @@ def graph_needs(root: Path) -> dict[str, NodeNeeds]:
                     node_name, NodeNeeds(node_name, entry["executable"])
                 ).needs
                 for kind, name in endpoints:
-                    needs.setdefault(kind, set()).add(_resolve(name, node_name, remaps))
+                    needs.setdefault(kind, set()).add(_resolve(name, node_name, remaps, namespace))
                 for kind, names in DEFAULT_TOPICS.items():
                     needs.setdefault(kind, set()).update(names)
                 needs.setdefault("reply", set()).update(
-                    f"/{node_name}/{service}" for service in DEFAULT_SERVICES
+                    _resolve(f"~/{service}", node_name, {}, namespace)
+                    for service in DEFAULT_SERVICES
                 )
     return result
 
@@ -205,8 +208,9 @@ class PolicyProfile:
 
 
 def read_policy(path: Path) -> list[PolicyProfile]:
-    """The profiles of an sros2 policy (format 0.2.0), names resolved for namespace /.
-    Raises ValueError when the file breaks the format's structure."""
+    """The profiles of an sros2 policy (format 0.2.0), relative names resolved in each
+    profile's namespace as sros2 does. Raises ValueError when the file breaks the format's
+    structure."""
     root = ET.parse(path).getroot()
     if root.tag != "policy" or root.get("version") != "0.2.0":
         raise ValueError('root must be <policy version="0.2.0">')
@@ -217,8 +221,8 @@ def read_policy(path: Path) -> list[PolicyProfile]:
             raise ValueError(f"bad enclave element {enclave.tag} {enclave.attrib}")
         for profile in enclave.findall("profiles/profile"):
             ns, node = profile.get("ns"), profile.get("node")
-            if ns != "/" or not node:
-                raise ValueError(f"profile needs ns='/' and a node name, got {profile.attrib}")
+            if not (ns or "").startswith("/") or not node:
+                raise ValueError(f"profile needs an absolute ns and a node name: {profile.attrib}")
             grants: dict[str, set[str]] = {}
             for group in profile:
                 rules = RULES.get(group.tag)
@@ -232,16 +236,19 @@ def read_policy(path: Path) -> list[PolicyProfile]:
                     if value != "ALLOW":
                         raise ValueError(f"{node}: only ALLOW rules are used, got {value}")
                     grants.setdefault(rule, set()).update(
-                        _resolve(name, node, {}) for name in names
+                        _resolve(name, node, {}, ns) for name in names
                     )
             profiles.append(PolicyProfile(enclave.get("path"), node, grants))
     return profiles
 
 
-def check(root: Path, policy_path: Path, enclaves: dict[str, str]) -> list[str]:
+def check(
+    root: Path, policy_path: Path, enclaves: dict[str, str], namespace: str = "/"
+) -> list[str]:
     """Problems: nodes without a profile (or in the wrong enclave), permissions a node needs
-    that the policy does not grant, and grants no node needs."""
-    needs = graph_needs(root)
+    that the policy does not grant, and grants no node needs; the nodes launched in
+    `namespace`, against the policy as it is written (its profiles' ns)."""
+    needs = graph_needs(root, namespace)
     profiles = {p.node: p for p in read_policy(policy_path)}
     problems = []
     for node_name, node in sorted(needs.items()):

@@ -9,7 +9,8 @@ would load every display, subscribe to topics our nodes publish, and be matched 
   default QoS); QoS values are ones rviz2 offers (qos_profile_property.cpp).
 - Every Image display's topic is published, as sensor_msgs/Image, by a node of the launch
   files: the topics come from the launch files' remappings (stac_eval.launch_args) and the
-  nodes' `create_publisher` calls, not from a list kept here.
+  nodes' `create_publisher` calls, not from a list kept here. Topics are relative: rviz2,
+  launched in the robot's namespace by local.launch.py, shows that one robot.
 - The rviz subscription's QoS is compatible with every QoS that publisher may use
   (stac_ros_common.qos): a Reliable subscription needs a reliable publisher, a Transient Local
   one a transient-local publisher. The camera's QoS is a parameter, so the camera display
@@ -131,12 +132,14 @@ def publisher_qos(expression: ast.expr, where: str) -> tuple[QoSProfile, ...]:
 
 
 def resolve_topic(name: str, remappings: dict[str, object], defaults: dict[str, object]) -> str:
-    """A node-relative topic name after the launch file's remappings (no namespaces used)."""
+    """A node-relative topic name after the launch file's remappings, as resolved in the
+    namespace everything is launched in (rviz2 included): relative to it, written without
+    the leading slash as the configuration's relative names are."""
     target = remappings.get(name, name)
     if isinstance(target, LaunchConfigurationRef):
         target = defaults[target.name]
     assert isinstance(target, str), f"topic '{name}' remapped to something not literal: {target}"
-    return target if target.startswith("/") else "/" + target
+    return target
 
 
 def launched_publishers() -> list[Publisher]:
@@ -312,7 +315,8 @@ def test_every_image_display_shows_a_published_topic(config, publishers):
         ("unknown display class", "is not an rviz2 Jazzy display"),
         ("misspelt QoS property", "has no ['Reliabilty Policy']"),
         ("unknown display property", "has no properties ['Colour Scheme']"),
-        ("topic nobody publishes", "no launched node publishes '/stac/mask_rgb'"),
+        ("topic nobody publishes", "no launched node publishes 'stac/mask_rgb'"),
+        ("absolute topic", "no launched node publishes '/stac/overlay'"),
         ("reliable camera subscription", "may publish BEST_EFFORT"),
         ("transient-local overlay subscription", "publishes VOLATILE"),
         ("unknown QoS value", "'Sometimes' is not one of"),
@@ -332,7 +336,9 @@ def test_each_fault_is_reported(config, publishers, fault, expected):
     elif fault == "unknown display property":
         other["Colour Scheme"] = "viridis"
     elif fault == "topic nobody publishes":
-        other["Topic"]["Value"] = "/stac/mask_rgb"
+        other["Topic"]["Value"] = "stac/mask_rgb"
+    elif fault == "absolute topic":  # would show the root robot whatever the namespace
+        other["Topic"]["Value"] = "/stac/overlay"
     elif fault == "reliable camera subscription":
         camera["Topic"]["Reliability Policy"] = "Reliable"
     elif fault == "transient-local overlay subscription":

@@ -18,7 +18,12 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
-from stac_eval.launch_args import argument_defaults, launch_nodes
+from stac_eval.launch_args import (
+    LaunchConfigurationRef,
+    argument_defaults,
+    launch_nodes,
+    ros_args,
+)
 
 # every ament_python package of the workspace (a new one cannot be forgotten here)
 PYTHON_PACKAGES = sorted(path.parent.name for path in REPO_ROOT.glob("stac_*/setup.py"))
@@ -117,9 +122,36 @@ def test_the_workspace_has_its_launch_and_parameter_files():
     assert {"robot.yaml", "edge.yaml"} <= names
 
 
+@pytest.mark.parametrize("launch_file", LAUNCH_FILES, ids=lambda p: p.name)
+def test_every_node_takes_the_namespace_and_relative_names(launch_file):
+    """Each launch file has a namespace argument (default: root) that every node is put in,
+    and remaps only to relative names, so a namespace moves all of a robot's names."""
+    defaults = argument_defaults(launch_file)
+    assert defaults.get("namespace") == "", f"{launch_file.name}: no namespace argument"
+    for node in launch_nodes(launch_file):
+        assert node.get("namespace") == LaunchConfigurationRef("namespace"), (
+            f"{launch_file.name}: {node['executable']} is not put in the namespace"
+        )
+        for source, target in node.get("remappings") or []:
+            if isinstance(target, LaunchConfigurationRef):
+                target = defaults[target.name]
+            assert not str(target).startswith("/"), (
+                f"{launch_file.name}: {node['executable']} remaps {source} to absolute {target}"
+            )
+
+
+def test_the_namespace_becomes_the_nodes_ros_args():
+    robot = REPO_ROOT / "launch" / "robot.launch.py"
+    assert "__ns:=/r1" in ros_args(robot, "encoder_node", namespace="r1")
+    assert not any(a.startswith("__ns:=") for a in ros_args(robot, "encoder_node"))
+    edge = ros_args(REPO_ROOT / "launch" / "edge.launch.py", "edge_container", namespace="/r2")
+    assert "__ns:=/r2" in edge and "request_keyframe:=stac_encoder/request_keyframe" in edge
+
+
 @pytest.mark.parametrize("params_file", PARAMS_FILES, ids=lambda p: p.name)
 def test_params_file_matches_declared_parameters(params_file):
-    """Every parameter in a params file is declared by the node it is meant for."""
+    """Every parameter in a params file is declared by the node it is meant for; every
+    section is keyed /**/<node name>, so it reaches that node in any namespace."""
     content = yaml.safe_load(params_file.read_text())
     assert isinstance(content, dict) and content, f"{params_file.name} is empty"
     modules_by_node = {}
@@ -128,7 +160,9 @@ def test_params_file_matches_declared_parameters(params_file):
             if isinstance(node.get("name"), str) and node["package"] in PYTHON_PACKAGES:
                 module = console_scripts(node["package"])[node["executable"]].split(":")[0]
                 modules_by_node[node["name"]] = module
-    for node_name, section in content.items():
+    for key, section in content.items():
+        assert key.startswith("/**/"), f"{params_file.name}: {key} is not keyed /**/<node>"
+        node_name = key.removeprefix("/**/")
         assert set(section) == {"ros__parameters"}, f"{node_name}: only ros__parameters allowed"
         assert node_name in modules_by_node, f"{params_file.name}: no launched node {node_name}"
         declared = declared_parameters(modules_by_node[node_name])

@@ -80,9 +80,17 @@ def argument_defaults(path: Path) -> dict[str, object]:
     return defaults
 
 
+def ros_namespace(value: object) -> str:
+    """A launch file's `namespace` value as launch_ros applies it: "" = none, else absolute."""
+    if not isinstance(value, str):
+        raise ValueError(f"namespace must be a string, got {value!r}")
+    value = value.strip("/")
+    return f"/{value}" if value else ""
+
+
 def ros_args(path: Path, executable: str, **overrides: str) -> list[str]:
     """The --ros-args `ros2 launch <path>` passes to `executable` (defaults of the launch
-    arguments, or `overrides` by argument name)."""
+    arguments, or `overrides` by argument name; `namespace` puts the node in a namespace)."""
     defaults = argument_defaults(path)
 
     def resolve(value: object) -> object:
@@ -94,6 +102,9 @@ def ros_args(path: Path, executable: str, **overrides: str) -> list[str]:
     args = ["--ros-args"]
     if node.get("name"):  # a process of several nodes (a container) keeps their own names
         args += ["-r", f"__node:={node['name']}"]
+    namespace = ros_namespace(resolve(node.get("namespace") or ""))
+    if namespace:
+        args += ["-r", f"__ns:={namespace}"]
     for entry in node.get("parameters") or []:
         entry = resolve(entry)
         if isinstance(entry, ConfigFileRef):

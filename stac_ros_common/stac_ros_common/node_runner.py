@@ -22,7 +22,8 @@ ENDPOINTS = {
 
 
 class StatisticsReporter:
-    """Publishes a node's statistics on /stac/statistics and logs them, once per period.
+    """Publishes a node's statistics on stac/statistics (inside the node's namespace: one
+    topic per robot) and logs them, once per period.
 
     `link_channels` count the endpoints matched at the far end of each of the node's channels
     across the robot-edge link; their minimum is reported as link_peers, so a tool (or a user)

@@ -48,7 +48,9 @@ ENCODED_BEST_EFFORT_QOS = QoSProfile(
 )
 CAMERA_QOS_KINDS = ("sensor_data", "reliable")
 ENCODED_QOS_KINDS = ("reliable", "best_effort")
-STATISTICS_TOPIC = "/stac/statistics"
+# Relative: each node reports inside its own namespace, so every robot (and the edge nodes
+# serving it) has its own statistics topic, /<robot>/stac/statistics (/stac/statistics at root).
+STATISTICS_TOPIC = "stac/statistics"
 
 
 def camera_qos(kind: str) -> QoSProfile:

@@ -55,9 +55,12 @@ try:  # the edge's live video; without it the recorder converts /stac/encoded it
 except ImportError:
     CompressedVideo = None
 
-# topic -> (message class, ROS type name, QoS); what the bag keeps. The bag also carries the
-# robot's stream as foxglove_msgs/msg/CompressedVideo on VIDEO_TOPIC (module docstring), the
-# only form in which Foxglove and Lichtblick play H.264.
+# The statistics of the robot and edge in the root namespace (nodes report on the relative
+# STATISTICS_TOPIC, in their namespace).
+ROOT_STATISTICS_TOPIC = f"/{STATISTICS_TOPIC}"
+# topic -> (message class, ROS type name, QoS); what the bag keeps (the robot in the root
+# namespace). The bag also carries the robot's stream as foxglove_msgs/msg/CompressedVideo on
+# VIDEO_TOPIC (module docstring), the only form in which Foxglove and Lichtblick play H.264.
 BAG_TOPICS = {
     "/stac/encoded": (EncodedFrame, "stac_msgs/msg/EncodedFrame", ENCODED_QOS),
     "/stac/qp_map": (QPMap, "stac_msgs/msg/QPMap", QP_MAP_QOS),
@@ -72,7 +75,7 @@ BAG_TOPICS = {
     ),
     "/stac/robot_mask": (Image, "sensor_msgs/msg/Image", OUTPUT_QOS),
     "/stac/robot_mask_age": (MaskAge, "stac_msgs/msg/MaskAge", OUTPUT_QOS),
-    STATISTICS_TOPIC: (Statistics, "stac_msgs/msg/Statistics", OUTPUT_QOS),
+    ROOT_STATISTICS_TOPIC: (Statistics, "stac_msgs/msg/Statistics", OUTPUT_QOS),
 }
 
 
@@ -277,7 +280,7 @@ class GraphRecorder:
             self.result.robot_mask_ages[_stamp_ns(msg.header.stamp)] = age
         elif topic == "/stac/overlay":
             self._on_overlay(msg)
-        elif topic == STATISTICS_TOPIC:
+        elif topic == ROOT_STATISTICS_TOPIC:
             self.result.statistics[msg.node_name] = msg
 
     def _on_live_video(self, raw: bytes) -> None:
