@@ -162,8 +162,9 @@ def graph_needs(root: Path, namespace: str = "/") -> dict[str, NodeNeeds]:
     helpers = _helpers(root, constants)
     executables = _executables(root)
     node_classes: dict[str, tuple[str, list[tuple]]] = {}
-    for path in sorted(root.glob("stac_*/stac_*/*_node.py")):
-        node_classes.update(_node_classes(path, constants, helpers))
+    for pattern in ("*_node.py", "*_container.py"):
+        for path in sorted(root.glob(f"stac_*/stac_*/{pattern}")):
+            node_classes.update(_node_classes(path, constants, helpers))
     result: dict[str, NodeNeeds] = {}
     for launch_file in sorted((root / "launch").glob("*.launch.py")):
         defaults = argument_defaults(launch_file)

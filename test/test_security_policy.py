@@ -23,6 +23,7 @@ ENCLAVES = {
     "video_source": "/stac/robot",
     "stac_segmenter": "/stac/edge",
     "stac_sensitivity": "/stac/edge",
+    "stac_edge": "/stac/edge",
 }
 
 

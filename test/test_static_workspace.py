@@ -157,9 +157,13 @@ def test_params_file_matches_declared_parameters(params_file):
     modules_by_node = {}
     for launch_file in LAUNCH_FILES:
         for node in launch_nodes(launch_file):
-            if isinstance(node.get("name"), str) and node["package"] in PYTHON_PACKAGES:
-                module = console_scripts(node["package"])[node["executable"]].split(":")[0]
+            if node["package"] not in PYTHON_PACKAGES:
+                continue
+            module = console_scripts(node["package"])[node["executable"]].split(":")[0]
+            if isinstance(node.get("name"), str):
                 modules_by_node[node["name"]] = module
+            else:  # a container: the nodes it composes, by their own names
+                modules_by_node.update(importlib.import_module(module).NODE_MODULES)
     for key, section in content.items():
         assert key.startswith("/**/"), f"{params_file.name}: {key} is not keyed /**/<node>"
         node_name = key.removeprefix("/**/")

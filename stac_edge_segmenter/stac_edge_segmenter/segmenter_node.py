@@ -11,14 +11,18 @@ inference runs in a worker thread on the newest decoded frame only. A decoded fr
 newer one replaces before inference reaches it is counted as skipped: no backlog builds up
 when the model is slower than the camera. In the edge container a `SegmentationHook` (the
 sensitivity node) shares the decoder and the model: frames it wants get its pass instead of
-a plain forward, and their mask comes from that pass.
+a plain forward, and their mask comes from that pass. There the worker is the container's
+(one per edge, batching the newest frame of every robot into one forward) and the model is
+given: the container runs one segmenter node per robot, all on one model.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import Protocol
 
+import numpy as np
 from rclpy.duration import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import Image
@@ -33,6 +37,7 @@ from stac_codec.mask_wire import (
     mask_coding,
 )
 from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
+from stac_edge_segmenter.loading import SegmentationModel
 from stac_edge_segmenter.model_parameters import MODEL_PARAMETERS, load_model_from
 from stac_edge_segmenter.overlay import mask_overlay
 from stac_edge_segmenter.resync import ResyncTracker
@@ -118,11 +123,30 @@ def decode_failure_kind(result: DecodeResult) -> str:
     return f"decode/{result.status.value}/{words or 'unknown'}"
 
 
+class FrameWorker(Protocol):
+    """Where decoded frames go for inference: submit returns the waiting frame a newer one
+    displaced (counted as skipped); close returns the frame left waiting."""
+
+    def submit(self, frame: DecodedFrame) -> DecodedFrame | None: ...
+
+    def close(self) -> DecodedFrame | None: ...
+
+
 class SegmenterNode(Node):
-    def __init__(self, hook: SegmentationHook | None = None, **node_options) -> None:
+    """On its own: loads the model named by its parameters and runs its own worker. In the
+    edge container: `model` and `worker` are the container's, which calls `finish_frame`
+    with each frame's class ids."""
+
+    def __init__(
+        self,
+        hook: SegmentationHook | None = None,
+        model: SegmentationModel | None = None,
+        worker: FrameWorker | None = None,
+        **node_options,
+    ) -> None:
         super().__init__("stac_segmenter", **node_options)
         self.params = declare_parameters(self, PARAMETERS)
-        self.model = load_model_from(self.params)
+        self.model = load_model_from(self.params) if model is None else model
         self._mask_coding = mask_coding(self.params["mask_coding"])
         self.hook = hook
         self.statistics = NodeStatistics()
@@ -156,7 +180,7 @@ class SegmenterNode(Node):
                 lambda: int(self._keyframe_client.service_is_ready()),
             ),
         )
-        self._worker: NewestItemWorker[DecodedFrame] = NewestItemWorker(
+        self._worker: FrameWorker = worker or NewestItemWorker(
             self._segment, self._on_segment_error, name="segmenter"
         )
         self.get_logger().info(
@@ -211,15 +235,35 @@ class SegmenterNode(Node):
 
     def _segment(self, frame: DecodedFrame) -> None:
         try:
-            self._segment_and_publish(frame)
+            if self.hook is not None and self.hook.wants(frame):
+                class_ids = self.hook.segment(frame)
+            else:
+                class_ids = self.model.predict(frame.image, with_probabilities=False).class_ids[0]
+        except Exception as error:
+            self.finish_frame(frame, error=error)
+            return
+        self.finish_frame(frame, class_ids)
+
+    def finish_frame(
+        self,
+        frame: DecodedFrame,
+        class_ids: np.ndarray | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        """Publish a frame's mask from its class ids, or count it as failed (`error`, or a
+        failure to publish); either way the frame is no longer pending. Never raises: the
+        worker (this node's, or the container's for every robot) goes on."""
+        try:
+            if error is None:
+                self._publish_segmentation(frame, class_ids)
+        except Exception as publish_error:  # noqa: BLE001 - counted and logged below
+            error = publish_error
         finally:
             self.statistics.count("frames_pending", -1)
+        if error is not None:
+            self._on_segment_error(frame, error)
 
-    def _segment_and_publish(self, frame: DecodedFrame) -> None:
-        if self.hook is not None and self.hook.wants(frame):
-            class_ids = self.hook.segment(frame)
-        else:
-            class_ids = self.model.predict(frame.image, with_probabilities=False).class_ids[0]
+    def _publish_segmentation(self, frame: DecodedFrame, class_ids: np.ndarray) -> None:
         self._mask_publisher.publish(numpy_to_image(class_ids, "mono8", frame.header))
         if self.params["publish_mask_feedback"]:
             feedback = mask_feedback_message(

@@ -64,7 +64,7 @@ def print_final_statistics(node: Node) -> None:
     statistics = getattr(node, "statistics", None)
     if isinstance(statistics, NodeStatistics):
         summary = statistics.snapshot(time.monotonic()).summary()
-        print(f"[{node.get_name()}] final: {summary}", flush=True)
+        print(f"[{node.get_fully_qualified_name()}] final: {summary}", flush=True)
 
 
 def close_node(node: Node) -> None:

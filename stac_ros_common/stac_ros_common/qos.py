@@ -13,6 +13,8 @@
 - masks fed back to the robot (SegmentationMask): reliable, keep last 2: only the newest
   matters to the robot, and a mask that is late is replaced by the next one.
 - masks, overlays, heatmaps, statistics: reliable, keep last 5 (rviz subscribes reliable).
+- edge heartbeats (fleet): best effort, keep last 10: a late heartbeat is worth nothing, and
+  a stand-in edge judges another edge by whether heartbeats keep arriving.
 """
 
 from __future__ import annotations
@@ -46,11 +48,16 @@ RELIABLE_CAMERA_QOS = QoSProfile(
 ENCODED_BEST_EFFORT_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=30, reliability=ReliabilityPolicy.BEST_EFFORT
 )
+EDGE_HEARTBEAT_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.BEST_EFFORT
+)
 CAMERA_QOS_KINDS = ("sensor_data", "reliable")
 ENCODED_QOS_KINDS = ("reliable", "best_effort")
 # Relative: each node reports inside its own namespace, so every robot (and the edge nodes
 # serving it) has its own statistics topic, /<robot>/stac/statistics (/stac/statistics at root).
 STATISTICS_TOPIC = "stac/statistics"
+# Absolute: one topic for the whole fleet, where every edge container announces itself.
+EDGE_HEARTBEAT_TOPIC = "/stac/fleet/edges"
 
 
 def camera_qos(kind: str) -> QoSProfile:

@@ -1,0 +1,277 @@
+"""Robots in their namespaces and one edge_container serving them, over Fast DDS on loopback:
+the installed encoder_node per robot (robot.launch.py namespace:=rN) and edge_container
+(edge.launch.py, robots parameter), with this test as every robot's camera.
+
+- Two robots, one edge: every frame of each robot comes back as a mask to that robot, and
+  no mask or QP map reaches a robot other than its source (cross-talk: a message whose
+  camera frame_id or stamp is not one of that robot's frames).
+- Joining and leaving at run time: a robot added to `robots` is served from then on (after a
+  keyframe request: it joins mid-stream), a robot removed is no longer served, and the robot
+  that stayed loses nothing.
+The camera waits for the masks of each frame before the next, so every frame is segmented
+(the scheduler's newest-frame policy would otherwise skip some on a loaded machine).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from contextlib import contextmanager
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+
+WIDTH, HEIGHT = 160, 96
+LAUNCH = REPO_ROOT / "launch"
+
+
+def world_frames(count: int, seed: int) -> list[np.ndarray]:
+    """A textured scene panning right, different per robot."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, (HEIGHT, WIDTH + 2 * count, 3)).astype(np.float32)
+    world = cv2.normalize(cv2.GaussianBlur(noise, (0, 0), 2.0), None, 0, 255, cv2.NORM_MINMAX)
+    return [np.ascontiguousarray(world[:, 2 * i : 2 * i + WIDTH]).astype(np.uint8)
+            for i in range(count)]  # fmt: skip
+
+
+def stamp_ns(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+class FleetUnderTest:
+    """Processes of the robots and the edge, and this test's node: cameras, and everything
+    that comes back to each robot."""
+
+    def __init__(self) -> None:
+        import rclpy
+
+        from stac_msgs.msg import EdgeHeartbeat, QPMap, SegmentationMask, Statistics
+        from stac_ros_common.qos import (
+            EDGE_HEARTBEAT_QOS,
+            EDGE_HEARTBEAT_TOPIC,
+            MASK_FEEDBACK_QOS,
+            OUTPUT_QOS,
+            QP_MAP_QOS,
+        )
+
+        self.rclpy = rclpy
+        rclpy.init()
+        self.node = rclpy.create_node("fleet_test")
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.cameras, self.sent, self.masks, self.maps, self.statistics = {}, {}, {}, {}, {}
+        self.heartbeats: list = []
+        self._types = (SegmentationMask, QPMap, Statistics)
+        self._qos = (MASK_FEEDBACK_QOS, QP_MAP_QOS, OUTPUT_QOS)
+        self.node.create_subscription(
+            EdgeHeartbeat, EDGE_HEARTBEAT_TOPIC, self.heartbeats.append, EDGE_HEARTBEAT_QOS
+        )
+        self._stamp = 0
+
+    def start(self, name: str, package: str, executable: str, args: list[str]) -> None:
+        from ament_index_python.packages import get_package_prefix
+
+        path = f"{get_package_prefix(package)}/lib/{package}/{executable}"
+        self.processes[name] = subprocess.Popen(
+            [path, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+
+    def start_edge(self, *extra: str) -> None:
+        from stac_eval.launch_args import ros_args
+
+        args = ros_args(LAUNCH / "edge.launch.py", "edge_container")
+        self.start("edge", "stac_sensitivity", "edge_container", [*args, *extra])
+
+    def start_robot(self, robot: str) -> None:
+        from sensor_msgs.msg import Image
+
+        from stac_eval.launch_args import ros_args
+        from stac_ros_common.qos import camera_qos
+
+        args = ros_args(
+            LAUNCH / "robot.launch.py", "encoder_node", namespace=robot, camera_qos="reliable"
+        )
+        self.start(robot, "stac_encoder", "encoder_node", args)
+        self.cameras[robot] = self.node.create_publisher(
+            Image, f"/{robot}/camera/image_raw", camera_qos("reliable")
+        )
+        self.sent[robot], self.masks[robot], self.maps[robot] = [], [], []
+        mask_type, map_type, statistics_type = self._types
+        mask_qos, map_qos, statistics_qos = self._qos
+        self.node.create_subscription(
+            mask_type, f"/{robot}/stac/mask_feedback", self.masks[robot].append, mask_qos
+        )
+        self.node.create_subscription(
+            map_type, f"/{robot}/stac/qp_map", self.maps[robot].append, map_qos
+        )
+        self.node.create_subscription(
+            statistics_type,
+            f"/{robot}/stac/statistics",
+            lambda msg, r=robot: self.statistics.__setitem__((r, msg.node_name), msg),
+            statistics_qos,
+        )
+
+    def spin_until(self, condition, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.rclpy.spin_once(self.node, timeout_sec=0.02)
+            if condition():
+                return True
+        return False
+
+    def send(self, robot: str, frame: np.ndarray) -> int:
+        """One camera frame of `robot` (frame_id <robot>_camera); its stamp in ns."""
+        from stac_ros_common.image_conversion import numpy_to_image
+
+        self._stamp += 1
+        msg = numpy_to_image(frame, "rgb8")
+        msg.header.stamp.sec, msg.header.stamp.nanosec = (
+            1000 + self._stamp // 10,
+            (self._stamp % 10 * 100_000_000),
+        )
+        msg.header.frame_id = f"{robot}_camera"
+        self.cameras[robot].publish(msg)
+        self.sent[robot].append(stamp_ns(msg))
+        return stamp_ns(msg)
+
+    def masked(self, robot: str, stamp: int) -> bool:
+        return any(stamp_ns(mask) == stamp for mask in self.masks[robot])
+
+    def set_robots(self, robots: list[str]) -> None:
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+
+        client = self.node.create_client(SetParameters, "/stac_edge/set_parameters")
+        assert client.wait_for_service(timeout_sec=10.0)
+        value = ParameterValue(type=ParameterType.PARAMETER_STRING_ARRAY, string_array_value=robots)
+        future = client.call_async(
+            SetParameters.Request(parameters=[Parameter(name="robots", value=value)])
+        )
+        assert self.spin_until(future.done, 10.0)
+        assert future.result().results[0].successful, future.result().results[0].reason
+
+    def linked(self, robots) -> bool:
+        """Robot and edge hear each other (link_peers in both ends' statistics) and the
+        cameras are matched: a frame sent now reaches the edge."""
+        return all(
+            self.cameras[robot].get_subscription_count()
+            and all(
+                (robot, node) in self.statistics and self.statistics[(robot, node)].link_peers >= 1
+                for node in ("stac_encoder", "stac_segmenter")
+            )
+            for robot in robots
+        )
+
+    def served(self) -> set[str]:
+        """The robots of the edge's newest heartbeat."""
+        return set(self.heartbeats[-1].robots) if self.heartbeats else set()
+
+    def cross_talk(self) -> list[str]:
+        """Masks and maps at a robot that are not of that robot's frames."""
+        problems = []
+        for robot in self.sent:
+            sent = set(self.sent[robot])
+            for kind, messages in (("mask", self.masks[robot]), ("map", self.maps[robot])):
+                for msg in messages:
+                    stamp = (
+                        stamp_ns(msg)
+                        if kind == "mask"
+                        else (msg.source_stamp.sec * 1_000_000_000 + msg.source_stamp.nanosec)
+                    )
+                    frame_id = msg.header.frame_id
+                    if frame_id != f"{robot}_camera" or stamp not in sent:
+                        problems.append(f"{kind} of {frame_id} @{stamp} at {robot}")
+        return problems
+
+    def close(self) -> dict[str, str]:
+        """Stop everything; the logs of the processes, which must have exited cleanly."""
+        self.node.destroy_node()
+        self.rclpy.try_shutdown()
+        logs = {}
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for name, process in self.processes.items():
+            logs[name] = process.communicate(timeout=30)[0].decode(errors="replace")
+        for name, process in self.processes.items():
+            assert process.returncode == 0, f"{name} exited {process.returncode}:\n{logs[name]}"
+            assert "Traceback" not in logs[name], logs[name][-3000:]
+        return logs
+
+
+@contextmanager
+def fleet():
+    under_test = FleetUnderTest()
+    try:
+        yield under_test
+    finally:
+        under_test.close()
+
+
+def play(fleet_: FleetUnderTest, frames: dict[str, list[np.ndarray]], expect_masks: set[str]):
+    """Send the robots' frames in turn; after each round wait for the masks of the robots in
+    `expect_masks` (the others only send)."""
+    for index in range(max(len(f) for f in frames.values())):
+        stamps = {robot: fleet_.send(robot, f[index]) for robot, f in frames.items()}
+
+        def missing(stamps=stamps) -> list[str]:
+            return [robot for robot in expect_masks if not fleet_.masked(robot, stamps[robot])]
+
+        assert fleet_.spin_until(lambda: not missing(), 20.0), f"frame {index}: {missing()}"
+
+
+@pytest.mark.dds
+@pytest.mark.slow
+def test_two_namespaced_robots_share_one_edge_without_cross_talk():
+    frames = {"r1": world_frames(10, seed=1), "r2": world_frames(10, seed=2)}
+    with fleet() as f:
+        f.start_edge("-p", "robots:=[r1, r2]", "-p", "torch_threads:=1")
+        for robot in frames:
+            f.start_robot(robot)
+        assert f.spin_until(lambda: f.served() == {"/r1", "/r2"}, 60.0), f.heartbeats[-1:]
+        assert f.spin_until(lambda: f.linked(frames), 30.0), f.statistics
+        play(f, frames, expect_masks=set(frames))
+        f.spin_until(lambda: False, 2.5)  # the statistics of the last frames
+        assert not f.cross_talk(), f.cross_talk()
+        for robot in frames:
+            assert sorted(stamp_ns(m) for m in f.masks[robot]) == f.sent[robot]
+            assert f.maps[robot], f"{robot} got no QP map"
+            segmenter = f.statistics[(robot, "stac_segmenter")]
+            assert segmenter.frames_in == segmenter.frames_segmented == len(frames[robot])
+            assert f.statistics[(robot, "stac_encoder")].masks_received == len(frames[robot])
+        assert f.heartbeats[-1].largest_batch >= 1 and f.heartbeats[-1].batches >= 10
+
+
+@pytest.mark.dds
+@pytest.mark.slow
+def test_a_robot_joins_and_leaves_a_running_edge():
+    frames = {"r1": world_frames(24, seed=3), "r2": world_frames(24, seed=4)}
+    with fleet() as f:
+        f.start_edge("-p", "robots:=[r1]", "-p", "torch_threads:=1")
+        for robot in frames:
+            f.start_robot(robot)
+        assert f.spin_until(lambda: f.served() == {"/r1"}, 60.0)
+        assert f.spin_until(lambda: f.linked(["r1"]), 30.0), f.statistics
+        assert f.spin_until(lambda: f.cameras["r2"].get_subscription_count(), 30.0)
+        first = {robot: frames[robot][:8] for robot in frames}
+        play(f, first, expect_masks={"r1"})  # r2 streams, nobody serves it
+        assert not f.masks["r2"]
+        f.set_robots(["r1", "r2"])  # r2 joins mid-stream: a keyframe request brings it in
+        assert f.spin_until(lambda: f.served() == {"/r1", "/r2"}, 10.0)
+        joined = {robot: frames[robot][8:16] for robot in frames}
+        play(f, {"r1": joined["r1"]}, expect_masks={"r1"})
+        for frame in joined["r2"]:  # until its keyframe arrives, r2's P-frames cannot decode
+            f.send("r2", frame)
+            f.spin_until(lambda: False, 0.3)
+        assert f.spin_until(lambda: bool(f.masks["r2"]), 20.0), "r2 was never served"
+        f.set_robots(["r1"])  # r2 leaves
+        assert f.spin_until(lambda: f.served() == {"/r1"}, 10.0)
+        masks_before = len(f.masks["r2"])
+        play(f, {robot: frames[robot][16:] for robot in frames}, expect_masks={"r1"})
+        f.spin_until(lambda: False, 1.0)
+        assert len(f.masks["r2"]) == masks_before  # nobody serves r2 any more
+        assert not f.cross_talk(), f.cross_talk()
+        assert sorted(stamp_ns(m) for m in f.masks["r1"]) == f.sent["r1"]  # r1 lost nothing
+        assert f.statistics[("r2", "stac_encoder")].frames_encoded == len(frames["r2"])
