@@ -11,9 +11,14 @@ ros2 launch launch/edge.launch.py model_config:=/path/to/model.yaml budget_shift
 ros2 launch launch/edge.launch.py namespace:=r1
 """
 
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition, UnlessCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, ThisLaunchFileDir
+from launch.substitutions import (
+    EnvironmentVariable,
+    LaunchConfiguration,
+    PathJoinSubstitution,
+    ThisLaunchFileDir,
+)
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
@@ -26,6 +31,13 @@ def generate_launch_description() -> LaunchDescription:
             default_value="",
             description="Namespace of the robot this edge serves (the robot's own namespace "
             "argument); empty = the root namespace.",
+        ),
+        DeclareLaunchArgument(
+            "discovery_server",
+            default_value=EnvironmentVariable("ROS_DISCOVERY_SERVER", default_value=""),
+            description="Fast DDS Discovery Server(s) to find the other nodes through, e.g. "
+            "192.168.1.10:11811 (ROS_DISCOVERY_SERVER; empty = multicast discovery). Default: "
+            "the ROS_DISCOVERY_SERVER of the shell.",
         ),
         DeclareLaunchArgument(
             "model_config",
@@ -120,4 +132,11 @@ def generate_launch_description() -> LaunchDescription:
         condition=UnlessCondition(LaunchConfiguration("single_process")),
         output="screen",
     )
-    return LaunchDescription([*arguments, container, segmenter, sensitivity])
+    # Empty (the default with no ROS_DISCOVERY_SERVER in the shell): multicast discovery. With a
+    # discovery server, the edge is a super client: it sees the whole graph, so it can find
+    # robots by their streams (discover_robots); a plain client learns only its own topics.
+    discovery = [
+        SetEnvironmentVariable("ROS_DISCOVERY_SERVER", LaunchConfiguration("discovery_server")),
+        SetEnvironmentVariable("ROS_SUPER_CLIENT", "TRUE"),
+    ]
+    return LaunchDescription([*arguments, *discovery, container, segmenter, sensitivity])

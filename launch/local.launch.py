@@ -7,10 +7,15 @@ ros2 launch launch/local.launch.py video_uri:=/usr/share/doc/opencv-doc/examples
 ros2 launch launch/local.launch.py namespace:=r2 play_video:=true video_uri:=clip.mp4 rviz:=false
 """
 
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, ThisLaunchFileDir
+from launch.substitutions import (
+    EnvironmentVariable,
+    LaunchConfiguration,
+    PathJoinSubstitution,
+    ThisLaunchFileDir,
+)
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
@@ -22,6 +27,13 @@ def generate_launch_description() -> LaunchDescription:
             "namespace",
             default_value="",
             description="Namespace of the robot (and of its edge and rviz); empty = root.",
+        ),
+        DeclareLaunchArgument(
+            "discovery_server",
+            default_value=EnvironmentVariable("ROS_DISCOVERY_SERVER", default_value=""),
+            description="Fast DDS Discovery Server(s) to find the other nodes through, e.g. "
+            "192.168.1.10:11811 (ROS_DISCOVERY_SERVER; empty = multicast discovery). Default: "
+            "the ROS_DISCOVERY_SERVER of the shell.",
         ),
         DeclareLaunchArgument(
             "camera_topic",
@@ -76,6 +88,7 @@ def generate_launch_description() -> LaunchDescription:
         PythonLaunchDescriptionSource(PathJoinSubstitution([here, "robot.launch.py"])),
         launch_arguments={
             "namespace": LaunchConfiguration("namespace"),
+            "discovery_server": LaunchConfiguration("discovery_server"),
             "camera_topic": LaunchConfiguration("camera_topic"),
             "crf": LaunchConfiguration("crf"),
             "camera_qos": LaunchConfiguration("camera_qos"),
@@ -87,6 +100,7 @@ def generate_launch_description() -> LaunchDescription:
         PythonLaunchDescriptionSource(PathJoinSubstitution([here, "edge.launch.py"])),
         launch_arguments={
             "namespace": LaunchConfiguration("namespace"),
+            "discovery_server": LaunchConfiguration("discovery_server"),
             "model_config": LaunchConfiguration("model_config"),
             "budget_shift_qp": LaunchConfiguration("budget_shift_qp"),
         }.items(),
@@ -112,4 +126,7 @@ def generate_launch_description() -> LaunchDescription:
         arguments=["-d", PathJoinSubstitution([here, "..", "config", "stac.rviz"])],
         condition=IfCondition(LaunchConfiguration("rviz")),
     )
-    return LaunchDescription([*arguments, robot, edge, player, rviz])
+    discovery = SetEnvironmentVariable(
+        "ROS_DISCOVERY_SERVER", LaunchConfiguration("discovery_server")
+    )
+    return LaunchDescription([*arguments, discovery, robot, edge, player, rviz])

@@ -9,8 +9,13 @@ ros2 launch launch/robot.launch.py camera_topic:=/camera/image_raw crf:=30.0
 ros2 launch launch/robot.launch.py namespace:=r1 mode:=keyframe target_kbps:=400
 """
 
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, ThisLaunchFileDir
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import (
+    EnvironmentVariable,
+    LaunchConfiguration,
+    PathJoinSubstitution,
+    ThisLaunchFileDir,
+)
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
@@ -23,6 +28,13 @@ def generate_launch_description() -> LaunchDescription:
             default_value="",
             description="The robot's namespace (e.g. r1): every topic and service of its nodes "
             "lives under it; empty = the root namespace (a single robot).",
+        ),
+        DeclareLaunchArgument(
+            "discovery_server",
+            default_value=EnvironmentVariable("ROS_DISCOVERY_SERVER", default_value=""),
+            description="Fast DDS Discovery Server(s) to find the other nodes through, e.g. "
+            "192.168.1.10:11811 (ROS_DISCOVERY_SERVER; empty = multicast discovery). Default: "
+            "the ROS_DISCOVERY_SERVER of the shell.",
         ),
         DeclareLaunchArgument(
             "camera_topic",
@@ -84,4 +96,8 @@ def generate_launch_description() -> LaunchDescription:
         ],
         output="screen",
     )
-    return LaunchDescription([*arguments, encoder])
+    # Empty (the default with no ROS_DISCOVERY_SERVER in the shell): multicast discovery.
+    discovery = SetEnvironmentVariable(
+        "ROS_DISCOVERY_SERVER", LaunchConfiguration("discovery_server")
+    )
+    return LaunchDescription([*arguments, discovery, encoder])

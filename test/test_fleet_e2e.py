@@ -8,12 +8,17 @@ the installed encoder_node per robot (robot.launch.py namespace:=rN) and edge_co
 - Joining and leaving at run time: a robot added to `robots` is served from then on (after a
   keyframe request: it joins mid-stream), a robot removed is no longer served, and the robot
   that stayed loses nothing.
+- Discovery through a Fast DDS Discovery Server instead of multicast (launch option
+  discovery_server): the edge, a super client, finds the robots in the graph (discover_robots)
+  and serves them; a robot that shuts down leaves; this test, a plain client, sees only the
+  topics it uses (the server, not multicast, told it about the others).
 The camera waits for the masks of each frame before the next, so every frame is segmented
 (the scheduler's newest-frame policy would otherwise skip some on a loaded machine).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from contextlib import contextmanager
@@ -70,19 +75,27 @@ class FleetUnderTest:
         )
         self._stamp = 0
 
-    def start(self, name: str, package: str, executable: str, args: list[str]) -> None:
+    def start(
+        self, name: str, package: str, executable: str, args: list[str], environment=None
+    ) -> None:
         from ament_index_python.packages import get_package_prefix
 
         path = f"{get_package_prefix(package)}/lib/{package}/{executable}"
         self.processes[name] = subprocess.Popen(
-            [path, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            [path, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(environment or {})},
         )
 
-    def start_edge(self, *extra: str) -> None:
-        from stac_eval.launch_args import ros_args
+    def start_edge(self, *extra: str, **launch_arguments: str) -> None:
+        """edge_container as edge.launch.py starts it (its environment too)."""
+        from stac_eval.launch_args import launch_environment, ros_args
 
-        args = ros_args(LAUNCH / "edge.launch.py", "edge_container")
-        self.start("edge", "stac_sensitivity", "edge_container", [*args, *extra])
+        edge_launch = LAUNCH / "edge.launch.py"
+        args = ros_args(edge_launch, "edge_container", **launch_arguments)
+        environment = launch_environment(edge_launch, **launch_arguments)
+        self.start("edge", "stac_sensitivity", "edge_container", [*args, *extra], environment)
 
     def start_robot(self, robot: str) -> None:
         from sensor_msgs.msg import Image
@@ -275,3 +288,26 @@ def test_a_robot_joins_and_leaves_a_running_edge():
         assert not f.cross_talk(), f.cross_talk()
         assert sorted(stamp_ns(m) for m in f.masks["r1"]) == f.sent["r1"]  # r1 lost nothing
         assert f.statistics[("r2", "stac_encoder")].frames_encoded == len(frames["r2"])
+
+
+@pytest.mark.dds
+@pytest.mark.slow
+def test_robots_are_found_through_a_discovery_server(monkeypatch):
+    from stac_eval.discovery_server import discovery_server
+
+    frames = {"r1": world_frames(6, seed=5), "r2": world_frames(6, seed=6)}
+    with discovery_server() as address:
+        monkeypatch.setenv("ROS_DISCOVERY_SERVER", address)  # robots and this test: clients
+        with fleet() as f:
+            f.start_edge("-p", "discover_robots:=true", discovery_server=address)
+            for robot in frames:
+                f.start_robot(robot)
+            assert f.spin_until(lambda: f.served() == {"/r1", "/r2"}, 60.0), f.heartbeats[-1:]
+            assert f.spin_until(lambda: f.linked(frames), 30.0), f.statistics
+            play(f, frames, expect_masks=set(frames))
+            assert not f.cross_talk(), f.cross_talk()
+            # a plain client learns of no topic it does not use: discovery went via the server
+            topics = {name for name, _ in f.node.get_topic_names_and_types()}
+            assert "/r1/stac/encoded" not in topics and "/r1/stac/mask_feedback" in topics
+            f.processes["r2"].terminate()  # r2 shuts down: the edge lets it go
+            assert f.spin_until(lambda: f.served() == {"/r1"}, 30.0), f.heartbeats[-1:]

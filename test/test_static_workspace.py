@@ -21,6 +21,7 @@ from conftest import REPO_ROOT
 from stac_eval.launch_args import (
     LaunchConfigurationRef,
     argument_defaults,
+    launch_environment,
     launch_nodes,
     ros_args,
 )
@@ -146,6 +147,21 @@ def test_the_namespace_becomes_the_nodes_ros_args():
     assert not any(a.startswith("__ns:=") for a in ros_args(robot, "encoder_node"))
     edge = ros_args(REPO_ROOT / "launch" / "edge.launch.py", "edge_container", namespace="/r2")
     assert "__ns:=/r2" in edge and "request_keyframe:=stac_encoder/request_keyframe" in edge
+
+
+@pytest.mark.parametrize("launch_file", LAUNCH_FILES, ids=lambda p: p.name)
+def test_the_discovery_server_is_a_launch_option(launch_file, monkeypatch):
+    """discovery_server:=HOST:PORT makes every process a client of that Fast DDS Discovery
+    Server; by default the shell's ROS_DISCOVERY_SERVER (none: multicast) stays as it is; the
+    edge is a super client, so that it can find robots in the graph."""
+    monkeypatch.delenv("ROS_DISCOVERY_SERVER", raising=False)
+    assert launch_environment(launch_file)["ROS_DISCOVERY_SERVER"] == ""
+    monkeypatch.setenv("ROS_DISCOVERY_SERVER", "10.0.0.5:11811")
+    assert launch_environment(launch_file)["ROS_DISCOVERY_SERVER"] == "10.0.0.5:11811"
+    given = launch_environment(launch_file, discovery_server="127.0.0.1:11811")
+    assert given["ROS_DISCOVERY_SERVER"] == "127.0.0.1:11811"
+    if launch_file.name == "edge.launch.py":
+        assert given["ROS_SUPER_CLIENT"] == "TRUE"
 
 
 @pytest.mark.parametrize("params_file", PARAMS_FILES, ids=lambda p: p.name)

@@ -3,12 +3,15 @@ become, so the demo, the live benchmark and the tests start the installed execut
 as `ros2 launch` would on a machine that has it (launch_ros is not available as a wheel).
 
 Only the forms our launch files use are understood: literal values, LaunchConfiguration of a
-declared argument, and PathJoinSubstitution([ThisLaunchFileDir(), ...literal parts]).
+declared argument, EnvironmentVariable("NAME", default_value=...) (read from this process's
+environment), SetEnvironmentVariable("NAME", value), and
+PathJoinSubstitution([ThisLaunchFileDir(), ...literal parts]).
 """
 
 from __future__ import annotations
 
 import ast
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,17 @@ class ConfigFileRef:
     path: Path
 
 
+@dataclass(frozen=True)
+class EnvironmentVariableRef:
+    """An `EnvironmentVariable("NAME", default_value=...)`: the variable when launched."""
+
+    name: str
+    default: str = ""
+
+    def value(self) -> str:
+        return os.environ.get(self.name, self.default)
+
+
 def _literal(node: ast.AST, launch_dir: Path) -> object:
     """A literal value, lists/tuples/dicts element-wise; references for launch substitutions;
     None for anything else computed at launch time."""
@@ -41,6 +55,9 @@ def _literal(node: ast.AST, launch_dir: Path) -> object:
         args = [_literal(a, launch_dir) for a in node.args]
         if node.func.id == "LaunchConfiguration" and args and isinstance(args[0], str):
             return LaunchConfigurationRef(args[0])
+        if node.func.id == "EnvironmentVariable" and args and isinstance(args[0], str):
+            kwargs = {kw.arg: _literal(kw.value, launch_dir) for kw in node.keywords}
+            return EnvironmentVariableRef(args[0], str(kwargs.get("default_value", "")))
         if node.func.id == "PathJoinSubstitution" and args and isinstance(args[0], list):
             parts = [p for p in args[0][1:] if isinstance(p, str)]
             return ConfigFileRef(launch_dir.joinpath(*parts).resolve())
@@ -88,15 +105,36 @@ def ros_namespace(value: object) -> str:
     return f"/{value}" if value else ""
 
 
-def ros_args(path: Path, executable: str, **overrides: str) -> list[str]:
-    """The --ros-args `ros2 launch <path>` passes to `executable` (defaults of the launch
-    arguments, or `overrides` by argument name; `namespace` puts the node in a namespace)."""
+def _resolver(path: Path, overrides: dict[str, str]):
+    """Resolves a launch file's values: launch arguments (`overrides` by name, else their
+    defaults) and environment variables."""
     defaults = argument_defaults(path)
 
     def resolve(value: object) -> object:
         if isinstance(value, LaunchConfigurationRef):
             return resolve(overrides.get(value.name, defaults[value.name]))
+        if isinstance(value, EnvironmentVariableRef):
+            return value.value()
         return value
+
+    return resolve
+
+
+def launch_environment(path: Path, **overrides: str) -> dict[str, str]:
+    """The environment variables the launch file sets (SetEnvironmentVariable) for the
+    processes it starts, resolved as `ros2 launch <path>` with `overrides` would."""
+    resolve = _resolver(path, overrides)
+    environment = {}
+    for call in _calls(path, "SetEnvironmentVariable"):
+        name, value = (_literal(arg, path.parent) for arg in call.args[:2])
+        environment[str(name)] = str(resolve(value))
+    return environment
+
+
+def ros_args(path: Path, executable: str, **overrides: str) -> list[str]:
+    """The --ros-args `ros2 launch <path>` passes to `executable` (defaults of the launch
+    arguments, or `overrides` by argument name; `namespace` puts the node in a namespace)."""
+    resolve = _resolver(path, overrides)
 
     (node,) = [n for n in launch_nodes(path) if n["executable"] == executable]
     args = ["--ros-args"]
