@@ -51,6 +51,12 @@ from stac_sensitivity.fleet_scheduler import BatchEntry, FleetScheduler, MapGate
 from stac_sensitivity.sensitivity_node import SensitivityNode
 
 ENCODED_TYPE = "stac_msgs/msg/EncodedFrame"
+# The edge node's own topic (the robots' are the segmenter's and the sensitivity node's).
+ENDPOINTS = {
+    EDGE_HEARTBEAT_TOPIC: "Edges' heartbeats (stac_msgs/EdgeHeartbeat: name, robots served, "
+    "batching), this edge's every heartbeat_period_s; the others' tell it which robots they "
+    "serve and whether an edge it stands in for has stopped.",
+}
 # The nodes this executable runs, by name -> the module declaring their PARAMETERS.
 NODE_MODULES = {
     "stac_edge": __name__,
@@ -205,6 +211,11 @@ class EdgeNode(Node):
             f"batches of up to {self.scheduler.max_batch} robots"
         )
         self._update_membership()
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        """This node and the nodes of every robot it serves."""
+        return (self, *(node for session in self.sessions.values() for node in session.nodes))
 
     def _relative_encoded_name(self) -> str:
         """The robots' encoded topic inside their namespace ("stac/encoded" with the launch

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import rclpy
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -28,8 +29,7 @@ from stac_edge_segmenter import segmenter_node
 from stac_encoder import encoder_node, video_source_node
 from stac_ros_common import node_runner
 from stac_ros_common.parameter_spec import ParameterSpec
-from stac_sensitivity import sensitivity_node
-from stac_sensitivity.edge_container import EdgeContainer
+from stac_sensitivity import edge_container, sensitivity_node
 
 ENDPOINT_NOUNS = {
     "publishes": "publisher",
@@ -99,6 +99,10 @@ SOURCES = (
     ),
 )
 CONTAINER_EXECUTABLE = "stac_sensitivity edge_container"
+# The container's own node (the edge in the fleet); its other nodes are those above.
+EDGE_SOURCE = NodeSource(
+    CONTAINER_EXECUTABLE, lambda: None, edge_container.ENDPOINTS, edge_container.PARAMETERS
+)
 # Arguments the nodes need to start at all (the video source refuses to run without a uri);
 # video_source:pace:=consumed shows the subscription that pace adds.
 NODE_ARGUMENTS = [
@@ -210,11 +214,19 @@ def collect() -> tuple[list[NodeReference], list[NodeReference]]:
     with offline_ros(NODE_ARGUMENTS):
         references = [_read(source.executable, source.build(), source) for source in SOURCES]
         tables = {ref.node_name: source for ref, source in zip(references, SOURCES, strict=True)}
-        container = EdgeContainer().nodes
-        contained = [
-            _read(CONTAINER_EXECUTABLE, node, tables[node.get_name()], False) for node in container
-        ]
+        tables[EDGE_SOURCE_NAME] = EDGE_SOURCE
+        edge = edge_container.EdgeNode(SingleThreadedExecutor(), NODE_ARGUMENTS)
+        try:
+            contained = [
+                _reference(CONTAINER_EXECUTABLE, node, tables[node.get_name()], False)
+                for node in edge.nodes
+            ]
+        finally:
+            _close(edge)  # and the robot's nodes it runs
     return references, contained
+
+
+EDGE_SOURCE_NAME = "stac_edge"
 
 
 def _read(
@@ -222,14 +234,20 @@ def _read(
 ) -> NodeReference:
     """The node's reference; the node is closed afterwards."""
     try:
-        return NodeReference(
-            executable,
-            node.get_name(),
-            node_endpoints(node, source.descriptions, every_described),
-            node_parameters(node, source.parameters),
-        )
+        return _reference(executable, node, source, every_described)
     finally:
         _close(node)
+
+
+def _reference(
+    executable: str, node: Node, source: NodeSource, every_described: bool = True
+) -> NodeReference:
+    return NodeReference(
+        executable,
+        node.get_name(),
+        node_endpoints(node, source.descriptions, every_described),
+        node_parameters(node, source.parameters),
+    )
 
 
 def _close(node: Node) -> None:
@@ -273,17 +291,23 @@ def render(references: list[NodeReference], contained: list[NodeReference]) -> s
     lines = [HEADER]
     for reference in references:
         lines += [f"## `{reference.executable}` (node `{reference.node_name}`)", ""]
-        lines += ["| name | kind | type | QoS | what |", "|---|---|---|---|---|"]
-        for endpoint in reference.endpoints:
-            lines.append(
-                f"| `{endpoint.name}` | {endpoint.kind} | `{endpoint.type_name}` | "
-                f"{endpoint.qos} | {_cell(endpoint.description)} |"
-            )
-        lines += ["", "| parameter | type | default | range | what |", "|---|---|---|---|---|"]
-        lines += [_parameter_row(spec) for spec in reference.parameters]
-        lines.append("")
+        lines += _tables(reference)
     lines += _render_container(references, contained)
     return "\n".join(lines)
+
+
+def _tables(reference: NodeReference) -> list[str]:
+    """A node's endpoints and parameters, as two tables."""
+    lines = ["| name | kind | type | QoS | what |", "|---|---|---|---|---|"]
+    for endpoint in reference.endpoints:
+        lines.append(
+            f"| `{endpoint.name}` | {endpoint.kind} | `{endpoint.type_name}` | "
+            f"{endpoint.qos} | {_cell(endpoint.description)} |"
+        )
+    lines += ["", "| parameter | type | default | range | what |", "|---|---|---|---|---|"]
+    lines += [_parameter_row(spec) for spec in reference.parameters]
+    lines.append("")
+    return lines
 
 
 def _render_container(references: list[NodeReference], contained: list[NodeReference]) -> list[str]:
@@ -292,12 +316,15 @@ def _render_container(references: list[NodeReference], contained: list[NodeRefer
     lines = [
         f"## `{CONTAINER_EXECUTABLE}`",
         "",
-        "The two edge nodes in one process, one decoder and one model in memory "
-        "(`launch/edge.launch.py`'s default):",
+        "The whole edge in one process (`launch/edge.launch.py`'s default): one model and one "
+        "batching worker for any number of robots, and for each robot it serves the two edge "
+        "nodes, in the robot's namespace (its own namespace when `robots` is empty):",
         "",
     ]
     for reference in contained:
-        own = alone[reference.node_name]
+        own = alone.get(reference.node_name)
+        if own is None:  # the container's own node
+            continue
         missing = [e for e in own.endpoints if e not in reference.endpoints]
         extra = [e for e in reference.endpoints if e not in own.endpoints]
         changes = [f"without the {ENDPOINT_NOUNS[e.kind]} `{e.name}`" for e in missing]
@@ -305,6 +332,9 @@ def _render_container(references: list[NodeReference], contained: list[NodeRefer
         same = "as on its own" + (f", {', '.join(changes)}" if changes else "")
         lines.append(f"- node `{reference.node_name}`: topics, services and parameters {same}.")
     lines.append("")
+    for reference in contained:
+        if reference.node_name not in alone:
+            lines += [f"### node `{reference.node_name}`", "", *_tables(reference)]
     return lines
 
 
