@@ -40,6 +40,23 @@ def generate_launch_description() -> LaunchDescription:
             "the ROS_DISCOVERY_SERVER of the shell.",
         ),
         DeclareLaunchArgument(
+            "robots",
+            default_value="[]",
+            description="Namespaces of the robots this edge serves, e.g. [r1, r2]; "
+            "[] = the robot in the edge's own namespace.",
+        ),
+        DeclareLaunchArgument(
+            "discover_robots",
+            default_value="false",
+            description="Also serve every robot found in the graph that no other live edge serves.",
+        ),
+        DeclareLaunchArgument(
+            "stand_in_for",
+            default_value="[]",
+            description="Edges (their edge_name) whose robots this edge takes over when their "
+            "heartbeat stops, e.g. [/edge_a/stac_edge].",
+        ),
+        DeclareLaunchArgument(
             "model_config",
             default_value="",
             description="Segmentation model configuration YAML; empty = the shipped CamVid model.",
@@ -76,6 +93,9 @@ def generate_launch_description() -> LaunchDescription:
                 "model_config": LaunchConfiguration("model_config"),
                 "budget_shift_qp": LaunchConfiguration("budget_shift_qp"),
                 "period_frames": LaunchConfiguration("period_frames"),
+                "robots": LaunchConfiguration("robots"),
+                "discover_robots": LaunchConfiguration("discover_robots"),
+                "stand_in_for": LaunchConfiguration("stand_in_for"),
             },
         ],
         remappings=[

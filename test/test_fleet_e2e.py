@@ -240,7 +240,7 @@ def play(fleet_: FleetUnderTest, frames: dict[str, list[np.ndarray]], expect_mas
 def test_two_namespaced_robots_share_one_edge_without_cross_talk():
     frames = {"r1": world_frames(10, seed=1), "r2": world_frames(10, seed=2)}
     with fleet() as f:
-        f.start_edge("-p", "robots:=[r1, r2]", "-p", "torch_threads:=1")
+        f.start_edge("-p", "torch_threads:=1", robots="[r1, r2]")
         for robot in frames:
             f.start_robot(robot)
         assert f.spin_until(lambda: f.served() == {"/r1", "/r2"}, 60.0), f.heartbeats[-1:]
@@ -262,7 +262,7 @@ def test_two_namespaced_robots_share_one_edge_without_cross_talk():
 def test_a_robot_joins_and_leaves_a_running_edge():
     frames = {"r1": world_frames(24, seed=3), "r2": world_frames(24, seed=4)}
     with fleet() as f:
-        f.start_edge("-p", "robots:=[r1]", "-p", "torch_threads:=1")
+        f.start_edge("-p", "torch_threads:=1", robots="[r1]")
         for robot in frames:
             f.start_robot(robot)
         assert f.spin_until(lambda: f.served() == {"/r1"}, 60.0)
@@ -299,7 +299,7 @@ def test_robots_are_found_through_a_discovery_server(monkeypatch):
     with discovery_server() as address:
         monkeypatch.setenv("ROS_DISCOVERY_SERVER", address)  # robots and this test: clients
         with fleet() as f:
-            f.start_edge("-p", "discover_robots:=true", discovery_server=address)
+            f.start_edge(discover_robots="true", discovery_server=address)
             for robot in frames:
                 f.start_robot(robot)
             assert f.spin_until(lambda: f.served() == {"/r1", "/r2"}, 60.0), f.heartbeats[-1:]
