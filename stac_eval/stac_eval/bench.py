@@ -27,6 +27,8 @@ BENCHMARKS = {
     "temporal": "STAC on video: stream-mode BD-rate, delays, keyframe mode, bitrate target, "
     "robot time per frame",
     "masks": "masks sent back to the robot: bytes, agreement and speed of every coder",
+    "fleet": "N robots on one edge (fairness, latency, memory, cross-talk), discovery with "
+    "multicast vs a discovery server, failover between two edges",
 }
 # The live graph runs real nodes, so its benchmark lives with the ROS front ends.
 BENCHMARK_MODULES = {
@@ -37,6 +39,7 @@ BENCHMARK_MODULES = {
     "faults": "stac_eval.ros.bench_faults",
     "temporal": "stac_eval.bench_temporal",
     "masks": "stac_eval.bench_masks",
+    "fleet": "stac_eval.ros.bench_fleet",
 }
 
 
