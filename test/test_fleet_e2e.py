@@ -4,7 +4,9 @@ the installed encoder_node per robot (robot.launch.py namespace:=rN) and edge_co
 
 - Two robots, one edge: every frame of each robot comes back as a mask to that robot, and
   no mask or QP map reaches a robot other than its source (cross-talk: a message whose
-  camera frame_id or stamp is not one of that robot's frames).
+  camera frame_id or stamp is not one of that robot's frames), while a rogue floods r2's
+  stream and camera with malformed messages at 100 Hz (r2's real frames and r1's are still
+  every one segmented).
 - Joining and leaving at run time: a robot added to `robots` is served from then on (after a
   keyframe request: it joins mid-stream), a robot removed is no longer served, and the robot
   that stayed loses nothing.
@@ -126,6 +128,25 @@ class FleetUnderTest:
             statistics_qos,
         )
 
+    def start_rogue(self, robot: str, rate_hz: float, duration_s: float) -> None:
+        """stac_eval.ros.rogue_node on the robot's stream and camera; its QP maps go to a
+        topic of their own (this node subscribes, so the rogue starts at once)."""
+        import sys
+
+        from stac_msgs.msg import QPMap
+        from stac_ros_common.qos import QP_MAP_QOS
+
+        self.node.create_subscription(QPMap, "/rogue/qp_map", lambda msg: None, QP_MAP_QOS)
+        args = ["-p", f"rate_hz:={rate_hz}", "-p", f"duration_s:={duration_s}"]
+        args += ["-p", f"width:={WIDTH}", "-p", f"height:={HEIGHT}"]
+        args += ["-r", f"encoded:=/{robot}/stac/encoded", "-r", "qp_map:=/rogue/qp_map"]
+        args += ["-r", f"image:=/{robot}/camera/image_raw"]
+        self.processes["rogue"] = subprocess.Popen(
+            [sys.executable, "-m", "stac_eval.ros.rogue_node", "--ros-args", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
     def spin_until(self, condition, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -245,15 +266,24 @@ def test_two_namespaced_robots_share_one_edge_without_cross_talk():
             f.start_robot(robot)
         assert f.spin_until(lambda: f.served() == {"/r1", "/r2"}, 60.0), f.heartbeats[-1:]
         assert f.spin_until(lambda: f.linked(frames), 30.0), f.statistics
+        f.start_rogue("r2", rate_hz=100.0, duration_s=8.0)
+
+        def refused(robot: str) -> int:
+            return f.statistics[(robot, "stac_segmenter")].frames_failed
+
+        assert f.spin_until(lambda: refused("r2") > 0, 30.0), "the rogue never reached r2"
         play(f, frames, expect_masks=set(frames))
+        assert f.spin_until(lambda: f.processes["rogue"].poll() is not None, 60.0)
         f.spin_until(lambda: False, 2.5)  # the statistics of the last frames
         assert not f.cross_talk(), f.cross_talk()
         for robot in frames:
             assert sorted(stamp_ns(m) for m in f.masks[robot]) == f.sent[robot]
             assert f.maps[robot], f"{robot} got no QP map"
             segmenter = f.statistics[(robot, "stac_segmenter")]
-            assert segmenter.frames_in == segmenter.frames_segmented == len(frames[robot])
+            assert segmenter.frames_segmented == len(frames[robot])
+            assert segmenter.frames_in == len(frames[robot]) + segmenter.frames_failed
             assert f.statistics[(robot, "stac_encoder")].masks_received == len(frames[robot])
+        assert refused("r1") == 0 and refused("r2") > 50  # the flood hit r2 only
         assert f.heartbeats[-1].largest_batch >= 1 and f.heartbeats[-1].batches >= 10
 
 
