@@ -2,9 +2,9 @@
 
 Every uplink message that arrives is decoded (`EncodedStreamDecoder`; a JPEG arrives decoded);
 a loss seen as a frame_seq gap makes `ResyncTracker` ask the robot for a keyframe. One worker
-segments: in stream mode the newest decoded frame whenever it is free (a frame replaced before
-the worker got to it is skipped: the segmenter's newest-frame policy), in keyframe mode every
-keyframe in order (the robot never sends one to a busy edge). A job holds the worker for the
+segments the newest decoded frame whenever it is free (a frame replaced before the worker got
+to it is skipped: the segmenter's newest-frame policy, in both modes; in keyframe mode the
+robot sends to a busy edge only after `edge_timeout_s`). A job holds the worker for the
 edge profile's time (`edge_profile.EdgeTiming`): a forward, or a sensitivity pass when
 `MapEdge` says a map is due (the one place where the edge decides map passes). When the job
 ends, the mask goes back, and the map with it after a sensitivity pass.
@@ -16,7 +16,6 @@ the same forward that scores decoded mIoU); after a sensitivity pass, those of i
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -150,8 +149,7 @@ class Edge:
         self.on_decoded = on_decoded
         self.decoder = EncodedStreamDecoder() if method.transport == "h264" else None
         self.resync = ResyncTracker(keyframe_request_interval_s)
-        self.every_frame = method.mode == "keyframe"
-        self._queue: deque[_Job] = deque()
+        self._pending: _Job | None = None  # the newest decoded frame the worker has not taken
         self._busy = False
         self.counters = dict.fromkeys(
             ("jobs_segment", "jobs_map", "skipped", "keyframe_requests", "undecodable"), 0
@@ -177,10 +175,9 @@ class Edge:
         self.on_decoded(unit.index, image)
         if self.map_edge is not None:
             self.map_edge.frame_decoded(unit.frame_seq)
-        if not self.every_frame and self._queue:  # the newest frame only
-            self.counters["skipped"] += len(self._queue)
-            self._queue.clear()
-        self._queue.append(_Job(unit.index, unit.frame_seq, image, reference))
+        if self._pending is not None:  # replaced before the worker took it
+            self.counters["skipped"] += 1
+        self._pending = _Job(unit.index, unit.frame_seq, image, reference)
         if not self._busy:
             outgoing += self._start(now_s)
         return outgoing
@@ -191,9 +188,9 @@ class Edge:
         return self._start(now_s)
 
     def _start(self, now_s: float) -> list[Outgoing]:
-        if not self._queue:
+        job, self._pending = self._pending, None
+        if job is None:
             return []
-        job = self._queue.popleft()
         self._busy = True
         self.ledger.set(job.index, "segmented", True)
         stamp_s = self.ledger.get(job.index, "capture_s")
@@ -222,7 +219,6 @@ class Edge:
         outgoing.append(
             Outgoing("mask", done_s, job.index, size_bytes, (received, job.frame_seq, job.image))
         )
-        queued = {queued_job.index for queued_job in self._queue}
-        self.masks.release(lambda index: index > job.index or index in queued)
+        self.masks.release(lambda index: index > job.index)
         self.events.push(done_s, DONE, priority=0)
         return outgoing
