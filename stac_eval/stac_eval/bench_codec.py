@@ -54,16 +54,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=Path, default=default_video(), help="input clip")
     parser.add_argument("--frames", type=int, default=100, help="frames per run")
     parser.add_argument(
-        "--sizes", type=parse_size, nargs="+", default=[parse_size(size) for size in DEFAULT_SIZES]
+        "--sizes",
+        type=parse_size,
+        nargs="+",
+        default=[parse_size(size) for size in DEFAULT_SIZES],
+        help="frame sizes WxH the clip is resized to, one run each",
     )
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--preset", choices=PRESETS, default="veryfast")
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="x264 thread counts timed"
+    )
+    parser.add_argument("--preset", choices=PRESETS, default="veryfast", help="x264 preset")
     parser.add_argument(
         "--speed-kbps", type=int, default=1000, help="target bitrate of the encode-speed runs"
     )
     parser.add_argument("--crf", type=float, default=28.0, help="CRF of the decode-speed stream")
-    parser.add_argument("--size-crfs", type=float, nargs="+", default=list(DEFAULT_CRFS))
-    parser.add_argument("--bitrates-kbps", type=int, nargs="+", default=list(DEFAULT_BITRATES_KBPS))
+    parser.add_argument(
+        "--size-crfs",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_CRFS),
+        help="CRFs of the bytes-per-frame table",
+    )
+    parser.add_argument(
+        "--bitrates-kbps",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_BITRATES_KBPS),
+        help="target bitrates of the bytes-per-frame table",
+    )
     parser.add_argument("--gop", type=int, default=25, help="keyframe interval in frames")
     parser.add_argument("--repeats", type=int, default=5, help="best-of repeats per timing")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic QP map")

@@ -64,15 +64,26 @@ def _csv(kind):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=Path, default=default_video(), help="clip or rosbag2")
     parser.add_argument("--max-frames", type=int, default=0, help="first N frames (0: all)")
-    parser.add_argument("--crf", type=_csv(float), default=list(DEFAULT_CRFS))
-    parser.add_argument("--delays", type=_csv(int), default=list(DEFAULT_DELAYS))
+    parser.add_argument(
+        "--crf", type=_csv(float), default=list(DEFAULT_CRFS), help="CRF sweep, comma-separated"
+    )
+    parser.add_argument(
+        "--delays",
+        type=_csv(int),
+        default=list(DEFAULT_DELAYS),
+        help="delay study: mask and map delays in frames, comma-separated",
+    )
     parser.add_argument(
         "--decoded-stride", type=int, default=2, help="score every n-th decoded frame"
     )
     parser.add_argument(
         "--map-period", type=int, default=5, help="delay study: a map every n frames"
     )
-    parser.add_argument("--link", default="rate=10mbit,delay=20ms,loss=0%,queue=30")
+    parser.add_argument(
+        "--link",
+        default="rate=10mbit,delay=20ms,loss=0%,queue=30",
+        help="the simulated robot-edge link (rate, delay, loss, queue)",
+    )
     parser.add_argument(
         "--flow-width-px",
         type=int,

@@ -81,14 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         "weights.pt in --out-dir; the shipped model is replaced only when named here: "
         f"{DEFAULT_WEIGHTS.name})",
     )
-    p.add_argument("--iterations", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--iterations", type=int, default=3000, help="training budget (batches)")
+    p.add_argument("--batch-size", type=int, default=8, help="crops per batch")
     p.add_argument("--crop", type=_size, default=(384, 288), help="training crop WxH")
-    p.add_argument("--scale-min", type=float, default=0.75)
-    p.add_argument("--scale-max", type=float, default=1.5)
-    p.add_argument("--lr-encoder", type=float, default=1e-3)
-    p.add_argument("--lr-head", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--scale-min", type=float, default=0.75, help="random scale, lower bound")
+    p.add_argument("--scale-max", type=float, default=1.5, help="random scale, upper bound")
+    p.add_argument("--lr-encoder", type=float, default=1e-3, help="AdamW peak lr, backbone")
+    p.add_argument("--lr-head", type=float, default=3e-3, help="AdamW peak lr, FPN head")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     p.add_argument("--warmup", type=int, default=30, help="linear warm-up iterations")
     p.add_argument(
         "--class-weight-power",
@@ -96,10 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.25,
         help="loss weight per class = frequency^-power (0: plain cross-entropy)",
     )
-    p.add_argument("--fpn-channels", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fpn-channels", type=int, default=64, help="width of the FPN head")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights init and sampling")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument(
+        "--checkpoint-every", type=int, default=250, help="resumable checkpoint every N its"
+    )
     p.add_argument("--eval-every", type=int, default=0, help="val mIoU every N its (0: at end)")
     p.add_argument(
         "--train-limit", type=int, default=None, help="use only the first N train frames"

@@ -118,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--gop", type=int, default=50, help="H.264 keyframe interval, frames")
     run.add_argument("--preset", default="veryfast", help="x264 preset")
-    run.add_argument("--two-level-top-fraction", type=float, default=0.4)
+    run.add_argument(
+        "--two-level-top-fraction",
+        type=float,
+        default=0.4,
+        help="two_level method: share of macroblocks at the finer level",
+    )
     run.add_argument("--no-warp", action="store_true", help="apply maps without flow warping")
     run.add_argument("--model", type=Path, default=None, help="model YAML (default: shipped)")
     run.add_argument("--calibration", type=Path, default=None, help="STAC calibration JSON")
@@ -153,13 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="write a video file as a rosbag2 of images")
     convert.add_argument("video", help="video file")
     convert.add_argument("--out", type=Path, required=True, help="bag folder to create")
-    convert.add_argument("--topic", default="/camera/image_raw")
-    convert.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    convert.add_argument("--topic", default="/camera/image_raw", help="image topic to write")
+    convert.add_argument(
+        "--storage", choices=("mcap", "sqlite3"), default="mcap", help="rosbag2 storage"
+    )
     convert.add_argument(
         "--compressed", action="store_true", help="sensor_msgs/CompressedImage (JPEG)"
     )
-    convert.add_argument("--jpeg-quality", type=int, default=90)
-    convert.add_argument("--max-frames", type=int, default=0)
+    convert.add_argument("--jpeg-quality", type=int, default=90, help="with --compressed")
+    convert.add_argument("--max-frames", type=int, default=0, help="first N frames (0: all)")
     return parser
 
 

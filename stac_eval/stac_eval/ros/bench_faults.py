@@ -113,7 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flood-s", type=float, default=60.0, help="the camera flood")
     parser.add_argument("--scenarios", nargs="+", default=None, help="names (default: all)")
     parser.add_argument("--flips", type=int, default=1000, help="bit-flip sweep size")
-    parser.add_argument("--launch-dir", type=Path, default=None)
+    parser.add_argument(
+        "--launch-dir", type=Path, default=None, help="launch files (default: the repository's)"
+    )
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -51,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch threads per edge process (default: two in all: 2 for the container, 1 per "
         "separate node)",
     )
-    parser.add_argument("--launch-dir", type=Path, default=None)
+    parser.add_argument(
+        "--launch-dir", type=Path, default=None, help="launch files (default: the repository's)"
+    )
     parser.add_argument(
         "--encoded-qos",
         choices=("reliable", "best_effort"),

@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="per edge process (default: two in all)",
     )
-    parser.add_argument("--launch-dir", type=Path, default=None)
+    parser.add_argument(
+        "--launch-dir", type=Path, default=None, help="launch files (default: the repository's)"
+    )
     parser.add_argument(
         "--encoded-qos",
         choices=("reliable", "best_effort"),

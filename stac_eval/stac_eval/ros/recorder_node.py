@@ -347,19 +347,25 @@ class GraphRecorder:
         self.node.destroy_node()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """stac-record: record the graph until Ctrl-C, SIGTERM or --duration-s."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stac-record",
         description="Record the STAC graph (/stac/... topics) into an MCAP rosbag2 that "
         "Foxglove plays: the robot's video, masks, overlays, QP maps and heatmaps, the "
-        "robot's masks, statistics. Stops on Ctrl-C, SIGTERM or --duration-s.",
+        "robot's masks, statistics. Stops on Ctrl-C, SIGTERM or --duration-s. Arguments it "
+        "does not know (--ros-args ...) go to ROS.",
     )
     parser.add_argument("--out", type=Path, required=True, help="directory to create")
     parser.add_argument("--duration-s", type=float, default=0.0, help="0 = until stopped")
     parser.add_argument(
         "--overlay-video", action="store_true", help="also write overlay.mp4 (mask colours)"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """stac-record: record the graph until Ctrl-C, SIGTERM or --duration-s."""
+    parser = build_parser()
     args, ros_arguments = parser.parse_known_args(argv)
     if args.out.exists():
         parser.error(f"{args.out} exists; give a new directory")
