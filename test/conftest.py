@@ -8,7 +8,6 @@ The environment is set at import time so that child processes started by tests i
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,11 +28,6 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"shared data not found at {DATA_DIR} (set STAC_DATA_DIR to its location)")
     return DATA_DIR
-
-
-@pytest.fixture(scope="session")
-def python_exe() -> str:
-    return sys.executable
 
 
 @pytest.fixture(scope="session")
