@@ -24,7 +24,5 @@ def test_bench_model_writes_timings_and_val_miou(tmp_path, data_dir):
         }
     )
     assert all(ms > 0 for ms in [*result["forward_ms"].values(), *result["backward_ms"].values()])
-    # The gradient needs a backward pass on top of the forward one.
-    assert result["backward_ms"]["480x360"] > result["forward_ms"]["480x360"]
     assert 0.0 < result["val_miou"] <= 1.0 and result["val_frames"] == 2
     assert result["meta"]["command"].startswith("stac-bench model")
