@@ -1,8 +1,10 @@
 """Fault injection on the real nodes over DDS (stac_eval.ros.bench_faults, short versions):
 a rogue publisher's malformed messages are each refused, logged once per reason and counted,
 without disturbing the stream; an edge killed mid-run comes back, asks for a keyframe and
-segments again; in both, every frame the camera published is accounted for. The long
-versions (and loss, rate cap, flood) are `stac-bench faults`.
+segments again; in both, every frame the camera published is accounted for, by the nodes'
+counters and, from the topics, by the robot's mask of every camera stamp (the rogue's camera
+Images are not the camera's). The long versions (and loss, rate cap, flood) are
+`stac-bench faults`.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ def test_the_rogue_does_not_disturb_the_stream_and_every_frame_is_accounted(rogu
     assert accounting["failed"] == 0 and rogue["keyframe_requests"] == 0
     assert accounting["lost_on_link"] == 0  # the rogue's units are not camera frames
     assert not rogue["crashed"]
+    check = rogue["frame_check"]
+    assert rogue["frames_with_robot_mask"] == rogue["frames_published"] == accounting["published"]
+    assert check["every_frame_has_robot_mask"] and check["counters_agree"], check
 
 
 def test_a_killed_edge_comes_back_and_every_frame_is_accounted(edge_restart):
@@ -80,3 +85,7 @@ def test_a_killed_edge_comes_back_and_every_frame_is_accounted(edge_restart):
     assert edge_restart["keyframe_requests"] >= 1  # the new edge joined mid-stream
     assert edge_restart["recovery_ms"] is not None  # and published masks again
     assert not edge_restart["crashed"]
+    # the robot went on: its mask of every camera frame, the edge's outage included
+    check = edge_restart["frame_check"]
+    assert edge_restart["frames_with_robot_mask"] == edge_restart["frames_published"] >= 1
+    assert check["every_frame_has_robot_mask"] and check["counters_agree"], check

@@ -9,7 +9,12 @@ import pytest
 
 from stac_codec.h264_decoder import DecodeResult, DecodeStatus
 from stac_edge_segmenter.resync import ResyncTracker
-from stac_eval.accounting import after_robot_crash, frame_accounting
+from stac_eval.accounting import (
+    after_robot_crash,
+    counters_agree_with_topics,
+    frame_accounting,
+    robot_mask_check,
+)
 from stac_eval.kernel_link import (
     EDGE_PARTICIPANT_ID,
     ROBOT_PARTICIPANT_ID,
@@ -86,6 +91,46 @@ def test_counters_that_do_not_add_up_are_flagged():
     edge = {"frames_in": 90, "frames_segmented": 30, "frames_skipped": 50}  # 10 vanished
     assert not frame_accounting(100, robot, edge)["every_frame_accounted_for"]
     assert not frame_accounting(None, robot, {})["every_frame_accounted_for"]
+
+
+def test_the_topic_check_counts_robot_masks_by_stamp():
+    """Ten camera stamps, the robot's masks of eight; a mask of a stamp no camera frame had."""
+    stamps = list(range(100, 110))
+    check = robot_mask_check(stamps, [s for s in stamps if s not in (103, 107)])
+    assert (check["frames_published"], check["frames_with_robot_mask"]) == (10, 8)
+    assert check["frames_without_robot_mask"] == 2 and not check["every_frame_has_robot_mask"]
+    assert robot_mask_check(stamps + stamps, stamps)["every_frame_has_robot_mask"]  # by stamp
+    stray = robot_mask_check(stamps, [*stamps, 999])
+    assert stray["robot_masks_of_unpublished_stamps"] == 1
+    assert not stray["every_frame_has_robot_mask"]
+
+
+def test_frames_while_the_robot_was_down_are_explained_by_the_outage_only():
+    """Killed at 150, started at 160: frames 141-149 were in the dying encoder's hands or
+    published while it was down, 150-164 before the new one's first mask (165); 130 is a
+    frame missing outside the outage and stays unexplained."""
+    stamps = list(range(100, 200))
+    masked = [s for s in stamps if s <= 140 or s >= 165]
+    check = robot_mask_check(stamps, masked, [(150, 160)])
+    assert check["without_robot_mask_while_robot_down"] == 24
+    assert check["every_frame_has_robot_mask"]
+    masked.remove(130)
+    check = robot_mask_check(stamps, masked, [(150, 160)])
+    assert check["without_robot_mask_while_robot_down"] == 24
+    assert check["frames_without_robot_mask"] == 25 and not check["every_frame_has_robot_mask"]
+
+
+def test_the_counters_must_tell_the_topics_story():
+    robot = {"frames_in": 97, "frames_encoded": 96, "frames_failed": 1}
+    edge = {"frames_in": 96, "frames_segmented": 30, "frames_skipped": 66}
+    accounting = frame_accounting(100, robot, edge)  # 3 not received by the robot, 1 refused
+    stamps = list(range(100))
+    agreeing = robot_mask_check(stamps, stamps[4:])
+    assert counters_agree_with_topics(agreeing, accounting)
+    # a robot that published no mask for two frames its counters say it took
+    assert not counters_agree_with_topics(robot_mask_check(stamps, stamps[6:]), accounting)
+    # a recorder that saw another number of camera frames than the source says it published
+    assert not counters_agree_with_topics(robot_mask_check(stamps[1:], stamps[4:]), accounting)
 
 
 def test_resync_counts_gaps_and_forgives_a_restarted_numbering():

@@ -74,6 +74,14 @@ PARAMETERS = (
         0.0,
         600.0,
     ),
+    ParameterSpec(
+        "min_subscribers",
+        1,
+        "How many subscribers of the image topic to wait for (e.g. the robot and a recorder "
+        "that must see every frame), at most wait_for_subscriber_s.",
+        1,
+        1000,
+    ),
 )
 
 
@@ -112,7 +120,7 @@ class VideoSourceNode(Node):
     def play(self) -> None:
         """Publish every frame at the chosen pace (repeating with `loop`)."""
         self._spin_until(
-            lambda: self._publisher.get_subscription_count() > 0,
+            lambda: self._publisher.get_subscription_count() >= self.params["min_subscribers"],
             self.params["wait_for_subscriber_s"],
         )
         self._started = time.monotonic()

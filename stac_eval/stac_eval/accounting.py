@@ -13,9 +13,15 @@ node that saw it; `accounted` is their sum, and it must equal `published`. Two f
 differences, because no node can see them: frames the robot never received (published by the
 source minus received by the robot) and the tail of the link loss (frames after the last one
 the edge received, which no gap in frame_seq reveals).
+
+`robot_mask_check` does not rest on those counters: from the topics alone (the camera's stamps
+and the robot's masks, as a recorder saw them) it counts the frames that got the robot's mask,
+and `counters_agree_with_topics` says whether the nodes' accounting tells the same story.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 
 EDGE_OUTCOMES = ("frames_segmented", "frames_skipped", "frames_failed", "frames_pending")
 
@@ -66,3 +72,48 @@ def after_robot_crash(robot: dict, units_seen: int) -> dict:
         "frames_lost_in_crash": max(robot.get("frames_in", 0) - out, 0),
         "frames_in": max(robot.get("frames_in", 0), out),
     }
+
+
+def robot_mask_check(
+    source_stamps: Iterable[int],
+    robot_mask_stamps: Iterable[int],
+    robot_outages_ns: Sequence[tuple[int, int]] = (),
+) -> dict:
+    """The frame check that needs no node's counter: for every camera stamp the source
+    published (as seen on the camera topic), whether the robot's mask with that stamp was seen
+    on its topic. A frame without one is explained only by a robot outage: it lies after the
+    last robot mask before the robot was killed and before the first one after it was started
+    again (robot_outages_ns: (killed, started) pairs, in the stamps' clock). The rest must be
+    explained by the nodes' accounting (frames the robot never received or refused), which
+    `every_frame_has_robot_mask` does not take on trust."""
+    published = set(source_stamps)
+    masked = set(robot_mask_stamps)
+    without = published - masked
+    down = set()
+    for killed_ns, started_ns in robot_outages_ns:
+        before = max((s for s in masked if s < killed_ns), default=-1)
+        after = min((s for s in masked if s > started_ns), default=float("inf"))
+        down |= {stamp for stamp in without if before < stamp < after}
+    unknown = masked - published
+    return {
+        "frames_published": len(published),
+        "frames_with_robot_mask": len(published & masked),
+        "frames_without_robot_mask": len(without),
+        "without_robot_mask_while_robot_down": len(down),
+        "robot_masks_of_unpublished_stamps": len(unknown),
+        "every_frame_has_robot_mask": not unknown and len(without) == len(down),
+    }
+
+
+def counters_agree_with_topics(check: dict, accounting: dict) -> bool:
+    """Whether the counters' accounting (frame_accounting) matches what the topics showed
+    (robot_mask_check): the same number of frames published, and the frames without the
+    robot's mask exactly those the robot never received, refused or lost in a crash."""
+    robot_missed = sum(
+        accounting[name]
+        for name in ("not_received_by_robot", "failed_on_robot", "lost_in_robot_crash")
+    )
+    return (
+        check["frames_published"] == accounting["published"]
+        and check["frames_without_robot_mask"] == robot_missed
+    )

@@ -4,9 +4,13 @@ flood and a rogue publisher, each scenario ending with the accounting of every f
 Each scenario is one run of the graph (stac_eval.ros.graph_runner) on the clip played in a
 loop for its duration, inside the private network namespace scripts/demo.sh and scripts/test.sh
 use, with the kernel link (stac_eval.kernel_link) where the scenario has one. Figures per
-scenario: frames_published, frames_accounted (must equal published), lost_on_link,
-recovery_ms (for restarts: from the restart to the next mask; otherwise the longest outage the
-edge measured from a loss, damage or join to its next mask), max_rss_mb and rss_growth_mb per
+scenario: frames_published and frames_with_robot_mask, counted from the topics by the
+recorder (every camera stamp the source published, and those the robot's mask with that stamp
+came for; frame_check: the frames without one, those while the robot was down, and whether the
+nodes' counters agree), frames_accounted (from the counters; must equal what the source
+says it published), lost_on_link, recovery_ms (for restarts: from the restart to the next
+mask; otherwise the longest outage the edge measured from a loss, damage or join to its next
+mask), max_rss_mb and rss_growth_mb per
 process (memory must stay bounded), crashed (a process that died on its own or logged a
 traceback), and what each scenario adds (keyframe requests, rejected messages, ...). At the top
 level, the bit-flip sweep's corrupt_passed_as_decoded (stac_eval.bitflip): damaged access units
@@ -28,7 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from stac_eval.accounting import after_robot_crash, frame_accounting
+from stac_eval.accounting import (
+    after_robot_crash,
+    counters_agree_with_topics,
+    frame_accounting,
+    robot_mask_check,
+)
 from stac_eval.bench_codec import default_video
 from stac_eval.bitflip import sweep_video
 from stac_eval.kernel_link import LinkSettings, netem_available
@@ -173,10 +182,14 @@ def scenario_figures(scenario: Scenario, result: GraphRunResult) -> dict:
         for name in ("frames_in", "frames_failed"):
             counters[name] -= rogue.get(kind, 0)
     accounting = frame_accounting(result.frames_published, robot, edge)
+    check = robot_mask_check(result.source_stamps, result.robot_mask_sizes, result.robot_outages_ns)
+    check["counters_agree"] = counters_agree_with_topics(check, accounting)
     logs = {name: path.read_text() for name, path in result.logs.items() if path.is_file()}
     return {
         "description": scenario.description,
-        "frames_published": result.frames_published,
+        "frames_published": check["frames_published"],
+        "frames_with_robot_mask": check["frames_with_robot_mask"],
+        "frame_check": check,
         "frames_accounted": accounting["accounted"],
         "lost_on_link": accounting["lost_on_link"],
         "recovery_ms": recovery_ms(result, edge),
@@ -276,8 +289,8 @@ def _clip_fps(video: Path) -> float:
 
 
 def _print_table(out: dict) -> None:
-    print(f"{'scenario':<20}{'published':>10}{'accounted':>10}{'lost':>6}{'recovery ms':>12}"
-          f"{'max RSS MB':>11}{'growth MB':>10}{'crashed':>8}")  # fmt: skip
+    print(f"{'scenario':<20}{'published':>10}{'robot mask':>11}{'accounted':>10}{'lost':>6}"
+          f"{'recovery ms':>12}{'max RSS MB':>11}{'growth MB':>10}{'crashed':>8}")  # fmt: skip
     for name, figures in out["scenarios"].items():
         if "skipped" in figures:
             print(f"{name:<20}skipped: {figures['skipped'][:70]}")
@@ -285,7 +298,8 @@ def _print_table(out: dict) -> None:
         rss = max(figures["max_rss_mb"].values(), default=0.0)
         growth = max(figures["rss_growth_mb"].values(), default=0.0)
         print(
-            f"{name:<20}{figures['frames_published']:>10}{figures['frames_accounted']:>10}"
+            f"{name:<20}{figures['frames_published']:>10}{figures['frames_with_robot_mask']:>11}"
+            f"{figures['frames_accounted']:>10}"
             f"{figures['lost_on_link']:>6}{figures['recovery_ms']!s:>12}{rss:>11.0f}"
             f"{growth:>10.1f}{figures['crashed']!s:>8}"
         )

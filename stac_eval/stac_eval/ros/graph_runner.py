@@ -34,6 +34,9 @@ EDGE_PROCESSES = {
 }
 EDGE_EXECUTABLES = {name for processes in EDGE_PROCESSES.values() for name in processes}
 NODE_NAMES = ("stac_segmenter", "stac_sensitivity", "stac_encoder")
+# The frame_id the video source writes into every frame: the recorder counts the camera
+# topic's messages that carry it as the source's frames (a rogue publisher's are not).
+SOURCE_FRAME_ID = "camera"
 
 
 FAULT_ACTIONS = ("kill_edge", "start_edge", "kill_robot", "start_robot", "start_rogue")
@@ -150,6 +153,7 @@ class GraphRun:
         self._link: KernelLink | None = None
         self._side_starts: dict[str, list[tuple[str, str, list[str]]]] = {}
         self._next_rss_sample_s = 0.0
+        self._robot_killed_ns: int | None = None
         config.out_dir.mkdir(parents=True, exist_ok=True)
         self._log_dir = config.out_dir / "logs"
         self._log_dir.mkdir(exist_ok=True)
@@ -198,7 +202,12 @@ class GraphRun:
             self.result.link = self._link.describe()
         rclpy.init()
         recorder = GraphRecorder(
-            self.result, config.out_dir, config.record_bag, config.overlay_video
+            self.result,
+            config.out_dir,
+            config.record_bag,
+            config.overlay_video,
+            camera_topic=self._camera_topic(),
+            camera_frame_id=SOURCE_FRAME_ID,
         )
         started = time.monotonic()
         try:
@@ -336,6 +345,7 @@ class GraphRun:
             if event in self.result.events_done or event.at_s > elapsed_s:
                 continue
             self.result.events_done[event] = time.monotonic()
+            self._note_robot_outage(event.action)
             side = event.action.split("_", 1)[1]
             if event.action.startswith("kill"):
                 self._kill_side(side, recorder)
@@ -343,6 +353,14 @@ class GraphRun:
                 self._start_rogue(recorder)
             else:
                 self._start_side(side)
+
+    def _note_robot_outage(self, action: str) -> None:
+        """A robot killed and started again, in the stamps' clock (system time, ns)."""
+        if action == "kill_robot":
+            self._robot_killed_ns = time.time_ns()
+        elif action == "start_robot" and self._robot_killed_ns is not None:
+            self.result.robot_outages_ns.append((self._robot_killed_ns, time.time_ns()))
+            self._robot_killed_ns = None
 
     def _sample_memory(self) -> None:
         now = time.monotonic()
@@ -358,7 +376,9 @@ class GraphRun:
         config = self.config
         args = self._node_args("local.launch.py", "video_source_node", video_uri=config.video_uri)
         args += ["-p", f"pace:={config.pace}", "-p", f"rate_hz:={config.rate_hz}"]
-        args += ["-p", f"max_frames:={config.max_frames}"]
+        args += ["-p", f"max_frames:={config.max_frames}", "-p", f"frame_id:={SOURCE_FRAME_ID}"]
+        # the robot and the recorder: the recorder must see every frame from the first
+        args += ["-p", "min_subscribers:=2"]
         if config.play_duration_s:
             args += ["-p", "loop:=true", "-p", f"duration_s:={config.play_duration_s}"]
         return self._start("stac_encoder", "video_source_node", args)
@@ -424,6 +444,9 @@ class GraphRun:
         return cpu
 
     def _stop_all(self) -> None:
+        if self._robot_killed_ns is not None:  # killed and never started again
+            self.result.robot_outages_ns.append((self._robot_killed_ns, time.time_ns()))
+            self._robot_killed_ns = None
         if "rogue_node" in self._processes:
             self._finish_rogue()
         self.result.cpu_s = self._cpu_of_live_processes()

@@ -47,6 +47,7 @@ from stac_ros_common.qos import (
     MASK_FEEDBACK_QOS,
     OUTPUT_QOS,
     QP_MAP_QOS,
+    RELIABLE_CAMERA_QOS,
     STATISTICS_TOPIC,
 )
 
@@ -109,6 +110,16 @@ class GraphRunResult:
     robot_mask_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
     robot_mask_files: dict[int, Path] = field(default_factory=dict)
     robot_mask_ages: dict[int, int] = field(default_factory=dict)
+    # camera stamp -> capture stamp of the frame whose edge mask the robot's mask comes from
+    # (only once the robot has one)
+    robot_mask_sources: dict[int, int] = field(default_factory=dict)
+    # The stamps of the source's frames as they went out on the camera topic, in arrival
+    # order (the recorder's own subscription: what the source published, counted from the
+    # topic, not from any node's counter); the source's own count is frames_published.
+    source_stamps: list[int] = field(default_factory=list)
+    # Robot outages of a fault run: (killed, started again), system time in ns (the clock of
+    # the stamps)
+    robot_outages_ns: list[tuple[int, int]] = field(default_factory=list)
     statistics: dict[str, Statistics] = field(default_factory=dict)
     exit_codes: dict[str, int] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
@@ -204,10 +215,20 @@ def _read_mask(path: Path) -> np.ndarray:
 
 
 class GraphRecorder:
-    """An in-process node that records the graph's topics into a result, a bag and a video."""
+    """An in-process node that records the graph's topics into a result, a bag and a video.
+
+    With `camera_topic` it also keeps the stamp of every Image on it whose frame_id is
+    `camera_frame_id` (the source's frames; anything else publishing there is not the camera)
+    in result.source_stamps, reading only the header of each message."""
 
     def __init__(
-        self, result: GraphRunResult, out_dir: Path, record_bag: bool, overlay_video: bool
+        self,
+        result: GraphRunResult,
+        out_dir: Path,
+        record_bag: bool,
+        overlay_video: bool,
+        camera_topic: str | None = None,
+        camera_frame_id: str = "camera",
     ) -> None:
         self.result = result
         self.node = rclpy.create_node("stac_demo_recorder")
@@ -232,6 +253,11 @@ class GraphRecorder:
         for topic, (msg_type, _, qos) in BAG_TOPICS.items():
             self.node.create_subscription(
                 msg_type, topic, lambda raw, t=topic: self._on_raw(t, raw), qos, raw=True
+            )
+        self._camera_frame_id = camera_frame_id
+        if camera_topic is not None:
+            self.node.create_subscription(
+                Image, camera_topic, self._on_camera, RELIABLE_CAMERA_QOS, raw=True
             )
         self.result.video_live = CompressedVideo is not None
         if CompressedVideo is not None:
@@ -278,10 +304,19 @@ class GraphRecorder:
         elif topic == "/stac/robot_mask_age":
             age = msg.age_frames if msg.has_source else -1
             self.result.robot_mask_ages[_stamp_ns(msg.header.stamp)] = age
+            if msg.has_source:
+                source_ns = _stamp_ns(msg.source_stamp)
+                self.result.robot_mask_sources[_stamp_ns(msg.header.stamp)] = source_ns
         elif topic == "/stac/overlay":
             self._on_overlay(msg)
         elif topic == ROOT_STATISTICS_TOPIC:
             self.result.statistics[msg.node_name] = msg
+
+    def _on_camera(self, raw: bytes) -> None:
+        """A camera Image: only its header is read (rosbags maps the pixels without a copy)."""
+        header = self._typestore.deserialize_cdr(raw, "sensor_msgs/msg/Image").header
+        if header.frame_id == self._camera_frame_id:
+            self.result.source_stamps.append(_stamp_ns(header.stamp))
 
     def _on_live_video(self, raw: bytes) -> None:
         """The edge's CompressedVideo as it is, once checked to play as one frame."""
