@@ -22,6 +22,15 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_DOMAIN_ID"] = os.environ.get("STAC_TEST_DOMAIN_ID", str(40 + os.getpid() % 50))
 
 
+def pytest_configure(config):
+    """Torch on one thread in the test process: the tests' tensors are small, and on a shared
+    machine a second intra-op thread mostly spins (test_sensitivity: 1.2 CPU s on one thread,
+    4-10 on two, under load). Nodes the tests start set their own (torch_threads)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """../shared/data, or skip: the data is never copied into the repository."""

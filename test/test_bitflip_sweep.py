@@ -15,6 +15,7 @@ def clip():
     return encode_clip(clip_frames(FRAMES, WIDTH, HEIGHT), gop_frames=GOP)
 
 
+@pytest.mark.slow
 def test_no_flip_passes_as_decoded_and_every_stream_recovers(clip):
     report = bitflip_sweep(clip, flips=160, seed=1)
     assert report["flips"] == 160 and report["frames"] == FRAMES

@@ -18,6 +18,7 @@ def frames(data_dir):
     return read_frames(data_dir / "camvid" / "val", limit=2, stride=40).images
 
 
+@pytest.mark.slow
 def test_folded_model_gives_the_same_masks_and_maps(frames):
     spec = read_spec(DEFAULT_CONFIG)
     unfused = load_lite0_fpn(DEFAULT_WEIGHTS, num_classes=len(spec.classes))

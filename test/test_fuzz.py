@@ -8,7 +8,9 @@ more than the input holds (or, for masks, the receiver's budget), and a damaged 
 unit never comes out as a picture other than the undamaged one.
 
 Reproducible in CI: derandomize=True, no example database; the example counts keep the whole
-module at about a minute on two shared cores.
+module at about a minute on two shared cores. The targets that cost more than a second (H.264,
+images, frame sources, model and calibration files) are marked slow: `scripts/test.sh --fast`
+runs the wire formats' fuzzing only.
 """
 
 from __future__ import annotations
@@ -254,6 +256,7 @@ MUTATIONS = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=600)
 @given(target=st.integers(0, FRAMES - 1), ops=MUTATIONS)
 def test_h264_mutated_access_units_never_pass_as_good(stream, target, ops):
@@ -287,6 +290,7 @@ def test_h264_mutated_access_units_never_pass_as_good(stream, target, ops):
     synced=st.booleans(),
     frame_seq=st.one_of(st.none(), st.integers(-(2**63), 2**64)),
 )
+@pytest.mark.slow
 def test_h264_random_bytes_are_corrupt_or_waiting(stream, data, synced, frame_seq):
     packets, _ = stream
     decoder = H264Decoder(WIDTH, HEIGHT)
@@ -334,6 +338,7 @@ SIZES = st.one_of(st.integers(-3, 40), st.integers(-(2**40), 2**40))
         st.none(),
     ),
 )
+@pytest.mark.slow
 def test_image_fields_raise_only_image_conversion_error(height, width, step, encoding, data):
     msg = SimpleNamespace(height=height, width=width, step=step, encoding=encoding, data=data)
     for convert in (image_to_numpy, image_to_rgb):
@@ -391,6 +396,7 @@ YAML_TEXT = st.one_of(
     metadata=YAML_TEXT,
     ops=MUTATIONS,
 )
+@pytest.mark.slow
 def test_frame_sources_raise_only_source_error(real_bag, layout, payload, metadata, ops):
     real_metadata, real_mcap = real_bag
     with tempfile.TemporaryDirectory() as directory:
@@ -445,6 +451,7 @@ MODEL_KEYS += ["architecture", "options", "extra"]
     removed=st.lists(st.sampled_from(MODEL_KEYS), max_size=2),
     raw_text=st.one_of(st.none(), st.text(max_size=200)),
 )
+@pytest.mark.slow
 def test_model_configurations_raise_only_model_config_error(replaced, removed, raw_text):
     config = yaml.safe_load(DEFAULT_CONFIG.read_text())
     config.update(replaced)
@@ -481,6 +488,7 @@ GOOD_CALIBRATION = {
     replaced=st.dictionaries(st.sampled_from(CALIBRATION_KEYS), JSONISH, max_size=3),
     raw_text=st.one_of(st.none(), st.text(max_size=120), st.binary(max_size=60)),
 )
+@pytest.mark.slow
 def test_calibration_files_raise_only_calibration_error(replaced, raw_text):
     data = {**GOOD_CALIBRATION, **replaced}
     with tempfile.TemporaryDirectory() as directory:

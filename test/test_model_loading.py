@@ -80,6 +80,7 @@ def test_predict_without_probabilities_gives_the_same_mask(model, frames):
     np.testing.assert_array_equal(masks_only.class_ids, full.class_ids)
 
 
+@pytest.mark.slow
 def test_predict_is_deterministic_and_batch_independent(model, frames):
     batched = model.predict(frames, batch_size=2)
     one_by_one = model.predict(frames, batch_size=1)

@@ -23,6 +23,8 @@ FRAMES = 20
 CRFS = "18,30,42"
 METHODS = ("uniform", "stac", "stac_keyframe", "jpeg")
 
+pytestmark = pytest.mark.slow  # runs stac-replay end to end: the full suite's, not --fast's
+
 
 def _argv(clip: Path, out: Path, cache: Path, labels: Path, model: Path) -> list[str]:
     return [
@@ -176,7 +178,6 @@ def test_a_rerun_resumes_from_the_cache(first_run):
     assert _numbers(json.loads((out / "report.json").read_text())) == _numbers(report)
 
 
-@pytest.mark.slow
 def test_two_runs_from_empty_caches_give_the_same_numbers_and_bytes(inputs, first_run):
     root, clip, labels, model = inputs
     out_a, _ = first_run

@@ -194,6 +194,7 @@ def test_labels_from_a_bag_topic_go_to_the_nearest_frame(tmp_path):
         bag_labels(source, "/nothing", offsets)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_replay_runs_on_a_bag_of_each_storage_format(tmp_path, storage, small_model):
     """stac-replay run on an Image bag (mcap, with a label topic) and a CompressedImage bag
