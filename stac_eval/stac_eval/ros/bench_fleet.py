@@ -90,7 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--torch-threads", type=int, default=2, help="torch threads of each edge process"
     )
-    parser.add_argument("--launch-dir", type=Path, default=None)
+    parser.add_argument(
+        "--launch-dir", type=Path, default=None, help="launch files (default: the repository's)"
+    )
     parser.add_argument(
         "--parts",
         default=",".join(PARTS),
