@@ -27,6 +27,7 @@ import numpy as np
 import rclpy
 from ament_index_python.packages import get_package_share_directory
 from rclpy.executors import ExternalShutdownException
+from rclpy.qos import HistoryPolicy, QoSProfile
 from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
@@ -78,6 +79,22 @@ BAG_TOPICS = {
     "/stac/robot_mask_age": (MaskAge, "stac_msgs/msg/MaskAge", OUTPUT_QOS),
     ROOT_STATISTICS_TOPIC: (Statistics, "stac_msgs/msg/Statistics", OUTPUT_QOS),
 }
+
+
+# The recorder is one more subscriber, and on a loaded machine it can fall behind: its reader
+# queues hold this many messages a topic (the publishers' QoS otherwise), so that what was sent
+# to it is not dropped before it takes it (at 25 fps, 4 s of camera frames or robot masks).
+RECORDER_QUEUE_DEPTH = 100
+
+
+def recorder_qos(qos: QoSProfile) -> QoSProfile:
+    """A topic's QoS (reliability, durability) with the recorder's deeper reader queue."""
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=max(qos.depth, RECORDER_QUEUE_DEPTH),
+        reliability=qos.reliability,
+        durability=qos.durability,
+    )
 
 
 @dataclass(frozen=True)
@@ -252,17 +269,25 @@ class GraphRecorder:
         self._video = OverlayVideo(out_dir / "overlay.mp4") if overlay_video else None
         for topic, (msg_type, _, qos) in BAG_TOPICS.items():
             self.node.create_subscription(
-                msg_type, topic, lambda raw, t=topic: self._on_raw(t, raw), qos, raw=True
+                msg_type,
+                topic,
+                lambda raw, t=topic: self._on_raw(t, raw),
+                recorder_qos(qos),
+                raw=True,
             )
         self._camera_frame_id = camera_frame_id
         if camera_topic is not None:
             self.node.create_subscription(
-                Image, camera_topic, self._on_camera, RELIABLE_CAMERA_QOS, raw=True
+                Image, camera_topic, self._on_camera, recorder_qos(RELIABLE_CAMERA_QOS), raw=True
             )
         self.result.video_live = CompressedVideo is not None
         if CompressedVideo is not None:
             self.node.create_subscription(
-                CompressedVideo, VIDEO_TOPIC, self._on_live_video, ENCODED_QOS, raw=True
+                CompressedVideo,
+                VIDEO_TOPIC,
+                self._on_live_video,
+                recorder_qos(ENCODED_QOS),
+                raw=True,
             )
 
     def _on_raw(self, topic: str, raw: bytes) -> None:
