@@ -21,6 +21,7 @@ setup(
             "stac-bench = stac_eval.bench:main",
             "stac-demo = stac_eval.ros.demo:main",
             "stac-calibrate = stac_eval.calibrate:main",
+            "stac-quantize = stac_eval.quantize:main",
             "stac-replay = stac_eval.replay.cli:main",
             "stac-record = stac_eval.ros.recorder_node:main",
         ],

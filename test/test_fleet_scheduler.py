@@ -13,7 +13,13 @@ import pytest
 
 from stac_edge_segmenter.edge_decoding import DecodedFrame
 from stac_eval.fleet_metrics import jain_fairness
-from stac_sensitivity.fleet_scheduler import BatchEntry, FleetScheduler, MapGate, run_batch
+from stac_sensitivity.fleet_scheduler import (
+    BatchEntry,
+    FleetScheduler,
+    MapGate,
+    run_batch,
+    run_map_pass,
+)
 
 WAIT_S = 10.0  # generous: only a broken scheduler waits this long
 
@@ -186,7 +192,6 @@ class FakeRobot:
 
     wants: bool = False
     map_share: float = 0.5
-    map_fails: bool = False
     finished: list = field(default_factory=list)
     maps: int = 0
 
@@ -195,9 +200,6 @@ class FakeRobot:
 
     def map_pass(self, frame):
         self.maps += 1
-        if self.map_fails:
-            raise RuntimeError("gradient exploded")
-        return np.full(frame.image.shape[:2], 9, np.uint8)
 
     def finish(self, frame, class_ids=None, error=None):
         self.finished.append((frame.frame_seq, None if class_ids is None else class_ids, error))
@@ -221,7 +223,9 @@ class Forward:
         return images[..., 0].copy()
 
 
-def test_a_batch_runs_one_forward_per_picture_size_and_one_map():
+def test_a_batch_runs_one_forward_per_picture_size_and_hands_one_map_over():
+    """Every frame is segmented by the batch's forward, the map frame too: its map pass goes
+    to the map worker (run_map_pass) and nothing waits for it."""
     robots = {name: FakeRobot(wants=name in ("b", "c")) for name in "abcd"}
     entries = [
         BatchEntry("a", frame(1, value=1)),
@@ -229,14 +233,24 @@ def test_a_batch_runs_one_forward_per_picture_size_and_one_map():
         BatchEntry("c", frame(3, value=3)),
         BatchEntry("d", frame(4, height=8, value=4)),
     ]
-    forward = Forward()
-    report = run_batch(entries, robots, forward, MapGate(), clock=iter(range(100)).__next__)
-    assert report.map_robot == "b" and report.forwarded == 3  # one map per batch
-    assert sorted(forward.calls) == [(1, 8, 6, 3), (2, 4, 6, 3)]
-    assert robots["b"].maps == 1 and robots["c"].maps == 0  # c waits for a later batch
-    for name, value in (("a", 1), ("b", 9), ("c", 3), ("d", 4)):
+    forward, handed = Forward(), []
+    gate = MapGate()
+    report = run_batch(entries, robots, forward, gate, handed.append, clock=lambda: 1.0)
+    assert report.map_robot == "b" and report.forwarded == 4  # one map per batch
+    assert sorted(forward.calls) == [(1, 8, 6, 3), (3, 4, 6, 3)]
+    assert [entry.robot for entry in handed] == ["b"] and robots["b"].maps == 0
+    for name, value in (("a", 1), ("b", 2), ("c", 3), ("d", 4)):
         ((seq, class_ids, error),) = robots[name].finished
         assert error is None and (class_ids == value).all()
+    # one pass at a time: c is due too, but the gate stays shut until b's pass is recorded
+    assert (
+        run_batch(entries[2:3], robots, forward, gate, handed.append, lambda: 2.0).map_robot is None
+    )
+    run_map_pass(handed[0], robots, gate, clock=iter([3.0, 3.5]).__next__)
+    assert robots["b"].maps == 1
+    assert (
+        run_batch(entries[2:3], robots, forward, gate, handed.append, lambda: 4.0).map_robot == "c"
+    )
 
 
 def test_the_gate_keeps_maps_to_their_share_of_the_worker():
@@ -245,8 +259,11 @@ def test_the_gate_keeps_maps_to_their_share_of_the_worker():
     assert gate.choose(13.9, ["a"]) is None and gate.choose(14.0, ["a"]) == "a"
     robots = {"a": FakeRobot(wants=True)}
     gate.record("a", started_s=10.0, ended_s=11.0, share=0.25)
-    report = run_batch([BatchEntry("a", frame(1))], robots, Forward(), gate, clock=lambda: 12.0)
-    assert report.map_robot is None and robots["a"].maps == 0
+    handed = []
+    report = run_batch(
+        [BatchEntry("a", frame(1))], robots, Forward(), gate, handed.append, lambda: 12.0
+    )
+    assert report.map_robot is None and not handed
     with pytest.raises(ValueError, match="share"):
         gate.record("a", 0.0, 1.0, share=0.0)
 
@@ -267,16 +284,23 @@ def test_the_robot_that_waited_longest_gets_the_next_map():
 
 
 def test_a_failure_fails_only_the_frames_it_concerns():
-    robots = {"a": FakeRobot(), "b": FakeRobot(), "c": FakeRobot(wants=True, map_fails=True)}
+    robots = {"a": FakeRobot(), "b": FakeRobot(), "c": FakeRobot(wants=True)}
     entries = [
         BatchEntry("a", frame(1, height=4)),
         BatchEntry("b", frame(2, height=8)),
         BatchEntry("c", frame(3, height=8)),
     ]
-    run_batch(entries, robots, Forward(fail_on_height=4), MapGate(), clock=lambda: 0.0)
+    run_batch(entries, robots, Forward(fail_on_height=4), MapGate(), [].append, lambda: 0.0)
     assert [str(error) for *_, error in robots["a"].finished] == ["out of memory"]
     assert [error for *_, error in robots["b"].finished] == [None]
-    assert [str(error) for *_, error in robots["c"].finished] == ["gradient exploded"]
+    assert [error for *_, error in robots["c"].finished] == [None]
+
+
+def test_a_map_pass_for_a_robot_that_left_still_reopens_the_gate():
+    gate = MapGate()
+    assert gate.choose(0.0, ["gone"]) == "gone"
+    run_map_pass(BatchEntry("gone", frame(1)), {}, gate, clock=iter([1.0, 2.0]).__next__)
+    assert gate.choose(5.0, ["other"]) == "other"
 
 
 def test_jain_fairness():

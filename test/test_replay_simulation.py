@@ -112,7 +112,8 @@ def _miou(point, kind):
 
 def test_stream_mode_sends_every_frame_and_counts_every_message_back(clip):
     computer = StubComputer()
-    point = simulate(clip, "stac", computer=computer)
+    # A saturated 100 ms segmenter leaves the map worker a tenth of the cores: 20 ms passes.
+    point = simulate(clip, "stac", computer=computer, timing=(100.0, 20.0), min_map_interval_s=0.2)
     # the first map comes from the stream's first picture; every later one is given the
     # decoded picture before its frame, the reference of that P-frame (the decoder's
     # reference_image, tested in test_codec_decoder.py)
@@ -135,6 +136,28 @@ def test_stream_mode_sends_every_frame_and_counts_every_message_back(clip):
     assert point.confusion["decoded_pseudo"].sum() > 0
     held = point.confusion["timely_pseudo"][-10:].sum(0)
     assert np.trace(held[:, :3]) / held.sum() > 0.8  # the robot's masks fit the frames
+
+
+def test_segmentation_never_waits_for_a_map_pass(clip):
+    """The map worker runs beside the segmenter's: with 0.2-s map passes every frame is still
+    segmented, its mask back at most one forward later than without maps (the two share the
+    cores while a pass runs); a map pass in the segmenter's worker would hold it for 0.2 s."""
+    fast_link = "rate=10gbit,delay=10ms"
+    stac = simulate(
+        clip, "stac", timing=(15.0, 200.0), link=fast_link, min_map_interval_s=0.2,
+        max_compute_share=1.0,
+    )  # fmt: skip
+    plain = simulate(clip, "uniform", timing=(15.0, 200.0), link=fast_link)
+    assert stac.counters["maps_sent"] >= 2
+    assert stac.segmented.all() and plain.segmented.all()
+    late_s = stac.mask_arrival_s - plain.mask_arrival_s
+    assert 0 < np.nanmax(late_s) <= 0.015 + 1e-3
+
+
+def test_a_saturated_segmenter_slows_maps_but_does_not_stop_them(clip):
+    slow = simulate(clip, "stac", timing=(100.0, 50.0), min_map_interval_s=0.0, period_frames=1)
+    idle = simulate(clip, "stac", timing=(10.0, 50.0), min_map_interval_s=0.0, period_frames=1)
+    assert 2 <= slow.counters["maps_sent"] < idle.counters["maps_sent"]
 
 
 def test_keyframe_mode_sends_only_keyframes_never_to_a_busy_edge(clip):

@@ -246,13 +246,16 @@ class SegmentationModel:
         """Nx3xHxW float RGB in 0..255 on `device` -> NxKxHxW logits at the input size.
 
         Differentiable w.r.t. x: normalisation and resizing to the working resolution and
-        back happen inside, so dL/dx is the sensitivity of the frame as given."""
+        back happen inside, so dL/dx is the sensitivity of the frame as given. While traced
+        (ONNX export) both resizes stay in the graph even where the example frame needs none
+        (a same-size bilinear resize is the identity), so the graph serves every frame size."""
+        tracing = torch.jit.is_tracing()
         if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
             raise ValueError(f"expected a float Nx3xHxW tensor, got {x.dtype} {tuple(x.shape)}")
         height, width = x.shape[-2:]
         x = (x - self._mean) / self._std
         working = self.spec.input_size
-        if working is not None and (width, height) != working:
+        if working is not None and (tracing or (width, height) != working):
             x = F.interpolate(x, size=working[::-1], mode="bilinear", align_corners=False)
         output = self.network(x)
         logits = output["out"] if isinstance(output, dict) else output
@@ -261,7 +264,7 @@ class SegmentationModel:
                 f"model {self.spec.name!r} output shape {tuple(logits.shape)}, but the "
                 f"configuration declares {self.num_classes} classes"
             )
-        if logits.shape[-2:] != (height, width):
+        if tracing or logits.shape[-2:] != (height, width):
             logits = F.interpolate(
                 logits, size=(height, width), mode="bilinear", align_corners=False
             )

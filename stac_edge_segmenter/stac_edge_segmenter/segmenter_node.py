@@ -9,11 +9,13 @@ the time from such an outage to the next mask is reported as recovery_ms_max.
 Every access unit is decoded in the subscription callback (P-frames need their references);
 inference runs in a worker thread on the newest decoded frame only. A decoded frame that a
 newer one replaces before inference reaches it is counted as skipped: no backlog builds up
-when the model is slower than the camera. In the edge container a `SegmentationHook` (the
-sensitivity node) shares the decoder and the model: frames it wants get its pass instead of
-a plain forward, and their mask comes from that pass. There the worker is the container's
-(one per edge, batching the newest frame of every robot into one forward) and the model is
-given: the container runs one segmenter node per robot, all on one model.
+when the model is slower than the camera. The forward runs on the inference engine the
+`engine` parameter names (stac_edge_segmenter.engines; ONNX Runtime by default). In the edge
+container a `SegmentationHook` (the sensitivity node) gets every decoded frame and its map
+passes run in a worker of their own, so segmentation never waits for one. There the worker
+is the container's (one per edge, batching the newest frame of every robot into one forward
+on the container's engine) and the model is given: the container runs one segmenter node
+per robot, all on one model.
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ from stac_codec.mask_wire import (
 )
 from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
 from stac_edge_segmenter.loading import SegmentationModel
-from stac_edge_segmenter.model_parameters import MODEL_PARAMETERS, load_model_from
+from stac_edge_segmenter.model_parameters import (
+    ENGINE_PARAMETER,
+    MODEL_PARAMETERS,
+    engine_from,
+    load_model_from,
+)
 from stac_edge_segmenter.overlay import mask_overlay
 from stac_edge_segmenter.resync import ResyncTracker
 from stac_edge_segmenter.segmentation_hook import SegmentationHook
@@ -81,6 +88,7 @@ ENDPOINTS = {
 
 PARAMETERS = (
     *MODEL_PARAMETERS,
+    ENGINE_PARAMETER,
     ParameterSpec("overlay_alpha", 0.5, "Weight of the class colours in the overlay.", 0.0, 1.0),
     ParameterSpec("publish_overlay", True, "Publish the colour overlay (costs ~2 ms/frame)."),
     ParameterSpec(
@@ -148,6 +156,10 @@ class SegmenterNode(Node):
         self.params = declare_parameters(self, PARAMETERS)
         self.model = load_model_from(self.params) if model is None else model
         self._mask_coding = mask_coding(self.params["mask_coding"])
+        # In the edge container the container's worker runs the forward, on its own engine.
+        self.engine = None
+        if worker is None:
+            self.engine = engine_from(self.params, self.model, self.get_logger().warning)
         self.hook = hook
         self.statistics = NodeStatistics()
         self._decoder = EncodedStreamDecoder()
@@ -183,9 +195,10 @@ class SegmenterNode(Node):
         self._worker: FrameWorker = worker or NewestItemWorker(
             self._segment, self._on_segment_error, name="segmenter"
         )
+        engine = self.engine.name if self.engine else "the edge container's"
         self.get_logger().info(
             f"model {self.model.spec.name!r} ({self.model.num_classes} classes) on "
-            f"{self.model.device}"
+            f"{self.model.device}, engine {engine}"
         )
 
     def _on_encoded(self, msg: EncodedFrame) -> None:
@@ -235,10 +248,7 @@ class SegmenterNode(Node):
 
     def _segment(self, frame: DecodedFrame) -> None:
         try:
-            if self.hook is not None and self.hook.wants(frame):
-                class_ids = self.hook.segment(frame)
-            else:
-                class_ids = self.model.predict(frame.image, with_probabilities=False).class_ids[0]
+            class_ids = self.engine.segment_batch(frame.image[None])[0]
         except Exception as error:
             self.finish_frame(frame, error=error)
             return

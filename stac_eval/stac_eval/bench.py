@@ -29,6 +29,8 @@ BENCHMARKS = {
     "masks": "masks sent back to the robot: bytes, agreement and speed of every coder",
     "fleet": "N robots on one edge (fairness, latency, memory, cross-talk), discovery with "
     "multicast vs a discovery server, failover between two edges",
+    "gpu": "forward and map pass at batch 1/4/16, torch CUDA vs ONNX Runtime CUDA (skips "
+    "without a GPU)",
 }
 # The live graph runs real nodes, so its benchmark lives with the ROS front ends.
 BENCHMARK_MODULES = {
@@ -40,6 +42,7 @@ BENCHMARK_MODULES = {
     "temporal": "stac_eval.bench_temporal",
     "masks": "stac_eval.bench_masks",
     "fleet": "stac_eval.ros.bench_fleet",
+    "gpu": "stac_eval.bench_gpu",
 }
 
 

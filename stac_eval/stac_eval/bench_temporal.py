@@ -41,13 +41,14 @@ from pathlib import Path
 
 import numpy as np
 
+from stac_edge_segmenter.engines import DEFAULT_ENGINE, ENGINE_NAMES
 from stac_encoder.frame_flow import FlowConfig
 from stac_training.camvid import shared_data_dir
 
 DEFAULT_CRFS = (18, 25, 32, 39, 46)
 DEFAULT_DELAYS = (0, 2, 5, 10, 25)
 BASELINES = ("uniform", "x264_aq", "two_level")
-BENCH_VERSION = 3  # bump when a change alters results, so cached points are recomputed
+BENCH_VERSION = 4  # bump when a change alters results, so cached points are recomputed
 
 
 def default_video() -> Path:
@@ -98,6 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="measured",
         help="edge compute times: measured (here, cached), fast (published GPU figures) or a "
         "JSON file from `stac-replay edge-timing`",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINE_NAMES,
+        default=DEFAULT_ENGINE,
+        help="the edge's inference engine whose forward the measured profile times",
     )
     parser.add_argument("--rc-seconds", type=float, default=20.0, help="rate-control run length, s")
     parser.add_argument(

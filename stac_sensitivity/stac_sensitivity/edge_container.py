@@ -4,10 +4,13 @@ robots, one worker that batches their newest frames into one forward pass.
 Per robot served, the container runs the two edge nodes as rclcpp_components would compose
 them: a segmenter node (its own decoder, resync and keyframe requests, masks back, statistics
 on the robot's stac/statistics) and a sensitivity node (its own QP-map session and feedback)
-that is the segmenter's `SegmentationHook`, so on the frames due for a map one forward +
-backward pass gives both the map and the mask. Every robot's decoded frames go to one
+that is the segmenter's `SegmentationHook`. Every robot's decoded frames go to one
 `FleetScheduler`: the newest frame of each robot, at most one per robot in a batch, robots in
-round robin, the batch in one forward (`stac_sensitivity.fleet_scheduler`).
+round robin, the batch in one forward on the edge's inference engine (`engine`; ONNX Runtime
+by default) (`stac_sensitivity.fleet_scheduler`). A frame due for a map also goes to the
+edge's one map worker, beside the batch worker: the sensitivity pass (forward + backward on
+torch) runs there, one at a time for all robots (`MapGate`), so no frame's segmentation waits
+for a map pass; the two workers share the cores while a pass runs.
 
 Which robots (`stac_sensitivity.fleet_membership`):
 - `robots: []` (default, no discovery): the robot in the edge's own namespace, with the nodes
@@ -39,15 +42,27 @@ from rclpy.node import Node
 
 from stac_edge_segmenter.edge_decoding import DecodedFrame
 from stac_edge_segmenter.loading import SegmentationModel
-from stac_edge_segmenter.model_parameters import MODEL_PARAMETERS, load_model_from
+from stac_edge_segmenter.model_parameters import (
+    ENGINE_PARAMETER,
+    MODEL_PARAMETERS,
+    engine_from,
+    load_model_from,
+)
 from stac_edge_segmenter.segmenter_node import SegmenterNode
 from stac_msgs.msg import EdgeHeartbeat
+from stac_ros_common.newest_item_worker import NewestItemWorker
 from stac_ros_common.node_runner import close_node, spin_until_shutdown
 from stac_ros_common.parameter_spec import ParameterSpec
 from stac_ros_common.parameters import declare_parameters
 from stac_ros_common.qos import EDGE_HEARTBEAT_QOS, EDGE_HEARTBEAT_TOPIC
 from stac_sensitivity.fleet_membership import FleetMembership
-from stac_sensitivity.fleet_scheduler import BatchEntry, FleetScheduler, MapGate, run_batch
+from stac_sensitivity.fleet_scheduler import (
+    BatchEntry,
+    FleetScheduler,
+    MapGate,
+    run_batch,
+    run_map_pass,
+)
 from stac_sensitivity.sensitivity_node import SensitivityNode
 
 ENCODED_TYPE = "stac_msgs/msg/EncodedFrame"
@@ -65,6 +80,7 @@ NODE_MODULES = {
 }
 PARAMETERS = (
     *MODEL_PARAMETERS,
+    ENGINE_PARAMETER,
     ParameterSpec(
         "robots",
         [],
@@ -155,8 +171,8 @@ class RobotSession:
     def wants_map(self, frame: DecodedFrame) -> bool:
         return self.sensitivity.wants(frame)
 
-    def map_pass(self, frame: DecodedFrame) -> np.ndarray:
-        return self.sensitivity.segment(frame)
+    def map_pass(self, frame: DecodedFrame) -> None:
+        self.sensitivity.map_pass(frame)
 
     def finish(self, frame, class_ids=None, error=None) -> None:
         self.segmenter.finish_frame(frame, class_ids, error)
@@ -176,9 +192,14 @@ class EdgeNode(Node):
         self._executor = executor
         self._robot_arguments = robot_node_arguments(ros_arguments)
         self.model = load_model_from(self.params)
+        self.engine = engine_from(self.params, self.model, self.get_logger().warning)
         self.edge_name = self.params["edge_name"] or self.get_fully_qualified_name()
         self.sessions: dict[str, RobotSession] = {}
         self._gate = MapGate()
+        # one map pass at a time for all robots, beside the batch worker: no frame waits for it
+        self._map_worker: NewestItemWorker[BatchEntry[DecodedFrame]] = NewestItemWorker(
+            self._run_map_pass, self._on_map_error, "maps"
+        )
         self.scheduler: FleetScheduler[DecodedFrame] = FleetScheduler(
             self._run_batch,
             self._on_batch_error,
@@ -208,6 +229,7 @@ class EdgeNode(Node):
         self.create_timer(self.params["membership_period_s"], self._update_membership)
         self.get_logger().info(
             f"edge {self.edge_name!r}: model {self.model.spec.name!r} on {self.model.device}, "
+            f"engine {self.engine.name}, "
             f"batches of up to {self.scheduler.max_batch} robots"
         )
         self._update_membership()
@@ -322,11 +344,16 @@ class EdgeNode(Node):
 
     def _forward(self, images: np.ndarray) -> np.ndarray:
         """NxHxWx3 frames of one size -> their class ids, in one forward pass."""
-        prediction = self.model.predict(images, batch_size=len(images), with_probabilities=False)
-        return prediction.class_ids
+        return self.engine.segment_batch(images)
 
     def _run_batch(self, entries: list[BatchEntry[DecodedFrame]]) -> None:
-        run_batch(entries, self.sessions, self._forward, self._gate)
+        run_batch(entries, self.sessions, self._forward, self._gate, self._map_worker.submit)
+
+    def _run_map_pass(self, entry: BatchEntry[DecodedFrame]) -> None:
+        run_map_pass(entry, self.sessions, self._gate)
+
+    def _on_map_error(self, entry: BatchEntry[DecodedFrame], error: Exception) -> None:
+        self.get_logger().error(f"map pass for robot {entry.robot} failed: {error}")
 
     def _on_batch_error(self, entries: list[BatchEntry[DecodedFrame]], error: Exception) -> None:
         self.get_logger().error(f"batch of {len(entries)} frames failed: {error}")
@@ -340,6 +367,7 @@ class EdgeNode(Node):
         for robot in list(self.sessions):
             self._stop_session(robot)
         self.scheduler.close()
+        self._map_worker.close()
 
 
 def robot_node_arguments(ros_arguments: list[str]) -> list[str]:

@@ -188,41 +188,57 @@ class FleetScheduler(Generic[T]):
 class MapGate:
     """Which robot's frame gets the next map pass, across all robots of an edge.
 
-    The sensitivity node's compute-share rule, once for the whole worker: after a map pass
-    that took d seconds, the next may start only once the worker has had d * (1 - share) /
-    share seconds for plain segmentation (each robot's sensitivity node applies the rule to
-    its own maps; with many robots on one worker their maps together would take far more than
-    `share` of it). When the gate opens, the robot that has wanted a map longest gets it, even
-    if its frame is not in the batch at hand: the robot whose frames happen to come first after
-    each map would otherwise take every map. A robot that wanted one but has not been seen for
-    `forget_after_s` (it left, or stopped sending) no longer holds the others up."""
+    The edge has one map worker beside the batch worker: one map pass at a time (none is
+    chosen while one runs), and the sensitivity node's compute-share rule once for the whole
+    map worker: after a pass that took d seconds, the next may start only d * (1 - share) /
+    share seconds later (each robot's sensitivity node applies the rule to its own maps; with
+    many robots their maps together would take far more than `share` of the cores). When the
+    gate opens, the robot that has wanted a map longest gets it, even if its frame is not in
+    the batch at hand: the robot whose frames happen to come first after each map would
+    otherwise take every map. A robot that wanted one but has not been seen for
+    `forget_after_s` (it left, or stopped sending) no longer holds the others up. Thread-safe:
+    the batch worker chooses, the map worker records."""
 
     def __init__(self, forget_after_s: float = 5.0) -> None:
         self.forget_after_s = forget_after_s
         self._next_allowed_s = 0.0
+        self._running = False
         self._wanting_since: dict[str, float] = {}
         self._seen_s: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def choose(self, now_s: float, wanting: list[str]) -> str | None:
-        """Of the robots in this batch whose frame is due for a map, the one to get it now."""
-        for robot in wanting:
-            self._wanting_since.setdefault(robot, now_s)
-            self._seen_s[robot] = now_s
-        for robot in [r for r, seen in self._seen_s.items() if now_s - seen > self.forget_after_s]:
-            self.forget(robot)
-        if now_s < self._next_allowed_s or not wanting:
-            return None
-        longest = min(self._wanting_since, key=self._wanting_since.__getitem__)
-        return longest if longest in wanting else None
+        """Of the robots in this batch whose frame is due for a map, the one to get it now;
+        the gate stays closed until `record` says its pass ended."""
+        with self._lock:
+            for robot in wanting:
+                self._wanting_since.setdefault(robot, now_s)
+                self._seen_s[robot] = now_s
+            stale = [r for r, seen in self._seen_s.items() if now_s - seen > self.forget_after_s]
+            for robot in stale:
+                self._forget(robot)
+            if self._running or now_s < self._next_allowed_s or not wanting:
+                return None
+            longest = min(self._wanting_since, key=self._wanting_since.__getitem__)
+            if longest not in wanting:
+                return None
+            self._running = True
+            return longest
 
     def record(self, robot: str, started_s: float, ended_s: float, share: float) -> None:
         """A map pass of `robot` ran from started_s to ended_s; share: its max_compute_share."""
         if not 0.0 < share <= 1.0:
             raise ValueError(f"share must be in (0, 1], got {share}")
-        self.forget(robot)
-        self._next_allowed_s = ended_s + (ended_s - started_s) * (1.0 - share) / share
+        with self._lock:
+            self._forget(robot)
+            self._running = False
+            self._next_allowed_s = ended_s + (ended_s - started_s) * (1.0 - share) / share
 
     def forget(self, robot: str) -> None:
+        with self._lock:
+            self._forget(robot)
+
+    def _forget(self, robot: str) -> None:
         self._wanting_since.pop(robot, None)
         self._seen_s.pop(robot, None)
 
@@ -236,8 +252,9 @@ class FleetRobot(Protocol):
     def wants_map(self, frame: DecodedFrame) -> bool:
         """Whether this frame is due for a QP map (the robot's own pacing)."""
 
-    def map_pass(self, frame: DecodedFrame) -> np.ndarray:
-        """The sensitivity pass: publishes the frame's map, returns its class ids."""
+    def map_pass(self, frame: DecodedFrame) -> None:
+        """The sensitivity pass: publishes the frame's map (a failure is the robot's to count
+        and log: it never raises)."""
 
     def finish(
         self,
@@ -251,8 +268,8 @@ class FleetRobot(Protocol):
 
 @dataclass(frozen=True)
 class BatchReport:
-    """What one batch did: frames through the batched forward, and the robot whose frame got
-    the map pass (None: no map this batch)."""
+    """What one batch did: frames through the batched forward, and the robot whose frame was
+    handed to the map worker (None: no map this batch)."""
 
     forwarded: int
     map_robot: str | None
@@ -263,18 +280,21 @@ def run_batch(
     robots: Mapping[str, FleetRobot],
     forward: Callable[[np.ndarray], np.ndarray],
     gate: MapGate,
+    start_map: Callable[[BatchEntry[DecodedFrame]], None],
     clock: Callable[[], float] = time.monotonic,
 ) -> BatchReport:
-    """Run one batch: at most one frame (the one the gate chooses among the frames due for a
-    map) gets the sensitivity pass; every other frame goes through `forward` (NxHxWx3 uint8
-    -> NxHxW class ids), frames of one picture size in one call. A failure fails only the
-    frames it concerns; each frame is delivered or failed once."""
+    """Run one batch: every frame goes through `forward` (NxHxWx3 uint8 -> NxHxW class ids),
+    frames of one picture size in one call; the frame the gate chooses among those due for a
+    map is also handed to the map worker (`start_map`, which runs `run_map_pass` in a thread
+    of its own), so no frame waits for a map pass. A failure fails only the frames it
+    concerns; each frame is delivered or failed once."""
     wanting = [e.robot for e in entries if robots[e.robot].wants_map(e.item)]
     chosen = gate.choose(clock(), wanting)
     map_entry = next((e for e in entries if e.robot == chosen), None)
-    plain = [e for e in entries if e is not map_entry]
+    if map_entry is not None:
+        start_map(map_entry)
     by_size: dict[tuple[int, ...], list[BatchEntry[DecodedFrame]]] = {}
-    for entry in plain:
+    for entry in entries:
         by_size.setdefault(entry.item.image.shape, []).append(entry)
     for group in by_size.values():
         try:
@@ -285,15 +305,22 @@ def run_batch(
             continue
         for entry, ids in zip(group, class_ids, strict=True):
             robots[entry.robot].finish(entry.item, ids)
-    if map_entry is not None:
-        robot = robots[map_entry.robot]
-        started = clock()
-        try:
-            class_ids = robot.map_pass(map_entry.item)
-        except Exception as error:
-            robot.finish(map_entry.item, error=error)
-        else:
-            robot.finish(map_entry.item, class_ids)
-        finally:
-            gate.record(map_entry.robot, started, clock(), robot.map_share)
-    return BatchReport(len(plain), None if map_entry is None else map_entry.robot)
+    return BatchReport(len(entries), None if map_entry is None else map_entry.robot)
+
+
+def run_map_pass(
+    entry: BatchEntry[DecodedFrame],
+    robots: Mapping[str, FleetRobot],
+    gate: MapGate,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """The map worker's job: the robot's sensitivity pass on the frame, then the gate told
+    how long it took (whether the robot is still served or not)."""
+    robot = robots.get(entry.robot)
+    started = clock()
+    try:
+        if robot is not None:
+            robot.map_pass(entry.item)
+    finally:
+        share = robot.map_share if robot is not None else 1.0
+        gate.record(entry.robot, started, clock(), share)

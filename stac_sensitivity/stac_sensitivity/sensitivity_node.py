@@ -3,13 +3,15 @@
 Its topics and its service are in ENDPOINTS below (docs/reference.md lists them with
 types and QoS, read from the running node).
 
-A map is computed every `period_frames` decoded frames (0 = only when asked). On its own, the
-node decodes the stream itself and computes maps in a worker thread on the newest due frame:
-the gradient pass (~0.2-0.5 s on a CPU) never stalls decoding, and a due frame that a newer one
-replaces before the worker is free is dropped (counted as skipped). In the edge container it
-is the segmenter's `SegmentationHook` instead: no decoder, no subscription, no model of its
-own; the segmenter's worker runs the sensitivity pass on the frames that are due and
-publishes the mask of that same forward.
+Which decoded frames get a map is `stac_sensitivity.map_pacing` (every `period_frames` frames
+and `min_map_interval_s` of camera time, at most `max_compute_share` of the map worker's time,
+one pass at a time). The sensitivity pass (forward + backward on torch, ~0.1-0.5 s on a CPU)
+never runs in the segmenter's worker, so the forward on the newest frame never waits for it.
+On its own the node decodes the stream itself, loads its own model and runs its passes in a
+worker thread of its own. In the edge container it is the segmenter's `SegmentationHook`
+instead (no decoder, no subscription, the container's model, every frame the segmenter
+decodes), and the container's one map worker runs its passes (`wants`, `map_pass`), the
+robots' maps one at a time (stac_sensitivity.fleet_scheduler.MapGate).
 
 Maps go out through `stac_sensitivity.feedback.FeedbackEncoder` (hysteresis, key maps and
 deltas); feedback statistics count the serialized QPMap messages.
@@ -17,11 +19,9 @@ deltas); feedback statistics count the serialized QPMap messages.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 
-import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
@@ -40,6 +40,7 @@ from stac_ros_common.qos import ENCODED_QOS_KINDS, OUTPUT_QOS, QP_MAP_QOS, encod
 from stac_ros_common.statistics import NodeStatistics
 from stac_ros_common.wire_size import serialized_size_bytes
 from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder, FeedbackMap
+from stac_sensitivity.map_pacing import MapPacer, MapPacingConfig
 from stac_sensitivity.online import QPMapComputer, qp_heatmap
 
 # Every topic and service of the node, by the name it creates (remap as needed).
@@ -90,9 +91,9 @@ PARAMETERS = (
     ParameterSpec(
         "max_compute_share",
         0.5,
-        "In the edge container: the largest share of the shared worker's time the sensitivity "
-        "pass may take; the rest segments frames (a saturated edge would otherwise spend "
-        "nearly every pass on maps).",
+        "The largest share of the map worker's time the sensitivity pass may take (after a "
+        "pass of d s the next waits d * (1 - share) / share): the map worker shares the "
+        "cores with the segmenter's.",
         0.05,
         1.0,
     ),
@@ -108,8 +109,8 @@ PARAMETERS = (
 
 
 class SensitivityNode(Node):
-    """Standalone with `model=None` (own model, decoder and worker); the segmenter's hook when
-    given the shared model (the edge container)."""
+    """Standalone with `model=None` (own model and decoder); the segmenter's hook when given
+    the shared model (the edge container)."""
 
     def __init__(self, model: SegmentationModel | None = None, **node_options) -> None:
         super().__init__("stac_sensitivity", **node_options)
@@ -124,24 +125,26 @@ class SensitivityNode(Node):
             FeedbackConfig(self.params["hysteresis_levels"], self.params["key_map_interval"])
         )
         self.statistics = NodeStatistics()
-        self._lock = threading.Lock()
-        self._decoded_since_map = 0
-        self._compute_requested = True  # the first decodable frame gets a map at once
-        self._last_frame_seq = 0
-        self._next_map_allowed_s = 0.0  # monotonic; the compute-share cap (container only)
-        self._last_map_stamp_s: float | None = None  # camera time of the last map's frame
+        self._lock = threading.Lock()  # guards the pacer (decoding thread and worker)
+        self._pacer = MapPacer(
+            MapPacingConfig(
+                self.params["period_frames"],
+                self.params["min_map_interval_s"],
+                self.params["max_compute_share"],
+            )
+        )
         self._map_publisher = self.create_publisher(QPMap, "qp_map", QP_MAP_QOS)
         self._heatmap_publisher = self.create_publisher(Image, "qp_heatmap", OUTPUT_QOS)
         self.create_service(Trigger, "~/compute_now", self._on_compute_now)
         self._worker: NewestItemWorker[DecodedFrame] | None = None
         link_channel = self._map_publisher.get_subscription_count
         if self.standalone:
+            self._worker = NewestItemWorker(self.map_pass, self._on_map_error, "sensitivity")
             self._decoder = EncodedStreamDecoder()
             encoded = self.create_subscription(
                 EncodedFrame, "encoded", self._on_encoded, encoded_qos(self.params["encoded_qos"])
             )
             link_channel = encoded.get_publisher_count
-            self._worker = NewestItemWorker(self._map_only, self._on_map_error, "sensitivity")
         self._reporter = StatisticsReporter(
             self, self.statistics, role="edge", link_channels=(link_channel,)
         )
@@ -152,58 +155,35 @@ class SensitivityNode(Node):
             f"{'standalone' if self.standalone else 'sharing the segmenter'}"
         )
 
-    # The segmenter's hook (edge container) -------------------------------------------------
-
     def frame_decoded(self, frame: DecodedFrame) -> None:
-        """Count decoded frames towards the next map; a robot restart asks for a key map."""
+        """Every decoded frame: counted towards the next map (a robot restart asks for a key
+        map); standalone, a due frame goes to this node's map worker."""
         self.statistics.count("frames_in")
         with self._lock:
-            if frame.frame_seq <= self._last_frame_seq:
+            if self._pacer.frame_decoded(frame.frame_seq):
                 self.feedback.request_key()  # the robot's numbering started again
-            self._last_frame_seq = frame.frame_seq
-            self._decoded_since_map += 1
+        standalone_due = self._worker is not None and self.wants(frame)
+        if standalone_due and self._worker.submit(frame) is not None:  # not started yet
+            self.statistics.count("frames_skipped")
 
     def wants(self, frame: DecodedFrame) -> bool:
+        """Whether `frame` is due for a map now (map_pacing's rule)."""
         with self._lock:
-            if self._compute_requested:
-                return True
-            return self._due(frame) and time.monotonic() >= self._next_map_allowed_s
+            return self._pacer.wants(stamp_to_s(frame.header.stamp), time.monotonic())
 
-    def _due(self, frame: DecodedFrame) -> bool:
-        """period_frames decoded frames since the last map, and min_map_interval_s of camera
-        time since its source frame (a restarted camera clock counts as due)."""
-        period = self.params["period_frames"]
-        if not period or self._decoded_since_map < period:
-            return False
-        last = self._last_map_stamp_s
-        elapsed_s = stamp_to_s(frame.header.stamp) - last if last is not None else math.inf
-        return elapsed_s >= self.params["min_map_interval_s"] or elapsed_s < 0
-
-    def segment(self, frame: DecodedFrame) -> np.ndarray:
-        """The sensitivity pass on `frame`: publishes its map, returns its class ids.
-
-        Afterwards the next map waits until the shared worker has spent enough time on plain
-        segmentation that maps keep to `max_compute_share` of its time."""
-        self._mark_map_started(frame)
+    def map_pass(self, frame: DecodedFrame) -> None:
+        """The sensitivity pass on `frame`: its map published (a failure is counted and
+        logged, never raised), the pacing told when it ran."""
+        with self._lock:
+            self._pacer.map_started(stamp_to_s(frame.header.stamp))
         started = time.monotonic()
         try:
-            return self._compute_and_publish(frame)
-        except Exception:
-            self.statistics.count("frames_failed")
-            raise
+            self._compute_and_publish(frame)
+        except Exception as error:  # noqa: BLE001 - one failed map must not stop the worker
+            self._on_map_error(frame, error)
         finally:
-            ended = time.monotonic()
-            share = self.params["max_compute_share"]
             with self._lock:
-                self._next_map_allowed_s = ended + (ended - started) * (1.0 - share) / share
-
-    def _mark_map_started(self, frame: DecodedFrame) -> None:
-        with self._lock:
-            self._compute_requested = False
-            self._decoded_since_map = 0
-            self._last_map_stamp_s = stamp_to_s(frame.header.stamp)
-
-    # Standalone ---------------------------------------------------------------------------
+                self._pacer.map_finished(started, time.monotonic())
 
     def _on_encoded(self, msg: EncodedFrame) -> None:
         result = self._decoder.decode(msg.data, msg.frame_seq, msg.width, msg.height)
@@ -211,15 +191,9 @@ class SensitivityNode(Node):
             self.statistics.count("frames_in")
             self.statistics.count("frames_failed")
             return
-        frame = DecodedFrame(msg.header, msg.frame_seq, result.image, self._decoder.reference_image)
-        self.frame_decoded(frame)
-        if self.wants(frame):
-            self._mark_map_started(frame)
-            if self._worker.submit(frame) is not None:
-                self.statistics.count("frames_skipped")
-
-    def _map_only(self, frame: DecodedFrame) -> None:
-        self._compute_and_publish(frame)
+        self.frame_decoded(
+            DecodedFrame(msg.header, msg.frame_seq, result.image, self._decoder.reference_image)
+        )
 
     def _on_map_error(self, frame: DecodedFrame, error: Exception) -> None:
         self.statistics.count("frames_failed")
@@ -229,11 +203,11 @@ class SensitivityNode(Node):
 
     def _on_compute_now(self, request: Trigger.Request, response: Trigger.Response):
         with self._lock:
-            self._compute_requested = True
+            self._pacer.request()
         response.success, response.message = True, "a map will be computed on the next frame"
         return response
 
-    def _compute_and_publish(self, frame: DecodedFrame) -> np.ndarray:
+    def _compute_and_publish(self, frame: DecodedFrame) -> None:
         result = self.computer.compute(frame.image, frame.reference_image)
         sent = self.feedback.encode(result.allocation)
         msg = qp_map_message(sent, frame, self.computer.calibration.aq_strength)
@@ -250,7 +224,6 @@ class SensitivityNode(Node):
             f"map {sent.map_seq} ({'key' if sent.is_key else 'delta'}, {len(sent.data)} B) "
             f"in {result.compute_ms:.0f} ms"
         )
-        return result.class_ids
 
     def close(self) -> None:
         if self._worker is not None:

@@ -29,6 +29,7 @@ def _csv(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from stac_edge_segmenter.engines import DEFAULT_ENGINE, ENGINE_NAMES
     from stac_eval.replay.edge_profile import PROFILES
     from stac_eval.replay.runner import (
         DEFAULT_CRFS,
@@ -76,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="measured",
         help=f"edge compute times: {' or '.join(PROFILES)} (published GPU figures, not "
         "measured), or a JSON file from `stac-replay edge-timing`",
+    )
+    run.add_argument(
+        "--engine",
+        choices=ENGINE_NAMES,
+        default=DEFAULT_ENGINE,
+        help="the edge's inference engine whose forward the measured profile times (default: "
+        "the segmenter's)",
     )
     run.add_argument(
         "--edge-ms",
@@ -154,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--calibration", type=Path, default=None, help="STAC calibration JSON")
     timing.add_argument("--device", default="cpu", help="torch device (cuda for a GPU edge)")
     timing.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    timing.add_argument(
+        "--engine", choices=ENGINE_NAMES, default=DEFAULT_ENGINE, help="inference engine"
+    )
 
     convert = sub.add_parser("convert", help="write a video file as a rosbag2 of images")
     convert.add_argument("video", help="video file")
@@ -217,7 +228,8 @@ def _edge_timing(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device)
     source = open_source(args.source, args.topic)
     images = [frame.image for frame in source.frames(4)]
-    data = measure_edge(model, QPMapComputer(model, args.calibration), images, args.threads)
+    computer = QPMapComputer(model, args.calibration)
+    data = measure_edge(model, computer, images, args.threads, args.engine)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(data, indent=2))

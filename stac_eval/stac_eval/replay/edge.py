@@ -1,21 +1,28 @@
 """The edge of the replay: the edge container's cores on the simulated clock.
 
 Every uplink message that arrives is decoded (`EncodedStreamDecoder`; a JPEG arrives decoded);
-a loss seen as a frame_seq gap makes `ResyncTracker` ask the robot for a keyframe. One worker
-segments the newest decoded frame whenever it is free (a frame replaced before the worker got
-to it is skipped: the segmenter's newest-frame policy, in both modes; in keyframe mode the
-robot sends to a busy edge only after `edge_timeout_s`). A job holds the worker for the
-edge profile's time (`edge_profile.EdgeTiming`): a forward, or a sensitivity pass when
-`MapEdge` says a map is due (the one place where the edge decides map passes). When the job
-ends, the mask goes back, and the map with it after a sensitivity pass.
+a loss seen as a frame_seq gap makes `ResyncTracker` ask the robot for a keyframe. The
+segmenter's worker segments the newest decoded frame whenever it is free (a frame replaced
+before the worker got to it is skipped: the segmenter's newest-frame policy, in both modes; in
+keyframe mode the robot sends to a busy edge only after `edge_timeout_s`); a job holds it for
+the edge profile's forward time (`edge_profile.EdgeTiming.segment_ms`, of the engine the
+profile measured). When the job ends, the mask goes back.
+
+Maps, as the sensitivity node computes them: each decoded frame is offered to `MapEdge`
+(the pacing rule of `stac_sensitivity.map_pacing`, on the simulated clock), which starts a
+sensitivity pass on a due frame in a worker of its own (the edge container's map worker).
+Alone, a pass takes the profile's `map_ms` and a forward its `segment_ms`; while both workers
+run they share the cores as Linux shares them between two threads of equal priority
+(`MAP_SHARE_WHILE_SEGMENTING`, half each): the map pass progresses at half speed, and a
+forward that starts during a pass takes twice its time. When the pass is done the map goes
+back.
 
 Class ids of a segmented frame are the model's forward on the decoded picture (`DecodedMasks`,
-the same forward that scores decoded mIoU); after a sensitivity pass, those of its own forward.
+the same forward that scores decoded mIoU).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,19 +38,23 @@ from stac_eval.replay.events import EventQueue
 from stac_eval.replay.robot import EdgeUnit
 from stac_eval.replay.wire import keyframe_request_bytes, qp_map_bytes, sent_mask
 from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder, FeedbackMap
+from stac_sensitivity.map_pacing import MapPacer, MapPacingConfig
 from stac_sensitivity.online import QPMapComputer
 
 FEEDBACK_SESSION_ID = 1  # fixed (the node draws one at random) so that runs are identical
-DONE = "edge_done"  # the event that frees the worker
+DONE = "edge_done"  # the event that frees the segmenter's worker
+MAP_DONE = "edge_map_done"  # the event that ends a map pass (payload: the pass's token)
+# The map worker's share of the cores while the segmenter's worker runs too: threads of equal
+# priority on the same cores.
+MAP_SHARE_WHILE_SEGMENTING = 0.5
 
 
 class MapEdge:
-    """Which frames get a map, by the sensitivity node's rule in the edge container
-    (SensitivityNode.frame_decoded / wants / segment, with the simulated clock for its
-    monotonic one), around the real cores: the first frame, then the first frame the worker
-    takes once `period_frames` frames were decoded, `min_map_interval_s` of camera time
-    passed since the last map's frame, and the worker spent at most `max_compute_share` of its
-    time on maps. `method.maps`: "stac" (QPMapComputer's allocation) or "two_level"."""
+    """The sensitivity node in the edge container, on the simulated clock: which decoded
+    frames get a map (`MapPacer`: the first frame, then every `period_frames` frames and
+    `min_map_interval_s` of camera time, at most `max_compute_share` of the map worker's time,
+    one pass at a time), and the pass itself, around the real cores (`QPMapComputer`,
+    `FeedbackEncoder`). `method.maps`: "stac" (QPMapComputer's allocation) or "two_level"."""
 
     def __init__(self, method, computer: QPMapComputer, settings) -> None:
         self.method = method
@@ -54,53 +65,34 @@ class MapEdge:
         self.feedback = FeedbackEncoder(
             FeedbackConfig(hysteresis, settings.key_map_interval), session_id=FEEDBACK_SESSION_ID
         )
-        self._decoded_since_map = 0
-        self._compute_requested = True
-        self._last_frame_seq = 0
-        self._last_map_stamp_s: float | None = None
-        self._next_map_allowed_s = 0.0
+        self.pacer = MapPacer(
+            MapPacingConfig(
+                settings.period_frames, settings.min_map_interval_s, settings.max_compute_share
+            )
+        )
 
-    def frame_decoded(self, frame_seq: int) -> None:
-        if frame_seq <= self._last_frame_seq:
+    def frame_decoded(self, frame_seq: int, stamp_s: float, now_s: float) -> bool:
+        """Count a decoded frame; True when it is due for a map (the pass is then started)."""
+        if self.pacer.frame_decoded(frame_seq):
             self.feedback.request_key()
-        self._last_frame_seq = frame_seq
-        self._decoded_since_map += 1
-
-    def wants(self, now_s: float, stamp_s: float) -> bool:
-        if self._compute_requested:
-            return True
-        return self._due(stamp_s) and now_s >= self._next_map_allowed_s
-
-    def _due(self, stamp_s: float) -> bool:
-        period = self.settings.period_frames
-        if not period or self._decoded_since_map < period:
+        if not self.pacer.wants(stamp_s, now_s):
             return False
-        last = self._last_map_stamp_s
-        elapsed_s = stamp_s - last if last is not None else math.inf
-        return elapsed_s >= self.settings.min_map_interval_s or elapsed_s < 0
+        self.pacer.map_started(stamp_s)
+        return True
 
     def compute(
-        self,
-        image: np.ndarray,
-        reference: np.ndarray | None,
-        stamp_s: float,
-        start_s: float,
-        end_s: float,
-    ) -> tuple[FeedbackMap, np.ndarray]:
-        """The map of `image` (a job from start_s to end_s; reference: the picture decoded
-        before it) as it goes out, and the class ids of the same forward pass."""
-        self._compute_requested = False
-        self._decoded_since_map = 0
-        self._last_map_stamp_s = stamp_s
-        share = self.settings.max_compute_share
-        self._next_map_allowed_s = end_s + (end_s - start_s) * (1.0 - share) / share
+        self, image: np.ndarray, reference: np.ndarray | None, start_s: float, end_s: float
+    ) -> FeedbackMap:
+        """The map of `image` (a pass from start_s to end_s; reference: the picture decoded
+        before it) as it goes out."""
+        self.pacer.map_finished(start_s, end_s)
         result = self.computer.compute(image, reference)
         allocation = result.allocation
         if self.method.maps == "two_level":
             allocation = two_level_allocation(
                 result.macroblock_sensitivity, self.settings.two_level_top_fraction
             )
-        return self.feedback.encode(allocation), result.class_ids
+        return self.feedback.encode(allocation)
 
 
 @dataclass(frozen=True)
@@ -124,10 +116,24 @@ class _Job:
     reference: np.ndarray | None  # the picture decoded before it
 
 
+@dataclass
+class _MapPass:
+    """The map worker's pass: its frame, when it started, the full-speed time it still needs
+    as of `since_s`, its speed since then, and the token of its pending MAP_DONE event."""
+
+    job: _Job
+    stamp_s: float
+    started_s: float
+    remaining_ms: float
+    since_s: float
+    speed: float = 1.0
+    token: int = 0
+
+
 class Edge:
-    """Decoder, resync and one worker; see the module docstring. Outgoing messages are
-    returned to the caller, which puts them on the downlink; the end of a job is an event
-    (DONE, priority 0) on the shared queue."""
+    """Decoder, resync, the segmenter's worker and the map worker; see the module docstring.
+    Outgoing messages are returned to the caller, which puts them on the downlink; the end of
+    a job is an event on the shared queue (DONE or MAP_DONE, priority 0)."""
 
     def __init__(
         self,
@@ -151,6 +157,8 @@ class Edge:
         self.resync = ResyncTracker(keyframe_request_interval_s)
         self._pending: _Job | None = None  # the newest decoded frame the worker has not taken
         self._busy = False
+        self._map: _MapPass | None = None
+        self._map_tokens = 0
         self.counters = dict.fromkeys(
             ("jobs_segment", "jobs_map", "skipped", "keyframe_requests", "undecodable"), 0
         )
@@ -173,52 +181,77 @@ class Edge:
                 return outgoing
             image, reference = decoded.image, self.decoder.reference_image
         self.on_decoded(unit.index, image)
+        job = _Job(unit.index, unit.frame_seq, image, reference)
         if self.map_edge is not None:
-            self.map_edge.frame_decoded(unit.frame_seq)
+            stamp_s = self.ledger.get(unit.index, "capture_s")
+            if self.map_edge.frame_decoded(unit.frame_seq, stamp_s, now_s):
+                self._start_map(now_s, job, stamp_s)
         if self._pending is not None:  # replaced before the worker took it
             self.counters["skipped"] += 1
-        self._pending = _Job(unit.index, unit.frame_seq, image, reference)
+        self._pending = job
         if not self._busy:
             outgoing += self._start(now_s)
         return outgoing
 
     def done(self, now_s: float) -> list[Outgoing]:
-        """The worker's job ended at `now_s`: it takes the next one."""
-        self._busy = False
+        """The segmenter's job ended at `now_s`: it takes the next one."""
+        self._set_busy(now_s, False)
         return self._start(now_s)
+
+    def map_done(self, now_s: float, token: int) -> list[Outgoing]:
+        """A map pass may have ended at `now_s` (not if its speed changed since: a newer
+        token)."""
+        current = self._map
+        if current is None or current.token != token:
+            return []
+        self._map = None
+        sent = self.map_edge.compute(
+            current.job.image, current.job.reference, current.started_s, now_s
+        )
+        payload = (sent, current.job.frame_seq, current.stamp_s, current.job.image)
+        return [Outgoing("map", now_s, current.job.index, qp_map_bytes(len(sent.data)), payload)]
+
+    def _start_map(self, now_s: float, job: _Job, stamp_s: float) -> None:
+        self.counters["jobs_map"] += 1
+        self._map = _MapPass(job, stamp_s, now_s, self.timing.map_ms, since_s=now_s)
+        self._schedule_map(now_s)
+
+    def _set_busy(self, now_s: float, busy: bool) -> None:
+        """The segmenter's worker starts or stops: the map pass changes speed."""
+        if busy == self._busy:
+            return
+        current = self._map
+        if current is not None:
+            current.remaining_ms -= 1e3 * (now_s - current.since_s) * current.speed
+            current.since_s = now_s
+        self._busy = busy
+        self._schedule_map(now_s)
+
+    def _schedule_map(self, now_s: float) -> None:
+        current = self._map
+        if current is None:
+            return
+        current.speed = MAP_SHARE_WHILE_SEGMENTING if self._busy else 1.0
+        self._map_tokens += 1
+        current.token = self._map_tokens
+        end_s = now_s + 1e-3 * max(current.remaining_ms, 0.0) / current.speed
+        self.events.push(end_s, MAP_DONE, current.token, priority=0)
 
     def _start(self, now_s: float) -> list[Outgoing]:
         job, self._pending = self._pending, None
         if job is None:
             return []
-        self._busy = True
+        self._set_busy(now_s, True)
         self.ledger.set(job.index, "segmented", True)
-        stamp_s = self.ledger.get(job.index, "capture_s")
-        outgoing = []
-        if self.map_edge is not None and self.map_edge.wants(now_s, stamp_s):
-            self.counters["jobs_map"] += 1
-            done_s = now_s + 1e-3 * self.timing.map_ms
-            sent, class_ids = self.map_edge.compute(
-                job.image, job.reference, stamp_s, now_s, done_s
-            )
-            outgoing.append(
-                Outgoing(
-                    "map",
-                    done_s,
-                    job.index,
-                    qp_map_bytes(len(sent.data)),
-                    (sent, job.frame_seq, stamp_s, job.image),
-                )
-            )
-        else:
-            self.counters["jobs_segment"] += 1
-            done_s = now_s + 1e-3 * self.timing.segment_ms
-            self.masks.add(job.index, job.image)
-            class_ids = self.masks.get(job.index)
-        size_bytes, received = sent_mask(class_ids)
-        outgoing.append(
-            Outgoing("mask", done_s, job.index, size_bytes, (received, job.frame_seq, job.image))
-        )
+        self.counters["jobs_segment"] += 1
+        segment_ms = self.timing.segment_ms
+        if self._map is not None:  # the cores are shared with a map pass
+            segment_ms /= 1.0 - MAP_SHARE_WHILE_SEGMENTING
+        done_s = now_s + 1e-3 * segment_ms
+        self.masks.add(job.index, job.image)
+        class_ids = self.masks.get(job.index)
         self.masks.release(lambda index: index > job.index)
         self.events.push(done_s, DONE, priority=0)
-        return outgoing
+        size_bytes, received = sent_mask(class_ids)
+        payload = (received, job.frame_seq, job.image)
+        return [Outgoing("mask", done_s, job.index, size_bytes, payload)]

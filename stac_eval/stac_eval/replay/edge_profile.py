@@ -3,10 +3,11 @@
 Timeliness decides which mode wins (a slow edge makes every mask late, and keyframe mode sends
 only what the edge can take), so the system comparison runs under two edge profiles:
 
-- `measured`: the median time of one segmentation forward and of one sensitivity pass
-  (forward + backward + allocation, QPMapComputer) on the source's first frames, on this
-  machine's device and threads, measured once per model, frame size, device and thread count
-  and cached (the replay is deterministic: a rerun reuses the figure);
+- `measured`: the median time of one segmentation forward on the edge's inference engine
+  (`--engine`, the segmenter's `engine` parameter) and of one sensitivity pass (forward +
+  backward + allocation on torch, QPMapComputer) on the source's first frames, on this
+  machine's device and threads, measured once per model, frame size, device, thread count
+  and engine and cached (the replay is deterministic: a rerun reuses the figure);
 - `fast`: a datacenter-GPU edge, from published figures for this class of model
   (EfficientNet-B0, the family of the shipped EfficientNet-Lite0 backbone), scaled to the
   model's working resolution; NOT measured here (no GPU was at hand). The constants and their
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stac_edge_segmenter.engines import create_engine
 from stac_edge_segmenter.loading import SegmentationModel
 from stac_sensitivity.online import QPMapComputer
 
@@ -106,22 +108,33 @@ def timing_from_file(path: Path) -> EdgeTiming:
         raise ValueError(f"--edge-profile {path}: not a readable JSON file ({error})") from error
     if data.get("format") != TIMING_FORMAT:
         raise ValueError(f"--edge-profile {path}: format is not {TIMING_FORMAT}")
-    where = f"measured on {data.get('device')}, {data.get('date')}, file {path}"
+    where = (
+        f"measured on {data.get('device')} ({data.get('engine', 'torch')}), "
+        f"{data.get('date')}, file {path}"
+    )
     return EdgeTiming(float(data["segment_ms"]), float(data["map_ms"]), where, "measured")
 
 
 def measure_edge(
-    model: SegmentationModel, computer: QPMapComputer, images: list[np.ndarray], threads: int
+    model: SegmentationModel,
+    computer: QPMapComputer,
+    images: list[np.ndarray],
+    threads: int,
+    engine_name: str,
 ) -> dict:
-    """Medians of 6 forwards and 4 sensitivity passes on up to 4 frames, after a warm-up
-    (predict and compute return numpy arrays, so a GPU has finished when the clock stops)."""
+    """Medians of 6 forwards on the engine and 4 sensitivity passes on up to 4 frames, after
+    a warm-up (both return numpy arrays, so a GPU has finished when the clock stops). The
+    engine is built as the segmenter builds it; where it falls back to torch, the figures
+    are torch's and the JSON says so."""
     height, width = images[0].shape[:2]
-    model.predict(images[0], with_probabilities=False)
+    choice = create_engine(model, engine_name, threads)
+    engine = choice.engine
+    engine.segment_batch(images[0][None])
     computer.compute(images[0])
     forwards = []
     for image in images + images[:2]:
         started = time.perf_counter()
-        model.predict(image, with_probabilities=False)
+        engine.segment_batch(image[None])
         forwards.append(1e3 * (time.perf_counter() - started))
     passes = []
     for image in images:
@@ -135,6 +148,9 @@ def measure_edge(
         "frame_size": [width, height],
         "device": str(model.device),
         "threads": threads,
+        "engine": engine.name,
+        "engine_requested": engine_name,
+        "engine_fallback_reason": choice.fallback_reason,
         "load_average_1min": round(os.getloadavg()[0], 2),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -147,12 +163,13 @@ def measured_edge_timing(
     computer: QPMapComputer,
     frames: Iterator[np.ndarray],
     threads: int,
+    engine_name: str,
 ) -> EdgeTiming:
-    """The cached measurement for this model, frame size, device and thread count, or a new
-    one (`measure_edge`) on the first 4 frames."""
+    """The cached measurement for this model, frame size, device, thread count and engine,
+    or a new one (`measure_edge`) on the first 4 frames."""
     images = [image for _, image in zip(range(4), frames, strict=False)]
     height, width = images[0].shape[:2]
-    key = f"{model_key[:16]}-{width}x{height}-{model.device}-t{threads}"
+    key = f"{model_key[:16]}-{width}x{height}-{model.device}-t{threads}-{engine_name}"
     path = cache_dir / "edge_timing" / f"{key}.json"
     if path.is_file():
         data = json.loads(path.read_text())
@@ -160,7 +177,7 @@ def measured_edge_timing(
             return EdgeTiming(
                 data["segment_ms"], data["map_ms"], f"measured, cached in {path}", "measured"
             )
-    data = measure_edge(model, computer, images, threads)
+    data = measure_edge(model, computer, images, threads, engine_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
     return EdgeTiming(

@@ -7,8 +7,9 @@ The one event simulator of the project: `stac-replay run` (the system comparison
 - `link`: the uplink bottleneck with its queue, delay and loss; the downlink's delay and loss;
 - `robot`: the encoder node's core (`RobotLoop`: flow, keyframe decision, the QP map warped,
   x264, the edge's masks warped to every frame) or JPEG per frame, and the held mask;
-- `edge`: the edge container's decoder, resync and worker with the map pacing (`MapEdge`) and
-  the edge profile's compute times (`edge_profile`);
+- `edge`: the edge container's decoder, resync, the segmenter's worker and the map worker
+  below it with the map pacing (`MapEdge`), and the edge profile's compute times
+  (`edge_profile`);
 - `accounting`: every frame's bytes both ways (serialized messages, `wire`) and its fate;
 - `accuracy`: decoded and timely (warped and held) confusions of every frame.
 
@@ -35,7 +36,7 @@ from stac_encoder.keyframes import KeyframeConfig
 from stac_encoder.robot_encoder import MapVerdict
 from stac_eval.replay.accounting import DECODED, DROPPED, LOST, FrameLedger, PointResult
 from stac_eval.replay.accuracy import DecodedMasks, Scorer
-from stac_eval.replay.edge import DONE, Edge, MapEdge, Outgoing
+from stac_eval.replay.edge import DONE, MAP_DONE, Edge, MapEdge, Outgoing
 from stac_eval.replay.edge_profile import EdgeTiming
 from stac_eval.replay.events import EventQueue
 from stac_eval.replay.link import Downlink, LinkConfig, Uplink
@@ -242,6 +243,8 @@ class PointReplay:
         for event in self.edge_events.pop_until(time_s):
             if event.kind == DONE:
                 outgoing = self.edge.done(event.time_s)
+            elif event.kind == MAP_DONE:
+                outgoing = self.edge.map_done(event.time_s, event.payload)
             else:
                 outgoing = self.edge.arrive(event.time_s, event.payload)
             for message in outgoing:

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from stac_edge_segmenter.engines import ENGINE_NAMES
 from stac_eval.bench_codec import default_video
 from stac_eval.kernel_link import settings_from_spec
 from stac_eval.ros.demo import find_launch_dir, score_masks, summarise
-from stac_eval.ros.graph_runner import EDGE_PROCESSES, GraphRun, GraphRunConfig
+from stac_eval.ros.graph_runner import EDGE_EXECUTABLES, EDGE_PROCESSES, GraphRun, GraphRunConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch threads per edge process (default: two in all: 2 for the container, 1 per "
         "separate node)",
+    )
+    parser.add_argument(
+        "--edge-engine",
+        choices=ENGINE_NAMES,
+        default=None,
+        help="the segmenter's inference engine (default: the edge's configured one)",
     )
     parser.add_argument(
         "--launch-dir", type=Path, default=None, help="launch files (default: the repository's)"
@@ -88,11 +95,13 @@ def run(args: argparse.Namespace) -> dict:
             encoded_qos=args.encoded_qos,
             link=args.link,
             torch_threads=args.torch_threads,
+            edge_engine=args.edge_engine,
             record_bag=False,
             overlay_video=False,
         )
         result = GraphRun(config).run()
         scores = _scores(args, result)
+        engine_lines = _engine_lines(result.logs)
     report = summarise(result, scores, "stac-bench live")
     encoded = result.encoded
     if len(encoded) < 2:
@@ -128,6 +137,8 @@ def run(args: argparse.Namespace) -> dict:
         "robot_timely_frames": report["robot_timely_frames"],
         "qp_maps": len(result.qp_map_bytes),
         "frames_with_qp_map": sum(1 for r in encoded if r.qp_map_seq > 0),
+        "edge_engine_requested": args.edge_engine or "configured",
+        "edge_engine_log": engine_lines,
         "frames_segmented": segmenter.frames_segmented,
         "frames_skipped": segmenter.frames_skipped,
         "exit_codes": result.exit_codes,
@@ -147,6 +158,15 @@ def _scores(args: argparse.Namespace, result) -> dict:
     return score_masks(result, str(args.video), load_model(), clip_frames)
 
 
+def _engine_lines(logs: dict[str, Path]) -> list[str]:
+    """What the edge said about its inference engine (the one it runs, any fallback)."""
+    lines = []
+    for executable in sorted(EDGE_EXECUTABLES & set(logs)):
+        text = logs[executable].read_text(errors="replace") if logs[executable].is_file() else ""
+        lines += [line.strip() for line in text.splitlines() if "engine" in line]
+    return lines
+
+
 def _resolution(result) -> str:
     if result.mask_size is None:
         return "unknown"
@@ -156,6 +176,7 @@ def _resolution(result) -> str:
 def _print_table(out: dict) -> None:
     rows = [
         ("edge", f"{out['edge']} ({', '.join(out['edge_processes'])})"),
+        ("edge engine", "; ".join(out["edge_engine_log"]) or out["edge_engine_requested"]),
         ("edge CPU s per s of video", out["edge_cpu_s_per_video_s"]),
         ("edge peak resident memory", f"{out['edge_peak_rss_mb']} MiB"),
         ("frames segmented per s", out["segmented_per_s"]),

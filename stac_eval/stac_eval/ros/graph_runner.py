@@ -75,6 +75,7 @@ class GraphRunConfig:
     encoded_qos: str = "reliable"  # the edge's subscription: reliable or best_effort
     # torch threads per edge process; None: two in all (2 for the container, 1 per node)
     torch_threads: int | None = None
+    edge_engine: str | None = None  # the segmenter's inference engine; None: its default
     # Robot and edge are separate machines in a deployment; on one machine the edge's model
     # passes would starve the robot side, so the edge nodes run at this niceness.
     edge_niceness: int = 10
@@ -188,6 +189,8 @@ class GraphRun:
         if executable in EDGE_EXECUTABLES:
             args += ["-p", f"torch_threads:={self.config.edge_torch_threads}"]
             args += ["-p", f"encoded_qos:={self.config.encoded_qos}"]
+            if self.config.edge_engine:
+                args += ["-p", f"engine:={self.config.edge_engine}"]
         return args
 
     def run(self) -> GraphRunResult:

@@ -1,0 +1,420 @@
+"""Inference engines for the edge's segmentation forward: one call, a batch of frames in, masks out.
+
+Every engine has `segment_batch(frames) -> class_ids`: uint8 NxHxWx3 RGB frames (any N, any
+size) to uint8 NxHxW class ids, what `SegmentationModel.predict(..., with_probabilities=False)`
+gives. A fleet's scheduler hands one batch of several robots' newest frames to it.
+
+- `torch`: the loaded PyTorch model, eager (`SegmentationModel.predict`).
+- `onnxruntime`: the same model exported at start to ONNX (uint8 frames to class ids in one
+  graph: normalisation, resizing to the working resolution and back, argmax; dynamic batch,
+  height and width) and run by ONNX Runtime: CPU execution provider on a CPU, CUDA (TensorRT
+  where installed) on a GPU. Before it is used the export is checked against torch on two
+  frame sizes (masks must agree on `MIN_AGREEMENT` of the pixels), so a graph that froze a
+  frame size or a branch at export time is never used.
+- `onnxruntime_int8`: that graph with the network's operators statically quantized to int8
+  (QDQ, ONNX Runtime's quantizer) with activation ranges calibrated offline on unlabelled
+  frames and stored beside the weights (`int8_ranges_path`, written by `calibrate_int8`).
+
+The sensitivity map's backward pass always stays in torch (ONNX Runtime's inference sessions
+have no gradients). Whatever cannot run through ONNX Runtime (the library missing, a model the
+exporter refuses, a failed check, a session that fails later on a frame) runs on torch instead;
+`create_engine` and `FallbackEngine` say why, once, through the caller's log function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+import torch
+
+from stac_edge_segmenter.loading import SegmentationModel
+
+ENGINE_NAMES = ("torch", "onnxruntime", "onnxruntime_int8")
+# The segmenter's default (chosen by measurement: docs/engines.md).
+DEFAULT_ENGINE = "onnxruntime"
+# An exported graph is used only if its masks agree with torch's on this share of the pixels of
+# the check frames (fp32 differences flip only near-ties; a frozen shape flips whole regions).
+MIN_AGREEMENT = 0.995
+ONNX_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "frames", "class_ids"
+INT8_RANGES_SUFFIX = ".int8_ranges.json"
+NETWORK_SCOPE = "/network/"  # the exporter's name prefix of the network's nodes
+
+LogFn = Callable[[str], None]
+
+
+class Engine(Protocol):
+    name: str
+
+    def segment_batch(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 NxHxWx3 RGB -> uint8 NxHxW class ids."""
+
+
+class EngineError(RuntimeError):
+    """ONNX Runtime cannot run this model here; the message says why."""
+
+
+def _frame_batch(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+        raise ValueError(f"expected a non-empty NxHxWx3 uint8 RGB batch, got {frames.dtype} "
+                         f"{frames.shape}")  # fmt: skip
+    return np.ascontiguousarray(frames)
+
+
+class TorchEngine:
+    """The PyTorch model as loaded, one forward for the whole batch."""
+
+    name = "torch"
+
+    def __init__(self, model: SegmentationModel) -> None:
+        self.model = model
+
+    def segment_batch(self, frames: np.ndarray) -> np.ndarray:
+        frames = _frame_batch(frames)
+        prediction = self.model.predict(frames, batch_size=len(frames), with_probabilities=False)
+        return prediction.class_ids
+
+
+class OnnxRuntimeEngine:
+    """An ONNX Runtime session of a graph from `export_onnx` (or its int8 form)."""
+
+    def __init__(self, name: str, session) -> None:
+        self.name = name
+        self.session = session
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def segment_batch(self, frames: np.ndarray) -> np.ndarray:
+        frames = _frame_batch(frames)
+        (class_ids,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: frames})
+        if class_ids.shape != frames.shape[:3] or class_ids.dtype != np.uint8:
+            raise EngineError(
+                f"the ONNX graph gave {class_ids.dtype} {class_ids.shape} class ids for frames "
+                f"{frames.shape}"
+            )
+        return class_ids
+
+
+class _FramesToClassIds(torch.nn.Module):
+    """What is exported: uint8 NxHxWx3 RGB -> uint8 NxHxW class ids through the model's own
+    `logits` (which, while traced, keeps both resizes in the graph whatever the example size)."""
+
+    def __init__(self, model: SegmentationModel) -> None:
+        super().__init__()
+        self.network = model.network  # a submodule: its nodes are named NETWORK_SCOPE...
+        self.model = model
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        logits = self.model.logits(frames.permute(0, 3, 1, 2).float())
+        return logits.argmax(1).to(torch.uint8)
+
+
+def _example_size(model: SegmentationModel) -> tuple[int, int]:
+    """(width, height) of the export example and the first check frame."""
+    return model.spec.input_size or (480, 360)
+
+
+def export_onnx(model: SegmentationModel) -> bytes:
+    """The model as an ONNX graph (uint8 frames -> uint8 class ids), dynamic batch, height and
+    width; EngineError when the exporter refuses it."""
+    width, height = _example_size(model)
+    example = torch.zeros(1, height, width, 3, dtype=torch.uint8, device=model.device)
+    buffer = io.BytesIO()
+    dynamic = {0: "batch", 1: "height", 2: "width"}
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer and deprecation notes, not failures
+            # Traced first: the ONNX exporter cannot trace into a TorchScript network itself.
+            traced = torch.jit.trace(_FramesToClassIds(model).eval(), example, check_trace=False)
+            torch.onnx.export(
+                traced,
+                (example,),
+                buffer,
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: dynamic},
+            )
+    except Exception as error:  # the exporter raises many kinds for what it cannot express
+        raise EngineError(f"ONNX export failed: {type(error).__name__}: {error}") from error
+    return _canonical_names(buffer.getvalue())
+
+
+def _canonical_names(onnx_model: bytes) -> bytes:
+    """Name every node and intermediate tensor by its place in the graph: `network/<i>_<op>`
+    for the network's nodes, `frame/<i>_<op>` for the rest (normalisation, resizes, argmax).
+    The exporter's own names vary between exports of the same model (module scopes are named
+    differently the second time in a process), and the int8 activation ranges are stored by
+    tensor name. Graphs with subgraphs (If, Loop) keep the exporter's names."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_model)
+    graph = model.graph
+    if any(
+        attribute.g.node or attribute.graphs for node in graph.node for attribute in node.attribute
+    ):
+        return onnx_model
+    kept = {value.name for value in (*graph.input, *graph.output, *graph.initializer)}
+    renamed: dict[str, str] = {}
+    for index, node in enumerate(graph.node):
+        scope = "network" if node.name.startswith(NETWORK_SCOPE) else "frame"
+        node.name = f"{scope}/{index}_{node.op_type}"
+        for position, name in enumerate(node.input):
+            node.input[position] = renamed.get(name, name)
+        for position, name in enumerate(node.output):
+            if name and name not in kept:
+                renamed[name] = node.output[position] = f"{node.name}:{position}"
+    for value in graph.value_info:
+        value.name = renamed.get(value.name, value.name)
+    return model.SerializeToString()
+
+
+def _providers(device: torch.device, available: list[str]) -> list:
+    """GPU execution providers first where the model lives on a GPU, always the CPU last."""
+    wanted: list = []
+    if device.type == "cuda":
+        options = {"device_id": device.index or 0}
+        wanted += [
+            (name, options)
+            for name in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+            if name in available
+        ]
+    return [*wanted, "CPUExecutionProvider"]
+
+
+def create_session(onnx_model: bytes, device: torch.device, threads: int = 0):
+    """An ONNX Runtime session; `threads` intra-op threads (0 = ONNX Runtime's default). The
+    worker threads sleep between calls instead of spinning, so the cores go to the map pass
+    and the decoder while the segmenter waits for a frame."""
+    ort = _import_onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: warnings about providers are not failures
+    providers = _providers(device, ort.get_available_providers())
+    try:
+        return ort.InferenceSession(onnx_model, options, providers=providers)
+    except Exception as error:  # ORT's own exception types derive from Exception only
+        raise EngineError(
+            f"ONNX Runtime session failed: {type(error).__name__}: {error}"
+        ) from error
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise EngineError(f"onnxruntime cannot be imported: {error}") from error
+    return onnxruntime
+
+
+def check_batches(model: SegmentationModel) -> list[np.ndarray]:
+    """Deterministic batches (smooth colour fields) that a usable graph must get right: two
+    frames of the example size in one batch, and one frame larger by half whose sides are not
+    multiples of 32."""
+    width, height = _example_size(model)
+    generator = np.random.default_rng(0)
+
+    def field(size: tuple[int, int]) -> np.ndarray:
+        coarse = generator.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        return cv2.resize(coarse, size, interpolation=cv2.INTER_CUBIC)
+
+    larger = (width * 3 // 2 + 6, height * 3 // 2 + 6)
+    return [np.stack([field((width, height)), field((width, height))]), field(larger)[None]]
+
+
+def agreement(engine: Engine, reference: Engine, batches: Iterable[np.ndarray]) -> float:
+    """The share of pixels on which two engines' masks agree, over `batches`."""
+    same = total = 0
+    for batch in batches:
+        mask = engine.segment_batch(batch)
+        same += int(np.count_nonzero(mask == reference.segment_batch(batch)))
+        total += mask.size
+    return same / total
+
+
+def _checked(engine: OnnxRuntimeEngine, model: SegmentationModel) -> OnnxRuntimeEngine:
+    try:
+        share = agreement(engine, TorchEngine(model), check_batches(model))
+    except Exception as error:
+        raise EngineError(f"the ONNX graph failed on a check frame: {error}") from error
+    if share < MIN_AGREEMENT:
+        raise EngineError(
+            f"the ONNX graph's masks agree with torch on {100 * share:.2f}% of the check "
+            f"batches' pixels (< {100 * MIN_AGREEMENT:.1f}%): the export froze something"
+        )
+    return engine
+
+
+def int8_ranges_path(model: SegmentationModel) -> Path:
+    """Where the int8 activation ranges of a model live: beside its weights."""
+    weights = model.spec.weights
+    return weights.with_name(weights.stem + INT8_RANGES_SUFFIX)
+
+
+def _network_free_nodes(onnx_model: bytes) -> list[str]:
+    """Nodes outside the network (normalisation, resizes, argmax): they stay in float."""
+    import onnx
+
+    graph = onnx.load_from_string(onnx_model).graph
+    return [node.name for node in graph.node if not node.name.startswith("network/")]
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """The quantizer reports progress through the root logger: errors only while it runs."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(onnx_model: bytes, ranges: Path, reader=None) -> bytes:
+    """quantize_static of the network's operators (QDQ, uint8 activations, int8 weights per
+    channel); activation ranges from `ranges`, computed there first from `reader` if given."""
+    try:
+        import onnx
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+    except ImportError as error:
+        raise EngineError(f"int8 quantization needs onnx and onnxruntime: {error}") from error
+    with _quiet_root_logger(), tempfile.TemporaryDirectory(prefix="stac-int8-") as directory:
+        source, target = Path(directory) / "fp32.onnx", Path(directory) / "int8.onnx"
+        source.write_bytes(onnx_model)
+        quantize_static(
+            source,
+            target,
+            calibration_data_reader=reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=_network_free_nodes(onnx_model),
+            calibrate_method=CalibrationMethod.MinMax,
+            calibration_cache_path=ranges,
+        )
+        return onnx.load(target).SerializeToString()
+
+
+class _FrameReader:
+    """onnxruntime's CalibrationDataReader protocol over a list of frames, one per batch."""
+
+    def __init__(self, frames: Iterable[np.ndarray]) -> None:
+        self._frames = iter(frames)
+
+    def get_next(self) -> dict | None:
+        frame = next(self._frames, None)
+        return None if frame is None else {INPUT_NAME: _frame_batch(frame[None])}
+
+
+def calibrate_int8(model: SegmentationModel, frames: Iterable[np.ndarray], ranges: Path) -> Path:
+    """Measure the activation ranges of the model's exported graph on unlabelled uint8 HxWx3
+    RGB frames (MinMax over all of them) and write them to `ranges` (replaced if present)."""
+    ranges = Path(ranges)
+    ranges.unlink(missing_ok=True)
+    _quantize(export_onnx(model), ranges, _FrameReader(frames))
+    return ranges
+
+
+def build_onnxruntime_engine(
+    model: SegmentationModel, int8: bool = False, threads: int = 0
+) -> OnnxRuntimeEngine:
+    """The model exported, checked against torch and (int8) quantized; EngineError why not."""
+    graph = export_onnx(model)
+    engine = _checked(
+        OnnxRuntimeEngine("onnxruntime", create_session(graph, model.device, threads)), model
+    )
+    if not int8:
+        return engine
+    ranges = int8_ranges_path(model)
+    if not ranges.is_file():
+        raise EngineError(f"no int8 activation ranges for this model at {ranges} "
+                          "(stac-quantize writes them)")  # fmt: skip
+    try:
+        quantized = _quantize(graph, ranges)
+    except Exception as error:  # third-party code: whatever it raises, int8 is not usable
+        raise EngineError(f"int8 quantization with {ranges} failed: {error}") from error
+    return OnnxRuntimeEngine("onnxruntime_int8", create_session(quantized, model.device, threads))
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine that runs and, when it is not the one asked for, why."""
+
+    engine: Engine
+    requested: str
+    fallback_reason: str | None = None
+
+
+def create_engine(model: SegmentationModel, name: str, threads: int = 0) -> EngineChoice:
+    """The engine `name` for `model`, or the closest one that works (int8 -> fp32 ONNX Runtime
+    -> torch) with the reason; ValueError for an unknown name."""
+    if name not in ENGINE_NAMES:
+        raise ValueError(f"unknown engine {name!r}; choose from {ENGINE_NAMES}")
+    if name == "torch":
+        return EngineChoice(TorchEngine(model), name)
+    reasons = []
+    for int8 in (True, False) if name == "onnxruntime_int8" else (False,):
+        try:
+            engine = build_onnxruntime_engine(model, int8=int8, threads=threads)
+        except EngineError as error:
+            reasons.append(str(error))
+            continue
+        return EngineChoice(engine, name, "; ".join(reasons) or None)
+    return EngineChoice(TorchEngine(model), name, "; ".join(reasons))
+
+
+class FallbackEngine:
+    """An engine that moves to torch for good when its session fails on a batch (the batch is
+    done again on torch), telling `log` once; bad input is the caller's error, not a failure."""
+
+    def __init__(self, choice: EngineChoice, model: SegmentationModel, log: LogFn) -> None:
+        self.engine = choice.engine
+        self.model = model
+        self.log = log
+        self.fallback_reason = choice.fallback_reason
+        if choice.fallback_reason:
+            log(f"engine {choice.requested!r} unavailable, using {self.engine.name!r}: "
+                f"{choice.fallback_reason}")  # fmt: skip
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    def segment_batch(self, frames: np.ndarray) -> np.ndarray:
+        frames = _frame_batch(frames)
+        if isinstance(self.engine, TorchEngine):
+            return self.engine.segment_batch(frames)
+        try:
+            return self.engine.segment_batch(frames)
+        except Exception as error:  # ORT raises its own Exception subclasses
+            self.fallback_reason = (
+                f"{self.engine.name} failed on a batch: {type(error).__name__}: {error}"
+            )
+            self.log(f"engine {self.engine.name!r} failed, using 'torch' from now on: "
+                     f"{self.fallback_reason}")  # fmt: skip
+            self.engine = TorchEngine(self.model)
+            return self.engine.segment_batch(frames)
