@@ -66,6 +66,10 @@ from stac_sensitivity.fleet_scheduler import (
 from stac_sensitivity.sensitivity_node import SensitivityNode
 
 ENCODED_TYPE = "stac_msgs/msg/EncodedFrame"
+# max_batch_robots 0: frames per forward by the model's device type. On a CPU a batch brings no
+# throughput (stac-bench fleet --parts batch) and costs memory per frame; on a GPU it is how a
+# shared edge keeps up with many robots.
+AUTO_BATCH = {"cuda": 8, "cpu": 1}
 # The edge node's own topic (the robots' are the segmenter's and the sensitivity node's).
 ENDPOINTS = {
     EDGE_HEARTBEAT_TOPIC: "Edges' heartbeats (stac_msgs/EdgeHeartbeat: name, robots served, "
@@ -128,9 +132,12 @@ PARAMETERS = (
     ),
     ParameterSpec(
         "max_batch_robots",
-        8,
-        "At most this many frames, one per robot, in one forward pass.",
-        1,
+        0,
+        "At most this many frames, one per robot, in one forward pass; 0 = by device: "
+        f"{AUTO_BATCH['cuda']} on a GPU, {AUTO_BATCH['cpu']} on a CPU (where a batch costs more "
+        "CPU time and memory per frame than frames one at a time: stac-bench fleet --parts "
+        "batch).",
+        0,
         256,
     ),
     ParameterSpec(
@@ -203,7 +210,7 @@ class EdgeNode(Node):
         self.scheduler: FleetScheduler[DecodedFrame] = FleetScheduler(
             self._run_batch,
             self._on_batch_error,
-            max_batch=self.params["max_batch_robots"],
+            max_batch=self.params["max_batch_robots"] or AUTO_BATCH.get(self.model.device.type, 1),
             batch_timeout_s=self.params["batch_timeout_ms"] / 1e3,
         )
         self.membership = FleetMembership(
