@@ -102,6 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="", help="batch part: torch device (empty: CUDA if any, else CPU)"
     )
+    parser.add_argument(
+        "--max-batch-robots",
+        type=int,
+        default=0,
+        help="the edge's max_batch_robots (0: its default by device, 1 on a CPU)",
+    )
 
 
 @dataclass
@@ -240,6 +246,7 @@ class FleetRun:
         }
         args = ros_args(launch, "edge_container", **arguments)
         args += ["-p", f"edge_name:={edge.name}", "-p", f"torch_threads:={self.args.torch_threads}"]
+        args += ["-p", f"max_batch_robots:={self.args.max_batch_robots}"]
         args += ["-p", "publish_overlay:=false", "-p", "publish_heatmap:=false"]
         environment = launch_environment(launch, **arguments)
         self._start(edge.name, "stac_sensitivity", "edge_container", args, environment,
@@ -434,6 +441,7 @@ def run_fleet(args, clip: Path, log_dir: Path, count: int) -> dict:
         watcher.close()
     fps = [result["segmented_fps"] for result in per_robot.values()]
     return {
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "per_robot": per_robot,
         "jain_fairness": round(jain_fairness(fps), 4),
         "total_segmented_fps": round(sum(fps), 3),
@@ -550,6 +558,7 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit(f"stac-bench fleet: --parts takes {', '.join(PARTS)}")
     counts = sorted({int(n) for n in args.robots.split(",")})
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    load_at_start = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="stac-fleet-") as tmp:
         tmp_dir = args.log_dir or Path(tmp)
         clip = small_clip(args.video, Path(tmp), args.width, args.height)
@@ -596,6 +605,8 @@ def run(args: argparse.Namespace) -> dict:
             "edge": "edge_container (one model, batched forward), torch_threads "
             f"{args.torch_threads}, nice {EDGE_NICENESS}",
             "cpu_count": os.cpu_count(),
+            "max_batch_robots": args.max_batch_robots or "the edge's default (1 on a CPU)",
+            "load_average_1min_at_start": load_at_start,
         },
         "runs": runs,
         "edge_rss_mb_per_added_robot": _memory_slope(runs),
@@ -615,8 +626,8 @@ def _with_rclpy(function, *args):
 
 
 def batch_throughput(clip: Path, device: str, torch_threads: int, repeats: int = 5) -> dict:
-    """Frames per second of one forward over a batch of the clip's frames, by batch size:
-    the median over `repeats` forwards after one warm-up."""
+    """Frames per second of one forward over a batch of the clip's frames, and the CPU time
+    per frame it took, by batch size: medians over `repeats` forwards after one warm-up."""
     import torch
 
     from stac_edge_segmenter.loading import load_model
@@ -631,16 +642,24 @@ def batch_throughput(clip: Path, device: str, torch_threads: int, repeats: int =
             break
         frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     capture.release()
-    result = {"device": str(model.device), "torch_threads": torch_threads, "frames_per_s": {}}
+    result = {
+        "device": str(model.device),
+        "torch_threads": torch_threads,
+        "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}",
+        "frames_per_s": {},
+        "cpu_ms_per_frame": {},  # CPU time of this process: steadier than wall time when
+    }  # the machine is shared
     for size in BATCH_SIZES:
         images = np.stack([frames[i % len(frames)] for i in range(size)])
         model.predict(images, batch_size=size, with_probabilities=False)  # warm-up
-        times = []
+        times, cpu_times = [], []
         for _ in range(repeats):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             model.predict(images, batch_size=size, with_probabilities=False)
             times.append(time.perf_counter() - started)
+            cpu_times.append(time.process_time() - cpu_started)
         result["frames_per_s"][str(size)] = round(size / float(np.median(times)), 2)
+        result["cpu_ms_per_frame"][str(size)] = round(1e3 * float(np.median(cpu_times)) / size, 1)
     return result
 
 
