@@ -66,9 +66,9 @@ from stac_sensitivity.fleet_scheduler import (
 from stac_sensitivity.sensitivity_node import SensitivityNode
 
 ENCODED_TYPE = "stac_msgs/msg/EncodedFrame"
-# max_batch_robots 0: frames per forward by the model's device type. On a CPU a batch brings no
-# throughput (stac-bench fleet --parts batch) and costs memory per frame; on a GPU it is how a
-# shared edge keeps up with many robots.
+# max_batch_robots 0: frames per forward by the model's device type. On a CPU a batch saves no
+# CPU time per frame (stac-bench fleet --parts batch: torch and ONNX Runtime) and costs memory
+# per frame; on a GPU it is how a shared edge keeps up with many robots.
 AUTO_BATCH = {"cuda": 8, "cpu": 1}
 # The edge node's own topic (the robots' are the segmenter's and the sensitivity node's).
 ENDPOINTS = {
@@ -134,9 +134,8 @@ PARAMETERS = (
         "max_batch_robots",
         0,
         "At most this many frames, one per robot, in one forward pass; 0 = by device: "
-        f"{AUTO_BATCH['cuda']} on a GPU, {AUTO_BATCH['cpu']} on a CPU (where a batch costs more "
-        "CPU time and memory per frame than frames one at a time: stac-bench fleet --parts "
-        "batch).",
+        f"{AUTO_BATCH['cuda']} on a GPU, {AUTO_BATCH['cpu']} on a CPU (where a batch saves no "
+        "CPU time per frame and costs memory per frame: stac-bench fleet --parts batch).",
         0,
         256,
     ),

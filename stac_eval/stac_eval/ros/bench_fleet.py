@@ -43,6 +43,7 @@ import numpy as np
 import rclpy
 from rclpy.node import Node
 
+from stac_edge_segmenter.engines import DEFAULT_ENGINE, ENGINE_NAMES
 from stac_eval.bench_codec import default_video
 from stac_eval.discovery_server import discovery_server
 from stac_eval.fleet_metrics import jain_fairness
@@ -101,6 +102,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-dir", type=Path, default=None, help="keep every process's log here")
     parser.add_argument(
         "--device", default="", help="batch part: torch device (empty: CUDA if any, else CPU)"
+    )
+    parser.add_argument(
+        "--engine",
+        default=DEFAULT_ENGINE,
+        choices=ENGINE_NAMES,
+        help="the edges' inference engine (and the batch part's)",
     )
     parser.add_argument(
         "--max-batch-robots",
@@ -247,6 +254,7 @@ class FleetRun:
         args = ros_args(launch, "edge_container", **arguments)
         args += ["-p", f"edge_name:={edge.name}", "-p", f"torch_threads:={self.args.torch_threads}"]
         args += ["-p", f"max_batch_robots:={self.args.max_batch_robots}"]
+        args += ["-p", f"engine:={self.args.engine}"]
         args += ["-p", "publish_overlay:=false", "-p", "publish_heatmap:=false"]
         environment = launch_environment(launch, **arguments)
         self._start(edge.name, "stac_sensitivity", "edge_container", args, environment,
@@ -580,7 +588,7 @@ def run(args: argparse.Namespace) -> dict:
             print(f"failover: {failover['failover_s']}")
         batch = None
         if "batch" in parts:
-            batch = batch_throughput(clip, args.device, args.torch_threads)
+            batch = batch_throughput(clip, args.device, args.torch_threads, args.engine)
             print(f"batched forward, frames/s by batch size: {batch['frames_per_s']}")
         # Last: once this process has been a discovery-server client, Fast DDS keeps that
         # setting for its later participants (seen here: multicast peers no longer heard).
@@ -602,8 +610,8 @@ def run(args: argparse.Namespace) -> dict:
             "camera_fps_per_robot": args.fps,
             "duration_s": args.duration_s,
             "processes_per_robot": ["video_source_node", "encoder_node"],
-            "edge": "edge_container (one model, batched forward), torch_threads "
-            f"{args.torch_threads}, nice {EDGE_NICENESS}",
+            "edge": f"edge_container (one model, batched forward on {args.engine}), "
+            f"torch_threads {args.torch_threads}, nice {EDGE_NICENESS}",
             "cpu_count": os.cpu_count(),
             "max_batch_robots": args.max_batch_robots or "the edge's default (1 on a CPU)",
             "load_average_1min_at_start": load_at_start,
@@ -625,15 +633,23 @@ def _with_rclpy(function, *args):
         rclpy.try_shutdown()
 
 
-def batch_throughput(clip: Path, device: str, torch_threads: int, repeats: int = 5) -> dict:
-    """Frames per second of one forward over a batch of the clip's frames, and the CPU time
-    per frame it took, by batch size: medians over `repeats` forwards after one warm-up."""
+def batch_throughput(
+    clip: Path, device: str, torch_threads: int, engine_name: str, repeats: int = 5
+) -> dict:
+    """The edge's batched forward (the engine edge_container runs) on the clip's frames, by
+    batch size: frames per second and CPU time per frame (medians over `repeats` forwards
+    after one warm-up), and this process's peak resident memory after each size (sizes run in
+    increasing order, so its growth is what the larger batch needed)."""
+    import resource
+
     import torch
 
+    from stac_edge_segmenter.engines import create_engine
     from stac_edge_segmenter.loading import load_model
 
     torch.set_num_threads(torch_threads)
     model = load_model(None, device or None)
+    choice = create_engine(model, engine_name, torch_threads)
     capture = cv2.VideoCapture(str(clip))
     frames = []
     while len(frames) < max(BATCH_SIZES):
@@ -644,22 +660,27 @@ def batch_throughput(clip: Path, device: str, torch_threads: int, repeats: int =
     capture.release()
     result = {
         "device": str(model.device),
-        "torch_threads": torch_threads,
+        "engine": engine_name,
+        "engine_fallback": choice.reason,
+        "threads": torch_threads,
         "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}",
         "frames_per_s": {},
-        "cpu_ms_per_frame": {},  # CPU time of this process: steadier than wall time when
-    }  # the machine is shared
+        "cpu_ms_per_frame": {},  # this process's CPU time: steadier than wall time on a
+        "peak_rss_mb": {},  # shared machine
+    }
     for size in BATCH_SIZES:
         images = np.stack([frames[i % len(frames)] for i in range(size)])
-        model.predict(images, batch_size=size, with_probabilities=False)  # warm-up
+        choice.engine.segment_batch(images)  # warm-up
         times, cpu_times = [], []
         for _ in range(repeats):
             started, cpu_started = time.perf_counter(), time.process_time()
-            model.predict(images, batch_size=size, with_probabilities=False)
+            choice.engine.segment_batch(images)
             times.append(time.perf_counter() - started)
             cpu_times.append(time.process_time() - cpu_started)
         result["frames_per_s"][str(size)] = round(size / float(np.median(times)), 2)
         result["cpu_ms_per_frame"][str(size)] = round(1e3 * float(np.median(cpu_times)) / size, 1)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_rss_mb"][str(size)] = round(peak, 1)
     return result
 
 
