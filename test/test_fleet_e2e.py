@@ -68,6 +68,7 @@ class FleetUnderTest:
         rclpy.init()
         self.node = rclpy.create_node("fleet_test")
         self.processes: dict[str, subprocess.Popen] = {}
+        self.killed: set[str] = set()
         self.cameras, self.sent, self.masks, self.maps, self.statistics = {}, {}, {}, {}, {}
         self.heartbeats: list = []
         self._types = (SegmentationMask, QPMap, Statistics)
@@ -90,14 +91,15 @@ class FleetUnderTest:
             env={**os.environ, **(environment or {})},
         )
 
-    def start_edge(self, *extra: str, **launch_arguments: str) -> None:
+    def start_edge(self, *extra: str, name: str = "edge", **launch_arguments: str) -> None:
         """edge_container as edge.launch.py starts it (its environment too)."""
         from stac_eval.launch_args import launch_environment, ros_args
 
         edge_launch = LAUNCH / "edge.launch.py"
         args = ros_args(edge_launch, "edge_container", **launch_arguments)
+        args += ["-p", "engine:=torch"]  # no ONNX export at start: these tests are about the fleet
         environment = launch_environment(edge_launch, **launch_arguments)
-        self.start("edge", "stac_sensitivity", "edge_container", [*args, *extra], environment)
+        self.start(name, "stac_sensitivity", "edge_container", [*args, *extra], environment)
 
     def start_robot(self, robot: str) -> None:
         from sensor_msgs.msg import Image
@@ -198,9 +200,10 @@ class FleetUnderTest:
             for robot in robots
         )
 
-    def served(self) -> set[str]:
-        """The robots of the edge's newest heartbeat."""
-        return set(self.heartbeats[-1].robots) if self.heartbeats else set()
+    def served(self, edge: str | None = None) -> set[str]:
+        """The robots of the newest heartbeat (of `edge`, else of any edge)."""
+        beats = [h for h in self.heartbeats if edge is None or h.edge_name == edge]
+        return set(beats[-1].robots) if beats else set()
 
     def cross_talk(self) -> list[str]:
         """Masks and maps at a robot that are not of that robot's frames."""
@@ -220,7 +223,8 @@ class FleetUnderTest:
         return problems
 
     def close(self) -> dict[str, str]:
-        """Stop everything; the logs of the processes, which must have exited cleanly."""
+        """Stop everything; the logs of the processes, which must have exited cleanly (but
+        for those the test killed)."""
         self.node.destroy_node()
         self.rclpy.try_shutdown()
         logs = {}
@@ -230,6 +234,8 @@ class FleetUnderTest:
         for name, process in self.processes.items():
             logs[name] = process.communicate(timeout=30)[0].decode(errors="replace")
         for name, process in self.processes.items():
+            if name in self.killed:
+                continue
             assert process.returncode == 0, f"{name} exited {process.returncode}:\n{logs[name]}"
             assert "Traceback" not in logs[name], logs[name][-3000:]
         return logs
@@ -355,6 +361,34 @@ def test_a_robot_leaves_and_joins_a_running_edge(two_robots):
     assert segmenter.keyframe_requests >= 1  # it joined mid-stream
     assert not run.cross_talk, run.cross_talk
     assert run.statistics["end"][("r2", "stac_encoder")].frames_encoded == len(run.sent["r2"])
+
+
+@pytest.mark.dds
+@pytest.mark.slow
+def test_a_stand_in_edge_takes_over_a_killed_edges_robot():
+    """edge_a serves r1; edge_b serves nobody but stands in for edge_a. edge_a is killed
+    (SIGKILL): edge_b takes r1 over once edge_a's heartbeats stop, asks r1 for a keyframe,
+    and r1 gets masks again."""
+    frames = world_frames(30, seed=7)
+    with fleet() as f:
+        f.start_edge("-p", "edge_name:=edge_a", name="edge_a", robots="[r1]")
+        f.start_edge("-p", "edge_name:=edge_b", name="edge_b", stand_in_for="[edge_a]")
+        f.start_robot("r1")
+        assert f.spin_until(lambda: f.served("edge_a") == {"/r1"}, 60.0), f.heartbeats[-1:]
+        assert f.spin_until(lambda: any(h.edge_name == "edge_b" for h in f.heartbeats), 60.0)
+        assert f.spin_until(lambda: f.linked(["r1"]), 30.0), f.statistics
+        play(f, {"r1": frames[:3]}, expect_masks={"r1"})
+        assert f.served("edge_b") == set()
+        f.processes["edge_a"].kill()
+        f.killed.add("edge_a")
+        after = []
+        for frame in frames[3:]:  # the camera goes on: the first frames reach no edge
+            after.append(f.send("r1", frame))
+            if f.spin_until(lambda: any(f.masked("r1", s) for s in after), 0.5):
+                break
+        assert any(f.masked("r1", s) for s in after), "no mask after edge_a died"
+        assert f.served("edge_b") == {"/r1"}
+        assert not f.cross_talk(), f.cross_talk()
 
 
 def discovery_server_scenario() -> None:

@@ -301,8 +301,12 @@ class EdgeNode(Node):
             wanted = self.membership.served(now_s, self.sessions)
         for robot in [r for r in self.sessions if r not in wanted]:
             self._stop_session(robot)
+            self._send_heartbeat()
         for robot in [r for r in wanted if r not in self.sessions]:
             self._start_session(robot)
+            # starting a session takes a while on a loaded machine: a heartbeat between
+            # sessions keeps a stand-in from taking this edge for dead meanwhile
+            self._send_heartbeat()
 
     def _start_session(self, robot: str) -> None:
         if self._own_namespace_only:

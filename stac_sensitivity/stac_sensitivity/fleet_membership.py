@@ -7,7 +7,10 @@ to serve now. An edge serves:
 
 1. the robots it is told to serve;
 2. the robots of every edge it stands in for whose heartbeat has stopped for `edge_timeout_s`
-   (the robots of that edge's last heartbeat), until that edge announces itself again;
+   (the robots of that edge's last heartbeat), until that edge announces itself again. An
+   edge is taken for dead only when it looks so at two updates in a row: after a stretch in
+   which this edge itself was busy, its first update can come before the heartbeats that
+   waited meanwhile were read (rclpy runs due timers before subscriptions);
 3. with discovery on, every robot found in the graph (a publisher seen within
    `robot_timeout_s`) that no live edge was told to serve and no other live edge serves; when
    two edges took one robot at once, the one whose name sorts first keeps it.
@@ -76,6 +79,8 @@ class FleetMembership:
         self.stand_in_for: tuple[str, ...] = ()
         self._edges: dict[str, EdgeAnnouncement] = {}
         self._found: dict[str, float] = {}  # robot -> when last seen publishing
+        self._silent: set[str] = set()  # stood-in-for edges silent at the last update
+        self._dead: tuple[str, ...] = ()
 
     def declare(self, robots: Iterable[str]) -> None:
         self.declared = robot_namespaces(robots)
@@ -105,15 +110,22 @@ class FleetMembership:
             if now_s - edge.heard_s <= self.edge_timeout_s
         }
 
-    def dead_edges(self, now_s: float) -> tuple[str, ...]:
-        """Edges this one stands in for whose heartbeat has stopped."""
+    def dead_edges(self) -> tuple[str, ...]:
+        """Edges this one stands in for found silent at the last two updates."""
+        return self._dead
+
+    def _update_dead(self, now_s: float) -> None:
         live = self.live_edges(now_s)
-        return tuple(e for e in self.stand_in_for if e in self._edges and e not in live)
+        silent = {e for e in self.stand_in_for if e in self._edges and e not in live}
+        self._dead = tuple(e for e in self.stand_in_for if e in silent and e in self._silent)
+        self._silent = silent
 
     def served(self, now_s: float, serving: Iterable[str] = ()) -> tuple[str, ...]:
-        """The robots to serve now (`serving`: those served until now), declared first."""
+        """The robots to serve now (`serving`: those served until now), declared first; one
+        call is one update (see the module docstring)."""
+        self._update_dead(now_s)
         robots = dict.fromkeys(self.declared)
-        for edge in self.dead_edges(now_s):
+        for edge in self._dead:
             robots.update(dict.fromkeys(self._edges[edge].robots))
         if self.discover:
             for robot in self._discovered(now_s, set(serving)):
