@@ -51,6 +51,20 @@ def test_heartbeats_read_late_after_a_busy_spell_are_no_death():
     assert stand_in.served(13.25) == ()
 
 
+def test_two_stand_ins_for_one_edge_do_not_both_take_its_robots():
+    b = FleetMembership("/edge_b", edge_timeout_s=1.0)
+    c = FleetMembership("/edge_c", edge_timeout_s=1.0)
+    for stand_in in (b, c):
+        stand_in.stand_in(["/edge_a"])
+        stand_in.heard("/edge_a", ["/r1"], ["/r1"], now_s=0.0)
+        stand_in.served(2.0)
+        assert stand_in.served(2.1) == ("/r1",)  # both took it before hearing each other
+    b.heard("/edge_c", ["/r1"], [], now_s=2.2)
+    c.heard("/edge_b", ["/r1"], [], now_s=2.2)
+    assert b.served(2.3, serving=["/r1"]) == ("/r1",)  # the name that sorts first keeps it
+    assert c.served(2.3, serving=["/r1"]) == ()
+
+
 def test_an_edge_not_stood_in_for_is_left_alone():
     membership = FleetMembership("/edge_b")
     membership.heard("/edge_c", ["/r9"], ["/r9"], now_s=0.0)

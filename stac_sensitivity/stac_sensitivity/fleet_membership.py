@@ -7,7 +7,8 @@ to serve now. An edge serves:
 
 1. the robots it is told to serve;
 2. the robots of every edge it stands in for whose heartbeat has stopped for `edge_timeout_s`
-   (the robots of that edge's last heartbeat), until that edge announces itself again. An
+   (the robots of that edge's last heartbeat, unless another live edge serves them: two
+   stand-ins for one edge split nothing twice), until that edge announces itself again. An
    edge is taken for dead only when it looks so at two updates in a row: after a stretch in
    which this edge itself was busy, its first update can come before the heartbeats that
    waited meanwhile were read (rclpy runs due timers before subscriptions);
@@ -124,20 +125,25 @@ class FleetMembership:
         """The robots to serve now (`serving`: those served until now), declared first; one
         call is one update (see the module docstring)."""
         self._update_dead(now_s)
+        serving = set(serving)
         robots = dict.fromkeys(self.declared)
-        for edge in self._dead:
-            robots.update(dict.fromkeys(self._edges[edge].robots))
+        orphans = [r for edge in self._dead for r in self._edges[edge].robots]
+        for robot in self._unclaimed(now_s, orphans, serving):
+            robots.setdefault(robot)
         if self.discover:
-            for robot in self._discovered(now_s, set(serving)):
+            present = [r for r, seen in self._found.items() if now_s - seen <= self.robot_timeout_s]
+            for robot in self._unclaimed(now_s, sorted(present), serving):
                 robots.setdefault(robot)
         return tuple(robots)
 
-    def _discovered(self, now_s: float, serving: set[str]) -> list[str]:
+    def _unclaimed(self, now_s: float, robots: list[str], serving: set[str]) -> list[str]:
+        """Of robots this edge may take (found, or a dead edge's), those no other live edge
+        was told to serve or serves already; of two edges that took one at once, the one
+        whose name sorts first keeps it (two stand-ins for one edge, two discovering edges)."""
         live = self.live_edges(now_s).values()
-        present = [r for r, seen_s in self._found.items() if now_s - seen_s <= self.robot_timeout_s]
         return [
             robot
-            for robot in sorted(present)
+            for robot in robots
             if not any(robot in edge.declared_robots for edge in live)
             and not any(
                 robot in edge.robots and (robot not in serving or edge.edge < self.edge_name)
