@@ -4,6 +4,7 @@ get a map, the encoder's settings) its defaults must be the nodes' defaults."""
 from __future__ import annotations
 
 from stac_encoder.encoder_node import PARAMETERS as ENCODER_PARAMETERS
+from stac_encoder.robot_loop import RobotLoopConfig
 from stac_eval.replay.cli import build_parser
 from stac_eval.replay.simulation import ReplaySettings
 from stac_sensitivity.sensitivity_node import PARAMETERS as SENSITIVITY_PARAMETERS
@@ -34,6 +35,8 @@ def test_replay_defaults_are_the_nodes_defaults():
     assert settings.keyframes.cut_explained == encoder["cut_explained"]
     assert settings.keyframes.max_interval_frames == encoder["max_keyframe_interval_frames"]
     assert settings.keyframes.edge_timeout_s == encoder["edge_timeout_s"]
+    assert settings.keyframes.send_ahead == encoder["keyframe_send_ahead"]
+    assert RobotLoopConfig().drop_masks_at_cuts == encoder["drop_masks_at_cuts"]
     assert settings.flow.preset == encoder["flow_preset"]
     assert settings.flow.anchor_preset == encoder["anchor_preset"]
     assert settings.flow.history_frames == encoder["flow_history_frames"]

@@ -132,6 +132,39 @@ def test_a_mask_for_every_camera_frame_once_the_edge_answered(worlds, mode):
         assert ages[:7] == [1, 2, 3, 4, 5, 6, 1]
 
 
+@pytest.mark.parametrize("mode", ["stream", "keyframe"])
+def test_a_scene_cut_drops_the_mask_of_the_previous_scene(worlds, mode):
+    """Flow cannot carry a mask into another scene: from the cut on the robot holds none
+    (and refuses a late mask of a frame before the cut) until the edge's mask of a frame of
+    the new scene arrives."""
+    frames = [pan(worlds[0], i) for i in range(8)] + [pan(worlds[1], i) for i in range(4)]
+    for drop in (True, False):
+        loop = RobotLoop(RobotLoopConfig(mode=mode, drop_masks_at_cuts=drop))
+        sky = np.ones((HEIGHT, WIDTH), np.uint8)
+        before_cut, outcomes = [], []
+        for index, frame in enumerate(frames):
+            outcome = loop.process(frame, index / FPS)
+            outcomes.append(outcome)
+            if outcome.encoded is None:
+                continue
+            if index < 8:
+                before_cut.append(outcome.encoded.frame_seq)
+                if len(before_cut) == 1:
+                    assert loop.submit_mask(sky, outcome.encoded.frame_seq)
+            elif index == 8:
+                cut_seq = outcome.encoded.frame_seq
+        assert all(o.mask is not None for o in outcomes[1:8])
+        if not drop:  # carried into the new scene, as before this option
+            assert all(o.mask is not None and o.mask.source_seq == 1 for o in outcomes[8:])
+            continue
+        assert all(o.mask is None for o in outcomes[8:])
+        assert not loop.submit_mask(sky, before_cut[-1])  # a late mask of the old scene
+        assert loop.submit_mask(2 * sky, cut_seq)
+        after = loop.process(frames[-1], len(frames) / FPS)
+        assert after.mask is not None and after.mask.source_seq == 9
+        assert after.mask.class_ids.max() == 2
+
+
 def synthetic_clip(count: int) -> list[np.ndarray]:
     """A textured scene panning at 1 px per frame, then 5, alternating every 2 s (so the bits
     a frame needs change under the controller), with a little sensor noise."""

@@ -83,7 +83,7 @@ PARAMETERS = (
         "stream",
         "stream: every camera frame is encoded and sent; keyframe: only frames whose "
         "propagated state went stale (or a cut, or max_keyframe_interval_frames), and only "
-        "when the edge has answered the previous one.",
+        "when the edge can take them (keyframe_send_ahead).",
         choices=MODES,
     ),
     ParameterSpec(
@@ -182,10 +182,17 @@ PARAMETERS = (
     ParameterSpec(
         "cut_explained",
         0.5,
-        "Keyframe mode: a scene cut (sent at once, as IDR) when the previous frame warped by "
-        "flow explains less than this share of a frame's variance.",
+        "A scene cut when the previous frame warped by flow explains less than this share of "
+        "a frame's variance (keyframe mode sends it at once, as IDR; drop_masks_at_cuts).",
         -1.0,
         1.0,
+    ),
+    ParameterSpec(
+        "drop_masks_at_cuts",
+        True,
+        "At a scene cut drop the robot mask of the previous scene (robot_mask all 255 until "
+        "the edge's mask of a frame after the cut arrives) instead of warping it into the new "
+        "scene.",
     ),
     ParameterSpec(
         "max_keyframe_interval_frames",
@@ -201,6 +208,13 @@ PARAMETERS = (
         "before sending the next (the keyframe or its mask may have been lost), s.",
         0.01,
         3600.0,
+    ),
+    ParameterSpec(
+        "keyframe_send_ahead",
+        True,
+        "Keyframe mode: send the next keyframe before the edge's mask of the previous one "
+        "arrives, timed from the measured round trips to reach the edge as it finishes (at "
+        "most two unanswered); false: only once the mask is in.",
     ),
     ParameterSpec(
         "camera_qos",
@@ -252,9 +266,11 @@ def loop_config_from(params: dict) -> RobotLoopConfig:
             cut_explained=params["cut_explained"],
             max_interval_frames=params["max_keyframe_interval_frames"],
             edge_timeout_s=params["edge_timeout_s"],
+            send_ahead=params["keyframe_send_ahead"],
         ),
         rate=RateControlConfig(target_kbps=target),
         propagate_masks=params["publish_robot_mask"],
+        drop_masks_at_cuts=params["drop_masks_at_cuts"],
     )
 
 

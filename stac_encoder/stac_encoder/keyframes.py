@@ -4,16 +4,20 @@ In keyframe mode the robot sends a frame only when the state it carries forward 
 last mask, warped with flow) has gone stale, and fills every other frame by propagation. The
 decision for each camera frame, in this order:
 
-1. the edge must be free: after sending a keyframe the robot waits for the edge's mask of it
-   (or for `edge_timeout_s`, in case the frame or its mask was lost) before sending another,
-   so no frame ever queues for a busy edge; a frame that is due meanwhile is counted as
-   waited and the next free moment sends;
+1. the edge must be free (`EdgePacer`): after sending a keyframe the robot waits for the
+   edge's mask of it (or for `edge_timeout_s`, in case the frame or its mask was lost) before
+   sending another; with `send_ahead` it sends the next one keyframe early instead, timed to
+   reach the edge about when the edge finishes the one before (at most two keyframes
+   unanswered: one at work, one waiting in the edge's one-frame slot, never a queue); a
+   frame that is due while the edge is busy is counted as waited and the next free moment
+   sends;
 2. a keyframe request from the edge (after a loss, or when it joins) sends at once, as IDR;
 3. a scene cut sends at once, as IDR: the per-frame flow does not explain the frame from the
    one before it: the previous frame warped by that flow predicts less than `cut_explained`
    of the frame's variance (1 - MSE / variance; a measure that does not depend on contrast:
    unrelated textures of any contrast score about -1, consecutive frames close to 1), and
-   their PSNR is below `stale_psnr_db` (so sensor noise on a flat wall is no cut);
+   their PSNR is below `stale_psnr_db` (so sensor noise on a flat wall is no cut; `SceneCuts`,
+   which the robot loop also asks, in either mode, to stop carrying a mask into a new scene);
 4. staleness: the frame against the last keyframe warped to it by the composed flow; when
    their PSNR drops below `stale_psnr_db`, flow no longer explains what the edge last saw;
 5. `max_interval_frames` camera frames since the last keyframe;
@@ -50,6 +54,7 @@ class KeyframeConfig:
     cut_explained: float = 0.5
     max_interval_frames: int = 50
     edge_timeout_s: float = 2.0
+    send_ahead: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.stale_psnr_db <= 99.0:
@@ -65,8 +70,8 @@ class KeyframeConfig:
 @dataclass(frozen=True)
 class KeyframeDecision:
     """send: encode and send this frame; idr: as an IDR picture; reason: one of REASONS (or
-    '' when not sent); waited: it was due but the edge had not answered yet; psnr_db: the
-    staleness measure (frame vs warped last keyframe), nan when there is none."""
+    '' when not sent); waited: it was due but the edge was busy; psnr_db: the staleness
+    measure (frame vs warped last keyframe), nan when there is none."""
 
     send: bool
     idr: bool
@@ -94,6 +99,147 @@ def explained(frame: np.ndarray, prediction: np.ndarray) -> float:
     return 1.0 - mse(frame, prediction) / max(variance, 1.0)
 
 
+class SceneCuts:
+    """Scene cuts, frame by frame: the per-frame flow does not explain a frame from the one
+    before it (the previous frame warped by that flow predicts less than `cut_explained` of
+    the frame's variance, and their PSNR is below `stale_psnr_db`). Used by the keyframe
+    decision (a cut sends an IDR) and, in either mode, by the robot loop (a cut drops the
+    mask of the previous scene)."""
+
+    def __init__(self, flow: FrameFlow, config: KeyframeConfig) -> None:
+        self.flow = flow
+        self.config = config
+        height, width = flow.flow_size[1], flow.flow_size[0]
+        self._grid_y, self._grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
+        self._checked: tuple[int, bool] | None = None
+
+    def at_current(self) -> bool:
+        """Whether the flow's current frame starts a new scene (computed once per frame)."""
+        current = self.flow.current_seq
+        if self._checked is not None and self._checked[0] == current:
+            return self._checked[1]
+        cut = self._is_cut(current)
+        self._checked = (current, cut)
+        return cut
+
+    def _is_cut(self, current: int | None) -> bool:
+        step = self.flow.step_flow(current) if current is not None else None
+        previous = self.flow.grey(current - 1) if current is not None else None
+        if step is None or previous is None:
+            return False
+        grey = self.flow.grey(current)
+        predicted = cv2.remap(
+            previous,
+            self._grid_x + step[..., 0],
+            self._grid_y + step[..., 1],
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        return (
+            explained(grey, predicted) < self.config.cut_explained
+            and psnr_db(grey, predicted) < self.config.stale_psnr_db
+        )
+
+
+class EdgePacer:
+    """When the edge can take the robot's next keyframe: keyframes sent and not yet answered,
+    and what their round trips taught.
+
+    Without send-ahead the edge is free once it has answered every keyframe sent. The robot
+    notices an answer only at its next camera frame, and the answer took the downlink back:
+    waiting for it leaves the edge idle for the return trip, the wait for the next camera
+    frame and the next keyframe's uplink (on the dashcam clip with this machine's edge about
+    a third of each keyframe's round trip). With send-ahead a second keyframe may go out
+    while one is unanswered, at the time it should reach the edge as the edge finishes:
+
+    * the round trip R: the shortest recent one (capture to the camera frame that noticed
+      the answer; a keyframe that waited at the edge took longer);
+    * the edge's service interval S: the median recent gap between the answers to two
+      keyframes sent back to back (the second reached the edge while it worked on the
+      first, so the gap is the edge's time per keyframe, give or take a camera frame: answers
+      are noticed at camera frames), R / 2 before any gap was seen, and at least R minus one
+      camera frame interval (sending more than a frame before the expected answer makes the
+      keyframe wait at the edge);
+    * a keyframe the edge started at once is finished about S after it was sent (the next
+      one then arrives as the edge frees); one that waited behind another is finished about S
+      after the other's answer, whose answer reaches the robot R - S after that;
+    * the next keyframe goes at the camera frame nearest that time.
+    At most two keyframes are unanswered: the edge's segmenter holds one frame besides the
+    one at work (a newer frame would replace it), so nothing ever queues there.
+    """
+
+    HISTORY = 8  # round trips and gaps remembered
+
+    def __init__(self, send_ahead: bool, timeout_s: float) -> None:
+        self.send_ahead = send_ahead
+        self.timeout_s = timeout_s
+        self._unanswered: list[tuple[int, float, bool]] = []  # frame_seq, sent at, behind
+        self._answered: list[tuple[float, bool]] = []  # since the last camera frame
+        self._round_trips_s: list[float] = []
+        self._gaps_s: list[float] = []
+        self._last_answer_s: float | None = None
+        self._last_frame_s: float | None = None
+        self._frame_interval_s = 0.0
+
+    @property
+    def unanswered(self) -> int:
+        return len(self._unanswered)
+
+    def clear(self) -> None:
+        """The edge starts over (it asked for a keyframe): nothing is waited for."""
+        self._unanswered.clear()
+
+    def sent(self, frame_seq: int, capture_s: float) -> None:
+        self._unanswered.append((frame_seq, capture_s, bool(self._unanswered)))
+
+    def answered(self, frame_seq: int) -> None:
+        """The edge's mask of encoded frame `frame_seq` arrived (it answers every earlier
+        keyframe too: their masks are lost or superseded)."""
+        for item in [item for item in self._unanswered if item[0] <= frame_seq]:
+            self._unanswered.remove(item)
+            self._answered.append(item[1:])
+
+    def frame(self, capture_s: float) -> bool:
+        """A camera frame at `capture_s`: learn from the answers noticed now. Returns True
+        when the oldest keyframe waited for longer than the timeout (the edge is then taken
+        to be free)."""
+        if self._last_frame_s is not None and capture_s > self._last_frame_s:
+            self._frame_interval_s = capture_s - self._last_frame_s
+        self._last_frame_s = capture_s
+        for sent_s, behind in self._answered:
+            self._round_trips_s = _keep(self._round_trips_s, capture_s - sent_s)
+            if behind and self._last_answer_s is not None:
+                self._gaps_s = _keep(self._gaps_s, capture_s - self._last_answer_s)
+            self._last_answer_s = capture_s
+        self._answered.clear()
+        if self._unanswered and capture_s - self._unanswered[0][1] > self.timeout_s:
+            self._unanswered.clear()
+            return True
+        return False
+
+    def free(self, capture_s: float) -> bool:
+        """Whether a keyframe captured at `capture_s` may go out now."""
+        if not self._unanswered:
+            return True
+        if not self.send_ahead or len(self._unanswered) > 1 or not self._round_trips_s:
+            return False
+        round_trip_s = min(self._round_trips_s)
+        frame_s = self._frame_interval_s
+        service_s = float(np.median(self._gaps_s)) if self._gaps_s else 0.5 * round_trip_s
+        service_s = max(service_s, round_trip_s - frame_s)
+        _, sent_s, behind = self._unanswered[0]
+        due_s = sent_s + service_s
+        if behind and self._last_answer_s is not None:
+            due_s = max(due_s, self._last_answer_s + 2.0 * service_s - round_trip_s)
+        # the camera frame nearest the due time: earlier, the keyframe waits at the edge;
+        # later, the edge idles
+        return capture_s >= due_s - 0.5 * frame_s
+
+
+def _keep(history: list[float], value: float) -> list[float]:
+    return (history + [value])[-EdgePacer.HISTORY :]
+
+
 class KeyframeSelector:
     """Decides, per camera frame of a shared FrameFlow, whether it is a keyframe."""
 
@@ -103,40 +249,31 @@ class KeyframeSelector:
         self._field = PositionField.flow_grid(flow)
         self._keyframe_grey: np.ndarray | None = None
         self._keyframe_seq: int | None = None  # flow frame of the last keyframe
-        self._awaiting: int | None = None  # frame_seq of the keyframe the edge has not answered
-        self._sent_at_s = -math.inf
+        self.pacer = EdgePacer(self.config.send_ahead, self.config.edge_timeout_s)
         self._requested = False
         self._cut_pending = False
-        height, width = flow.flow_size[1], flow.flow_size[0]
-        self._grid_y, self._grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
+        self.cuts = SceneCuts(flow, self.config)
 
     @property
     def edge_busy(self) -> bool:
-        return self._awaiting is not None
+        return self.pacer.unanswered > 0
 
     def request(self) -> None:
         """The edge asked for a keyframe (a loss, a join): it is free and waits for an IDR."""
         self._requested = True
-        self._awaiting = None
+        self.pacer.clear()
 
     def answered(self, frame_seq: int) -> None:
-        """The edge's mask of encoded frame `frame_seq` arrived: the edge is free again once
-        it has answered the keyframe the robot waits for (or a later one)."""
-        if self._awaiting is not None and frame_seq >= self._awaiting:
-            self._awaiting = None
+        """The edge's mask of encoded frame `frame_seq` arrived."""
+        self.pacer.answered(frame_seq)
 
     def decide(self, capture_s: float) -> KeyframeDecision:
         """For the flow's current frame (add it to the flow first)."""
         config, current = self.config, self.flow.current_seq
         grey = self.flow.grey(current)
-        if self._cut_pending or self._is_cut(current, grey):
-            self._cut_pending = True
+        self._cut_pending = self._cut_pending or self.cuts.at_current()
         staleness = self._staleness(grey)
-        if self._awaiting is not None and capture_s - self._sent_at_s > config.edge_timeout_s:
-            self._awaiting = None
-            timed_out = True
-        else:
-            timed_out = False
+        timed_out = self.pacer.frame(capture_s)
         reason = ""
         if self._keyframe_seq is None:
             reason = "first"
@@ -152,7 +289,7 @@ class KeyframeSelector:
             reason = "timeout"
         if not reason:
             return KeyframeDecision(False, False, "", False, staleness)
-        if self._awaiting is not None:
+        if not self.pacer.free(capture_s):
             return KeyframeDecision(False, False, "", True, staleness)
         idr = reason in ("first", "request", "cut")
         return KeyframeDecision(True, idr, reason, False, staleness)
@@ -163,26 +300,8 @@ class KeyframeSelector:
         self._keyframe_seq = current
         self._keyframe_grey = self.flow.grey(current)
         self._field.anchor(current)
-        self._awaiting = frame_seq
-        self._sent_at_s = capture_s
+        self.pacer.sent(frame_seq, capture_s)
         self._requested = self._cut_pending = False
-
-    def _is_cut(self, current: int, grey: np.ndarray) -> bool:
-        step = self.flow.step_flow(current)
-        previous = self.flow.grey(current - 1)
-        if step is None or previous is None:
-            return False
-        predicted = cv2.remap(
-            previous,
-            self._grid_x + step[..., 0],
-            self._grid_y + step[..., 1],
-            cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-        return (
-            explained(grey, predicted) < self.config.cut_explained
-            and psnr_db(grey, predicted) < self.config.stale_psnr_db
-        )
 
     def _staleness(self, grey: np.ndarray) -> float:
         if self._keyframe_grey is None or self._field.x is None:

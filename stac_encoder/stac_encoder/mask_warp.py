@@ -46,6 +46,7 @@ class MaskPropagator:
         self._field = PositionField.flow_grid(flow)
         self._mask: np.ndarray | None = None
         self._cache: tuple[int, PropagatedMask] | None = None
+        self._valid_from: int | None = None  # masks of earlier frames show another scene
 
     @property
     def source_seq(self) -> int | None:
@@ -67,6 +68,8 @@ class MaskPropagator:
             raise ValueError(f"a mask must be uint8 of shape {expected}, got {shape}")
         held = self.source_seq
         if held is not None and source_seq < held:
+            return False
+        if self._valid_from is not None and source_seq < self._valid_from:
             return False
         self._mask = class_ids
         self._field.anchor(source_seq)
@@ -100,6 +103,14 @@ class MaskPropagator:
         self._mask = None
         self._cache = None
         self._field.reset()
+
+    def scene_cut(self, first_seq: int) -> None:
+        """The scene changed at flow frame `first_seq`: the mask held (and any mask of an
+        earlier frame that arrives later) shows another scene, so it is dropped and the robot
+        holds no mask until the edge's mask of a frame from `first_seq` on arrives."""
+        self._valid_from = first_seq
+        if self.source_seq is not None and self.source_seq < first_seq:
+            self.clear()
 
 
 def _palette() -> np.ndarray:

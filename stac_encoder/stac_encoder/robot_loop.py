@@ -12,7 +12,8 @@ For every camera frame:
    bitrate target, when set, moves the CRF frame by frame (`BitrateController`, or x264's
    own ABR when rate_control is "bitrate");
 4. `MaskPropagator` warps the edge's newest mask to this frame: the robot's mask of every
-   camera frame, with its age.
+   camera frame, with its age; at a scene cut (`SceneCuts`) the mask of the previous scene
+   is dropped instead of warped into the new one.
 
 Frame numbers: `flow_seq` counts camera frames (the flow's frames), `frame_seq` counts encoded
 frames (what the edge sees; gapless, so the edge can tell a loss from a frame the robot kept).
@@ -29,7 +30,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from stac_encoder.frame_flow import FlowConfig, FrameFlow
-from stac_encoder.keyframes import KeyframeConfig, KeyframeDecision, KeyframeSelector
+from stac_encoder.keyframes import (
+    KeyframeConfig,
+    KeyframeDecision,
+    KeyframeSelector,
+    SceneCuts,
+)
 from stac_encoder.mask_warp import MaskPropagator, PropagatedMask
 from stac_encoder.rate_control import BitrateController, RateControlConfig
 from stac_encoder.robot_encoder import (
@@ -49,8 +55,11 @@ STAGES = ("flow", "keyframe", "map_warp", "encode", "mask_warp")
 @dataclass(frozen=True)
 class RobotLoopConfig:
     """mode: 'stream' (every frame encoded) or 'keyframe' (only keyframes); propagate_masks:
-    warp the edge's masks to every frame; rate: the bitrate target (an outer loop on the CRF,
-    used when encoder.encoder.rate_control is 'crf')."""
+    warp the edge's masks to every frame; drop_masks_at_cuts: at a scene cut (`SceneCuts`,
+    the keyframe decision's detector, in either mode) drop the mask held, and refuse masks of
+    frames before the cut, until the edge's mask of a frame after it arrives (flow cannot
+    carry a mask into another scene; the robot holds none meanwhile); rate: the bitrate
+    target (an outer loop on the CRF, used when encoder.encoder.rate_control is 'crf')."""
 
     mode: str = "stream"
     encoder: RobotEncoderConfig = field(default_factory=RobotEncoderConfig)
@@ -58,6 +67,7 @@ class RobotLoopConfig:
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
     rate: RateControlConfig = field(default_factory=RateControlConfig)
     propagate_masks: bool = True
+    drop_masks_at_cuts: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -89,6 +99,7 @@ class RobotLoop:
         self._sized = False
         self._masks: MaskPropagator | None = None
         self._keyframes: KeyframeSelector | None = None
+        self._cuts: SceneCuts | None = None
         self.encoder = RobotEncoder(self.config.encoder, flow=self._flow)
         self._flow_seq = 0
         self._capture_s: OrderedDict[int, float] = OrderedDict()  # flow_seq -> stamp
@@ -117,6 +128,13 @@ class RobotLoop:
         self._masks = MaskPropagator(self._flow) if self.config.propagate_masks else None
         if self.config.mode == "keyframe":
             self._keyframes = KeyframeSelector(self._flow, self.config.keyframes)
+        self._cuts = None
+        if self.config.drop_masks_at_cuts and self._masks is not None:
+            self._cuts = (
+                self._keyframes.cuts
+                if self._keyframes is not None
+                else SceneCuts(self._flow, self.config.keyframes)
+            )
         self._capture_s.clear()
 
     # --- inputs from the edge ------------------------------------------------------------
@@ -230,6 +248,8 @@ class RobotLoop:
         mask, age_s = None, None
         if self._masks is not None:
             started = time.perf_counter()
+            if self._cuts is not None and self._cuts.at_current():
+                self._masks.scene_cut(self._flow_seq)
             mask = self._masks.current()
             stage_ms["mask_warp"] = _lap(started)
             if mask is not None:

@@ -4,7 +4,8 @@ Every uplink message that arrives is decoded (`EncodedStreamDecoder`; a JPEG arr
 a loss seen as a frame_seq gap makes `ResyncTracker` ask the robot for a keyframe. The
 segmenter's worker segments the newest decoded frame whenever it is free (a frame replaced
 before the worker got to it is skipped: the segmenter's newest-frame policy, in both modes; in
-keyframe mode the robot sends to a busy edge only after `edge_timeout_s`); a job holds it for
+keyframe mode the robot keeps at most two keyframes unanswered, one at work and one waiting,
+so none is replaced unless one was lost and `edge_timeout_s` passed); a job holds it for
 the edge profile's forward time (`edge_profile.EdgeTiming.segment_ms`, of the engine the
 profile measured). When the job ends, the mask goes back.
 
