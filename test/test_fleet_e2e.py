@@ -2,14 +2,13 @@
 the installed encoder_node per robot (robot.launch.py namespace:=rN) and edge_container
 (edge.launch.py, robots parameter), with this test as every robot's camera.
 
-- Two robots, one edge: every frame of each robot comes back as a mask to that robot, and
-  no mask or QP map reaches a robot other than its source (cross-talk: a message whose
-  camera frame_id or stamp is not one of that robot's frames), while a rogue floods r2's
-  stream and camera with malformed messages at 100 Hz (r2's real frames and r1's are still
-  every one segmented).
-- Joining and leaving at run time: a robot added to `robots` is served from then on (after a
-  keyframe request: it joins mid-stream), a robot removed is no longer served, and the robot
-  that stayed loses nothing.
+- Two robots, one edge (one run, module fixture): every frame of each robot comes back as a
+  mask to that robot, and no mask or QP map reaches a robot other than its source
+  (cross-talk: a message whose camera frame_id or stamp is not one of that robot's frames),
+  while a rogue floods r2's stream and camera with malformed messages at 100 Hz (r2's real
+  frames and r1's are still every one segmented; both robots' frames share forwards).
+- Then leaving and joining at run time: r2 taken off `robots` is no longer served, and put
+  back it is served again (after a keyframe request: it joins mid-stream); r1 loses nothing.
 - Discovery through a Fast DDS Discovery Server instead of multicast (launch option
   discovery_server): the edge, a super client, finds the robots in the graph (discover_robots)
   and serves them; a robot that shuts down leaves; this test, a plain client, sees only the
@@ -24,6 +23,7 @@ import os
 import subprocess
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -68,6 +68,7 @@ class FleetUnderTest:
         rclpy.init()
         self.node = rclpy.create_node("fleet_test")
         self.processes: dict[str, subprocess.Popen] = {}
+        self.killed: set[str] = set()
         self.cameras, self.sent, self.masks, self.maps, self.statistics = {}, {}, {}, {}, {}
         self.heartbeats: list = []
         self._types = (SegmentationMask, QPMap, Statistics)
@@ -90,14 +91,15 @@ class FleetUnderTest:
             env={**os.environ, **(environment or {})},
         )
 
-    def start_edge(self, *extra: str, **launch_arguments: str) -> None:
+    def start_edge(self, *extra: str, name: str = "edge", **launch_arguments: str) -> None:
         """edge_container as edge.launch.py starts it (its environment too)."""
         from stac_eval.launch_args import launch_environment, ros_args
 
         edge_launch = LAUNCH / "edge.launch.py"
         args = ros_args(edge_launch, "edge_container", **launch_arguments)
+        args += ["-p", "engine:=torch"]  # no ONNX export at start: these tests are about the fleet
         environment = launch_environment(edge_launch, **launch_arguments)
-        self.start("edge", "stac_sensitivity", "edge_container", [*args, *extra], environment)
+        self.start(name, "stac_sensitivity", "edge_container", [*args, *extra], environment)
 
     def start_robot(self, robot: str) -> None:
         from sensor_msgs.msg import Image
@@ -198,9 +200,10 @@ class FleetUnderTest:
             for robot in robots
         )
 
-    def served(self) -> set[str]:
-        """The robots of the edge's newest heartbeat."""
-        return set(self.heartbeats[-1].robots) if self.heartbeats else set()
+    def served(self, edge: str | None = None) -> set[str]:
+        """The robots of the newest heartbeat (of `edge`, else of any edge)."""
+        beats = [h for h in self.heartbeats if edge is None or h.edge_name == edge]
+        return set(beats[-1].robots) if beats else set()
 
     def cross_talk(self) -> list[str]:
         """Masks and maps at a robot that are not of that robot's frames."""
@@ -220,7 +223,8 @@ class FleetUnderTest:
         return problems
 
     def close(self) -> dict[str, str]:
-        """Stop everything; the logs of the processes, which must have exited cleanly."""
+        """Stop everything; the logs of the processes, which must have exited cleanly (but
+        for those the test killed)."""
         self.node.destroy_node()
         self.rclpy.try_shutdown()
         logs = {}
@@ -230,6 +234,8 @@ class FleetUnderTest:
         for name, process in self.processes.items():
             logs[name] = process.communicate(timeout=30)[0].decode(errors="replace")
         for name, process in self.processes.items():
+            if name in self.killed:
+                continue
             assert process.returncode == 0, f"{name} exited {process.returncode}:\n{logs[name]}"
             assert "Traceback" not in logs[name], logs[name][-3000:]
         return logs
@@ -256,68 +262,133 @@ def play(fleet_: FleetUnderTest, frames: dict[str, list[np.ndarray]], expect_mas
         assert fleet_.spin_until(lambda: not missing(), 20.0), f"frame {index}: {missing()}"
 
 
-@pytest.mark.dds
-@pytest.mark.slow
-def test_two_namespaced_robots_share_one_edge_without_cross_talk():
-    frames = {"r1": world_frames(10, seed=1), "r2": world_frames(10, seed=2)}
+@dataclass
+class TwoRobotRun:
+    """What one run of two robots on one edge showed, phase by phase."""
+
+    sent: dict  # robot -> camera stamps, in order
+    masks: dict  # robot -> stamps of the masks it got
+    cross_talk: list
+    statistics: dict  # (robot, node) -> last Statistics
+    maps: dict  # robot -> QP maps it got
+    heartbeat: object  # the edge's last
+    phases: dict = field(default_factory=dict)  # phase -> robot -> stamps sent in it
+    served: dict = field(default_factory=dict)  # phase -> robots the edge served
+
+
+@pytest.fixture(scope="module")
+def two_robots() -> TwoRobotRun:
+    """r1 and r2 on one edge (batches of up to 2), the test as both cameras:
+    - "both": both robots play while a rogue floods r2's stream and camera at 100 Hz;
+    - "left": r2 is taken off the edge's robots (ros2 param set) and streams on alone;
+    - "back": r2 is put back; it joins mid-stream, so the edge asks it for a keyframe."""
+    frames = {"r1": world_frames(21, seed=1), "r2": world_frames(21, seed=2)}
+    phase_frames = {"both": slice(0, 8), "left": slice(8, 13), "back": slice(13, 21)}
+    phases, served = {}, {}
     with fleet() as f:
-        f.start_edge("-p", "torch_threads:=1", robots="[r1, r2]")
+        # batches of both robots' frames (on a CPU the default is one frame per forward)
+        batching = ["-p", "max_batch_robots:=2", "-p", "batch_timeout_ms:=500.0"]
+        f.start_edge("-p", "torch_threads:=1", *batching, robots="[r1, r2]")
         for robot in frames:
             f.start_robot(robot)
         assert f.spin_until(lambda: f.served() == {"/r1", "/r2"}, 60.0), f.heartbeats[-1:]
         assert f.spin_until(lambda: f.linked(frames), 30.0), f.statistics
-        f.start_rogue("r2", rate_hz=100.0, duration_s=8.0)
+        f.start_rogue("r2", rate_hz=100.0, duration_s=6.0)
+        assert f.spin_until(
+            lambda: f.statistics[("r2", "stac_segmenter")].frames_failed > 0, 30.0
+        ), "the rogue never reached r2"
 
-        def refused(robot: str) -> int:
-            return f.statistics[(robot, "stac_segmenter")].frames_failed
+        def play_phase(phase: str, expect_masks: set[str]) -> None:
+            before = {robot: len(f.sent[robot]) for robot in frames}
+            play(f, {r: frames[r][phase_frames[phase]] for r in frames}, expect_masks)
+            phases[phase] = {r: f.sent[r][before[r] :] for r in frames}
+            served[phase] = f.served()
 
-        assert f.spin_until(lambda: refused("r2") > 0, 30.0), "the rogue never reached r2"
-        play(f, frames, expect_masks=set(frames))
+        play_phase("both", {"r1", "r2"})
         assert f.spin_until(lambda: f.processes["rogue"].poll() is not None, 60.0)
         f.spin_until(lambda: False, 2.5)  # the statistics of the last frames
-        assert not f.cross_talk(), f.cross_talk()
-        for robot in frames:
-            assert sorted(stamp_ns(m) for m in f.masks[robot]) == f.sent[robot]
-            assert f.maps[robot], f"{robot} got no QP map"
-            segmenter = f.statistics[(robot, "stac_segmenter")]
-            assert segmenter.frames_segmented == len(frames[robot])
-            assert segmenter.frames_in == len(frames[robot]) + segmenter.frames_failed
-            assert f.statistics[(robot, "stac_encoder")].masks_received == len(frames[robot])
-        assert refused("r1") == 0 and refused("r2") > 50  # the flood hit r2 only
-        assert f.heartbeats[-1].largest_batch >= 1 and f.heartbeats[-1].batches >= 10
+        both_statistics = dict(f.statistics)
+        f.set_robots(["r1"])
+        assert f.spin_until(lambda: f.served() == {"/r1"}, 10.0)
+        play_phase("left", {"r1"})
+        f.set_robots(["r1", "r2"])
+        assert f.spin_until(lambda: f.served() == {"/r1", "/r2"}, 10.0)
+        play_phase("back", {"r1"})  # r2: P-frames until its keyframe arrives
+        f.spin_until(lambda: any(f.masked("r2", s) for s in phases["back"]["r2"]), 20.0)
+        f.spin_until(lambda: False, 2.5)
+        run = TwoRobotRun(
+            sent={r: list(f.sent[r]) for r in frames},
+            masks={r: [stamp_ns(m) for m in f.masks[r]] for r in frames},
+            cross_talk=f.cross_talk(),
+            statistics={"both": both_statistics, "end": dict(f.statistics)},
+            maps={r: list(f.maps[r]) for r in frames},
+            heartbeat=f.heartbeats[-1],
+            phases=phases,
+            served=served,
+        )
+    return run
 
 
 @pytest.mark.dds
 @pytest.mark.slow
-def test_a_robot_joins_and_leaves_a_running_edge():
-    frames = {"r1": world_frames(24, seed=3), "r2": world_frames(24, seed=4)}
+def test_two_namespaced_robots_share_one_edge_without_cross_talk(two_robots):
+    run = two_robots
+    assert not run.cross_talk, run.cross_talk
+    statistics = run.statistics["both"]
+    for robot in ("r1", "r2"):
+        sent = run.phases["both"][robot]
+        assert [s for s in run.masks[robot] if s in sent] == sent  # every frame, in order
+        assert run.maps[robot], f"{robot} got no QP map"
+        segmenter = statistics[(robot, "stac_segmenter")]
+        assert segmenter.frames_segmented == len(sent)
+        assert segmenter.frames_in == len(sent) + segmenter.frames_failed
+        assert statistics[(robot, "stac_encoder")].masks_received == len(sent)
+    refused = {r: statistics[(r, "stac_segmenter")].frames_failed for r in ("r1", "r2")}
+    assert refused["r1"] == 0 and refused["r2"] > 50  # the flood hit r2 only
+    assert run.heartbeat.largest_batch == 2  # the two robots' frames in one forward
+
+
+@pytest.mark.dds
+@pytest.mark.slow
+def test_a_robot_leaves_and_joins_a_running_edge(two_robots):
+    run = two_robots
+    assert run.served["left"] == {"/r1"} and run.served["back"] == {"/r1", "/r2"}
+    assert not set(run.phases["left"]["r2"]) & set(run.masks["r2"])  # nobody served r2
+    assert set(run.masks["r1"]) >= set(run.sent["r1"])  # r1 lost nothing meanwhile
+    back = set(run.phases["back"]["r2"]) & set(run.masks["r2"])
+    assert back, "r2 was not served again"
+    segmenter = run.statistics["end"][("r2", "stac_segmenter")]
+    assert segmenter.keyframe_requests >= 1  # it joined mid-stream
+    assert not run.cross_talk, run.cross_talk
+    assert run.statistics["end"][("r2", "stac_encoder")].frames_encoded == len(run.sent["r2"])
+
+
+@pytest.mark.dds
+@pytest.mark.slow
+def test_a_stand_in_edge_takes_over_a_killed_edges_robot():
+    """edge_a serves r1; edge_b serves nobody but stands in for edge_a. edge_a is killed
+    (SIGKILL): edge_b takes r1 over once edge_a's heartbeats stop, asks r1 for a keyframe,
+    and r1 gets masks again."""
+    frames = world_frames(30, seed=7)
     with fleet() as f:
-        f.start_edge("-p", "torch_threads:=1", robots="[r1]")
-        for robot in frames:
-            f.start_robot(robot)
-        assert f.spin_until(lambda: f.served() == {"/r1"}, 60.0)
+        f.start_edge("-p", "edge_name:=edge_a", name="edge_a", robots="[r1]")
+        f.start_edge("-p", "edge_name:=edge_b", name="edge_b", stand_in_for="[edge_a]")
+        f.start_robot("r1")
+        assert f.spin_until(lambda: f.served("edge_a") == {"/r1"}, 60.0), f.heartbeats[-1:]
+        assert f.spin_until(lambda: any(h.edge_name == "edge_b" for h in f.heartbeats), 60.0)
         assert f.spin_until(lambda: f.linked(["r1"]), 30.0), f.statistics
-        assert f.spin_until(lambda: f.cameras["r2"].get_subscription_count(), 30.0)
-        first = {robot: frames[robot][:8] for robot in frames}
-        play(f, first, expect_masks={"r1"})  # r2 streams, nobody serves it
-        assert not f.masks["r2"]
-        f.set_robots(["r1", "r2"])  # r2 joins mid-stream: a keyframe request brings it in
-        assert f.spin_until(lambda: f.served() == {"/r1", "/r2"}, 10.0)
-        joined = {robot: frames[robot][8:16] for robot in frames}
-        play(f, {"r1": joined["r1"]}, expect_masks={"r1"})
-        for frame in joined["r2"]:  # until its keyframe arrives, r2's P-frames cannot decode
-            f.send("r2", frame)
-            f.spin_until(lambda: False, 0.3)
-        assert f.spin_until(lambda: bool(f.masks["r2"]), 20.0), "r2 was never served"
-        f.set_robots(["r1"])  # r2 leaves
-        assert f.spin_until(lambda: f.served() == {"/r1"}, 10.0)
-        masks_before = len(f.masks["r2"])
-        play(f, {robot: frames[robot][16:] for robot in frames}, expect_masks={"r1"})
-        f.spin_until(lambda: False, 1.0)
-        assert len(f.masks["r2"]) == masks_before  # nobody serves r2 any more
+        play(f, {"r1": frames[:3]}, expect_masks={"r1"})
+        assert f.served("edge_b") == set()
+        f.processes["edge_a"].kill()
+        f.killed.add("edge_a")
+        after = []
+        for frame in frames[3:]:  # the camera goes on: the first frames reach no edge
+            after.append(f.send("r1", frame))
+            if f.spin_until(lambda: any(f.masked("r1", s) for s in after), 0.5):
+                break
+        assert any(f.masked("r1", s) for s in after), "no mask after edge_a died"
+        assert f.served("edge_b") == {"/r1"}
         assert not f.cross_talk(), f.cross_talk()
-        assert sorted(stamp_ns(m) for m in f.masks["r1"]) == f.sent["r1"]  # r1 lost nothing
-        assert f.statistics[("r2", "stac_encoder")].frames_encoded == len(frames["r2"])
 
 
 def discovery_server_scenario() -> None:

@@ -33,10 +33,36 @@ def test_a_stand_in_takes_a_dead_edges_robots_until_it_is_back():
     assert stand_in.served(0.0) == ("/r3",)  # edge_a never heard: nothing to take over
     stand_in.heard("/edge_a", ["/r1", "/r2"], ["/r1", "/r2"], now_s=10.0)
     assert stand_in.served(10.9) == ("/r3",)
-    assert stand_in.dead_edges(11.1) == ("/edge_a",)
-    assert stand_in.served(11.1) == ("/r3", "/r1", "/r2")
+    assert stand_in.served(11.1) == ("/r3",)  # silent once: maybe we were the busy ones
+    assert stand_in.served(11.3) == ("/r3", "/r1", "/r2")  # silent twice in a row: dead
+    assert stand_in.dead_edges() == ("/edge_a",)
     stand_in.heard("/edge_a", ["/r1", "/r2"], ["/r1", "/r2"], now_s=20.0)  # restarted
     assert stand_in.served(20.0) == ("/r3",)
+
+
+def test_heartbeats_read_late_after_a_busy_spell_are_no_death():
+    """The stand-in was busy for 3 s; its first update comes before the heartbeats that
+    waited meanwhile were read, its second after: edge_a was never dead."""
+    stand_in = FleetMembership("/edge_b", edge_timeout_s=1.0)
+    stand_in.stand_in(["/edge_a"])
+    stand_in.heard("/edge_a", ["/r1"], ["/r1"], now_s=10.0)
+    assert stand_in.served(13.0) == ()
+    stand_in.heard("/edge_a", ["/r1"], ["/r1"], now_s=13.01)  # the queued heartbeats
+    assert stand_in.served(13.25) == ()
+
+
+def test_two_stand_ins_for_one_edge_do_not_both_take_its_robots():
+    b = FleetMembership("/edge_b", edge_timeout_s=1.0)
+    c = FleetMembership("/edge_c", edge_timeout_s=1.0)
+    for stand_in in (b, c):
+        stand_in.stand_in(["/edge_a"])
+        stand_in.heard("/edge_a", ["/r1"], ["/r1"], now_s=0.0)
+        stand_in.served(2.0)
+        assert stand_in.served(2.1) == ("/r1",)  # both took it before hearing each other
+    b.heard("/edge_c", ["/r1"], [], now_s=2.2)
+    c.heard("/edge_b", ["/r1"], [], now_s=2.2)
+    assert b.served(2.3, serving=["/r1"]) == ("/r1",)  # the name that sorts first keeps it
+    assert c.served(2.3, serving=["/r1"]) == ()
 
 
 def test_an_edge_not_stood_in_for_is_left_alone():

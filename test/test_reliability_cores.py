@@ -161,6 +161,14 @@ def test_resync_asks_at_most_once_per_interval_and_times_the_outage():
     assert not tracker.in_outage and tracker.on_mask(14, 2.1) is None
 
 
+def test_a_request_that_could_not_go_out_does_not_hold_the_next_back():
+    tracker = ResyncTracker(min_request_interval_s=0.5)
+    assert tracker.should_request(bad(10), 1.0)
+    tracker.request_not_sent()  # the robot's service was not matched yet
+    assert tracker.should_request(bad(11), 1.04)  # the next unit asks again at once
+    assert not tracker.should_request(bad(12), 1.08)  # that one went out: the interval holds
+
+
 def test_the_link_syntax_is_the_replays():
     settings = settings_from_spec("rate=500kbit,loss=5%,delay=40ms")
     assert (settings.rate_bps, settings.loss, settings.delay_s) == (500e3, 0.05, 0.04)

@@ -72,6 +72,12 @@ class ResyncTracker:
         self._last_request_s = now_s
         return True
 
+    def request_not_sent(self) -> None:
+        """The request should_request asked for could not go out (the robot's service not
+        matched yet, as on an edge that just took a robot over): it does not count against the
+        interval, so the next unit that fails asks again."""
+        self._last_request_s = None
+
     def on_mask(self, frame_seq: int, now_s: float) -> float | None:
         """A mask of frame `frame_seq` was published: the outage it ends, in seconds, or None
         (no outage, or the mask is of a frame from before the outage began)."""

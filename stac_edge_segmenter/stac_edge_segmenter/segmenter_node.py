@@ -298,14 +298,18 @@ class SegmenterNode(Node):
         )
 
     def _request_keyframe(self) -> None:
-        """Ask the robot for an IDR picture; fire and forget (the answer is the keyframe)."""
-        self.statistics.count("keyframe_requests")
+        """Ask the robot for an IDR picture; fire and forget (the answer is the keyframe). One
+        that cannot go out yet (an edge that just joined, before DDS matched the robot's
+        service) is not counted and does not hold the next one back."""
         if not self._keyframe_client.service_is_ready():
+            with self._resync_lock:
+                self._resync.request_not_sent()
             self._rejections.reject(
                 "keyframe_request/no_service",
                 "cannot ask for a keyframe: the robot's request_keyframe service is not there",
             )
             return
+        self.statistics.count("keyframe_requests")
         self._keyframe_client.call_async(Trigger.Request())
 
     def close(self) -> None:

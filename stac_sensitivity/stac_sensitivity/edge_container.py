@@ -66,6 +66,10 @@ from stac_sensitivity.fleet_scheduler import (
 from stac_sensitivity.sensitivity_node import SensitivityNode
 
 ENCODED_TYPE = "stac_msgs/msg/EncodedFrame"
+# max_batch_robots 0: frames per forward by the model's device type. On a CPU a batch saves no
+# CPU time per frame (stac-bench fleet --parts batch: torch and ONNX Runtime) and costs memory
+# per frame; on a GPU it is how a shared edge keeps up with many robots.
+AUTO_BATCH = {"cuda": 8, "cpu": 1}
 # The edge node's own topic (the robots' are the segmenter's and the sensitivity node's).
 ENDPOINTS = {
     EDGE_HEARTBEAT_TOPIC: "Edges' heartbeats (stac_msgs/EdgeHeartbeat: name, robots served, "
@@ -128,9 +132,11 @@ PARAMETERS = (
     ),
     ParameterSpec(
         "max_batch_robots",
-        8,
-        "At most this many frames, one per robot, in one forward pass.",
-        1,
+        0,
+        "At most this many frames, one per robot, in one forward pass; 0 = by device: "
+        f"{AUTO_BATCH['cuda']} on a GPU, {AUTO_BATCH['cpu']} on a CPU (where a batch saves no "
+        "CPU time per frame and costs memory per frame: stac-bench fleet --parts batch).",
+        0,
         256,
     ),
     ParameterSpec(
@@ -203,7 +209,7 @@ class EdgeNode(Node):
         self.scheduler: FleetScheduler[DecodedFrame] = FleetScheduler(
             self._run_batch,
             self._on_batch_error,
-            max_batch=self.params["max_batch_robots"],
+            max_batch=self.params["max_batch_robots"] or AUTO_BATCH.get(self.model.device.type, 1),
             batch_timeout_s=self.params["batch_timeout_ms"] / 1e3,
         )
         self.membership = FleetMembership(
@@ -295,8 +301,12 @@ class EdgeNode(Node):
             wanted = self.membership.served(now_s, self.sessions)
         for robot in [r for r in self.sessions if r not in wanted]:
             self._stop_session(robot)
+            self._send_heartbeat()
         for robot in [r for r in wanted if r not in self.sessions]:
             self._start_session(robot)
+            # starting a session takes a while on a loaded machine: a heartbeat between
+            # sessions keeps a stand-in from taking this edge for dead meanwhile
+            self._send_heartbeat()
 
     def _start_session(self, robot: str) -> None:
         if self._own_namespace_only:

@@ -7,7 +7,11 @@ to serve now. An edge serves:
 
 1. the robots it is told to serve;
 2. the robots of every edge it stands in for whose heartbeat has stopped for `edge_timeout_s`
-   (the robots of that edge's last heartbeat), until that edge announces itself again;
+   (the robots of that edge's last heartbeat, unless another live edge serves them: two
+   stand-ins for one edge split nothing twice), until that edge announces itself again. An
+   edge is taken for dead only when it looks so at two updates in a row: after a stretch in
+   which this edge itself was busy, its first update can come before the heartbeats that
+   waited meanwhile were read (rclpy runs due timers before subscriptions);
 3. with discovery on, every robot found in the graph (a publisher seen within
    `robot_timeout_s`) that no live edge was told to serve and no other live edge serves; when
    two edges took one robot at once, the one whose name sorts first keeps it.
@@ -76,6 +80,8 @@ class FleetMembership:
         self.stand_in_for: tuple[str, ...] = ()
         self._edges: dict[str, EdgeAnnouncement] = {}
         self._found: dict[str, float] = {}  # robot -> when last seen publishing
+        self._silent: set[str] = set()  # stood-in-for edges silent at the last update
+        self._dead: tuple[str, ...] = ()
 
     def declare(self, robots: Iterable[str]) -> None:
         self.declared = robot_namespaces(robots)
@@ -105,27 +111,39 @@ class FleetMembership:
             if now_s - edge.heard_s <= self.edge_timeout_s
         }
 
-    def dead_edges(self, now_s: float) -> tuple[str, ...]:
-        """Edges this one stands in for whose heartbeat has stopped."""
+    def dead_edges(self) -> tuple[str, ...]:
+        """Edges this one stands in for found silent at the last two updates."""
+        return self._dead
+
+    def _update_dead(self, now_s: float) -> None:
         live = self.live_edges(now_s)
-        return tuple(e for e in self.stand_in_for if e in self._edges and e not in live)
+        silent = {e for e in self.stand_in_for if e in self._edges and e not in live}
+        self._dead = tuple(e for e in self.stand_in_for if e in silent and e in self._silent)
+        self._silent = silent
 
     def served(self, now_s: float, serving: Iterable[str] = ()) -> tuple[str, ...]:
-        """The robots to serve now (`serving`: those served until now), declared first."""
+        """The robots to serve now (`serving`: those served until now), declared first; one
+        call is one update (see the module docstring)."""
+        self._update_dead(now_s)
+        serving = set(serving)
         robots = dict.fromkeys(self.declared)
-        for edge in self.dead_edges(now_s):
-            robots.update(dict.fromkeys(self._edges[edge].robots))
+        orphans = [r for edge in self._dead for r in self._edges[edge].robots]
+        for robot in self._unclaimed(now_s, orphans, serving):
+            robots.setdefault(robot)
         if self.discover:
-            for robot in self._discovered(now_s, set(serving)):
+            present = [r for r, seen in self._found.items() if now_s - seen <= self.robot_timeout_s]
+            for robot in self._unclaimed(now_s, sorted(present), serving):
                 robots.setdefault(robot)
         return tuple(robots)
 
-    def _discovered(self, now_s: float, serving: set[str]) -> list[str]:
+    def _unclaimed(self, now_s: float, robots: list[str], serving: set[str]) -> list[str]:
+        """Of robots this edge may take (found, or a dead edge's), those no other live edge
+        was told to serve or serves already; of two edges that took one at once, the one
+        whose name sorts first keeps it (two stand-ins for one edge, two discovering edges)."""
         live = self.live_edges(now_s).values()
-        present = [r for r, seen_s in self._found.items() if now_s - seen_s <= self.robot_timeout_s]
         return [
             robot
-            for robot in sorted(present)
+            for robot in robots
             if not any(robot in edge.declared_robots for edge in live)
             and not any(
                 robot in edge.robots and (robot not in serving or edge.edge < self.edge_name)

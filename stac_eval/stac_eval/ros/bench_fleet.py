@@ -43,6 +43,7 @@ import numpy as np
 import rclpy
 from rclpy.node import Node
 
+from stac_edge_segmenter.engines import DEFAULT_ENGINE, ENGINE_NAMES
 from stac_eval.bench_codec import default_video
 from stac_eval.discovery_server import discovery_server
 from stac_eval.fleet_metrics import jain_fairness
@@ -101,6 +102,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-dir", type=Path, default=None, help="keep every process's log here")
     parser.add_argument(
         "--device", default="", help="batch part: torch device (empty: CUDA if any, else CPU)"
+    )
+    parser.add_argument(
+        "--engine",
+        default=DEFAULT_ENGINE,
+        choices=ENGINE_NAMES,
+        help="the edges' inference engine (and the batch part's)",
+    )
+    parser.add_argument(
+        "--max-batch-robots",
+        type=int,
+        default=0,
+        help="the edge's max_batch_robots (0: its default by device, 1 on a CPU)",
     )
 
 
@@ -240,6 +253,8 @@ class FleetRun:
         }
         args = ros_args(launch, "edge_container", **arguments)
         args += ["-p", f"edge_name:={edge.name}", "-p", f"torch_threads:={self.args.torch_threads}"]
+        args += ["-p", f"max_batch_robots:={self.args.max_batch_robots}"]
+        args += ["-p", f"engine:={self.args.engine}"]
         args += ["-p", "publish_overlay:=false", "-p", "publish_heatmap:=false"]
         environment = launch_environment(launch, **arguments)
         self._start(edge.name, "stac_sensitivity", "edge_container", args, environment,
@@ -434,6 +449,7 @@ def run_fleet(args, clip: Path, log_dir: Path, count: int) -> dict:
         watcher.close()
     fps = [result["segmented_fps"] for result in per_robot.values()]
     return {
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "per_robot": per_robot,
         "jain_fairness": round(jain_fairness(fps), 4),
         "total_segmented_fps": round(sum(fps), 3),
@@ -447,8 +463,10 @@ def run_fleet(args, clip: Path, log_dir: Path, count: int) -> dict:
     }
 
 
-def measure_discovery(args, clip: Path, log_dir: Path, count: int, server: str | None) -> float:
-    """Seconds from starting the robots' encoders until every robot and the edge match."""
+def measure_discovery(args, clip: Path, log_dir: Path, count: int, server: str | None) -> dict:
+    """Seconds from starting the robots' encoders until every robot and the edge match
+    (`until_matched_s`, process start-up included), and the longest time from a robot's
+    stream first showing in the graph to its match with the edge (`matching_s`)."""
     environment = {"ROS_DISCOVERY_SERVER": server} if server else {}
     saved = {key: os.environ.get(key) for key in ("ROS_DISCOVERY_SERVER", "ROS_SUPER_CLIENT")}
     # this process is a client too, a super client: it must see the other ends' endpoints
@@ -458,6 +476,16 @@ def measure_discovery(args, clip: Path, log_dir: Path, count: int, server: str |
     edge = EdgeSpec("edge", tuple(robots))
     run = FleetRun(args, clip, log_dir, environment)
     watcher = FleetWatcher()
+    seen, matched = {}, {}
+
+    def track() -> None:
+        now = time.monotonic()
+        for robot in robots:
+            if robot not in seen and watcher.node.count_publishers(f"/{robot}/stac/encoded"):
+                seen[robot] = now
+            if robot not in matched and watcher.matched(robot):
+                matched[robot] = now
+
     try:
         for robot in robots:
             watcher.add_robot(robot)
@@ -466,9 +494,12 @@ def measure_discovery(args, clip: Path, log_dir: Path, count: int, server: str |
         started = time.monotonic()
         for robot in robots:
             run.start_encoder(robot)
-        if not watcher.spin_until(lambda: all(watcher.matched(r) for r in robots), 120.0):
+        if not watcher.spin_until(lambda: len(matched) == len(robots), 120.0, track):
             raise RuntimeError("robots and edge never matched")
-        return round(time.monotonic() - started, 2)
+        return {
+            "until_matched_s": round(max(matched.values()) - started, 2),
+            "matching_s": round(max(matched[r] - seen.get(r, matched[r]) for r in robots), 2),
+        }
     finally:
         run.stop()
         watcher.close()
@@ -550,6 +581,7 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit(f"stac-bench fleet: --parts takes {', '.join(PARTS)}")
     counts = sorted({int(n) for n in args.robots.split(",")})
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    load_at_start = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="stac-fleet-") as tmp:
         tmp_dir = args.log_dir or Path(tmp)
         clip = small_clip(args.video, Path(tmp), args.width, args.height)
@@ -571,18 +603,18 @@ def run(args: argparse.Namespace) -> dict:
             print(f"failover: {failover['failover_s']}")
         batch = None
         if "batch" in parts:
-            batch = batch_throughput(clip, args.device, args.torch_threads)
+            batch = batch_throughput(clip, args.device, args.torch_threads, args.engine)
             print(f"batched forward, frames/s by batch size: {batch['frames_per_s']}")
         # Last: once this process has been a discovery-server client, Fast DDS keeps that
         # setting for its later participants (seen here: multicast peers no longer heard).
         discovery = None
         if "discovery" in parts:
             discovery = {"robots": counts[-1]}
-            discovery["multicast_s"] = measure_discovery(
+            discovery["multicast"] = measure_discovery(
                 args, clip, log_dir("discovery_multicast"), counts[-1], None
             )
             with discovery_server(log_path=log_dir("discovery_server") / "server.log") as server:
-                discovery["discovery_server_s"] = measure_discovery(
+                discovery["discovery_server"] = measure_discovery(
                     args, clip, log_dir("discovery_server"), counts[-1], server
                 )
             print(f"discovery of {counts[-1]} robots: {discovery}")
@@ -593,9 +625,11 @@ def run(args: argparse.Namespace) -> dict:
             "camera_fps_per_robot": args.fps,
             "duration_s": args.duration_s,
             "processes_per_robot": ["video_source_node", "encoder_node"],
-            "edge": "edge_container (one model, batched forward), torch_threads "
-            f"{args.torch_threads}, nice {EDGE_NICENESS}",
+            "edge": f"edge_container (one model, batched forward on {args.engine}), "
+            f"torch_threads {args.torch_threads}, nice {EDGE_NICENESS}",
             "cpu_count": os.cpu_count(),
+            "max_batch_robots": args.max_batch_robots or "the edge's default (1 on a CPU)",
+            "load_average_1min_at_start": load_at_start,
         },
         "runs": runs,
         "edge_rss_mb_per_added_robot": _memory_slope(runs),
@@ -614,15 +648,23 @@ def _with_rclpy(function, *args):
         rclpy.try_shutdown()
 
 
-def batch_throughput(clip: Path, device: str, torch_threads: int, repeats: int = 5) -> dict:
-    """Frames per second of one forward over a batch of the clip's frames, by batch size:
-    the median over `repeats` forwards after one warm-up."""
+def batch_throughput(
+    clip: Path, device: str, torch_threads: int, engine_name: str, repeats: int = 5
+) -> dict:
+    """The edge's batched forward (the engine edge_container runs) on the clip's frames, by
+    batch size: frames per second and CPU time per frame (medians over `repeats` forwards
+    after one warm-up), and this process's peak resident memory after each size (sizes run in
+    increasing order, so its growth is what the larger batch needed)."""
+    import resource
+
     import torch
 
+    from stac_edge_segmenter.engines import create_engine
     from stac_edge_segmenter.loading import load_model
 
     torch.set_num_threads(torch_threads)
     model = load_model(None, device or None)
+    choice = create_engine(model, engine_name, torch_threads)
     capture = cv2.VideoCapture(str(clip))
     frames = []
     while len(frames) < max(BATCH_SIZES):
@@ -631,16 +673,29 @@ def batch_throughput(clip: Path, device: str, torch_threads: int, repeats: int =
             break
         frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     capture.release()
-    result = {"device": str(model.device), "torch_threads": torch_threads, "frames_per_s": {}}
+    result = {
+        "device": str(model.device),
+        "engine": engine_name,
+        "engine_fallback": choice.reason,
+        "threads": torch_threads,
+        "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}",
+        "frames_per_s": {},
+        "cpu_ms_per_frame": {},  # this process's CPU time: steadier than wall time on a
+        "peak_rss_mb": {},  # shared machine
+    }
     for size in BATCH_SIZES:
         images = np.stack([frames[i % len(frames)] for i in range(size)])
-        model.predict(images, batch_size=size, with_probabilities=False)  # warm-up
-        times = []
+        choice.engine.segment_batch(images)  # warm-up
+        times, cpu_times = [], []
         for _ in range(repeats):
-            started = time.perf_counter()
-            model.predict(images, batch_size=size, with_probabilities=False)
+            started, cpu_started = time.perf_counter(), time.process_time()
+            choice.engine.segment_batch(images)
             times.append(time.perf_counter() - started)
+            cpu_times.append(time.process_time() - cpu_started)
         result["frames_per_s"][str(size)] = round(size / float(np.median(times)), 2)
+        result["cpu_ms_per_frame"][str(size)] = round(1e3 * float(np.median(cpu_times)) / size, 1)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_rss_mb"][str(size)] = round(peak, 1)
     return result
 
 
