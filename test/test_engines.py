@@ -48,6 +48,7 @@ def _resized(frames: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.stack([cv2.resize(frame, (width, height)) for frame in frames])
 
 
+@pytest.mark.slow  # exports the shipped model to ONNX
 @pytest.mark.parametrize("size", [(480, 360), (960, 540), (640, 272)])
 def test_onnxruntime_masks_agree_with_torch(model, onnx_engine, frames, size):
     batch = _resized(frames, *size)
@@ -55,6 +56,7 @@ def test_onnxruntime_masks_agree_with_torch(model, onnx_engine, frames, size):
     assert agreement(onnx_engine, TorchEngine(model), [batch]) >= MIN_AGREEMENT
 
 
+@pytest.mark.slow  # exports the shipped model to ONNX
 def test_a_batch_gives_each_frame_its_own_mask(onnx_engine, frames):
     together = onnx_engine.segment_batch(frames)
     assert together.shape == frames.shape[:3] and together.dtype == np.uint8
@@ -62,6 +64,7 @@ def test_a_batch_gives_each_frame_its_own_mask(onnx_engine, frames):
         np.testing.assert_array_equal(onnx_engine.segment_batch(frame[None])[0], mask)
 
 
+@pytest.mark.slow  # exports the shipped model to ONNX
 def test_int8_engine_uses_the_shipped_ranges(model, frames):
     choice = create_engine(model, "onnxruntime_int8", threads=1)
     assert choice.fallback_reason is None
@@ -70,6 +73,7 @@ def test_int8_engine_uses_the_shipped_ranges(model, frames):
     assert agreement(choice.engine, TorchEngine(model), [frames]) > 0.97
 
 
+@pytest.mark.slow  # exports the shipped model to ONNX
 def test_bad_input_is_refused_not_a_fallback(model, onnx_engine):
     logged = []
     engine = FallbackEngine(EngineChoice(onnx_engine, "onnxruntime"), model, logged.append)
@@ -105,6 +109,7 @@ def _torchscript_model(tmp_path, network: torch.nn.Module):
     return load_model(path, device="cpu")
 
 
+@pytest.mark.slow  # tries to export a TorchScript model to ONNX
 def test_a_model_that_cannot_export_runs_on_torch_and_says_why_once(tmp_path, frames):
     model = _torchscript_model(tmp_path, _RunningMaximum())
     choice = create_engine(model, "onnxruntime", threads=1)
@@ -157,6 +162,7 @@ def test_unknown_engine_is_refused(model):
         create_engine(model, "tensorflow")
 
 
+@pytest.mark.slow  # exports the shipped model to ONNX
 def test_graph_names_its_network_nodes(model):
     """int8 quantizes the network's nodes only: the export must tell them from the rest, and
     name them the same way every time (the int8 ranges are stored by tensor name)."""
