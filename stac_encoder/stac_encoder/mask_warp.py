@@ -49,6 +49,11 @@ class MaskPropagator:
         self._valid_from: int | None = None  # masks of earlier frames show another scene
 
     @property
+    def field(self) -> PositionField:
+        """Where each flow-grid point of the current frame was in the mask's frame."""
+        return self._field
+
+    @property
     def source_seq(self) -> int | None:
         """The flow frame of the mask held (None: no mask yet)."""
         return self._field.anchor_seq if self._mask is not None else None

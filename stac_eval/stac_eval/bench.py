@@ -27,6 +27,8 @@ BENCHMARKS = {
     "temporal": "STAC on video: stream-mode BD-rate, delays, keyframe mode, bitrate target, "
     "robot time per frame",
     "masks": "masks sent back to the robot: bytes, agreement and speed of every coder",
+    "keyframe": "keyframe mode's accuracy ceiling, lever by lever: ways to carry masks, "
+    "keyframe pacing, masks at scene cuts, flow width",
     "fleet": "N robots on one edge (fairness, latency, memory, cross-talk), discovery with "
     "multicast vs a discovery server, failover between two edges",
     "gpu": "forward and map pass at batch 1/4/16, torch CUDA vs ONNX Runtime CUDA (skips "
@@ -41,6 +43,7 @@ BENCHMARK_MODULES = {
     "faults": "stac_eval.ros.bench_faults",
     "temporal": "stac_eval.bench_temporal",
     "masks": "stac_eval.bench_masks",
+    "keyframe": "stac_eval.bench_keyframe",
     "fleet": "stac_eval.ros.bench_fleet",
     "gpu": "stac_eval.bench_gpu",
 }

@@ -4,7 +4,8 @@ H.264 methods run the encoder node's core, `RobotLoop` (flow, keyframe decision,
 warped by flow, x264, the edge's newest mask warped to every camera frame), with the node's
 `QPMapReceiver` in front of it for maps. JPEG runs OpenCV's encoder as
 compressed_image_transport does, with the same flow and mask propagation as `RobotLoop`
-(`FrameFlow`, `MaskPropagator`), so that every method can have this suite's robot.
+(`FrameFlow`, `MaskPropagator`, masks dropped at scene cuts), so that every method can have
+this suite's robot.
 
 Each robot holds two masks of every camera frame: the warped one (its `RobotLoop`, the suite's
 robot: `--robot warp`) and the held one (the newest mask back, as it came: what a user of
@@ -22,6 +23,7 @@ import numpy as np
 
 from stac_codec.h264_encoder import EncoderConfig
 from stac_encoder.frame_flow import FrameFlow
+from stac_encoder.keyframes import SceneCuts
 from stac_encoder.mask_warp import MaskPropagator, PropagatedMask
 from stac_encoder.qp_map_receiver import QPMapReceiver, ReceivedMapFields
 from stac_encoder.rate_control import RateControlConfig
@@ -110,6 +112,7 @@ class H264Robot:
                 ),
                 flow=settings.flow,
                 keyframes=settings.keyframes,
+                drop_masks_at_cuts=settings.drop_masks_at_cuts,
                 rate=RateControlConfig(
                     target_kbps=target if encoder.rate_control == "crf" else 0,
                     overhead_bytes=encoded_frame_bytes(0),
@@ -182,8 +185,10 @@ class JpegRobot:
     def __init__(self, quality: int, settings) -> None:
         self.quality = int(quality)
         self.flow_config = settings.flow
+        self.cut_config = settings.keyframes if settings.drop_masks_at_cuts else None
         self.flow: FrameFlow | None = None
         self.masks: MaskPropagator | None = None
+        self.cuts: SceneCuts | None = None
         self.held = HeldMask()
         self.record = False  # keep each frame's JPEG bytes (for a bag)
 
@@ -191,6 +196,8 @@ class JpegRobot:
         if self.flow is None or (self.flow.width, self.flow.height) != (width, height):
             self.flow = FrameFlow(width, height, self.flow_config)
             self.masks = MaskPropagator(self.flow)
+            if self.cut_config is not None:
+                self.cuts = SceneCuts(self.flow, self.cut_config)
 
     def capture(self, position: int, image: np.ndarray, capture_s: float) -> RobotFrame:
         """Camera frame number `position` (0, 1, ... in order); frame_seq = position + 1."""
@@ -199,6 +206,8 @@ class JpegRobot:
         self._ensure_flow(width, height)
         frame_seq = position + 1
         self.flow.add_frame(frame_seq, image)
+        if self.cuts is not None and self.cuts.at_current():
+            self.masks.scene_cut(frame_seq)
         decoded, data_bytes = jpeg_round_trip(image, self.quality)
         unit = EdgeUnit(position, frame_seq, decoded, width, height)
         data = _jpeg_bytes(image, self.quality) if self.record else b""

@@ -121,6 +121,7 @@ class ReplaySettings:
     warp_qp_map: bool = True
     flow: FlowConfig = field(default_factory=FlowConfig)
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    drop_masks_at_cuts: bool = True
     hysteresis_levels: int = 1
     key_map_interval: int = 10
     keyframe_request_interval_s: float = 0.5

@@ -1,0 +1,51 @@
+"""`stac-bench keyframe` end to end on the first half second of the dashcam clip: both parts
+run with the shipped model and write the keys docs/keyframe_mode.md reads."""
+
+import json
+import math
+
+import pytest
+
+from stac_eval import bench
+from stac_eval.bench_keyframe import PROPAGATION_METHODS, SYSTEM_METHODS
+
+# the model on every frame (soft masks) and 11 replay points: a minute or two on 2 cores
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def keyframe_result(data_dir, tmp_path_factory):
+    clip = data_dir / "video" / "solidWhiteRight.mp4"
+    if not clip.is_file():
+        pytest.skip(f"{clip} is not there")
+    work = tmp_path_factory.mktemp("keyframe")
+    out = work / "keyframe.json"
+    argv = [
+        "keyframe", "--video", str(clip), "--max-frames", "14", "--schedules", "1:1,2:3",
+        "--edge-ms", "7.3/30.47", "--work-dir", str(work), "--out", str(out),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_every_way_of_carrying_masks_is_scored(keyframe_result):
+    scores = keyframe_result["propagation"]["miou"]
+    assert set(scores) == {"1:1", "2:3"}
+    for row in scores.values():
+        assert set(row) == set(PROPAGATION_METHODS)
+        assert all(math.isfinite(value) and 0.0 < value <= 1.0 for value in row.values())
+    # the model's own mask of the frame before, carried by flow, agrees with this frame's
+    # better than one three frames older
+    assert scores["1:1"]["ids"] > scores["2:3"]["ids"]
+
+
+def test_each_lever_is_switched_off_alone(keyframe_result):
+    points = keyframe_result["system"]["points"]
+    assert set(points) == {"defaults", "send_ahead_off", "masks_across_cuts", "flow_480"}
+    assert set(points["defaults"]) == set(SYSTEM_METHODS)
+    assert "uniform" not in points["send_ahead_off"]  # streaming has no keyframe pacing
+    # a fast edge answers in about two camera frames: waiting for each answer sends about
+    # every second frame, sending ahead nearly every frame
+    ahead = points["defaults"]["stac_keyframe"]["frames_sent"]
+    waiting = points["send_ahead_off"]["stac_keyframe"]["frames_sent"]
+    assert ahead > 1.3 * waiting
