@@ -33,6 +33,7 @@ def result(data_dir, tmp_path_factory):
         cv2.imwrite(str(images / name.name), cv2.resize(image, (160, 120)))
     out = work / "masks.json"
     argv = ["masks", "--video", str(clip), "--images", str(images), "--every", "2"]
+    argv += ["--late-frames", "2"]
     assert bench_main([*argv, "--out", str(out), "--threads", "1"]) == 0
     return json.loads(out.read_text())
 
@@ -55,3 +56,11 @@ def test_every_coder_reports_its_keys_with_sane_values(result):
             assert coders[name]["lossless"], name
         assert not coders["reduced"]["lossless"]
     assert result["images"]["mask_size"] == [160, 120]
+
+
+def test_the_robot_view_of_late_masks_is_scored_for_every_wire_coding(result):
+    late = result["late_masks"]
+    assert late["delay_frames"] == 2
+    assert set(late["miou_vs_edge_mask_then"]) == {"lossless", "near_lossless", "reduced"}
+    assert all(0.0 < value <= 1.0 for value in late["miou_vs_edge_mask_then"].values())
+    assert "late_masks" not in result["images"]  # images are not a clip

@@ -18,6 +18,12 @@ images (CamVid val); each full-resolution mask goes through every coder:
 Per coder: bytes_per_mask (mean), ratio_vs_rle_deflate, agreement_miou (the decoded masks
 against the edge's, one confusion matrix over all masks), encode_ms and decode_ms (median per
 mask, one thread), lossless (every decoded mask equal to the edge's).
+
+What a lossy coding costs the robot is measured too, on clips (`late_masks`): each wire
+coding's decoded mask of frame s, carried by the robot's own flow code (`FrameFlow` and
+`MaskPropagator`, as `RobotLoop` does for a mask that arrives `--late-frames` frames after its
+source frame) to frame s + late-frames, against the edge's mask of that frame: the robot's
+timely mIoU for masks that late, without the timing noise of a live run.
 """
 
 from __future__ import annotations
@@ -43,17 +49,23 @@ from stac_codec.mask_wire import (
 )
 from stac_edge_segmenter.loading import load_model
 from stac_edge_segmenter.metrics import ConfusionMatrix
+from stac_encoder.frame_flow import FrameFlow
 from stac_encoder.frame_sources import read_frames
+from stac_encoder.mask_warp import MaskPropagator
 from stac_eval.progress import progress_bar
 from stac_training.camvid import read_image_rgb
 
 BASELINE = "rle_deflate"
 
 
+LATE_CODERS = ("lossless", "near_lossless", "reduced")
+
+
 @dataclass
 class Masked:
-    """One segmented frame: the RGB frame and the edge's class ids."""
+    """One segmented frame: its index in the clip, the RGB frame and the edge's class ids."""
 
+    index: int
     image: np.ndarray
     class_ids: np.ndarray
 
@@ -88,6 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-frames", type=int, default=0, help="frames of the clip read (0: all)"
     )
+    parser.add_argument(
+        "--late-frames",
+        type=int,
+        default=4,
+        help="clips: score the masks the robot holds this many frames after their source "
+        "(a multiple of --every; 0: skip)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the model)")
 
 
@@ -96,13 +115,17 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit("stac-bench masks: give --video FILE and/or --images DIR")
     if args.every < 1:
         raise SystemExit("stac-bench masks: --every must be >= 1")
+    if args.late_frames < 0 or args.late_frames % args.every:
+        raise SystemExit("stac-bench masks: --late-frames must be a multiple of --every")
     torch.set_num_threads(args.threads)
     model = load_model()
     result: dict = {}
     if args.video is not None:
-        frames = _video_frames(args.video, args.every, args.max_frames)
+        late = LateMasks(args.late_frames, model.num_classes) if args.late_frames else None
+        frames = read_frames(str(args.video), max_frames=args.max_frames)
+        masks = _segmented(model, ((f.index, f.image) for f in frames), args.every, late)
         result = {"source": {"video": str(args.video), "every": args.every}}
-        result.update(measure(_segmented(model, frames), model.num_classes))
+        result.update(measure(masks, model.num_classes, late))
     if args.images is not None:
         images = measure(_segmented(model, _image_frames(args.images)), model.num_classes)
         images["source"] = {"images": str(args.images)}
@@ -114,8 +137,9 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def measure(masks: Iterator[Masked], num_classes: int) -> dict:
-    """Every coder over the masks: the JSON `coders` section and what was measured on."""
+def measure(masks: Iterator[Masked], num_classes: int, late: LateMasks | None = None) -> dict:
+    """Every coder over the masks: the JSON `coders` section and what was measured on (and
+    the `late_masks` section when `late` is given)."""
     coders = all_coders()
     tallies = {coder.name: Tally() for coder in coders}
     confusions = {coder.name: ConfusionMatrix(num_classes) for coder in coders}
@@ -124,6 +148,7 @@ def measure(masks: Iterator[Masked], num_classes: int) -> dict:
     for masked in masks:
         count += 1
         size = masked.class_ids.shape[::-1]
+        decoded_by_coder = {}
         for coder in coders:
             tally, state = tallies[coder.name], states[coder.name]
             started = time.perf_counter()
@@ -135,6 +160,9 @@ def measure(masks: Iterator[Masked], num_classes: int) -> dict:
             tally.sizes.append(len(data))
             tally.exact &= bool(np.array_equal(decoded, masked.class_ids))
             confusions[coder.name].update(masked.class_ids, decoded)
+            decoded_by_coder[coder.name] = decoded
+        if late is not None:
+            late.segmented(masked.index, masked.class_ids, decoded_by_coder)
     if count == 0:
         raise SystemExit("stac-bench masks: no frames read")
     baseline = statistics.fmean(tallies[BASELINE].sizes)
@@ -150,12 +178,56 @@ def measure(masks: Iterator[Masked], num_classes: int) -> dict:
             "decode_ms": round(statistics.median(tally.decode_ms), 3),
             "lossless": tally.exact,
         }
-    return {
+    section = {
         "coders": table,
         "masks": count,
         "mask_size": list(size),
         "coder_notes": {coder.name: coder.note for coder in coders},
     }
+    if late is not None:
+        section["late_masks"] = late.summary()
+    return section
+
+
+class LateMasks:
+    """Each wire coding's decoded mask of frame s, carried to frame s + delay by the robot's
+    flow code (a direct DIS flow from the frame it arrives at, as RobotLoop anchors a late
+    mask), scored against the edge's mask of that frame."""
+
+    def __init__(self, delay_frames: int, num_classes: int) -> None:
+        self.delay_frames = delay_frames
+        self.flow: FrameFlow | None = None
+        self.propagators: dict[str, MaskPropagator] = {}
+        self.held: dict[int, dict[str, np.ndarray]] = {}
+        self.confusions = {name: ConfusionMatrix(num_classes) for name in LATE_CODERS}
+
+    def frame(self, index: int, image: np.ndarray) -> None:
+        """Every frame of the clip, in order (the robot's flow sees them all)."""
+        if self.flow is None:
+            height, width = image.shape[:2]
+            self.flow = FrameFlow(width, height)
+            self.propagators = {name: MaskPropagator(self.flow) for name in LATE_CODERS}
+        self.flow.add_frame(index, image)
+
+    def segmented(self, index: int, class_ids: np.ndarray, decoded: dict) -> None:
+        """A segmented frame (after `frame` with the same index)."""
+        source = index - self.delay_frames
+        late = self.held.pop(source, None)
+        if late is not None:
+            for name, propagator in self.propagators.items():
+                propagator.set_mask(late[name], source)
+                self.confusions[name].update(class_ids, propagator.current().class_ids)
+        self.held[index] = {name: decoded[name] for name in LATE_CODERS}
+        for old in [held for held in self.held if held < source]:
+            del self.held[old]
+
+    def summary(self) -> dict:
+        return {
+            "delay_frames": self.delay_frames,
+            "miou_vs_edge_mask_then": {
+                name: round(matrix.mean_iou(), 4) for name, matrix in self.confusions.items()
+            },
+        }
 
 
 def all_coders() -> list[Coder]:
@@ -249,26 +321,27 @@ def _conditional_decode(data: bytes, masked: Masked, state: dict) -> np.ndarray:
     return np.frombuffer(decoded, np.uint8).reshape(height, width)
 
 
-def _video_frames(path: Path, every: int, max_frames: int) -> Iterator[np.ndarray]:
-    for frame in read_frames(str(path), max_frames=max_frames):
-        if frame.index % every == 0:
-            yield frame.image
-
-
-def _image_frames(folder: Path) -> Iterator[np.ndarray]:
+def _image_frames(folder: Path) -> Iterator[tuple[int, np.ndarray]]:
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not paths:
         raise SystemExit(f"stac-bench masks: no images in {folder}")
-    for path in paths:
-        yield read_image_rgb(path)
+    for index, path in enumerate(paths):
+        yield index, read_image_rgb(path)
 
 
-def _segmented(model, frames: Iterator[np.ndarray]) -> Iterator[Masked]:
+def _segmented(
+    model, frames: Iterator[tuple[int, np.ndarray]], every: int = 1, late: LateMasks | None = None
+) -> Iterator[Masked]:
+    """Every `every`-th frame segmented; every frame shown to `late` (the robot's flow)."""
     with progress_bar(desc="masks", unit="frame") as bar:
-        for image in frames:
+        for index, image in frames:
+            if late is not None:
+                late.frame(index, image)
+            if index % every:
+                continue
             class_ids = model.predict(image, with_probabilities=False).class_ids[0]
             bar.update(1)
-            yield Masked(image, class_ids)
+            yield Masked(index, image, class_ids)
 
 
 def print_table(result: dict) -> None:
@@ -286,3 +359,7 @@ def print_table(result: dict) -> None:
                 f"{row['agreement_miou']:7.4f} {row['encode_ms']:7.2f} {row['decode_ms']:7.2f} "
                 f"{row['lossless']}"
             )
+        if "late_masks" in section:
+            late = section["late_masks"]
+            scores = ", ".join(f"{k} {v}" for k, v in late["miou_vs_edge_mask_then"].items())
+            print(f"masks carried {late['delay_frames']} frames by the robot's flow: {scores}")
