@@ -7,7 +7,7 @@ positions guessed from how they moved in the rows above). Its codings (`MASK_COD
 edge's `mask_coding` parameter) differ only in what the edge puts in:
 
 - lossless: the mask as it is;
-- near_lossless: boundaries between large classes (each at least `protected_share` of the
+- near_lossless: boundaries between large classes (each at least `protected_share`, 2 %, of the
   mask) may move by up to `tolerance_px` where the coder expects them to; smaller classes
   (poles, signs, people) stay exact. The decoder is the same;
 - reduced: the mask at 1/`reduction` of each side (each cell its majority class); the robot
@@ -77,7 +77,7 @@ class MaskCoding:
     version: int = MASK_WIRE_VERSION
     reduction: int = 1
     tolerance_px: int = 0
-    protected_share: float = 0.01
+    protected_share: float = 0.02
 
     @property
     def lossless(self) -> bool:
