@@ -217,6 +217,44 @@ def test_force_keyframe_makes_an_idr(small_frames):
     assert forced.keyframe and annexb.contains_idr(forced.data)
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        EncoderConfig(crf=28, gop_frames=4, refresh="intra_refresh"),
+        EncoderConfig(crf=28, gop_frames=4, refresh="intra_refresh", mbtree=True),
+        EncoderConfig(crf=28, gop_frames=4, refresh="none", mbtree=True),
+        EncoderConfig(crf=28, gop_frames=4, refresh="none", mbtree=True, threads=2),
+    ],
+    ids=["intra_refresh", "intra_refresh_mbtree", "none_mbtree", "none_mbtree_2_threads"],
+)
+def test_refresh_without_idr_keeps_zero_delay_and_answers_requests_with_an_idr(
+    small_frames, config
+):
+    """No periodic IDR after the first picture (intra refresh sweeps intra macroblocks over
+    gop_frames frames instead), frame n out of the call that takes frame n, and a forced
+    keyframe is an IDR picture with its headers, from which a fresh decoder starts."""
+    frames = small_frames * 4
+    with QPMapEncoder(config, 320, 180) as encoder:
+        packets = [encoder.encode(frame, force_keyframe=i == 9) for i, frame in enumerate(frames)]
+    assert [p.frame_index for p in packets] == list(range(len(frames)))
+    assert [i for i, p in enumerate(packets) if p.keyframe] == [0, 9]
+    assert all(annexb.contains_idr(p.data) == p.keyframe for p in packets)
+    assert {annexb.NAL_TYPE_SPS, annexb.NAL_TYPE_PPS}.issubset(packets[9].nal_types)
+    decode_all(packets, 320, 180)
+    decode_all(packets[9:], 320, 180)
+
+
+def test_intra_refresh_spreads_the_refresh_over_p_frames(clip_frames):
+    """Past the first picture a periodic IDR is the largest frame by far; with intra refresh
+    each P-frame carries a column of intra macroblocks instead, no picture near that size."""
+    frames = clip_frames[:1] * 24
+    largest = {}
+    for refresh in ("idr", "intra_refresh"):
+        packets = encode_all(frames, EncoderConfig(crf=28, gop_frames=8, refresh=refresh))
+        largest[refresh] = max(p.size_bytes for p in packets[1:])
+    assert largest["intra_refresh"] < 0.5 * largest["idr"]
+
+
 def test_version_sei_can_be_left_out_and_slice_bytes_do_not_change(small_frames):
     with_sei = encode_all(small_frames[:1])[0]
     without_sei = encode_all(
@@ -285,6 +323,8 @@ def test_bad_frames_are_rejected(small_frames):
         {"gop_frames": 0},
         {"bitrate_kbps": 0},
         {"profile": "high10"},
+        {"refresh": "gradual"},
+        {"mbtree": True},
     ],
 )
 def test_bad_configs_are_rejected(kwargs):

@@ -244,3 +244,22 @@ def test_offsets_are_scaled_per_frame_kind_and_idr_pictures_are_foreseen():
     idr = [i for i in range(12) if i in (0, 4, 6, 10)]
     assert all(sizes[i][0] < sizes[i][1] for i in idr if i > 0)  # map left off IDR pictures
     assert all(sizes[i][0] == sizes[i][1] for i in (1, 2, 3))  # P-frames keep the map
+
+
+@pytest.mark.parametrize("refresh", ["intra_refresh", "none"])
+def test_without_periodic_idr_only_the_first_picture_and_requests_are_foreseen(refresh):
+    """With intra refresh (or none) x264 makes no IDR of its own after the first picture; the
+    encoder foresees none (a bitrate target saves for none) and a request is still an IDR."""
+    from stac_codec.h264_encoder import EncoderConfig
+
+    config = EncoderConfig(gop_frames=3, refresh=refresh, mbtree=True)
+    encoder = RobotEncoder(RobotEncoderConfig(encoder=config, warp_qp_map=False))
+    assert encoder.next_is_idr()
+    keyframes = []
+    for index, frame in enumerate(frames(10)):
+        if index == 7:
+            encoder.request_keyframe()
+        keyframes.append(encoder.encode(frame, index * 0.1).packet.keyframe)
+        assert encoder.frames_to_periodic_idr() is None
+        assert not encoder.next_is_idr()
+    assert [i for i, key in enumerate(keyframes) if key] == [0, 7]

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from stac_codec.annexb import NAL_TYPE_SEI, SLICE_NAL_TYPES, split_nal_units
+from stac_codec.annexb import NAL_TYPE_SEI, NAL_TYPE_SLICE_IDR, SLICE_NAL_TYPES, split_nal_units
 from stac_codec.h264_syntax import add_checksum
 from stac_codec.qp_map import macroblock_grid, validate_qp_map
 from stac_codec.x264_ctypes import (
@@ -56,6 +56,10 @@ from stac_codec.x264_ctypes import (
 )
 
 RATE_CONTROLS = ("crf", "bitrate")
+# How the stream refreshes every gop_frames: an IDR picture; x264's periodic intra refresh (a
+# column of intra macroblocks sweeping the picture over gop_frames frames, no IDR after the
+# first); or not at all (only the first picture and requested keyframes are IDR).
+REFRESH_MODES = ("idr", "intra_refresh", "none")
 PRESETS = (
     "ultrafast",
     "superfast",
@@ -82,8 +86,14 @@ class EncoderConfig:
 
     rate_control: "crf" (constant quality, `crf` 0-51, lower = better) or "bitrate" (ABR with a
     VBV of `vbv_buffer_s` seconds at `bitrate_kbps`). The QP map redistributes bits around
-    this base. gop_frames: IDR interval in frames (after a lost packet the receiver waits for
-    the next one). scenecut: let x264 insert extra keyframes on scene changes. aq_strength:
+    this base. gop_frames: the refresh period in frames; refresh: what happens every
+    gop_frames (REFRESH_MODES: "idr", "intra_refresh", "none"); a forced keyframe is an IDR
+    picture in every mode (the edge asks for one after a loss). mbtree: x264's MB-tree
+    without lookahead (each frame's macroblocks get a lower QP where the previous frame was
+    predicted from the picture before it, extrapolated one frame ahead; the QP map's offsets
+    weight that propagation); x264 allows it only without periodic IDR pictures, so it needs
+    refresh "intra_refresh" or "none". scenecut: let x264 insert extra keyframes on scene
+    changes. aq_strength:
     x264 variance-AQ strength, > 0 (0.001 = map only, 1.0 = x264's default AQ plus the map).
     emit_version_sei: keep x264's version SEI (~600 bytes in the first access unit).
     checksum_sei: put the CRC32 of each access unit in an SEI user_data_unregistered message
@@ -98,6 +108,8 @@ class EncoderConfig:
     fps: float = 25.0
     preset: str = "veryfast"
     gop_frames: int = 25
+    refresh: str = "idr"
+    mbtree: bool = False
     scenecut: bool = False
     threads: int = 1
     aq_strength: float = 0.001
@@ -115,6 +127,12 @@ class EncoderConfig:
             (self.fps > 0.0, "fps must be > 0"),
             (self.preset in PRESETS, f"preset must be one of {PRESETS}"),
             (self.gop_frames >= 1, "gop_frames must be >= 1"),
+            (self.refresh in REFRESH_MODES, f"refresh must be one of {REFRESH_MODES}"),
+            (
+                not self.mbtree or self.refresh != "idr",
+                "mbtree needs refresh 'intra_refresh' or 'none' (x264 drops lookahead-less "
+                "MB-tree under periodic IDR pictures)",
+            ),
             (self.profile in PROFILES, f"profile must be one of {PROFILES}"),
             (self.threads >= 1, "threads must be >= 1"),
             (
@@ -135,9 +153,10 @@ class EncoderConfig:
             "bframes": "0",
             "rc-lookahead": "0",
             "sync-lookahead": "0",
-            "mbtree": "0",
-            "keyint": str(self.gop_frames),
+            "mbtree": "1" if self.mbtree else "0",
+            "keyint": "infinite" if self.refresh == "none" else str(self.gop_frames),
             "min-keyint": str(self.gop_frames if not self.scenecut else 1),
+            "intra-refresh": "1" if self.refresh == "intra_refresh" else "0",
             "scenecut": "40" if self.scenecut else "0",
             "aq-mode": "1",
             "aq-strength": repr(self.aq_strength),
@@ -244,6 +263,10 @@ class QPMapEncoder:
             raise EncoderError(
                 "x264 switched adaptive quantization off: the QP map would be ignored"
             )
+        if bool(effective.rc.b_mb_tree) != self.config.mbtree:
+            raise EncoderError(f"x264 left MB-tree {'off' if self.config.mbtree else 'on'}")
+        if bool(effective.b_intra_refresh) != (self.config.refresh == "intra_refresh"):
+            raise EncoderError("x264 did not take the intra-refresh setting")
         delayed = self._lib.cdll.x264_encoder_maximum_delayed_frames(handle)
         if delayed != 0:
             raise EncoderError(f"x264 would delay output by up to {delayed} frames; expected 0")
@@ -332,7 +355,7 @@ class QPMapEncoder:
         packet = EncodedPacket(
             data=data,
             frame_index=self._frame_index,
-            keyframe=bool(picture_out.b_keyframe),
+            keyframe=NAL_TYPE_SLICE_IDR in nal_types,
             slice_bytes=slice_total,
             nal_types=tuple(nal_types),
         )

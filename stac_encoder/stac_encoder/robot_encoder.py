@@ -250,15 +250,19 @@ class RobotEncoder:
                 self._flow_seq_of.popitem(last=False)
         return EncodedFrameResult(self._frame_seq, packet, qp_map_seq, width, height)
 
-    def frames_to_periodic_idr(self) -> int:
-        """Frames until x264's next IDR of its own (0: the next frame is one)."""
+    def frames_to_periodic_idr(self) -> int | None:
+        """Frames until x264's next IDR of its own (0: the next frame is one; None: none
+        will come, the stream refreshes with intra refresh or not at all)."""
         if self._since_idr is None:
             return 0
+        if self._encoder.config.refresh != "idr":
+            return None
         return max(self._encoder.config.gop_frames - self._since_idr - 1, 0)
 
     def next_is_idr(self) -> bool:
         """Whether x264 will make the next frame an IDR on its own (the first frame of an
-        encoder, or keyint frames after the last IDR; scenecut is off unless configured)."""
+        encoder, or keyint frames after the last IDR when the refresh is by IDR; scenecut is
+        off unless configured)."""
         return self.frames_to_periodic_idr() == 0
 
     def _scaled(self, qp_map: np.ndarray | None, idr: bool) -> np.ndarray | None:

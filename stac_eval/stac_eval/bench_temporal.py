@@ -133,7 +133,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME:KEY=VALUE[,KEY=VALUE]",
         help="a STAC stream-mode variant to report beside the default (SimSettings fields, "
-        "e.g. p_offset_scale=0.5); repeatable",
+        "e.g. p_offset_scale=0.5; encoder.KEY / robot.KEY: EncoderConfig / "
+        "RobotEncoderConfig fields; calibration=PATH|feasibility); repeatable",
+    )
+    parser.add_argument(
+        "--encoder",
+        default="",
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="EncoderConfig fields for every method and part (e.g. refresh=none); default: "
+        "the codec's defaults",
     )
     parser.add_argument("--work-dir", type=Path, default=None, help="cached points")
     parser.add_argument("--bootstrap", type=int, default=500, help="BD-rate CI resamples")
@@ -321,18 +329,12 @@ def _bd_rates(context: Context, curves: dict) -> dict:
 
 def _tried(context: Context, curves: dict) -> dict:
     """Each --tried variant of STAC stream mode: its BD-rates against the same baselines."""
-    import ast
-
-    from stac_eval.temporal_maps import settings_for, simulated_point
+    from stac_eval.temporal_maps import assignments, settings_for, simulated_point
 
     tried = {}
     for spec in context.args.tried:
-        name, _, assignments = spec.partition(":")
-        changes = {}
-        for assignment in filter(None, assignments.split(",")):
-            key, _, value = assignment.partition("=")
-            key, value = key.strip(), value.strip()
-            changes[key] = value if key == "calibration" else ast.literal_eval(value)
+        name, _, text = spec.partition(":")
+        changes = dict(assignments(text))
         computer = _computer_for(context, changes.get("calibration"))
         settings = settings_for(context, **{k: v for k, v in changes.items() if k != "calibration"})
         points = [

@@ -3,6 +3,7 @@ the bitrate target, and the robot's time per frame (see stac_eval.bench_temporal
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import time
@@ -91,7 +92,7 @@ def _cache_path(context, name: str, key: dict):
 
 
 def _encoder(context, crf: float, warp: bool, aq_strength: float = MAP_ONLY_AQ_STRENGTH):
-    settings = _sim_settings(context)
+    settings = settings_for(context)
     return RobotEncoder(
         RobotEncoderConfig(
             encoder=EncoderConfig(
@@ -101,6 +102,7 @@ def _encoder(context, crf: float, warp: bool, aq_strength: float = MAP_ONLY_AQ_S
                 gop_frames=settings.gop_frames,
                 threads=1,
                 aq_strength=aq_strength,
+                **dict(settings.encoder_options),
             ),
             warp_qp_map=warp,
             warp=settings.flow,
@@ -108,12 +110,6 @@ def _encoder(context, crf: float, warp: bool, aq_strength: float = MAP_ONLY_AQ_S
             p_offset_scale=settings.p_offset_scale,
         )
     )
-
-
-def _sim_settings(context):
-    from stac_eval.replay.simulation import ReplaySettings
-
-    return ReplaySettings(fps=context.fps, decoded_stride=context.args.decoded_stride)
 
 
 def _score(context, position: int, image: np.ndarray) -> np.ndarray:
@@ -395,15 +391,39 @@ def _frame_seq_of(sent: dict, position: int) -> int:
 
 
 def settings_for(context, **changes):
-    """The simulation settings of a stac-bench temporal run (its fps, decoded stride and
-    flow width), with `changes`."""
+    """The simulation settings of a stac-bench temporal run (its fps, decoded stride, flow
+    width and --encoder options), with `changes`; a key 'encoder.X' / 'robot.X' sets field X
+    of EncoderConfig / RobotEncoderConfig."""
     from stac_eval.replay.simulation import ReplaySettings
 
     flow = FlowConfig(flow_width_px=context.args.flow_width_px)
+    options = {"encoder": dict(assignments(context.args.encoder)), "robot": {}}
+    for key in [key for key in changes if "." in key]:
+        kind, _, name = key.partition(".")
+        if kind not in options:
+            raise ValueError(f"unknown setting {key!r}: encoder.X or robot.X")
+        options[kind][name] = changes.pop(key)
     settings = ReplaySettings(
-        fps=context.fps, decoded_stride=context.args.decoded_stride, flow=flow
+        fps=context.fps,
+        decoded_stride=context.args.decoded_stride,
+        flow=flow,
+        encoder_options=tuple(sorted(options["encoder"].items())),
+        robot_options=tuple(sorted(options["robot"].items())),
     )
     return replace(settings, **changes)
+
+
+def assignments(text: str) -> list[tuple[str, object]]:
+    """'a=1,b=none' -> [('a', 1), ('b', 'none')]: Python literals, other values as strings."""
+    pairs = []
+    for assignment in filter(None, text.split(",")):
+        key, _, value = assignment.partition("=")
+        try:
+            parsed = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            parsed = value.strip()
+        pairs.append((key.strip(), parsed))
+    return pairs
 
 
 def simulated_point(

@@ -16,7 +16,7 @@ times; the robot's decisions never depend on which one is scored.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -99,6 +99,7 @@ class H264Robot:
             threads=1,  # deterministic bitstreams
             aq_strength=method.aq_strength,
         )
+        encoder = replace(encoder, **dict(settings.encoder_options))
         target = settings.target_steps[0][1] if settings.target_steps else 0.0
         self.loop = RobotLoop(
             RobotLoopConfig(
@@ -109,6 +110,7 @@ class H264Robot:
                     warp=settings.flow,
                     idr_offset_scale=settings.idr_offset_scale,
                     p_offset_scale=settings.p_offset_scale,
+                    **dict(settings.robot_options),
                 ),
                 flow=settings.flow,
                 keyframes=settings.keyframes,

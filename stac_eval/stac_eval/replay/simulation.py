@@ -131,6 +131,10 @@ class ReplaySettings:
     decoded_stride: int = 1
     target_steps: tuple[tuple[float, float], ...] = ()
     rate_control: str = "crf"
+    # EncoderConfig / RobotEncoderConfig fields set for every H.264 method alike, e.g.
+    # (("refresh", "none"),): settings tried against the codec's defaults
+    encoder_options: tuple[tuple[str, object], ...] = ()
+    robot_options: tuple[tuple[str, object], ...] = ()
 
     def as_json(self) -> dict:
         return asdict(self)
