@@ -676,7 +676,7 @@ def batch_throughput(
     result = {
         "device": str(model.device),
         "engine": engine_name,
-        "engine_fallback": choice.reason,
+        "engine_fallback": choice.fallback_reason,
         "threads": torch_threads,
         "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}",
         "frames_per_s": {},
