@@ -173,15 +173,18 @@ class SensitivityNode(Node):
 
     def map_pass(self, frame: DecodedFrame) -> None:
         """The sensitivity pass on `frame`: its map published (a failure is counted and
-        logged, never raised), the pacing told when it ran."""
+        logged, never raised), the pacing told when it ran. While it runs, the frame counts
+        as pending in this node's statistics: a map still on its way is work not yet done."""
         with self._lock:
             self._pacer.map_started(stamp_to_s(frame.header.stamp))
+        self.statistics.count("frames_pending")
         started = time.monotonic()
         try:
             self._compute_and_publish(frame)
         except Exception as error:  # noqa: BLE001 - one failed map must not stop the worker
             self._on_map_error(frame, error)
         finally:
+            self.statistics.count("frames_pending", -1)
             with self._lock:
                 self._pacer.map_finished(started, time.monotonic())
 

@@ -411,8 +411,10 @@ class GraphRun:
         self.result.frames_published = int(published.group(1)) if published else None
 
     def _drain(self, recorder: GraphRecorder) -> None:
-        """Wait until the edge has dealt with every frame that reached it and the counters
-        are still: the report then tells whether that is every frame the source published.
+        """Wait until the edge has dealt with every frame that reached it (its map passes
+        included: a map pass runs beside segmentation and may still be on its way when the
+        last mask is) and the counters are still: the report then tells whether that is every
+        frame the source published.
         Done at once when every encoded frame is either in or seen lost and every mask is
         here; else (frames lost after the edge's last one, a robot that missed camera frames,
         masks a restarted edge published before the recorder heard it) after 3 quiet seconds."""
@@ -432,7 +434,9 @@ class GraphRun:
             )
             quiet_s = time.monotonic() - quiet_since[0]
             masks_here = len(self.result.mask_files) >= seg.frames_segmented
-            return seg.frames_pending == 0 and ((complete and masks_here) or quiet_s > 3.0)
+            maps = self.result.statistics.get("stac_sensitivity")
+            idle = seg.frames_pending == 0 and (maps is None or maps.frames_pending == 0)
+            return idle and ((complete and masks_here) or quiet_s > 3.0)
 
         recorder.spin_until(settled, self.config.drain_timeout_s)
         # one more statistics period, so the final counters are the ones recorded
