@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 
 import cv2
+import numpy as np
 import pytest
 
 from stac_eval.bench import main as bench_main
+from stac_eval.bench_masks import LATE_CODERS, LateMasks
 
 KEYS = {"bytes_per_mask", "ratio_vs_rle_deflate", "agreement_miou", "encode_ms", "decode_ms"}
 SHIPPED = ("rle_deflate", "lossless", "near_lossless", "reduced")
-pytestmark = pytest.mark.slow  # the model segments the frames
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +39,15 @@ def result(data_dir, tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow  # the model segments the frames
 def test_every_coder_reports_its_keys_with_sane_values(result):
     assert result["masks"] == 2 and result["mask_size"] == [240, 136]
     assert result["meta"]["command"].startswith("stac-bench masks --video")
     for section in (result, result["images"]):
         coders = section["coders"]
         assert set(SHIPPED) <= set(coders)
-        assert {"png", "webp_lossless", "conditional", "reduced_guided"} <= set(coders)
+        assert {"png", "webp_lossless", "conditional", "conditional_flow"} <= set(coders)
+        assert "reduced_guided" in coders
         for name, row in coders.items():
             assert set(row) == KEYS | {"lossless"}, name
             assert row["bytes_per_mask"] > 0 and row["encode_ms"] >= 0 and row["decode_ms"] >= 0
@@ -52,15 +55,37 @@ def test_every_coder_reports_its_keys_with_sane_values(result):
             if row["lossless"]:
                 assert row["agreement_miou"] == 1.0, name
         assert coders["rle_deflate"]["ratio_vs_rle_deflate"] == 1.0
-        for name in ("rle_deflate", "png", "webp_lossless", "lossless", "conditional"):
+        lossless = ("rle_deflate", "png", "webp_lossless", "lossless", "conditional")
+        for name in (*lossless, "conditional_flow"):
             assert coders[name]["lossless"], name
         assert not coders["reduced"]["lossless"]
     assert result["images"]["mask_size"] == [160, 120]
 
 
+@pytest.mark.slow
 def test_the_robot_view_of_late_masks_is_scored_for_every_wire_coding(result):
     late = result["late_masks"]
     assert late["delay_frames"] == 2
     assert set(late["miou_vs_edge_mask_then"]) == {"lossless", "near_lossless", "reduced"}
     assert all(0.0 < value <= 1.0 for value in late["miou_vs_edge_mask_then"].values())
+    fewer = late["near_lossless_every_nth_mask"]
+    assert set(fewer) == {"2", "3"} and all(0.0 < value <= 1.0 for value in fewer.values())
     assert "late_masks" not in result["images"]  # images are not a clip
+
+
+def test_an_edge_that_sends_fewer_masks_leaves_the_robot_staler_ones():
+    """A region that grows by 8 columns per segmented frame on a still scene: masks that
+    arrive every time score better than every second or third one (the robot carries the
+    newest it got)."""
+    late = LateMasks(delay_frames=2, num_classes=2)
+    frame = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    for index in range(14):
+        late.frame(index, frame)
+        if index % 2 == 0:
+            mask = np.zeros((48, 64), np.uint8)
+            mask[:, : 4 * index] = 1
+            late.segmented(index, mask, dict.fromkeys(LATE_CODERS, mask))
+    summary = late.summary()
+    every_time = summary["miou_vs_edge_mask_then"]["near_lossless"]
+    fewer = summary["near_lossless_every_nth_mask"]
+    assert every_time > fewer["2"] > fewer["3"]

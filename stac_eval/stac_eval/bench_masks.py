@@ -12,8 +12,11 @@ images (CamVid val); each full-resolution mask goes through every coder:
 - measured alternatives that are not wire modes, kept to show why: near_lossless_2 (boundaries
   may move 2 px), reduced_guided (reduced, upsampled with the robot's own frame as guide:
   joint-bilateral weights), conditional (lossless, coded against the previous mask, which both
-  ends would hold) and near_lossless_conditional (near-lossless against the previous decoded
-  mask: the edge keeps the previous boundaries where it may, a temporal stabiliser).
+  ends would hold), conditional_flow (the same against the previous mask moved to this frame
+  by dense flow between the two frames: what any motion-compensated prediction, e.g. one from
+  the H.264 motion vectors both ends can read, could at best be) and near_lossless_conditional
+  (near-lossless against the previous decoded mask: the edge keeps the previous boundaries
+  where it may, a temporal stabiliser).
 
 Per coder: bytes_per_mask (mean), ratio_vs_rle_deflate, agreement_miou (the decoded masks
 against the edge's, one confusion matrix over all masks), encode_ms and decode_ms (median per
@@ -23,7 +26,10 @@ What a lossy coding costs the robot is measured too, on clips (`late_masks`): ea
 coding's decoded mask of frame s, carried by the robot's own flow code (`FrameFlow` and
 `MaskPropagator`, as `RobotLoop` does for a mask that arrives `--late-frames` frames after its
 source frame) to frame s + late-frames, against the edge's mask of that frame: the robot's
-timely mIoU for masks that late, without the timing noise of a live run.
+timely mIoU for masks that late, without the timing noise of a live run. The same for an edge
+that sends only every n-th near_lossless mask (`near_lossless_every_nth_mask`: the robot then
+carries the newest mask it got, n - 1 segmented frames older at times): fewer bits for staler
+masks.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from stac_codec.mask_wire import (
 )
 from stac_edge_segmenter.loading import load_model
 from stac_edge_segmenter.metrics import ConfusionMatrix
-from stac_encoder.frame_flow import FrameFlow
+from stac_encoder.frame_flow import FlowConfig, FrameFlow
 from stac_encoder.frame_sources import read_frames
 from stac_encoder.mask_warp import MaskPropagator
 from stac_eval.progress import progress_bar
@@ -59,6 +65,7 @@ BASELINE = "rle_deflate"
 
 
 LATE_CODERS = ("lossless", "near_lossless", "reduced")
+SEND_EVERY_NTH = (2, 3)  # late_masks: near_lossless masks, only every n-th one sent
 
 
 @dataclass
@@ -192,21 +199,25 @@ def measure(masks: Iterator[Masked], num_classes: int, late: LateMasks | None = 
 class LateMasks:
     """Each wire coding's decoded mask of frame s, carried to frame s + delay by the robot's
     flow code (a direct DIS flow from the frame it arrives at, as RobotLoop anchors a late
-    mask), scored against the edge's mask of that frame."""
+    mask), scored against the edge's mask of that frame; and the same where the edge sends
+    only every n-th near_lossless mask (the robot carries the newest it got)."""
 
     def __init__(self, delay_frames: int, num_classes: int) -> None:
         self.delay_frames = delay_frames
         self.flow: FrameFlow | None = None
         self.propagators: dict[str, MaskPropagator] = {}
-        self.held: dict[int, dict[str, np.ndarray]] = {}
-        self.confusions = {name: ConfusionMatrix(num_classes) for name in LATE_CODERS}
+        self.held: dict[int, tuple[int, dict[str, np.ndarray]]] = {}  # index: (ordinal, masks)
+        self.segmented_count = 0
+        self.sent_every = {name: (name, 1) for name in LATE_CODERS}
+        self.sent_every.update({f"every_{n}": ("near_lossless", n) for n in SEND_EVERY_NTH})
+        self.confusions = {name: ConfusionMatrix(num_classes) for name in self.sent_every}
 
     def frame(self, index: int, image: np.ndarray) -> None:
         """Every frame of the clip, in order (the robot's flow sees them all)."""
         if self.flow is None:
             height, width = image.shape[:2]
             self.flow = FrameFlow(width, height)
-            self.propagators = {name: MaskPropagator(self.flow) for name in LATE_CODERS}
+            self.propagators = {name: MaskPropagator(self.flow) for name in self.sent_every}
         self.flow.add_frame(index, image)
 
     def segmented(self, index: int, class_ids: np.ndarray, decoded: dict) -> None:
@@ -214,19 +225,22 @@ class LateMasks:
         source = index - self.delay_frames
         late = self.held.pop(source, None)
         if late is not None:
-            for name, propagator in self.propagators.items():
-                propagator.set_mask(late[name], source)
-                self.confusions[name].update(class_ids, propagator.current().class_ids)
-        self.held[index] = {name: decoded[name] for name in LATE_CODERS}
+            ordinal, masks = late
+            for name, (coding, every) in self.sent_every.items():
+                if ordinal % every == 0:
+                    self.propagators[name].set_mask(masks[coding], source)
+                self.confusions[name].update(class_ids, self.propagators[name].current().class_ids)
+        self.held[index] = (self.segmented_count, {name: decoded[name] for name in LATE_CODERS})
+        self.segmented_count += 1
         for old in [held for held in self.held if held < source]:
             del self.held[old]
 
     def summary(self) -> dict:
+        miou = {name: round(matrix.mean_iou(), 4) for name, matrix in self.confusions.items()}
         return {
             "delay_frames": self.delay_frames,
-            "miou_vs_edge_mask_then": {
-                name: round(matrix.mean_iou(), 4) for name, matrix in self.confusions.items()
-            },
+            "miou_vs_edge_mask_then": {name: miou[name] for name in LATE_CODERS},
+            "near_lossless_every_nth_mask": {str(n): miou[f"every_{n}"] for n in SEND_EVERY_NTH},
         }
 
 
@@ -251,6 +265,13 @@ def all_coders() -> list[Coder]:
             "conditional",
             "not a wire mode: lossless against the previous mask (both ends hold it)",
             _conditional_encode(0),
+            _conditional_decode,
+        ),
+        Coder(
+            "conditional_flow",
+            "not a wire mode: lossless against the previous mask moved to this frame by dense "
+            "flow (a bound on motion-compensated prediction; no robot holds it exactly)",
+            _flow_conditional_encode,
             _conditional_decode,
         ),
         Coder(
@@ -304,21 +325,42 @@ def _conditional_encode(tolerance_px: int):
         mask = np.ascontiguousarray(masked.class_ids)
         height, width = mask.shape
         movable = movable_classes(mask, share) if tolerance_px else 0
+        state["prediction"] = state.get("held")
         stream, state["sent"] = _mask_coder.encode(
-            mask, width, height, state.get("held"), tolerance_px, movable, 0.8
+            mask, width, height, state["prediction"], tolerance_px, movable, 0.8
         )
         return stream
 
     return encode
 
 
+def _flow_conditional_encode(masked: Masked, state: dict) -> bytes:
+    """Lossless against the previous mask carried to this frame by the robot's flow code at
+    full size (a direct DIS flow, the finer preset, between the two frames as they are)."""
+    mask = np.ascontiguousarray(masked.class_ids)
+    height, width = mask.shape
+    if "propagator" not in state:
+        flow = FrameFlow(width, height, FlowConfig(flow_width_px=0))
+        state["propagator"], state["seq"] = MaskPropagator(flow), 0
+    propagator = state["propagator"]
+    state["seq"] += 1  # the segmented frames as one chain: a flow between each two
+    propagator.flow.add_frame(state["seq"], masked.image)
+    prediction = None
+    if "held" in state:
+        propagator.set_mask(state["held"], state["seq"] - 1)
+        prediction = np.ascontiguousarray(propagator.current().class_ids)
+    state["prediction"] = prediction
+    stream, state["sent"] = _mask_coder.encode(mask, width, height, prediction, 0, 0, 0.0)
+    return stream
+
+
 def _conditional_decode(data: bytes, masked: Masked, state: dict) -> np.ndarray:
     height, width = masked.class_ids.shape
-    decoded = _mask_coder.decode(data, width, height, state.get("held"))
+    decoded = _mask_coder.decode(data, width, height, state["prediction"])
     if decoded != state["sent"]:
         raise RuntimeError("the conditional decoder disagrees with its encoder")
-    state["held"] = decoded
-    return np.frombuffer(decoded, np.uint8).reshape(height, width)
+    state["held"] = np.frombuffer(decoded, np.uint8).reshape(height, width)
+    return state["held"]
 
 
 def _image_frames(folder: Path) -> Iterator[tuple[int, np.ndarray]]:
@@ -363,3 +405,7 @@ def print_table(result: dict) -> None:
             late = section["late_masks"]
             scores = ", ".join(f"{k} {v}" for k, v in late["miou_vs_edge_mask_then"].items())
             print(f"masks carried {late['delay_frames']} frames by the robot's flow: {scores}")
+            fewer = ", ".join(
+                f"every {n}: {v}" for n, v in late["near_lossless_every_nth_mask"].items()
+            )
+            print(f"  near_lossless, only every n-th mask sent: {fewer}")
