@@ -21,6 +21,8 @@ def test_replay_defaults_are_the_nodes_defaults():
     args = build_parser().parse_args(["run", "clip.mp4", "--out", "out"])
     assert args.gop == encoder["gop_frames"]
     assert args.preset == settings.preset == encoder["preset"]
+    assert args.refresh == settings.refresh == encoder["refresh"]
+    assert settings.mbtree == encoder["mbtree"]
     assert settings.flow.flow_width_px == encoder["flow_width_px"]
     assert settings.warp_qp_map == encoder["warp_qp_map"] and not args.no_warp
     assert settings.max_abs_offset_qp == encoder["max_abs_offset_qp"]
@@ -30,6 +32,7 @@ def test_replay_defaults_are_the_nodes_defaults():
     assert args.max_compute_share == settings.max_compute_share
     assert settings.max_compute_share == sensitivity["max_compute_share"]
     assert settings.hysteresis_levels == sensitivity["hysteresis_levels"]
+    assert args.map_aq_strength == settings.map_aq_strength == sensitivity["map_aq_strength"]
     assert settings.key_map_interval == sensitivity["key_map_interval"]
     assert settings.keyframes.stale_psnr_db == encoder["stale_psnr_db"]
     assert settings.keyframes.cut_explained == encoder["cut_explained"]

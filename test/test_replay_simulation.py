@@ -254,3 +254,25 @@ def test_edge_profiles_fast_from_published_figures_and_a_measured_file(tmp_path)
     path.write_text("{}")
     with pytest.raises(ValueError, match="format"):
         timing_from_file(path)
+
+
+def test_map_aq_strength_puts_every_map_method_on_x264s_aq_from_the_first_frame(clip):
+    class AQComputer(StubComputer):
+        aq_strength = 1.0  # a calibration that asks for x264's AQ under its maps
+
+    # the calibration's strength reaches the robot with the first map: a re-opened encoder
+    asked = simulate(clip, "stac", computer=AQComputer(), min_map_interval_s=0.2)
+    assert asked.counters["maps_applied"] >= 1 and asked.idr.sum() == 2
+    # the setting starts every map method's robot at it, and its maps ask for the same
+    for method in ("stac", "two_level"):
+        on_aq = simulate(clip, method, min_map_interval_s=0.2, map_aq_strength=1.0)
+        map_only = simulate(clip, method, min_map_interval_s=0.2)
+        assert on_aq.counters["maps_applied"] >= 1 and on_aq.idr.sum() == 1
+        assert not np.array_equal(on_aq.uplink_bytes, map_only.uplink_bytes)
+    # methods without maps keep their own strength
+    np.testing.assert_array_equal(
+        simulate(clip, "uniform", map_aq_strength=1.0).uplink_bytes,
+        simulate(clip, "uniform").uplink_bytes,
+    )
+    with pytest.raises(ValueError, match="map_aq_strength"):
+        ReplaySettings(fps=FPS, map_aq_strength=-1.0)

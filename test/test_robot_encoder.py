@@ -263,3 +263,13 @@ def test_without_periodic_idr_only_the_first_picture_and_requests_are_foreseen(r
         assert encoder.frames_to_periodic_idr() is None
         assert not encoder.next_is_idr()
     assert [i for i, key in enumerate(keyframes) if key] == [0, 7]
+
+
+def test_the_nodes_refresh_and_mbtree_parameters_reach_the_encoder():
+    from stac_encoder.encoder_node import PARAMETERS, encoder_config_from
+
+    params = {spec.name: spec.default for spec in PARAMETERS}
+    config = encoder_config_from({**params, "refresh": "intra_refresh", "mbtree": True}).encoder
+    assert (config.refresh, config.mbtree) == ("intra_refresh", True)
+    with pytest.raises(ValueError, match="mbtree needs refresh"):
+        encoder_config_from({**params, "refresh": "idr", "mbtree": True})

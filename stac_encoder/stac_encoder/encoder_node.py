@@ -25,7 +25,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
-from stac_codec.h264_encoder import PRESETS, EncoderConfig
+from stac_codec.h264_encoder import PRESETS, REFRESH_MODES, EncoderConfig
 from stac_codec.mask_wire import (
     ENCODING_BY_VERSION,
     MaskWireError,
@@ -111,7 +111,26 @@ PARAMETERS = (
     ),
     ParameterSpec("fps", 25.0, "Nominal camera rate the rate control assumes, Hz.", 1.0, 240.0),
     ParameterSpec("preset", "veryfast", "x264 speed preset.", choices=PRESETS),
-    ParameterSpec("gop_frames", 50, "Keyframe (IDR) interval in frames.", 1, 100_000),
+    ParameterSpec(
+        "gop_frames",
+        50,
+        "Refresh period in frames: an IDR picture (refresh idr) or an intra-refresh sweep.",
+        1,
+        100_000,
+    ),
+    ParameterSpec(
+        "refresh",
+        EncoderConfig.refresh,
+        "What happens every gop_frames: idr (an IDR picture), intra_refresh (a column of intra "
+        "macroblocks sweeps the picture, no rate spike) or none; a keyframe request is always "
+        "answered with an IDR picture.",
+        choices=REFRESH_MODES,
+    ),
+    ParameterSpec(
+        "mbtree",
+        EncoderConfig.mbtree,
+        "x264's lookahead-less MB-tree (refresh intra_refresh or none only).",
+    ),
     ParameterSpec("threads", 1, "x264 threads (sliced).", 1, 64),
     ParameterSpec(
         "aq_strength",
@@ -246,6 +265,8 @@ def encoder_config_from(params: dict) -> RobotEncoderConfig:
             fps=params["fps"],
             preset=params["preset"],
             gop_frames=params["gop_frames"],
+            refresh=params["refresh"],
+            mbtree=params["mbtree"],
             threads=params["threads"],
             aq_strength=params["aq_strength"],
         ),

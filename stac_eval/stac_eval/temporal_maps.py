@@ -100,6 +100,8 @@ def _encoder(context, crf: float, warp: bool, aq_strength: float = MAP_ONLY_AQ_S
                 fps=context.fps,
                 preset=settings.preset,
                 gop_frames=settings.gop_frames,
+                refresh=settings.refresh,
+                mbtree=settings.mbtree,
                 threads=1,
                 aq_strength=aq_strength,
                 **dict(settings.encoder_options),

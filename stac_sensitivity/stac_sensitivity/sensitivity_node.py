@@ -78,6 +78,14 @@ PARAMETERS = (
         51,
     ),
     ParameterSpec(
+        "map_aq_strength",
+        0.0,
+        "x264 AQ strength every map asks the robot to encode with (0 = the calibration's; "
+        "1.0 = the map's offsets on top of x264's variance AQ).",
+        0.0,
+        3.0,
+    ),
+    ParameterSpec(
         "hysteresis_levels",
         1,
         "A macroblock keeps its level from the previous map unless the new one differs by "
@@ -213,7 +221,8 @@ class SensitivityNode(Node):
     def _compute_and_publish(self, frame: DecodedFrame) -> None:
         result = self.computer.compute(frame.image, frame.reference_image)
         sent = self.feedback.encode(result.allocation)
-        msg = qp_map_message(sent, frame, self.computer.calibration.aq_strength)
+        aq_strength = self.params["map_aq_strength"] or self.computer.calibration.aq_strength
+        msg = qp_map_message(sent, frame, aq_strength)
         msg.header.stamp = self.get_clock().now().to_msg()
         self._map_publisher.publish(msg)
         self.statistics.count("qp_maps")

@@ -124,7 +124,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="largest share of the edge worker's time spent on sensitivity passes",
     )
-    run.add_argument("--gop", type=int, default=50, help="H.264 keyframe interval, frames")
+    run.add_argument("--gop", type=int, default=50, help="H.264 refresh period, frames")
+    run.add_argument(
+        "--refresh",
+        choices=("idr", "intra_refresh", "none"),
+        default="idr",
+        help="what happens every --gop frames (EncoderConfig.refresh)",
+    )
+    run.add_argument(
+        "--mbtree",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="x264's lookahead-less MB-tree (not with --refresh idr)",
+    )
+    run.add_argument(
+        "--map-aq-strength",
+        type=float,
+        default=0.0,
+        help="x264 AQ strength the maps ask for (0: the calibration's; 1.0: map on top of AQ)",
+    )
     run.add_argument("--preset", default="veryfast", help="x264 preset")
     run.add_argument(
         "--two-level-top-fraction",

@@ -31,6 +31,7 @@ from stac_encoder.robot_encoder import MapVerdict, QPMapUpdate, RobotEncoderConf
 from stac_encoder.robot_loop import RobotLoop, RobotLoopConfig
 from stac_eval.baselines import jpeg_round_trip
 from stac_eval.replay.wire import compressed_image_bytes, encoded_frame_bytes
+from stac_sensitivity.calibration import MAP_ONLY_AQ_STRENGTH
 from stac_sensitivity.feedback import FeedbackMap
 
 
@@ -83,6 +84,14 @@ class HeldMask:
             self.class_ids, self.source_index = class_ids, source_index
 
 
+def robot_aq_strength(method, settings) -> float:
+    """The x264 AQ strength a method's robot starts at: the method's own, or for a map method
+    under the map-only strength, settings.map_aq_strength where set (the maps ask for it)."""
+    if method.maps and settings.map_aq_strength and method.aq_strength == MAP_ONLY_AQ_STRENGTH:
+        return float(settings.map_aq_strength)
+    return method.aq_strength
+
+
 class H264Robot:
     """The encoder node's core over H.264, stream or keyframe mode."""
 
@@ -96,8 +105,10 @@ class H264Robot:
             fps=settings.fps,
             preset=settings.preset,
             gop_frames=settings.gop_frames,
+            refresh=settings.refresh,
+            mbtree=settings.mbtree,
             threads=1,  # deterministic bitstreams
-            aq_strength=method.aq_strength,
+            aq_strength=robot_aq_strength(method, settings),
         )
         encoder = replace(encoder, **dict(settings.encoder_options))
         target = settings.target_steps[0][1] if settings.target_steps else 0.0

@@ -161,6 +161,9 @@ def run(args: argparse.Namespace, command: str) -> dict:
     settings = ReplaySettings(
         fps=round(fps, 3),
         gop_frames=args.gop,
+        refresh=args.refresh,
+        mbtree=args.mbtree,
+        map_aq_strength=args.map_aq_strength,
         preset=args.preset,
         period_frames=args.period_frames,
         min_map_interval_s=args.min_map_interval_s,

@@ -112,6 +112,8 @@ class ReplaySettings:
 
     fps: float
     gop_frames: int = 50
+    refresh: str = "idr"  # the encoder node's refresh and mbtree (EncoderConfig)
+    mbtree: bool = False
     preset: str = "veryfast"
     period_frames: int = 5
     min_map_interval_s: float = 1.0
@@ -131,10 +133,22 @@ class ReplaySettings:
     decoded_stride: int = 1
     target_steps: tuple[tuple[float, float], ...] = ()
     rate_control: str = "crf"
+    # x264 AQ strength the maps ask the robot for, for every map method alike (stac,
+    # two_level, stac_keyframe; the sensitivity node's map_aq_strength): 0 = the
+    # calibration's; 1.0 = the map's offsets on top of x264's variance AQ. A map method's
+    # robot also starts at it (its encoder's aq_strength), so no re-open at the first map.
+    map_aq_strength: float = 0.0
     # EncoderConfig / RobotEncoderConfig fields set for every H.264 method alike, e.g.
     # (("refresh", "none"),): settings tried against the codec's defaults
     encoder_options: tuple[tuple[str, object], ...] = ()
     robot_options: tuple[tuple[str, object], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.map_aq_strength <= 3.0:
+            raise ValueError(
+                f"map_aq_strength must be 0 (the calibration's) or in (0, 3], "
+                f"got {self.map_aq_strength}"
+            )
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -200,7 +214,7 @@ class PointReplay:
         # x264's AQ strength a map asks for: the calibration's, unless the method runs its own
         self.map_aq_strength = 0.0
         if computer is not None and method.aq_strength == MAP_ONLY_AQ_STRENGTH:
-            self.map_aq_strength = computer.aq_strength
+            self.map_aq_strength = settings.map_aq_strength or computer.aq_strength
         self.counters = dict.fromkeys(
             (
                 "sent",
