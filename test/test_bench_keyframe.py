@@ -9,7 +9,7 @@ import pytest
 from stac_eval import bench
 from stac_eval.bench_keyframe import PROPAGATION_METHODS, SYSTEM_METHODS
 
-# the model on every frame (soft masks) and 11 replay points: a minute or two on 2 cores
+# the model on every frame (soft masks) and 14 replay points: a minute or two on 2 cores
 pytestmark = pytest.mark.slow
 
 
@@ -41,9 +41,14 @@ def test_every_way_of_carrying_masks_is_scored(keyframe_result):
 
 def test_each_lever_is_switched_off_alone(keyframe_result):
     points = keyframe_result["system"]["points"]
-    assert set(points) == {"defaults", "send_ahead_off", "masks_across_cuts", "flow_480"}
+    assert set(points) == {
+        "defaults", "send_ahead_off", "pipeline_off", "map_worker_nice_0", "masks_across_cuts",
+        "flow_480",
+    }  # fmt: skip
     assert set(points["defaults"]) == set(SYSTEM_METHODS)
     assert "uniform" not in points["send_ahead_off"]  # streaming has no keyframe pacing
+    assert "uniform" not in points["pipeline_off"]
+    assert set(points["map_worker_nice_0"]) == {"stac_keyframe"}  # the one method with maps
     # a fast edge answers in about two camera frames: waiting for each answer sends about
     # every second frame, sending ahead nearly every frame
     ahead = points["defaults"]["stac_keyframe"]["frames_sent"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -96,3 +97,22 @@ def test_worker_survives_a_failing_item_and_processes_the_next():
     assert done.wait(5)
     assert worker.close() is None
     assert failed == [(1, "bad frame")] and handled == [2]
+
+
+def test_a_niced_worker_runs_its_items_at_that_nice_value():
+    seen, done = [], threading.Event()
+
+    def handle(item: int) -> None:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        done.set()
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    worker = NewestItemWorker(handle, lambda item, error: None, "niced", nice=7)
+    worker.submit(1)
+    assert done.wait(5)
+    worker.close()
+    assert worker.niced and seen == [max(7, before)]
+    # the caller's thread is untouched
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+    with pytest.raises(ValueError, match="nice"):
+        NewestItemWorker(handle, lambda item, error: None, "bad", nice=20)

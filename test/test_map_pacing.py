@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stac_sensitivity.map_pacing import MapPacer, MapPacingConfig
+from stac_sensitivity.map_pacing import MAP_WORKER_NICE, MapPacer, MapPacingConfig, cpu_share
 from stac_sensitivity.sensitivity_node import PARAMETERS
 
 
@@ -88,3 +88,21 @@ def test_no_frame_is_due_while_a_pass_runs():
     assert not pacer.wants(stamp_s=5.0, now_s=5.0)
     pacer.map_finished(0.0, 5.0)
     assert pacer.wants(stamp_s=5.0, now_s=5.0)
+
+
+def test_cpu_share_follows_the_kernels_weights():
+    assert cpu_share(0) == pytest.approx(0.5)
+    assert cpu_share(MAP_WORKER_NICE) == pytest.approx(1 / (1 + 1.25**MAP_WORKER_NICE))
+    assert 0.08 < cpu_share(10) < 0.11  # the map worker yields to segmentation
+    assert cpu_share(19) < 0.02 and cpu_share(-5) > 0.7
+    assert cpu_share(5, 5) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="nice"):
+        cpu_share(20)
+
+
+def test_the_nodes_map_worker_nice_is_the_replays():
+    from stac_sensitivity.edge_container import PARAMETERS as CONTAINER
+
+    for parameters in (PARAMETERS, CONTAINER):
+        spec = {spec.name: spec for spec in parameters}["map_worker_nice"]
+        assert spec.default == MAP_WORKER_NICE

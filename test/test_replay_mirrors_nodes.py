@@ -39,6 +39,8 @@ def test_replay_defaults_are_the_nodes_defaults():
     assert settings.keyframes.max_interval_frames == encoder["max_keyframe_interval_frames"]
     assert settings.keyframes.edge_timeout_s == encoder["edge_timeout_s"]
     assert settings.keyframes.send_ahead == encoder["keyframe_send_ahead"]
+    assert settings.keyframes.pipeline == encoder["keyframe_pipeline"]
+    assert settings.map_worker_nice == sensitivity["map_worker_nice"]
     assert settings.drop_masks_at_cuts == encoder["drop_masks_at_cuts"]
     assert RobotLoopConfig().drop_masks_at_cuts == encoder["drop_masks_at_cuts"]
     assert settings.flow.preset == encoder["flow_preset"]

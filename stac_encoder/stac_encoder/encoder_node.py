@@ -233,7 +233,16 @@ PARAMETERS = (
         True,
         "Keyframe mode: send the next keyframe before the edge's mask of the previous one "
         "arrives, timed from the measured round trips to reach the edge as it finishes (at "
-        "most two unanswered); false: only once the mask is in.",
+        "most two unanswered, unless keyframe_pipeline); false: only once the mask is in.",
+    ),
+    ParameterSpec(
+        "keyframe_pipeline",
+        True,
+        "Keyframe mode with keyframe_send_ahead: keep the edge busy when a round trip spans "
+        "several of its passes: keyframes at the pace the edge answers them (learned from the "
+        "answers: answers further apart than the pace slow it to their gap, four at the pace "
+        "try a frame faster), as "
+        "many unanswered as a round trip holds at that pace plus one; false: at most two.",
     ),
     ParameterSpec(
         "camera_qos",
@@ -288,6 +297,7 @@ def loop_config_from(params: dict) -> RobotLoopConfig:
             max_interval_frames=params["max_keyframe_interval_frames"],
             edge_timeout_s=params["edge_timeout_s"],
             send_ahead=params["keyframe_send_ahead"],
+            pipeline=params["keyframe_pipeline"],
         ),
         rate=RateControlConfig(target_kbps=target),
         propagate_masks=params["publish_robot_mask"],

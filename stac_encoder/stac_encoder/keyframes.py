@@ -48,13 +48,17 @@ class KeyframeConfig:
     this (PSNR, dB; higher = more keyframes); cut_explained: a scene cut when the flow-warped
     previous frame explains less than this share of the frame's variance; max_interval_frames:
     send at least this often; edge_timeout_s: how long (camera time) the robot waits for the
-    edge's answer to a keyframe before it takes the edge to be free again."""
+    edge's answer to a keyframe before it takes the edge to be free again; send_ahead: the
+    next keyframe may go before the edge's answer to the previous one (`EdgePacer`);
+    pipeline: with send_ahead, keyframes go at the edge's own pace, as many in flight as the
+    round trip holds, instead of at most two unanswered."""
 
     stale_psnr_db: float = 24.0
     cut_explained: float = 0.5
     max_interval_frames: int = 50
     edge_timeout_s: float = 2.0
     send_ahead: bool = True
+    pipeline: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.stale_psnr_db <= 99.0:
@@ -169,10 +173,16 @@ class EdgePacer:
     """
 
     HISTORY = 8  # round trips and gaps remembered
+    PROBE_AFTER = 4  # answers at the edge's pace before the pipeline tries a frame faster
 
-    def __init__(self, send_ahead: bool, timeout_s: float) -> None:
+    def __init__(self, send_ahead: bool, timeout_s: float, pipeline: bool = False) -> None:
         self.send_ahead = send_ahead
         self.timeout_s = timeout_s
+        self.pipeline = pipeline
+        self._interval_frames: int | None = None  # the pipeline's pace, camera frames
+        self._kept_pace = 0  # answers in a row that kept the pace without waiting
+        self._last_sent_s: float | None = None
+        self._pace_since_s: float | None = None  # keyframes sent since then teach it
         self._unanswered: list[tuple[int, float, bool]] = []  # frame_seq, sent at, behind
         self._answered: list[tuple[float, bool]] = []  # since the last camera frame
         self._round_trips_s: list[float] = []
@@ -189,8 +199,14 @@ class EdgePacer:
         """The edge starts over (it asked for a keyframe): nothing is waited for."""
         self._unanswered.clear()
 
+    @property
+    def interval_frames(self) -> int | None:
+        """The pipeline's pace: camera frames between keyframes (None before it is known)."""
+        return self._interval_frames
+
     def sent(self, frame_seq: int, capture_s: float) -> None:
         self._unanswered.append((frame_seq, capture_s, bool(self._unanswered)))
+        self._last_sent_s = capture_s
 
     def answered(self, frame_seq: int) -> None:
         """The edge's mask of encoded frame `frame_seq` arrived (it answers every earlier
@@ -207,9 +223,13 @@ class EdgePacer:
             self._frame_interval_s = capture_s - self._last_frame_s
         self._last_frame_s = capture_s
         for sent_s, behind in self._answered:
-            self._round_trips_s = _keep(self._round_trips_s, capture_s - sent_s)
+            round_trip_s = capture_s - sent_s
+            self._round_trips_s = _keep(self._round_trips_s, round_trip_s)
+            gap_s = None
             if behind and self._last_answer_s is not None:
-                self._gaps_s = _keep(self._gaps_s, capture_s - self._last_answer_s)
+                gap_s = capture_s - self._last_answer_s
+                self._gaps_s = _keep(self._gaps_s, gap_s)
+            self._learn_pace(sent_s, gap_s)
             self._last_answer_s = capture_s
         self._answered.clear()
         if self._unanswered and capture_s - self._unanswered[0][1] > self.timeout_s:
@@ -217,11 +237,55 @@ class EdgePacer:
             return True
         return False
 
+    def _learn_pace(self, sent_s: float, gap_s: float | None) -> None:
+        """The pipeline's pace from one answer to a keyframe sent at the present pace: the
+        answers to two keyframes sent back to back came further apart than the pace (the
+        edge is slower, the second waited or the edge took a newer one instead): the pace
+        slows to their gap, the edge's own; PROBE_AFTER answers in a row at the pace try a
+        frame faster (if the edge cannot follow, the next gaps show it). A round trip that
+        grows while the gaps keep the pace (a slower forward, a slower link) changes
+        nothing: the edge still keeps up."""
+        if not self.pipeline or self._interval_frames is None or self._frame_interval_s <= 0:
+            return
+        if self._pace_since_s is None or sent_s < self._pace_since_s:
+            return
+        if gap_s is not None:
+            gap_frames = round(gap_s / self._frame_interval_s)
+            if gap_frames > self._interval_frames:
+                self._set_pace(gap_frames)
+                return
+        self._kept_pace += 1
+        if self._kept_pace >= self.PROBE_AFTER and self._interval_frames > 1:
+            self._set_pace(self._interval_frames - 1)
+
+    def _set_pace(self, interval_frames: int) -> None:
+        self._interval_frames = interval_frames
+        self._kept_pace = 0
+        self._pace_since_s = self._last_frame_s
+
+    def _pipeline_free(self, capture_s: float) -> bool:
+        """Keyframes every `interval_frames` camera frames (first: the round trip less a
+        frame, as send-ahead), with at most as many unanswered as one round trip holds at
+        that pace, plus one (the edge's one-frame slot)."""
+        frame_s = self._frame_interval_s
+        round_trip_s = min(self._round_trips_s)
+        if self._interval_frames is None:
+            self._set_pace(max(1, round((round_trip_s - frame_s) / frame_s)))
+        interval_s = self._interval_frames * frame_s
+        most = math.ceil(round_trip_s / interval_s - 1e-6) + 1
+        if len(self._unanswered) >= most:
+            return False
+        return capture_s >= self._last_sent_s + interval_s - 0.5 * frame_s
+
     def free(self, capture_s: float) -> bool:
         """Whether a keyframe captured at `capture_s` may go out now."""
         if not self._unanswered:
             return True
-        if not self.send_ahead or len(self._unanswered) > 1 or not self._round_trips_s:
+        if not self.send_ahead or not self._round_trips_s:
+            return False
+        if self.pipeline and self._frame_interval_s > 0:
+            return self._pipeline_free(capture_s)
+        if len(self._unanswered) > 1:
             return False
         round_trip_s = min(self._round_trips_s)
         frame_s = self._frame_interval_s
@@ -249,7 +313,9 @@ class KeyframeSelector:
         self._field = PositionField.flow_grid(flow)
         self._keyframe_grey: np.ndarray | None = None
         self._keyframe_seq: int | None = None  # flow frame of the last keyframe
-        self.pacer = EdgePacer(self.config.send_ahead, self.config.edge_timeout_s)
+        self.pacer = EdgePacer(
+            self.config.send_ahead, self.config.edge_timeout_s, self.config.pipeline
+        )
         self._requested = False
         self._cut_pending = False
         self.cuts = SceneCuts(flow, self.config)

@@ -25,7 +25,8 @@ results and the reasons):
 2. `system`: the replay's event simulation (`PointReplay`, as `stac-replay run`) at --crf and
    stale 99 dB (a keyframe whenever the edge can take one): `stac_keyframe`,
    `uniform_keyframe` and `uniform` streaming with the shipped defaults, then with each kept
-   lever off (keyframe_send_ahead, drop_masks_at_cuts) and with the flow at 480 px; timely
+   lever off (keyframe_send_ahead, keyframe_pipeline, the edge's map_worker_nice at 0,
+   drop_masks_at_cuts) and with the flow at 480 px; timely
    mIoU, kbit/s both ways, frames sent and the mean mask age. --splice VIDEO2 builds a clip
    with scene cuts first (50-frame segments of --video and VIDEO2 in turn, at --video's size
    and rate) and measures on it.
@@ -53,6 +54,7 @@ PROPAGATION_METHODS = (
     "fb_check",
 )
 SYSTEM_METHODS = ("stac_keyframe", "uniform_keyframe", "uniform")
+KEYFRAME_ONLY = ("send_ahead_off", "pipeline_off")  # variants of keyframe pacing alone
 SOFT_FACTOR = 4  # soft masks at a quarter of the frame size (the model's own output stride)
 SPLICE_SEGMENT_FRAMES = 50
 
@@ -409,6 +411,8 @@ def _system(context, args: argparse.Namespace) -> dict:
     variants = {
         "defaults": base,
         "send_ahead_off": replace(base, keyframes=replace(base.keyframes, send_ahead=False)),
+        "pipeline_off": replace(base, keyframes=replace(base.keyframes, pipeline=False)),
+        "map_worker_nice_0": replace(base, map_worker_nice=0),
         "masks_across_cuts": replace(base, drop_masks_at_cuts=False),
         "flow_480": replace(base, flow=replace(base.flow, flow_width_px=480)),
     }
@@ -416,8 +420,10 @@ def _system(context, args: argparse.Namespace) -> dict:
     for name, settings in variants.items():
         row = {}
         for method in SYSTEM_METHODS:
-            if name == "send_ahead_off" and method == "uniform":
+            if name in KEYFRAME_ONLY and method == "uniform":
                 continue  # streaming has no keyframe pacing
+            if name == "map_worker_nice_0" and method != "stac_keyframe":
+                continue  # no maps: the same run as the defaults
             point = simulated_point(context, method, args.crf, settings, tag=f"_{name}")
             age = point.mask_age[point.mask_age >= 0]
             frames = point.frames

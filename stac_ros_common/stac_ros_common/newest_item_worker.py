@@ -7,6 +7,7 @@ displaced (to count it as skipped); the consumer `take`s the newest one when it 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -52,6 +53,9 @@ class NewestItemWorker(Generic[T]):
 
     `on_error(item, error)` is called when `handle` raises: one bad item must not stop the
     stream. `submit` returns the unconsumed item it displaced (for skip accounting).
+    `nice`: the thread's nice value (Linux: per thread; threads it starts inherit it), 0 =
+    as the process; a higher value lets other threads go first when the cores are busy (the
+    edge's map worker yields to segmentation).
     """
 
     def __init__(
@@ -59,16 +63,32 @@ class NewestItemWorker(Generic[T]):
         handle: Callable[[T], None],
         on_error: Callable[[T, Exception], None],
         name: str,
+        nice: int = 0,
     ) -> None:
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice must be in [0, 19], got {nice}")
         self._slot: LatestSlot[T] = LatestSlot()
         self._handle, self._on_error = handle, on_error
+        self._nice = nice
+        self.niced = nice == 0  # whether the thread runs at the nice asked for
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, item: T) -> T | None:
         return self._slot.put(item)
 
+    def _lower_priority(self) -> None:
+        try:  # raising one's own nice needs no privilege; where there are none, it stays 0
+            thread_id = threading.get_native_id()
+            current = os.getpriority(os.PRIO_PROCESS, thread_id)
+            os.setpriority(os.PRIO_PROCESS, thread_id, max(current, self._nice))
+            self.niced = True
+        except (AttributeError, OSError):
+            self.niced = False
+
     def _loop(self) -> None:
+        if self._nice:
+            self._lower_priority()
         while not self._slot.closed:
             item = self._slot.take(timeout_s=0.5)
             if item is None:

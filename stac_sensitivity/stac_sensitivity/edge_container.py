@@ -63,6 +63,7 @@ from stac_sensitivity.fleet_scheduler import (
     run_batch,
     run_map_pass,
 )
+from stac_sensitivity.map_pacing import MAP_WORKER_NICE
 from stac_sensitivity.sensitivity_node import SensitivityNode
 
 ENCODED_TYPE = "stac_msgs/msg/EncodedFrame"
@@ -140,6 +141,16 @@ PARAMETERS = (
         256,
     ),
     ParameterSpec(
+        "map_worker_nice",
+        MAP_WORKER_NICE,
+        "The map worker thread's nice value (0-19): segmentation goes first, the sensitivity "
+        "pass takes what the segmenter leaves of the cores (10: about a tenth of a core the "
+        "segmenter keeps busy; 0: an equal share, which slows every forward that overlaps a "
+        "pass by about half: stac-bench keyframe measured the robot's masks older).",
+        0,
+        19,
+    ),
+    ParameterSpec(
         "batch_timeout_ms",
         20.0,
         "How long a waiting frame waits for the other robots' frames before its batch runs, ms.",
@@ -204,7 +215,7 @@ class EdgeNode(Node):
         self._gate = MapGate()
         # one map pass at a time for all robots, beside the batch worker: no frame waits for it
         self._map_worker: NewestItemWorker[BatchEntry[DecodedFrame]] = NewestItemWorker(
-            self._run_map_pass, self._on_map_error, "maps"
+            self._run_map_pass, self._on_map_error, "maps", self.params["map_worker_nice"]
         )
         self.scheduler: FleetScheduler[DecodedFrame] = FleetScheduler(
             self._run_batch,

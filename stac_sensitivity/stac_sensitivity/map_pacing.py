@@ -22,6 +22,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+# The map worker's nice value (the nodes' map_worker_nice): segmentation goes first.
+MAP_WORKER_NICE = 10
+
+
+def cpu_share(nice: int, other_nice: int = 0) -> float:
+    """The share of one core a thread at `nice` gets while a thread at `other_nice` also
+    wants it: Linux CFS weights, 1024 / 1.25**nice (nice 0 against 0: 0.5; 10 against 0:
+    about 0.1; 19 against 0: about 0.014)."""
+    for value in (nice, other_nice):
+        if not -20 <= value <= 19:
+            raise ValueError(f"nice must be in [-20, 19], got {value}")
+    weight, other = 1.25**-nice, 1.25**-other_nice
+    return weight / (weight + other)
+
 
 @dataclass(frozen=True)
 class MapPacingConfig:

@@ -40,7 +40,7 @@ from stac_ros_common.qos import ENCODED_QOS_KINDS, OUTPUT_QOS, QP_MAP_QOS, encod
 from stac_ros_common.statistics import NodeStatistics
 from stac_ros_common.wire_size import serialized_size_bytes
 from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder, FeedbackMap
-from stac_sensitivity.map_pacing import MapPacer, MapPacingConfig
+from stac_sensitivity.map_pacing import MAP_WORKER_NICE, MapPacer, MapPacingConfig
 from stac_sensitivity.online import QPMapComputer, qp_heatmap
 
 # Every topic and service of the node, by the name it creates (remap as needed).
@@ -105,6 +105,16 @@ PARAMETERS = (
         0.05,
         1.0,
     ),
+    ParameterSpec(
+        "map_worker_nice",
+        MAP_WORKER_NICE,
+        "The map worker thread's nice value (0-19): segmentation goes first, the sensitivity "
+        "pass takes what the segmenter leaves of the cores (10: about a tenth of a core the "
+        "segmenter keeps busy; 0: an equal share, which slows every forward that overlaps a "
+        "pass by about half: stac-bench keyframe measured the robot's masks older).",
+        0,
+        19,
+    ),
     ParameterSpec("publish_heatmap", True, "Publish the QP-map heatmap image for rviz."),
     ParameterSpec(
         "encoded_qos",
@@ -147,7 +157,9 @@ class SensitivityNode(Node):
         self._worker: NewestItemWorker[DecodedFrame] | None = None
         link_channel = self._map_publisher.get_subscription_count
         if self.standalone:
-            self._worker = NewestItemWorker(self.map_pass, self._on_map_error, "sensitivity")
+            self._worker = NewestItemWorker(
+                self.map_pass, self._on_map_error, "sensitivity", self.params["map_worker_nice"]
+            )
             self._decoder = EncodedStreamDecoder()
             encoded = self.create_subscription(
                 EncodedFrame, "encoded", self._on_encoded, encoded_qos(self.params["encoded_qos"])

@@ -13,10 +13,11 @@ Maps, as the sensitivity node computes them: each decoded frame is offered to `M
 (the pacing rule of `stac_sensitivity.map_pacing`, on the simulated clock), which starts a
 sensitivity pass on a due frame in a worker of its own (the edge container's map worker).
 Alone, a pass takes the profile's `map_ms` and a forward its `segment_ms`; while both workers
-run they share the cores as Linux shares them between two threads of equal priority
-(`MAP_SHARE_WHILE_SEGMENTING`, half each): the map pass progresses at half speed, and a
-forward that starts during a pass takes twice its time. When the pass is done the map goes
-back.
+run they share the cores as Linux shares them between two threads, by their nice values (the
+map worker runs at `map_worker_nice`, the segmenter at 0: `cpu_share`; at nice 0 half each,
+the map pass at half speed and a forward that starts during a pass at twice its time; at the
+default 10 the map gets about a tenth and a forward takes about 1.1 times its time). When the
+pass is done the map goes back.
 
 Class ids of a segmented frame are the model's forward on the decoded picture (`DecodedMasks`,
 the same forward that scores decoded mIoU).
@@ -39,15 +40,12 @@ from stac_eval.replay.events import EventQueue
 from stac_eval.replay.robot import EdgeUnit
 from stac_eval.replay.wire import keyframe_request_bytes, qp_map_bytes, sent_mask
 from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder, FeedbackMap
-from stac_sensitivity.map_pacing import MapPacer, MapPacingConfig
+from stac_sensitivity.map_pacing import MapPacer, MapPacingConfig, cpu_share
 from stac_sensitivity.online import QPMapComputer
 
 FEEDBACK_SESSION_ID = 1  # fixed (the node draws one at random) so that runs are identical
 DONE = "edge_done"  # the event that frees the segmenter's worker
 MAP_DONE = "edge_map_done"  # the event that ends a map pass (payload: the pass's token)
-# The map worker's share of the cores while the segmenter's worker runs too: threads of equal
-# priority on the same cores.
-MAP_SHARE_WHILE_SEGMENTING = 0.5
 
 
 class MapEdge:
@@ -71,6 +69,8 @@ class MapEdge:
                 settings.period_frames, settings.min_map_interval_s, settings.max_compute_share
             )
         )
+        # the map worker's share of the cores while the segmenter's worker runs too
+        self.share_while_segmenting = cpu_share(settings.map_worker_nice)
 
     def frame_decoded(self, frame_seq: int, stamp_s: float, now_s: float) -> bool:
         """Count a decoded frame; True when it is due for a map (the pass is then started)."""
@@ -232,7 +232,7 @@ class Edge:
         current = self._map
         if current is None:
             return
-        current.speed = MAP_SHARE_WHILE_SEGMENTING if self._busy else 1.0
+        current.speed = self.map_edge.share_while_segmenting if self._busy else 1.0
         self._map_tokens += 1
         current.token = self._map_tokens
         end_s = now_s + 1e-3 * max(current.remaining_ms, 0.0) / current.speed
@@ -247,7 +247,7 @@ class Edge:
         self.counters["jobs_segment"] += 1
         segment_ms = self.timing.segment_ms
         if self._map is not None:  # the cores are shared with a map pass
-            segment_ms /= 1.0 - MAP_SHARE_WHILE_SEGMENTING
+            segment_ms /= 1.0 - self.map_edge.share_while_segmenting
         done_s = now_s + 1e-3 * segment_ms
         self.masks.add(job.index, job.image)
         class_ids = self.masks.get(job.index)

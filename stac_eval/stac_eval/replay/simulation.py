@@ -43,6 +43,7 @@ from stac_eval.replay.link import Downlink, LinkConfig, Uplink
 from stac_eval.replay.robot import H264Robot, JpegRobot
 from stac_eval.replay.truth import encode_mask
 from stac_sensitivity.calibration import MAP_ONLY_AQ_STRENGTH
+from stac_sensitivity.map_pacing import MAP_WORKER_NICE
 from stac_sensitivity.online import QPMapComputer, qp_heatmap
 
 X264_AQ_STRENGTH = 1.0  # x264's default variance AQ
@@ -118,6 +119,7 @@ class ReplaySettings:
     period_frames: int = 5
     min_map_interval_s: float = 1.0
     max_compute_share: float = 0.5
+    map_worker_nice: int = MAP_WORKER_NICE
     two_level_top_fraction: float = 0.4
     max_abs_offset_qp: int = 30
     warp_qp_map: bool = True
