@@ -144,6 +144,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the codec's defaults",
     )
     parser.add_argument(
+        "--map-aq-strength",
+        type=float,
+        default=None,
+        help="x264 AQ strength under every map method's maps, every part (ReplaySettings."
+        "map_aq_strength; 1.0: the map on top of x264's variance AQ); default: the replay's",
+    )
+    parser.add_argument(
         "--baselines",
         type=_csv(str),
         default=list(BASELINES),

@@ -405,6 +405,9 @@ def settings_for(context, **changes):
         if kind not in options:
             raise ValueError(f"unknown setting {key!r}: encoder.X or robot.X")
         options[kind][name] = changes.pop(key)
+    map_aq = getattr(context.args, "map_aq_strength", None)
+    if map_aq is not None and "map_aq_strength" not in changes:
+        changes["map_aq_strength"] = map_aq
     settings = ReplaySettings(
         fps=context.fps,
         decoded_stride=context.args.decoded_stride,
