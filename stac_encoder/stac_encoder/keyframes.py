@@ -8,9 +8,9 @@ decision for each camera frame, in this order:
    edge's mask of it (or for `edge_timeout_s`, in case the frame or its mask was lost) before
    sending another; with `send_ahead` it sends the next one keyframe early instead, timed to
    reach the edge about when the edge finishes the one before (at most two keyframes
-   unanswered: one at work, one waiting in the edge's one-frame slot, never a queue); a
-   frame that is due while the edge is busy is counted as waited and the next free moment
-   sends;
+   unanswered: one at work, one waiting in the edge's one-frame slot, never a queue), and
+   with `pipeline` as many as a round trip holds at the pace the edge answers; a frame that
+   is due while the edge is busy is counted as waited and the next free moment sends;
 2. a keyframe request from the edge (after a loss, or when it joins) sends at once, as IDR;
 3. a scene cut sends at once, as IDR: the per-frame flow does not explain the frame from the
    one before it: the previous frame warped by that flow predicts less than `cut_explained`
@@ -170,6 +170,15 @@ class EdgePacer:
     * the next keyframe goes at the camera frame nearest that time.
     At most two keyframes are unanswered: the edge's segmenter holds one frame besides the
     one at work (a newer frame would replace it), so nothing ever queues there.
+
+    With `pipeline` the round trip may hold more than that: when it spans several of the
+    edge's passes (a forward about as long as a camera frame, a round trip of three),
+    keyframes go every `interval_frames` camera frames, as many unanswered as a round trip
+    holds at that pace plus one. The pace starts at the round trip less a frame (as above)
+    and follows the answers (`_learn_pace`): answers further apart than the pace slow it to
+    their gap, PROBE_AFTER in a row at the pace try a frame faster. Still nothing queues:
+    a keyframe that reaches a busy edge waits in its one-frame slot or is replaced there by
+    the next, and the gaps then slow the pace.
     """
 
     HISTORY = 8  # round trips and gaps remembered
