@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(available_benchmarks()).parse_args(argv)
     started = time.time()
+    load_at_start = os.getloadavg()[0]
     result = _module(args.benchmark).run(args)
     result["meta"] = {
         "command": shlex.join(["stac-bench", *argv]),
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # the machine is shared: the 1-min load average says how much else ran beside it
+        "load_average_1min_at_start": round(load_at_start, 2),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
