@@ -181,6 +181,58 @@ def test_uniform_keyframe_is_keyframe_mode_without_maps(clip):
     assert 1 <= point.sent.sum() < FRAMES // 2
 
 
+def test_the_streaming_baselines_send_every_frame_to_the_same_robot(clip):
+    """x264_aq: uniform's stream mode, robot and masks back, with x264's variance AQ (other
+    pictures, other bytes) and no map; two_level: maps back too, charged to their frames."""
+    uniform = simulate(clip, "uniform")
+    aq = simulate(clip, "x264_aq")
+    two_level = simulate(clip, "two_level", timing=(100.0, 20.0), min_map_interval_s=0.2)
+    for point in (aq, two_level):
+        assert point.sent.all() and point.uplink_bytes.min() > 0
+        assert point.counters["masks_sent"] == point.segmented.sum() > 0
+        assert (point.mask_bytes[point.segmented] > segmentation_mask_bytes(0)).all()
+        assert (point.mask_age[-10:] >= 0).all()  # masks warped to every frame
+    assert aq.map_bytes.sum() == 0 and aq.counters["maps_sent"] == 0
+    assert not np.array_equal(aq.uplink_bytes, uniform.uplink_bytes)
+    assert two_level.counters["maps_sent"] >= 1 and two_level.map_bytes.sum() > 0
+    np.testing.assert_array_equal(
+        two_level.downlink_bytes,
+        two_level.map_bytes + two_level.mask_bytes + two_level.request_bytes,
+    )
+
+
+def test_curves_count_bits_both_ways_or_uplink_only_and_score_either_robot(clip):
+    """What a BD-rate compares: total bits are the uplink plus every message back (maps, masks,
+    keyframe requests) per frame, uplink only leaves the way back out; the accuracy is the
+    warped or the held mask's timely mIoU of the same run."""
+    from stac_edge_segmenter.metrics import mean_iou
+    from stac_eval.replay.analysis import TOTAL, UPLINK, BlockBootstrap, Curve, point_summary
+
+    points = [
+        simulate(clip, "stac_keyframe", budget=crf, link="rate=10mbit,delay=10ms,loss=10%,seed=2")
+        for crf in (20.0, 30.0, 40.0)
+    ]
+    assert sum(p.map_bytes.sum() > 0 for p in points) and all(p.mask_bytes.sum() for p in points)
+    curves = {"stac_keyframe": Curve("stac_keyframe", "crf", points)}
+    both_ways = ("uplink_bytes", "map_bytes", "mask_bytes", "request_bytes")
+    for parts, columns in ((TOTAL, both_ways), (UPLINK, ("uplink_bytes",))):
+        for kind in ("timely_pseudo", "timely_held_pseudo"):
+            rates, mious = BlockBootstrap(curves, kind, 7, parts).curve("stac_keyframe")
+            expected = [sum(getattr(p, c).sum() for c in columns) / FRAMES for p in points]
+            np.testing.assert_allclose(rates, expected)
+            np.testing.assert_allclose(mious, [mean_iou(p.confusion[kind].sum(0)) for p in points])
+    for point in points:
+        warp, held = point_summary(point, FPS, "warp"), point_summary(point, FPS, "held")
+        kbit = 8 * FPS / FRAMES / 1e3
+        assert warp["total_kbps"] == pytest.approx(
+            kbit * sum(getattr(point, c).sum() for c in both_ways), abs=1e-3
+        )
+        assert warp["downlink_kbps"] > 0 and warp["uplink_kbps"] > 0
+        assert warp["timely_miou"] == warp["timely_miou_warp"] == held["timely_miou_warp"]
+        assert held["timely_miou"] == held["timely_miou_held"] == warp["timely_miou_held"]
+        assert held["total_kbps"] == warp["total_kbps"]
+
+
 def test_jpeg_counts_each_compressed_image_and_has_the_same_robot(clip):
     point = simulate(clip, "jpeg", budget=50)
     expected = [compressed_image_bytes(jpeg_round_trip(f.image, 50)[1]) for f in clip]
