@@ -13,7 +13,7 @@ from stac_eval.bench import main as bench_main
 from stac_eval.bench_masks import LATE_CODERS, LateMasks
 
 KEYS = {"bytes_per_mask", "ratio_vs_rle_deflate", "agreement_miou", "encode_ms", "decode_ms"}
-SHIPPED = ("rle_deflate", "lossless", "near_lossless", "reduced")
+SHIPPED = ("rle_deflate", "lossless", "near_lossless", "reduced", "near_lossless_gated")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,8 @@ def test_every_coder_reports_its_keys_with_sane_values(result):
         assert {"png", "webp_lossless", "conditional", "conditional_flow"} <= set(coders)
         assert "reduced_guided" in coders
         for name, row in coders.items():
-            assert set(row) == KEYS | {"lossless"}, name
+            gated = {"kept_share"} if name == "near_lossless_gated" else set()
+            assert set(row) == KEYS | {"lossless"} | gated, name
             assert row["bytes_per_mask"] > 0 and row["encode_ms"] >= 0 and row["decode_ms"] >= 0
             assert 0.0 < row["agreement_miou"] <= 1.0, name
             if row["lossless"]:
@@ -59,6 +60,7 @@ def test_every_coder_reports_its_keys_with_sane_values(result):
         for name in (*lossless, "conditional_flow"):
             assert coders[name]["lossless"], name
         assert not coders["reduced"]["lossless"]
+        assert 0.0 <= coders["near_lossless_gated"]["kept_share"] < 1.0
     assert result["images"]["mask_size"] == [160, 120]
 
 
@@ -66,7 +68,7 @@ def test_every_coder_reports_its_keys_with_sane_values(result):
 def test_the_robot_view_of_late_masks_is_scored_for_every_wire_coding(result):
     late = result["late_masks"]
     assert late["delay_frames"] == 2
-    assert set(late["miou_vs_edge_mask_then"]) == {"lossless", "near_lossless", "reduced"}
+    assert set(late["miou_vs_edge_mask_then"]) == set(LATE_CODERS)
     assert all(0.0 < value <= 1.0 for value in late["miou_vs_edge_mask_then"].values())
     fewer = late["near_lossless_every_nth_mask"]
     assert set(fewer) == {"2", "3"} and all(0.0 < value <= 1.0 for value in fewer.values())

@@ -20,6 +20,7 @@ from stac_codec.mask_wire import (
     MASK_CODINGS,
     RLE_DEFLATE_ENCODING,
     decode_mask,
+    encode_keep,
     encode_mask,
     encoding_of,
 )
@@ -153,3 +154,20 @@ def test_a_mask_whose_data_is_not_its_declared_encoding_is_refused(robot):
     robot._on_mask(_mask_message(data, WIDTH, HEIGHT, encoding="png"))
     assert _rejected(robot) == {"mask/damaged": 1, "mask/encoding": 1}
     assert encoding_of(data) == ENCODING_NAME
+
+
+def test_a_keep_is_taken_as_an_answer_and_the_mask_held_goes_on(robot, monkeypatch):
+    mask = np.full((HEIGHT, WIDTH), 3, np.uint8)
+    robot._on_mask(_mask_message(encode_mask(mask), WIDTH, HEIGHT))
+    held = robot.loop.submit_mask
+    kept, adopted = [], []
+    monkeypatch.setattr(robot.loop, "mask_kept", kept.append)
+    monkeypatch.setattr(
+        robot.loop, "submit_mask", lambda ids, seq: adopted.append(seq) or held(ids, seq)
+    )
+    robot._on_mask(_mask_message(encode_keep(WIDTH, HEIGHT), WIDTH, HEIGHT, source_frame_seq=1))
+    assert kept == [1] and adopted == []
+    assert robot.statistics.counters.masks_received == 2
+    assert _rejected(robot) == {}
+    robot._on_mask(_mask_message(encode_keep(WIDTH + 1, HEIGHT), WIDTH + 1, HEIGHT))
+    assert _rejected(robot) == {"mask/size": 1}  # a keep of another size is refused as a mask is

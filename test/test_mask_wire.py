@@ -17,11 +17,15 @@ from stac_codec.mask_wire import (
     ENCODING_NAME,
     MASK_CODINGS,
     RLE_DEFLATE_ENCODING,
+    MaskSender,
     MaskWireError,
     decode_mask,
+    decode_mask_or_keep,
+    encode_keep,
     encode_mask,
     encode_mask_and_decoded,
     encoding_of,
+    is_keep,
     mask_coding,
     mask_size,
     reduced_size,
@@ -169,3 +173,69 @@ def test_random_bytes_only_raise_mask_wire_error(payload, runs, mode):
 def _with_valid_frame(payload: bytes, runs: int) -> bytes:
     body = struct.pack(">BHHI", 1, 64, 48, runs) + payload
     return body + struct.pack(">I", zlib.crc32(body))
+
+
+# --- near_lossless_gated: keeps instead of masks that changed little ---------------------------
+
+
+def _moved(mask: np.ndarray, shift: int) -> np.ndarray:
+    return np.roll(mask, shift, axis=1)
+
+
+def test_a_gated_sender_keeps_a_mask_that_did_not_change_at_most_max_kept_in_a_row():
+    coding = MASK_CODINGS["near_lossless_gated"]
+    assert coding.gated and not coding.lossless
+    sender = MaskSender(coding)
+    mask = street_like()
+    kinds = []
+    for _ in range(2 * (coding.max_kept + 1)):
+        data, decoded = sender.encode_and_decoded(mask)
+        kept = decode_mask_or_keep(data, max_pixels=mask.size)
+        assert (kept is None) == (decoded is None) == is_keep(data)
+        kinds.append("keep" if kept is None else "mask")
+        if kept is not None:
+            np.testing.assert_array_equal(kept, decoded)
+    assert kinds == (["mask"] + ["keep"] * coding.max_kept) * 2
+    assert len(encode_keep(480, 270)) == 15
+    assert mask_size(encode_keep(480, 270)) == (480, 270)
+
+
+def test_a_gated_sender_sends_a_mask_that_changed_and_after_a_reset():
+    sender = MaskSender("near_lossless_gated")
+    mask = street_like()
+    assert not is_keep(sender.encode(mask))
+    assert not is_keep(sender.encode(_moved(mask, 40)))  # everything moved: the mask goes
+    sender.reset()
+    assert not is_keep(sender.encode(_moved(mask, 40)))  # same mask, but after a reset
+    assert sender.change(mask, mask) == 0.0
+    assert (
+        sender.change(mask, _moved(mask, 40))
+        > MASK_CODINGS["near_lossless_gated"].keep_below_change
+    )
+
+
+def test_an_ungated_sender_sends_every_mask_as_encode_mask_does():
+    sender = MaskSender("near_lossless")
+    mask = street_like()
+    for _ in range(3):
+        assert sender.encode(mask) == encode_mask(mask, "near_lossless")
+
+
+def test_a_keep_carries_no_mask_and_a_malformed_one_is_refused():
+    keep = encode_keep(64, 48)
+    assert decode_mask_or_keep(keep, max_pixels=64 * 48) is None
+    with pytest.raises(MaskWireError, match="keep"):
+        decode_mask(keep, max_pixels=64 * 48)  # the plain decoder wants a mask
+    with pytest.raises(MaskWireError, match="larger"):
+        decode_mask_or_keep(keep, max_pixels=64 * 48 - 1)
+    for forged in (
+        _v2(3, 64, 48, 64, 48, b""),
+        _v2(3, 64, 48, 0, 0, b"\x00"),
+        _v2(3, 64, 48, 0, 0, b"", 1),
+    ):
+        with pytest.raises(MaskWireError, match="nothing but its header"):
+            decode_mask_or_keep(forged, max_pixels=64 * 48)
+    damaged = bytearray(keep)
+    damaged[3] ^= 1
+    with pytest.raises(MaskWireError):
+        decode_mask_or_keep(bytes(damaged), max_pixels=64 * 48)

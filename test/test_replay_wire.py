@@ -8,7 +8,13 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage
 from std_srvs.srv import Trigger
 
-from stac_codec.mask_wire import MASK_CODINGS, encode_mask_and_decoded
+from stac_codec.mask_wire import (
+    ENCODING_NAME,
+    MASK_CODINGS,
+    MaskSender,
+    encode_keep,
+    encode_mask_and_decoded,
+)
 from stac_eval.replay.wire import (
     JPEG_FORMAT,
     compressed_image_bytes,
@@ -56,3 +62,18 @@ def test_a_mask_costs_its_coded_message(coding):
 
 def test_keyframe_request_size_equals_rclpy_serialisation():
     assert keyframe_request_bytes() == len(serialize_message(Trigger.Request()))
+
+
+def test_a_gated_sender_prices_a_keep_as_its_message_and_gives_the_robot_none():
+    class_ids = np.zeros((54, 96), np.uint8)
+    class_ids[20:, :] = 3
+    sender = MaskSender("near_lossless_gated")
+    first_bytes, first = sent_mask(class_ids, sender=sender)
+    np.testing.assert_array_equal(first, class_ids)
+    keep_bytes, kept = sent_mask(class_ids, sender=sender)
+    assert kept is None
+    message = SegmentationMask(
+        encoding=ENCODING_NAME, width=96, height=54, data=encode_keep(96, 54)
+    )
+    message.header.frame_id = "camera"
+    assert keep_bytes == len(serialize_message(message)) < first_bytes

@@ -105,6 +105,12 @@ def test_a_busy_edge_gets_nothing_queued(worlds):
     answered.submit_mask(np.zeros((HEIGHT, WIDTH), np.uint8), 1)
     follow = answered.process(frames[9], 9 / FPS)
     assert follow.encoded is not None and follow.decision.reason == "cut"
+    # a keep (near_lossless_gated: the edge's mask did not change) is an answer too
+    kept = keyframe_loop(max_interval_frames=50, edge_timeout_s=10.0)
+    run(kept, frames[:9], answer=False)
+    kept.mask_kept(1)
+    follow = kept.process(frames[9], 9 / FPS)
+    assert follow.encoded is not None and follow.decision.reason == "cut"
 
 
 def test_keyframes_decode_as_one_stream(worlds):

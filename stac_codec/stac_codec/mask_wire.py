@@ -12,7 +12,12 @@ edge's `mask_coding` parameter) differ only in what the edge puts in:
   (poles, signs, people) stay exact. The decoder is the same;
 - reduced: the mask at 1/`reduction` of each side (each cell its majority class); the robot
   upsamples it (each pixel the class with the most bilinear weight among its four nearest
-  cells).
+  cells);
+- near_lossless_gated: near_lossless masks, but where the new mask differs little from the
+  last one sent (`MaskSender.change` below `keep_below_change`) the edge sends a "keep"
+  message instead (mode 3: the header alone, no mask): the robot goes on carrying the mask it
+  holds by its own flow. At most `max_kept` keeps in a row. Stateful on the edge
+  (`MaskSender`, one per robot); a robot needs nothing but the mask it holds.
 
 Version 1 (`encoding` "stac_rle_deflate_v1", coding rle_deflate): the runs of the raster
 scan, class id and LEB128 varint length each, deflated. Robots still read it, so an edge of
@@ -25,7 +30,7 @@ refused, not shown):
 
     v1: version=1 u8 | width u16 | height u16 | runs u32 | deflated (ids, varint lengths)
     v2: version=2 u8 | mode u8 | width u16 | height u16 | coded width u16 | coded height u16
-        | flags u8 | class bits u8 | range-coded stream
+        | flags u8 | range-coded stream (mode 3, keep: coded size 0x0, no stream)
 
 Decoding never allocates or works beyond the receiver's pixel budget (`max_pixels`, the frame
 it holds): sizes are checked before anything is allocated, and the range decoder writes
@@ -35,6 +40,7 @@ exactly the declared pixels and stops a few bytes past the end of the data.
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 
@@ -57,11 +63,14 @@ MAX_SIDE_PIXELS = 16384
 
 MODE_CONTEXT = 1  # full resolution
 MODE_REDUCED = 2  # coded smaller, upsampled by the receiver
+MODE_KEEP = 3  # no mask: the edge's mask agrees with the last one sent; keep carrying it
 FLAG_LOSSY = 0x01  # the edge moved boundaries (near_lossless) or reduced the mask
 
 _CONFIDENT = 0.8  # near_lossless: a pixel may take a class the model gives at least this
 GUIDE_SIGMA = 12.0  # guided upsampling: the colour distance (0..255 a channel) that halves ~0.6
 _MAX_MOVABLE_CLASS = 63  # class ids a near_lossless boundary may move between (a 64-bit set)
+KEEP_BELOW_CHANGE = 0.35  # near_lossless_gated: a mask this close to the last one sent stays
+MAX_KEPT = 1  # ... but at most this many keeps in a row
 
 
 @dataclass(frozen=True)
@@ -71,17 +80,26 @@ class MaskCoding:
     version: 1 (run-length + deflate) or 2 (context-coded); reduction: the mask travels at
     1/reduction of each side; tolerance_px: how far a boundary between two large classes may
     move (0: exact); protected_share: classes below this share of the mask's pixels never
-    move."""
+    move; keep_below_change: a `MaskSender` sends a keep instead of a mask whose change from
+    the last one sent is below this (`MaskSender.change`; 0: never); max_kept: at most this
+    many keeps in a row. A single `encode_mask` always sends the mask."""
 
     name: str
     version: int = MASK_WIRE_VERSION
     reduction: int = 1
     tolerance_px: int = 0
     protected_share: float = 0.02
+    keep_below_change: float = 0.0
+    max_kept: int = 0
 
     @property
     def lossless(self) -> bool:
-        return self.reduction == 1 and self.tolerance_px == 0
+        return self.reduction == 1 and self.tolerance_px == 0 and not self.gated
+
+    @property
+    def gated(self) -> bool:
+        """A MaskSender may send keeps instead of masks."""
+        return self.keep_below_change > 0.0 and self.max_kept > 0
 
     @property
     def encoding(self) -> str:
@@ -96,6 +114,12 @@ MASK_CODINGS = {
         MaskCoding("lossless"),
         MaskCoding("near_lossless", tolerance_px=1),
         MaskCoding("reduced", reduction=2),
+        MaskCoding(
+            "near_lossless_gated",
+            tolerance_px=1,
+            keep_below_change=KEEP_BELOW_CHANGE,
+            max_kept=MAX_KEPT,
+        ),
     )
 }
 DEFAULT_MASK_CODING = "near_lossless"
@@ -170,6 +194,85 @@ def _encode(class_ids, coding: str | MaskCoding, with_decoded: bool):
     return data, np.frombuffer(sent, np.uint8).reshape(height, width)
 
 
+def encode_keep(width: int, height: int) -> bytes:
+    """A keep message for a width x height mask: "my mask of this frame agrees with the last
+    one I sent; keep carrying the one you hold" (v2, mode 3: the header alone)."""
+    if not (1 <= width <= MAX_SIDE_PIXELS and 1 <= height <= MAX_SIDE_PIXELS):
+        raise ValueError(f"a {width}x{height} mask is outside the wire form's bounds")
+    body = _HEADER_V2.pack(MASK_WIRE_VERSION, MODE_KEEP, width, height, 0, 0, 0)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+class MaskSender:
+    """The edge's side of a robot's masks in one coding: `encode` gives the wire bytes of each
+    new mask. With a gated coding it remembers the last mask sent (as the robot decoded it) and
+    sends a keep instead of a new mask whose `change` from it is below `keep_below_change`, at
+    most `max_kept` times in a row; otherwise every mask goes, as `encode_mask` codes it.
+    `reset` (after a loss, a keyframe request; from any thread) makes the next mask go in
+    full.
+
+    change: for each class seen so far, the pixels where the two masks disagree about it,
+    divided by its mean area per mask (over the masks this sender saw), averaged over the
+    classes: the share of each class's usual area that keeping the held mask gets wrong,
+    weighted as a mean IoU over the whole stream weighs them (a 50-pixel class that moved
+    counts as much as a road that did)."""
+
+    def __init__(self, coding: str | MaskCoding = DEFAULT_MASK_CODING) -> None:
+        self.coding = mask_coding(coding) if isinstance(coding, str) else coding
+        self._held: np.ndarray | None = None
+        self._kept = 0
+        self._areas = np.zeros(256, np.int64)  # each class's pixels over the masks seen
+        self._masks = 0
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._held = None
+
+    def encode(self, class_ids: np.ndarray) -> bytes:
+        return self.encode_and_decoded(class_ids)[0]
+
+    def encode_and_decoded(self, class_ids: np.ndarray) -> tuple[bytes, np.ndarray | None]:
+        """The wire bytes and the mask the robot decodes from them (None for a keep: the
+        robot goes on with the mask it holds)."""
+        coding = self.coding
+        if not coding.gated:
+            return encode_mask_and_decoded(class_ids, coding)
+        if (
+            not isinstance(class_ids, np.ndarray)
+            or class_ids.ndim != 2
+            or class_ids.dtype != np.uint8
+        ):
+            raise ValueError("a mask must be a 2-D uint8 array of class ids")
+        with self._lock:
+            return self._gated(class_ids, coding)
+
+    def _gated(self, class_ids: np.ndarray, coding: MaskCoding) -> tuple[bytes, np.ndarray | None]:
+        self._areas += np.bincount(class_ids.reshape(-1), minlength=256)
+        self._masks += 1
+        held = self._held
+        if (
+            held is not None
+            and self._kept < coding.max_kept
+            and class_ids.shape == held.shape
+            and self.change(class_ids, held) < coding.keep_below_change
+        ):
+            self._kept += 1
+            return encode_keep(held.shape[1], held.shape[0]), None
+        data, decoded = encode_mask_and_decoded(class_ids, coding)
+        self._held, self._kept = decoded, 0
+        return data, decoded
+
+    def change(self, new: np.ndarray, held: np.ndarray) -> float:
+        """How far `held` is from `new` (see the class docstring; 0: equal)."""
+        pairs = new.reshape(-1).astype(np.int32) * 256 + held.reshape(-1)
+        confusion = np.bincount(pairs, minlength=65536).reshape(256, 256)
+        wrong = confusion.sum(0) + confusion.sum(1) - 2 * np.diag(confusion)
+        mean_area = self._areas / max(self._masks, 1)
+        seen = mean_area > 0
+        return float((wrong[seen] / mean_area[seen]).mean())
+
+
 def reduced_size(width: int, height: int, reduction: int) -> tuple[int, int]:
     """(width, height) of a mask sent at 1/reduction of each side (rounded up)."""
     if reduction < 1:
@@ -201,6 +304,32 @@ def mask_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
+def is_keep(data: bytes) -> bool:
+    """Whether these bytes are a keep message (version 2, mode 3): no mask, "keep carrying
+    the one you hold". Only the header is looked at: decode_mask_or_keep checks the rest."""
+    return len(data) >= 2 and data[0] == MASK_WIRE_VERSION and data[1] == MODE_KEEP
+
+
+def decode_mask_or_keep(
+    data: bytes, *, max_pixels: int, guide: np.ndarray | None = None
+) -> np.ndarray | None:
+    """decode_mask, except that a well-formed keep message gives None (what the robot reads:
+    every coding, keeps included)."""
+    data = bytes(data)
+    if is_keep(data):
+        width, height = mask_size(data)
+        if width * height > max_pixels:
+            raise MaskWireError(f"a {width}x{height} mask is larger than {max_pixels} pixels")
+        body, (checksum,) = data[: -_CRC.size], _CRC.unpack(data[-_CRC.size :])
+        if zlib.crc32(body) != checksum:
+            raise MaskWireError("checksum mismatch: the mask was damaged or truncated")
+        _, _, _, _, coded_width, coded_height, flags = _HEADER_V2.unpack_from(body)
+        if len(body) != _HEADER_V2.size or (coded_width, coded_height, flags) != (0, 0, 0):
+            raise MaskWireError("a keep message carries nothing but its header")
+        return None
+    return decode_mask(data, max_pixels=max_pixels, guide=guide)
+
+
 def decode_mask(data: bytes, *, max_pixels: int, guide: np.ndarray | None = None) -> np.ndarray:
     """Inverse of encode_mask (any coding; reduced masks come back upsampled to their full
     size); MaskWireError on anything malformed or larger than max_pixels (the receiver's
@@ -228,6 +357,8 @@ def decode_mask(data: bytes, *, max_pixels: int, guide: np.ndarray | None = None
 
 def _decode_context(body: bytes, width: int, height: int, guide: np.ndarray | None):
     _, mode, _, _, coded_width, coded_height, _ = _HEADER_V2.unpack_from(body)
+    if mode == MODE_KEEP:
+        raise MaskWireError("a keep message carries no mask (decode_mask_or_keep reads it)")
     if mode not in (MODE_CONTEXT, MODE_REDUCED):
         raise MaskWireError(f"mask coding mode {mode} is unknown to this decoder")
     if mode == MODE_CONTEXT and (coded_width, coded_height) != (width, height):

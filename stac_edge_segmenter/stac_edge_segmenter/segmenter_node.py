@@ -34,8 +34,7 @@ from stac_codec.h264_decoder import DecodeResult, DecodeStatus
 from stac_codec.mask_wire import (
     DEFAULT_MASK_CODING,
     MASK_CODINGS,
-    MaskCoding,
-    encode_mask,
+    MaskSender,
     mask_coding,
 )
 from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
@@ -78,7 +77,8 @@ ENDPOINTS = {
     "mask": "Class id per pixel (mono8), header = the camera frame's.",
     "overlay": "Mask colours over the decoded frame (rgb8), for viewers (publish_overlay).",
     "mask_feedback": "The same mask for the robot in the stac_codec.mask_wire form mask_coding "
-    "picks (about 1 kB at 960x540), which the robot warps to every camera frame.",
+    "picks (about 1 kB at 960x540), which the robot warps to every camera frame; with "
+    "near_lossless_gated a 15-byte keep instead where the mask barely changed.",
     "request_keyframe": "Client: asks the robot for a keyframe after a loss or on joining; "
     "remap to the encoder's ~/request_keyframe.",
     "video": "Every access unit the edge decoded, unchanged, as Foxglove's CompressedVideo "
@@ -102,8 +102,10 @@ PARAMETERS = (
         DEFAULT_MASK_CODING,
         "How masks travel back to the robot (stac_codec.mask_wire; bytes and accuracy of each: "
         "docs/masks.md): near_lossless (boundaries between large classes may move 1 px, small "
-        "classes exact), lossless, reduced (half resolution, upsampled by the robot) or "
-        "rle_deflate (the earlier run-length form).",
+        "classes exact), near_lossless_gated (the same, but a keep message instead of a mask "
+        "that barely changed since the last one sent: fewer bits, staler robot masks), "
+        "lossless, reduced (half resolution, upsampled by the robot) or rle_deflate (the "
+        "earlier run-length form).",
         choices=tuple(MASK_CODINGS),
     ),
     ParameterSpec(
@@ -155,7 +157,7 @@ class SegmenterNode(Node):
         super().__init__("stac_segmenter", **node_options)
         self.params = declare_parameters(self, PARAMETERS)
         self.model = load_model_from(self.params) if model is None else model
-        self._mask_coding = mask_coding(self.params["mask_coding"])
+        self._mask_sender = MaskSender(mask_coding(self.params["mask_coding"]))
         # In the edge container the container's worker runs the forward, on its own engine.
         self.engine = None
         if worker is None:
@@ -277,7 +279,7 @@ class SegmenterNode(Node):
         self._mask_publisher.publish(numpy_to_image(class_ids, "mono8", frame.header))
         if self.params["publish_mask_feedback"]:
             feedback = mask_feedback_message(
-                class_ids, frame, self.model.num_classes, self._mask_coding
+                class_ids, frame, self.model.num_classes, self._mask_sender
             )
             self._feedback_publisher.publish(feedback)
             self.statistics.add_mask_feedback(time.monotonic(), serialized_size_bytes(feedback))
@@ -301,6 +303,7 @@ class SegmenterNode(Node):
         """Ask the robot for an IDR picture; fire and forget (the answer is the keyframe). One
         that cannot go out yet (an edge that just joined, before DDS matched the robot's
         service) is not counted and does not hold the next one back."""
+        self._mask_sender.reset()  # a robot that lost frames may have lost a mask: send one
         if not self._keyframe_client.service_is_ready():
             with self._resync_lock:
                 self._resync.request_not_sent()
@@ -320,9 +323,11 @@ class SegmenterNode(Node):
 
 
 def mask_feedback_message(
-    class_ids, frame: DecodedFrame, num_classes: int, coding: MaskCoding
+    class_ids, frame: DecodedFrame, num_classes: int, sender: MaskSender
 ) -> SegmentationMask:
-    """The SegmentationMask of a frame's class ids, as it goes back to the robot."""
+    """The SegmentationMask of a frame's class ids, as it goes back to the robot (the mask in
+    the sender's coding, or a keep where a gated coding holds it back)."""
+    coding = sender.coding
     msg = SegmentationMask(
         header=frame.header,
         source_frame_seq=frame.frame_seq,
@@ -331,7 +336,7 @@ def mask_feedback_message(
         encoding=coding.encoding,
         num_classes=int(num_classes),
     )
-    msg.data = to_uint8_field(encode_mask(class_ids, coding))
+    msg.data = to_uint8_field(sender.encode(class_ids))
     return msg
 
 

@@ -29,7 +29,7 @@ from stac_codec.h264_encoder import PRESETS, REFRESH_MODES, EncoderConfig
 from stac_codec.mask_wire import (
     ENCODING_BY_VERSION,
     MaskWireError,
-    decode_mask,
+    decode_mask_or_keep,
     encoding_of,
     mask_size,
 )
@@ -468,7 +468,11 @@ class EncoderNode(Node):
                     f"header says {msg.width}x{msg.height}, the data declares "
                     f"{declared[0]}x{declared[1]}"
                 )
-            class_ids = decode_mask(data, max_pixels=frame_size[0] * frame_size[1])
+            class_ids = decode_mask_or_keep(data, max_pixels=frame_size[0] * frame_size[1])
+            if class_ids is None:  # a keep (counted as received): the mask held goes on
+                self.loop.mask_kept(msg.source_frame_seq)
+                self.statistics.count("masks_received")
+                return
             adopted = self.loop.submit_mask(class_ids, msg.source_frame_seq)
         except (MaskWireError, ImageConversionError) as error:
             self._refuse_mask("mask/damaged", f"mask refused: {error}")

@@ -160,6 +160,13 @@ class RobotLoop:
             return False
         return self._masks.set_mask(class_ids, source)
 
+    def mask_kept(self, source_frame_seq: int) -> None:
+        """The edge's keep for encoded frame `source_frame_seq` (a gated mask coding: its
+        mask agrees with the last one it sent): the mask held goes on being carried; in
+        keyframe mode it tells the robot that the edge is free, as a mask would."""
+        if self._keyframes is not None:
+            self._keyframes.answered(source_frame_seq)
+
     def request_keyframe(self) -> None:
         """The edge asks for an IDR picture (after a loss, or on joining)."""
         self._idr_requested = True

@@ -49,7 +49,9 @@ from stac_codec import _mask_coder
 from stac_codec.mask_wire import (
     MASK_CODINGS,
     MaskCoding,
+    MaskSender,
     decode_mask,
+    decode_mask_or_keep,
     encode_mask,
     movable_classes,
 )
@@ -64,7 +66,8 @@ from stac_training.camvid import read_image_rgb
 BASELINE = "rle_deflate"
 
 
-LATE_CODERS = ("lossless", "near_lossless", "reduced")
+LATE_CODERS = ("lossless", "near_lossless", "reduced", "near_lossless_gated")
+GATED = "near_lossless_gated"  # a keep instead of a mask that agrees with the last one sent
 SEND_EVERY_NTH = (2, 3)  # late_masks: near_lossless masks, only every n-th one sent
 
 
@@ -94,6 +97,7 @@ class Tally:
     encode_ms: list[float] = field(default_factory=list)
     decode_ms: list[float] = field(default_factory=list)
     exact: bool = True
+    kept: int = 0  # keeps sent instead of masks (near_lossless_gated)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -167,7 +171,8 @@ def measure(masks: Iterator[Masked], num_classes: int, late: LateMasks | None = 
             tally.sizes.append(len(data))
             tally.exact &= bool(np.array_equal(decoded, masked.class_ids))
             confusions[coder.name].update(masked.class_ids, decoded)
-            decoded_by_coder[coder.name] = decoded
+            tally.kept += bool(state.get("kept"))
+            decoded_by_coder[coder.name] = None if state.get("kept") else decoded
         if late is not None:
             late.segmented(masked.index, masked.class_ids, decoded_by_coder)
     if count == 0:
@@ -185,6 +190,8 @@ def measure(masks: Iterator[Masked], num_classes: int, late: LateMasks | None = 
             "decode_ms": round(statistics.median(tally.decode_ms), 3),
             "lossless": tally.exact,
         }
+        if coder.name == GATED:
+            table[coder.name]["kept_share"] = round(tally.kept / count, 4)
     section = {
         "coders": table,
         "masks": count,
@@ -227,7 +234,7 @@ class LateMasks:
         if late is not None:
             ordinal, masks = late
             for name, (coding, every) in self.sent_every.items():
-                if ordinal % every == 0:
+                if ordinal % every == 0 and masks[coding] is not None:  # None: a keep
                     self.propagators[name].set_mask(masks[coding], source)
                 self.confusions[name].update(class_ids, self.propagators[name].current().class_ids)
         self.held[index] = (self.segmented_count, {name: decoded[name] for name in LATE_CODERS})
@@ -253,6 +260,14 @@ def all_coders() -> list[Coder]:
         *(
             Coder(name, f"mask_coding {name} (wire v2)", *_wire(MASK_CODINGS[name]))
             for name in ("lossless", "near_lossless", "reduced")
+        ),
+        Coder(
+            GATED,
+            "mask_coding near_lossless_gated (wire v2): a keep (15 B) instead of a mask that "
+            "agrees with the last one sent; bytes per segmented frame, agreement of the mask "
+            "the robot then holds (not moved: late_masks has it carried by the robot's flow)",
+            _gated_encode,
+            _gated_decode,
         ),
         Coder("near_lossless_2", "not a wire mode: tolerance 2 px", *_wire(near_2)),
         Coder(
@@ -291,6 +306,22 @@ def _wire(coding: MaskCoding):
         return decode_mask(data, max_pixels=masked.class_ids.size)
 
     return encode, decode
+
+
+def _gated_encode(masked: Masked, state: dict) -> bytes:
+    if "sender" not in state:
+        state["sender"] = MaskSender(MASK_CODINGS[GATED])
+    return state["sender"].encode(masked.class_ids)
+
+
+def _gated_decode(data: bytes, masked: Masked, state: dict) -> np.ndarray:
+    decoded = decode_mask_or_keep(data, max_pixels=masked.class_ids.size)
+    state["kept"] = decoded is None
+    if decoded is not None:
+        state["held"] = decoded
+    if "held" not in state:
+        raise RuntimeError("a keep before any mask")
+    return state["held"]
 
 
 def _png_encode(masked: Masked, state: dict) -> bytes:

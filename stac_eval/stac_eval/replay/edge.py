@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stac_codec.mask_wire import DEFAULT_MASK_CODING, MaskSender
 from stac_edge_segmenter.edge_decoding import EncodedStreamDecoder
 from stac_edge_segmenter.resync import ResyncTracker
 from stac_eval.baselines import two_level_allocation
@@ -156,6 +157,7 @@ class Edge:
         self.on_decoded = on_decoded
         self.decoder = EncodedStreamDecoder() if method.transport == "h264" else None
         self.resync = ResyncTracker(keyframe_request_interval_s)
+        self.mask_sender = MaskSender(DEFAULT_MASK_CODING)  # the segmenter's, for this robot
         self._pending: _Job | None = None  # the newest decoded frame the worker has not taken
         self._busy = False
         self._map: _MapPass | None = None
@@ -175,6 +177,7 @@ class Edge:
             self.resync.on_frame(decoded)
             if self.resync.should_request(decoded, now_s):
                 self.counters["keyframe_requests"] += 1
+                self.mask_sender.reset()  # as the segmenter does: the next mask goes in full
                 outgoing.append(Outgoing("request", now_s, unit.index, keyframe_request_bytes()))
             if not decoded.ok:
                 self.counters["undecodable"] += 1
@@ -253,6 +256,6 @@ class Edge:
         class_ids = self.masks.get(job.index)
         self.masks.release(lambda index: index > job.index)
         self.events.push(done_s, DONE, priority=0)
-        size_bytes, received = sent_mask(class_ids)
+        size_bytes, received = sent_mask(class_ids, sender=self.mask_sender)
         payload = (received, job.frame_seq, job.image)
         return [Outgoing("mask", done_s, job.index, size_bytes, payload)]

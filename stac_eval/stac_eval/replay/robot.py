@@ -175,8 +175,11 @@ class H264Robot:
         except ValueError:  # MapRejectedError or the encoder's own checks
             return None
 
-    def receive_mask(self, class_ids: np.ndarray, frame_seq: int) -> None:
-        """The SegmentationMask subscription."""
+    def receive_mask(self, class_ids: np.ndarray | None, frame_seq: int) -> None:
+        """The SegmentationMask subscription (None: a keep, the mask held goes on)."""
+        if class_ids is None:
+            self.loop.mask_kept(frame_seq)
+            return
         self.loop.submit_mask(class_ids, frame_seq)
         index = self._index_of_seq.get(frame_seq)
         if index is not None:
@@ -232,7 +235,9 @@ class JpegRobot:
     def receive_map(self, *args) -> MapVerdict | None:
         raise TypeError("JPEG takes no QP map")
 
-    def receive_mask(self, class_ids: np.ndarray, frame_seq: int) -> None:
+    def receive_mask(self, class_ids: np.ndarray | None, frame_seq: int) -> None:
+        if class_ids is None:  # a keep: the mask held goes on
+            return
         self.masks.set_mask(class_ids, frame_seq)
         self.held.submit(class_ids, frame_seq - 1)
 

@@ -367,7 +367,7 @@ class PointReplay:
             sent, _, _, image = message.payload
             heatmap = qp_heatmap(image, sent.level_map.offsets_qp, self.computer.max_offset_qp)
             self.recording.heatmaps.append((arrival_s, stamp_s, _jpeg_rgb(heatmap)))
-        elif message.kind == "mask":
+        elif message.kind == "mask" and message.payload[0] is not None:  # not a keep
             class_ids, _, image = message.payload
             self.recording.mask_png[message.index] = encode_mask(class_ids)
             overlay = mask_overlay(image, class_ids, self.model.palette)

@@ -21,6 +21,7 @@ import numpy as np
 from stac_codec.mask_wire import (
     DEFAULT_MASK_CODING,
     ENCODING_NAME,
+    MaskSender,
     encode_mask_and_decoded,
     mask_coding,
 )
@@ -101,11 +102,20 @@ def segmentation_mask_bytes(
 
 
 def sent_mask(
-    class_ids: np.ndarray, coding: str = DEFAULT_MASK_CODING, frame_id: str = FRAME_ID
-) -> tuple[int, np.ndarray]:
+    class_ids: np.ndarray,
+    coding: str = DEFAULT_MASK_CODING,
+    frame_id: str = FRAME_ID,
+    sender: MaskSender | None = None,
+) -> tuple[int, np.ndarray | None]:
     """What sending `class_ids` (HxW uint8) back to the robot costs, the SegmentationMask
     message with the mask in `coding` (stac_codec.mask_wire), and the mask the robot decodes
-    from it (the same mask unless the coding is lossy)."""
-    chosen = mask_coding(coding)
-    data, decoded = encode_mask_and_decoded(class_ids, chosen)
+    from it (the same mask unless the coding is lossy). With `sender` (the edge's state for
+    one robot, as the segmenter holds it) its coding is used instead, and a gated coding may
+    send a keep: the robot then gets None (it goes on with the mask it holds)."""
+    if sender is None:
+        chosen = mask_coding(coding)
+        data, decoded = encode_mask_and_decoded(class_ids, chosen)
+    else:
+        chosen = sender.coding
+        data, decoded = sender.encode_and_decoded(class_ids)
     return segmentation_mask_bytes(len(data), frame_id, chosen.encoding), decoded
