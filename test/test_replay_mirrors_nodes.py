@@ -6,7 +6,8 @@ from __future__ import annotations
 from stac_encoder.encoder_node import PARAMETERS as ENCODER_PARAMETERS
 from stac_encoder.robot_loop import RobotLoopConfig
 from stac_eval.replay.cli import build_parser
-from stac_eval.replay.simulation import ReplaySettings
+from stac_eval.replay.robot import robot_aq_strength
+from stac_eval.replay.simulation import METHODS, ReplaySettings
 from stac_sensitivity.sensitivity_node import PARAMETERS as SENSITIVITY_PARAMETERS
 
 
@@ -33,6 +34,9 @@ def test_replay_defaults_are_the_nodes_defaults():
     assert settings.max_compute_share == sensitivity["max_compute_share"]
     assert settings.hysteresis_levels == sensitivity["hysteresis_levels"]
     assert args.map_aq_strength == settings.map_aq_strength == sensitivity["map_aq_strength"]
+    # a map method's robot starts at the strength its maps ask for, as the node does
+    assert robot_aq_strength(METHODS["stac"], settings) == encoder["aq_strength"]
+    assert robot_aq_strength(METHODS["stac_keyframe"], settings) == encoder["aq_strength"]
     assert settings.key_map_interval == sensitivity["key_map_interval"]
     assert settings.keyframes.stale_psnr_db == encoder["stale_psnr_db"]
     assert settings.keyframes.cut_explained == encoder["cut_explained"]

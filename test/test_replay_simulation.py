@@ -315,13 +315,13 @@ def test_map_aq_strength_puts_every_map_method_on_x264s_aq_from_the_first_frame(
     # the 100-ms segmenter is never idle in this 1.2-s clip: the map worker at an equal share
     # (nice 0) so that maps come back in it (at the default nice 10 a pass takes ~2 s)
     maps = {"min_map_interval_s": 0.2, "map_worker_nice": 0}
-    # the calibration's strength reaches the robot with the first map: a re-opened encoder
-    asked = simulate(clip, "stac", computer=AQComputer(), **maps)
+    # at 0 the calibration's strength reaches the robot with the first map: a re-opened encoder
+    asked = simulate(clip, "stac", computer=AQComputer(), map_aq_strength=0.0, **maps)
     assert asked.counters["maps_applied"] >= 1 and asked.idr.sum() == 2
     # the setting starts every map method's robot at it, and its maps ask for the same
     for method in ("stac", "two_level"):
         on_aq = simulate(clip, method, map_aq_strength=1.0, **maps)
-        map_only = simulate(clip, method, **maps)
+        map_only = simulate(clip, method, map_aq_strength=0.0, **maps)
         assert on_aq.counters["maps_applied"] >= 1 and on_aq.idr.sum() == 1
         assert not np.array_equal(on_aq.uplink_bytes, map_only.uplink_bytes)
     # methods without maps keep their own strength

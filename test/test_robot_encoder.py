@@ -271,5 +271,12 @@ def test_the_nodes_refresh_and_mbtree_parameters_reach_the_encoder():
     params = {spec.name: spec.default for spec in PARAMETERS}
     config = encoder_config_from({**params, "refresh": "intra_refresh", "mbtree": True}).encoder
     assert (config.refresh, config.mbtree) == ("intra_refresh", True)
+    # auto (the default): intra refresh only when the node starts holding a bitrate target
+    assert params["refresh"] == "auto"
+    assert encoder_config_from(params).encoder.refresh == "idr"
+    held = encoder_config_from({**params, "target_kbps": 500.0}).encoder
+    assert held.refresh == "intra_refresh"
+    abr = encoder_config_from({**params, "rate_control": "bitrate"}).encoder
+    assert abr.refresh == "intra_refresh"
     with pytest.raises(ValueError, match="mbtree needs refresh"):
         encoder_config_from({**params, "refresh": "idr", "mbtree": True})

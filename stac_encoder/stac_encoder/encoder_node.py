@@ -25,7 +25,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
-from stac_codec.h264_encoder import PRESETS, REFRESH_MODES, EncoderConfig
+from stac_codec.h264_encoder import PRESETS, EncoderConfig
 from stac_codec.mask_wire import (
     ENCODING_BY_VERSION,
     MaskWireError,
@@ -37,7 +37,7 @@ from stac_encoder.frame_flow import DIS_PRESETS, FlowConfig
 from stac_encoder.keyframes import KeyframeConfig
 from stac_encoder.mask_warp import mask_overlay
 from stac_encoder.qp_map_receiver import MapRejectedError, QPMapReceiver, ReceivedMapFields
-from stac_encoder.rate_control import RateControlConfig
+from stac_encoder.rate_control import REFRESH_CHOICES, RateControlConfig, resolve_refresh
 from stac_encoder.robot_encoder import (
     STALE_MAPS_BEFORE_RESYNC,
     MapVerdict,
@@ -120,11 +120,12 @@ PARAMETERS = (
     ),
     ParameterSpec(
         "refresh",
-        EncoderConfig.refresh,
+        "auto",
         "What happens every gop_frames: idr (an IDR picture), intra_refresh (a column of intra "
-        "macroblocks sweeps the picture, no rate spike) or none; a keyframe request is always "
-        "answered with an IDR picture.",
-        choices=REFRESH_MODES,
+        "macroblocks sweeps the picture, no rate spike) or none; auto: intra_refresh when the "
+        "node starts with a bitrate target (target_kbps > 0 or rate_control bitrate), else idr. "
+        "A keyframe request is always answered with an IDR picture.",
+        choices=REFRESH_CHOICES,
     ),
     ParameterSpec(
         "mbtree",
@@ -134,8 +135,9 @@ PARAMETERS = (
     ParameterSpec("threads", 1, "x264 threads (sliced).", 1, 64),
     ParameterSpec(
         "aq_strength",
-        0.001,
-        "x264 variance-AQ strength (> 0; 0.001 = the QP map alone redistributes bits).",
+        0.5,
+        "x264 variance-AQ strength before the first QP map (a map names its own, the edge's "
+        "map_aq_strength; 0.001 = the QP map alone redistributes bits).",
         0.001,
         3.0,
     ),
@@ -274,7 +276,10 @@ def encoder_config_from(params: dict) -> RobotEncoderConfig:
             fps=params["fps"],
             preset=params["preset"],
             gop_frames=params["gop_frames"],
-            refresh=params["refresh"],
+            refresh=resolve_refresh(
+                params["refresh"],
+                params["target_kbps"] > 0 or params["rate_control"] == "bitrate",
+            ),
             mbtree=params["mbtree"],
             threads=params["threads"],
             aq_strength=params["aq_strength"],

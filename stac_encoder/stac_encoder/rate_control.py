@@ -37,6 +37,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from stac_codec.h264_encoder import REFRESH_MODES
+
+# The encoder node's refresh choices: EncoderConfig's, and "auto" (resolve_refresh).
+REFRESH_CHOICES = ("auto", *REFRESH_MODES)
+
+
+def resolve_refresh(refresh: str, holds_bitrate_target: bool) -> str:
+    """EncoderConfig.refresh for the node's `refresh`: "auto" is x264's periodic intra refresh
+    while a bitrate target is held (a periodic IDR picture takes several frames' share of the
+    target at once, and the 2-s windows around it miss by that) and an IDR picture every
+    gop_frames otherwise (intra refresh costs every method 14-39 % more bits at equal decoded
+    mIoU on the dev clips: docs/benchmarks.md); other values pass through."""
+    if refresh not in REFRESH_CHOICES:
+        raise ValueError(f"refresh must be one of {REFRESH_CHOICES}, got {refresh!r}")
+    if refresh != "auto":
+        return refresh
+    return "intra_refresh" if holds_bitrate_target else "idr"
+
 
 @dataclass(frozen=True)
 class RateControlConfig:

@@ -18,6 +18,7 @@ from stac_edge_segmenter.edge_decoding import EncodedStreamDecoder
 from stac_edge_segmenter.metrics import mask_confusion as confusion
 from stac_edge_segmenter.metrics import mean_iou as miou
 from stac_encoder.frame_flow import FlowConfig
+from stac_encoder.rate_control import resolve_refresh
 from stac_encoder.robot_encoder import QPMapUpdate, RobotEncoder, RobotEncoderConfig
 from stac_encoder.robot_loop import STAGES, RobotLoop, RobotLoopConfig
 from stac_eval.bd_rate import NoOverlapError, bd_rate_pct
@@ -100,7 +101,7 @@ def _encoder(context, crf: float, warp: bool, aq_strength: float = MAP_ONLY_AQ_S
                 fps=context.fps,
                 preset=settings.preset,
                 gop_frames=settings.gop_frames,
-                refresh=settings.refresh,
+                refresh=resolve_refresh(settings.refresh, False),
                 mbtree=settings.mbtree,
                 threads=1,
                 aq_strength=aq_strength,

@@ -79,7 +79,7 @@ PARAMETERS = (
     ),
     ParameterSpec(
         "map_aq_strength",
-        0.0,
+        0.5,
         "x264 AQ strength every map asks the robot to encode with (0 = the calibration's; "
         "1.0 = the map's offsets on top of x264's variance AQ).",
         0.0,

@@ -127,9 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gop", type=int, default=50, help="H.264 refresh period, frames")
     run.add_argument(
         "--refresh",
-        choices=("idr", "intra_refresh", "none"),
-        default="idr",
-        help="what happens every --gop frames (EncoderConfig.refresh)",
+        choices=("auto", "idr", "intra_refresh", "none"),
+        default="auto",
+        help="what happens every --gop frames (the encoder node's refresh; auto: intra refresh "
+        "under a bitrate target, else IDR)",
     )
     run.add_argument(
         "--mbtree",
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--map-aq-strength",
         type=float,
-        default=0.0,
+        default=0.5,
         help="x264 AQ strength the maps ask for (0: the calibration's; 1.0: map on top of AQ)",
     )
     run.add_argument("--preset", default="veryfast", help="x264 preset")

@@ -26,7 +26,7 @@ from stac_encoder.frame_flow import FrameFlow
 from stac_encoder.keyframes import SceneCuts
 from stac_encoder.mask_warp import MaskPropagator, PropagatedMask
 from stac_encoder.qp_map_receiver import QPMapReceiver, ReceivedMapFields
-from stac_encoder.rate_control import RateControlConfig
+from stac_encoder.rate_control import RateControlConfig, resolve_refresh
 from stac_encoder.robot_encoder import MapVerdict, QPMapUpdate, RobotEncoderConfig
 from stac_encoder.robot_loop import RobotLoop, RobotLoopConfig
 from stac_eval.baselines import jpeg_round_trip
@@ -105,7 +105,7 @@ class H264Robot:
             fps=settings.fps,
             preset=settings.preset,
             gop_frames=settings.gop_frames,
-            refresh=settings.refresh,
+            refresh=resolve_refresh(settings.refresh, bool(settings.target_steps)),
             mbtree=settings.mbtree,
             threads=1,  # deterministic bitstreams
             aq_strength=robot_aq_strength(method, settings),

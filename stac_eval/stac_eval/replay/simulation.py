@@ -113,7 +113,7 @@ class ReplaySettings:
 
     fps: float
     gop_frames: int = 50
-    refresh: str = "idr"  # the encoder node's refresh and mbtree (EncoderConfig)
+    refresh: str = "auto"  # the encoder node's refresh (resolve_refresh) and mbtree
     mbtree: bool = False
     preset: str = "veryfast"
     period_frames: int = 5
@@ -139,7 +139,7 @@ class ReplaySettings:
     # two_level, stac_keyframe; the sensitivity node's map_aq_strength): 0 = the
     # calibration's; 1.0 = the map's offsets on top of x264's variance AQ. A map method's
     # robot also starts at it (its encoder's aq_strength), so no re-open at the first map.
-    map_aq_strength: float = 0.0
+    map_aq_strength: float = 0.5
     # EncoderConfig / RobotEncoderConfig fields set for every H.264 method alike, e.g.
     # (("refresh", "none"),): settings tried against the codec's defaults
     encoder_options: tuple[tuple[str, object], ...] = ()
