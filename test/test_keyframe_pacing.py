@@ -236,3 +236,27 @@ def test_the_pipeline_costs_little_where_it_cannot_win(service):
 def test_without_the_pipeline_at_most_two_are_unanswered():
     for service in (0.0073, 0.038, 0.124):
         assert play_slot(False, service, 0.023, 0.021).most_unanswered <= 2
+
+
+def test_a_long_first_round_trip_does_not_hold_the_pipeline_back():
+    """The first keyframe (an IDR, several times a P-frame's size) takes a frame longer: once
+    a shorter round trip is seen, the pace is no slower than send-ahead's."""
+    pacer = EdgePacer(True, timeout_s=2.0, pipeline=True)
+    frame_s = 1.0 / FPS
+    pacer.frame(0.0)
+    pacer.sent(1, 0.0)
+    for index in (1, 2):
+        pacer.frame(index * frame_s)
+    pacer.answered(1)
+    pacer.frame(3 * frame_s)  # three frames for the IDR
+    assert pacer.free(3 * frame_s)
+    pacer.sent(2, 3 * frame_s)
+    pacer.frame(4 * frame_s)
+    assert not pacer.free(4 * frame_s) and pacer.interval_frames == 2  # every second frame
+    pacer.answered(2)
+    pacer.frame(5 * frame_s)  # two frames for a P-frame: send-ahead's pace is every frame
+    assert pacer.free(5 * frame_s)
+    pacer.sent(3, 5 * frame_s)
+    pacer.frame(6 * frame_s)
+    # the next one before the answer: the edge is that fast
+    assert pacer.free(6 * frame_s) and pacer.interval_frames == 1

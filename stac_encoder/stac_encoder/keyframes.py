@@ -190,6 +190,7 @@ class EdgePacer:
         self.pipeline = pipeline
         self._interval_frames: int | None = None  # the pipeline's pace, camera frames
         self._kept_pace = 0  # answers in a row that kept the pace without waiting
+        self._edge_slower = False  # the gaps once set the pace (slower than send-ahead's)
         self._last_sent_s: float | None = None
         self._pace_since_s: float | None = None  # keyframes sent since then teach it
         self._unanswered: list[tuple[int, float, bool]] = []  # frame_seq, sent at, behind
@@ -262,6 +263,7 @@ class EdgePacer:
             gap_frames = round(gap_s / self._frame_interval_s)
             if gap_frames > self._interval_frames:
                 self._set_pace(gap_frames)
+                self._edge_slower = True
                 return
         self._kept_pace += 1
         if self._kept_pace >= self.PROBE_AFTER and self._interval_frames > 1:
@@ -278,8 +280,12 @@ class EdgePacer:
         that pace, plus one (the edge's one-frame slot)."""
         frame_s = self._frame_interval_s
         round_trip_s = min(self._round_trips_s)
+        ahead = max(1, round((round_trip_s - frame_s) / frame_s))  # send-ahead's own pace
         if self._interval_frames is None:
-            self._set_pace(max(1, round((round_trip_s - frame_s) / frame_s)))
+            self._set_pace(ahead)
+        elif not self._edge_slower and ahead < self._interval_frames:
+            # a shorter round trip than the first (an IDR's): no slower than send-ahead
+            self._interval_frames = ahead
         interval_s = self._interval_frames * frame_s
         most = math.ceil(round_trip_s / interval_s - 1e-6) + 1
         if len(self._unanswered) >= most:
