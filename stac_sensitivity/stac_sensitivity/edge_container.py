@@ -63,8 +63,7 @@ from stac_sensitivity.fleet_scheduler import (
     run_batch,
     run_map_pass,
 )
-from stac_sensitivity.map_pacing import MAP_WORKER_NICE
-from stac_sensitivity.sensitivity_node import SensitivityNode
+from stac_sensitivity.sensitivity_node import MAP_WORKER_NICE_PARAMETER, SensitivityNode
 
 ENCODED_TYPE = "stac_msgs/msg/EncodedFrame"
 # max_batch_robots 0: frames per forward by the model's device type. On a CPU a batch saves no
@@ -140,16 +139,7 @@ PARAMETERS = (
         0,
         256,
     ),
-    ParameterSpec(
-        "map_worker_nice",
-        MAP_WORKER_NICE,
-        "The map worker thread's nice value (0-19): segmentation goes first, the sensitivity "
-        "pass takes what the segmenter leaves of the cores (10: about a tenth of a core the "
-        "segmenter keeps busy; 0: an equal share, which slows every forward that overlaps a "
-        "pass by about half: stac-bench keyframe measured the robot's masks older).",
-        0,
-        19,
-    ),
+    MAP_WORKER_NICE_PARAMETER,
     ParameterSpec(
         "batch_timeout_ms",
         20.0,

@@ -52,6 +52,18 @@ ENDPOINTS = {
     "~/compute_now": "Compute a map on the next decoded frame.",
 }
 
+# Declared by the sensitivity node and by the edge container (which runs the map worker).
+MAP_WORKER_NICE_PARAMETER = ParameterSpec(
+    "map_worker_nice",
+    MAP_WORKER_NICE,
+    "The map worker thread's nice value (0-19): segmentation goes first, the sensitivity "
+    "pass takes what the segmenter leaves of the cores (10: about a tenth of a core the "
+    "segmenter keeps busy; 0: an equal share, which slows every forward that overlaps a "
+    "pass by about half: stac-bench keyframe measured the robot's masks older).",
+    0,
+    19,
+)
+
 PARAMETERS = (
     *MODEL_PARAMETERS,
     ParameterSpec(
@@ -105,16 +117,7 @@ PARAMETERS = (
         0.05,
         1.0,
     ),
-    ParameterSpec(
-        "map_worker_nice",
-        MAP_WORKER_NICE,
-        "The map worker thread's nice value (0-19): segmentation goes first, the sensitivity "
-        "pass takes what the segmenter leaves of the cores (10: about a tenth of a core the "
-        "segmenter keeps busy; 0: an equal share, which slows every forward that overlaps a "
-        "pass by about half: stac-bench keyframe measured the robot's masks older).",
-        0,
-        19,
-    ),
+    MAP_WORKER_NICE_PARAMETER,
     ParameterSpec("publish_heatmap", True, "Publish the QP-map heatmap image for rviz."),
     ParameterSpec(
         "encoded_qos",
