@@ -106,6 +106,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_ENGINE,
         help="the edge's inference engine whose forward the measured profile times",
     )
+    parser.add_argument(
+        "--edge-threads",
+        type=int,
+        default=0,
+        help="threads the measured profile times the edge with (default 0: the edge nodes' "
+        "default, the library's: this machine's cores)",
+    )
     parser.add_argument("--rc-seconds", type=float, default=20.0, help="rate-control run length, s")
     parser.add_argument(
         "--rc-target-kbps",

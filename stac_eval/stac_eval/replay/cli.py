@@ -30,7 +30,7 @@ def _csv(kind):
 
 def build_parser() -> argparse.ArgumentParser:
     from stac_edge_segmenter.engines import DEFAULT_ENGINE, ENGINE_NAMES
-    from stac_eval.replay.edge_profile import PROFILES
+    from stac_eval.replay.edge_profile import NODE_THREADS_NOTE, PROFILES
     from stac_eval.replay.runner import (
         DEFAULT_CRFS,
         DEFAULT_JPEG_QUALITIES,
@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_ENGINE,
         help="the edge's inference engine whose forward the measured profile times (default: "
         "the segmenter's)",
+    )
+    run.add_argument(
+        "--edge-threads",
+        type=int,
+        default=0,
+        help="threads the measured profile times the edge's forward and sensitivity pass "
+        f"with, as the edge node runs them (default 0: {NODE_THREADS_NOTE}); recorded in "
+        "the report's edge_profile",
     )
     run.add_argument(
         "--edge-ms",
@@ -156,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--calibration", type=Path, default=None, help="STAC calibration JSON")
     run.add_argument("--device", default="cpu", help="torch device")
     run.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (more thrash on a busy machine)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads of the replay's own model passes (reference masks, decoded "
+        "frames); the edge's timing uses --edge-threads",
     )
     run.add_argument("--batch-size", type=int, default=1, help="frames per DNN batch")
     run.add_argument("--cache-dir", type=Path, default=None, help="default ~/.cache/stac-replay")
@@ -180,7 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--model", type=Path, default=None, help="model YAML (default: shipped)")
     timing.add_argument("--calibration", type=Path, default=None, help="STAC calibration JSON")
     timing.add_argument("--device", default="cpu", help="torch device (cuda for a GPU edge)")
-    timing.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    timing.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help=f"the edge's CPU threads (default 0: {NODE_THREADS_NOTE})",
+    )
     timing.add_argument(
         "--engine", choices=ENGINE_NAMES, default=DEFAULT_ENGINE, help="inference engine"
     )
@@ -227,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.edge_ms and args.edge_profile != "measured":
         raise SystemExit("give --edge-ms or --edge-profile, not both")
+    if args.edge_threads < 0:
+        raise SystemExit(f"--edge-threads {args.edge_threads}: expected >= 0 (0: the node's)")
     report = run(args, command)
     print(Path(args.out / "report.md").read_text())
     del report
@@ -239,16 +258,17 @@ def _edge_timing(args: argparse.Namespace) -> int:
     import torch
 
     from stac_edge_segmenter.loading import load_model
-    from stac_eval.replay.edge_profile import measure_edge
+    from stac_eval.replay.edge_profile import measure_edge, node_default_threads
     from stac_eval.replay.source import open_source
     from stac_sensitivity.online import QPMapComputer
 
-    torch.set_num_threads(args.threads)
+    threads = args.threads or node_default_threads()
+    torch.set_num_threads(threads)
     model = load_model(args.model, device=args.device)
     source = open_source(args.source, args.topic)
     images = [frame.image for frame in source.frames(4)]
     computer = QPMapComputer(model, args.calibration)
-    data = measure_edge(model, computer, images, args.threads, args.engine)
+    data = measure_edge(model, computer, images, threads, args.engine)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(data, indent=2))

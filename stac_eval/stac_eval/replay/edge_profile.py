@@ -6,8 +6,11 @@ only what the edge can take), so the system comparison runs under two edge profi
 - `measured`: the median time of one segmentation forward on the edge's inference engine
   (`--engine`, the segmenter's `engine` parameter) and of one sensitivity pass (forward +
   backward + allocation on torch, QPMapComputer) on the source's first frames, on this
-  machine's device and threads, measured once per model, frame size, device, thread count
-  and engine and cached (the replay is deterministic: a rerun reuses the figure);
+  machine's device, with the edge's threads (`--edge-threads`, default the node's: its
+  `torch_threads` default, 0 = the library's default, which the live edge container gets
+  too), measured once per model, frame size, device, thread count and engine and cached (the
+  replay is deterministic: a rerun reuses the figure); the load average at the measurement
+  is kept with it;
 - `fast`: a datacenter-GPU edge, from published figures for this class of model
   (EfficientNet-B0, the family of the shipped EfficientNet-Lite0 backbone), scaled to the
   model's working resolution; NOT measured here (no GPU was at hand). The constants and their
@@ -20,18 +23,23 @@ only what the edge can take), so the system comparison runs under two edge profi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from stac_edge_segmenter.engines import create_engine
 from stac_edge_segmenter.loading import SegmentationModel
+from stac_edge_segmenter.model_parameters import MODEL_PARAMETERS
 from stac_sensitivity.online import QPMapComputer
 
 TIMING_FORMAT = "stac-replay-edge-timing-v1"
@@ -48,6 +56,36 @@ FAST_INFERENCE_MS_PER_IMAGE_224 = 1e3 / 6496.56
 FAST_TRAIN_OVER_INFERENCE = 6496.56 / 1556.66  # forward + backward against forward alone
 REFERENCE_PIXELS = 224 * 224
 
+# The edge nodes' `torch_threads` default (0: the library's default, which the live edge
+# container also runs with).
+NODE_TORCH_THREADS = next(p.default for p in MODEL_PARAMETERS if p.name == "torch_threads")
+NODE_THREADS_NOTE = (
+    f"the edge nodes' torch_threads default, {NODE_TORCH_THREADS}"
+    if NODE_TORCH_THREADS
+    else "the edge nodes' torch_threads default 0: the library's default, what torch gives a "
+    "fresh process on this machine (its cores)"
+)
+
+
+@functools.cache
+def library_default_threads() -> int:
+    """What torch gives a process that sets no thread count (a fresh interpreter: this one
+    may have set its own)."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return int(result.stdout.strip())
+
+
+def node_default_threads() -> int:
+    """The threads an edge node runs its model with when `torch_threads` is left at its
+    default: that default, or where it is 0 the library's default on this machine."""
+    return NODE_TORCH_THREADS or library_default_threads()
+
 
 @dataclass(frozen=True)
 class EdgeTiming:
@@ -59,6 +97,10 @@ class EdgeTiming:
     map_ms: float
     source: str = "fixed"
     profile: str = "fixed"
+    # a measurement's circumstances (None where the figures were not measured here)
+    threads: int | None = None
+    load_average_1min: float | None = None
+    measured_at: str | None = None
 
     @classmethod
     def parse(cls, spec: str) -> EdgeTiming:
@@ -73,12 +115,32 @@ class EdgeTiming:
         return cls(values[0], values[-1], "fixed", "fixed")
 
     def as_json(self) -> dict:
-        return {
+        data = {
             "profile": self.profile,
             "segment_ms": self.segment_ms,
             "map_ms": self.map_ms,
             "source": self.source,
         }
+        if self.threads is not None:
+            data["threads"] = self.threads
+        if self.load_average_1min is not None:
+            data["load_average_1min"] = self.load_average_1min
+        if self.measured_at is not None:
+            data["measured_at"] = self.measured_at
+        return data
+
+    @classmethod
+    def from_measurement(cls, data: dict, source: str) -> EdgeTiming:
+        """A `measure_edge` result (or a file holding one)."""
+        return cls(
+            float(data["segment_ms"]),
+            float(data["map_ms"]),
+            source,
+            "measured",
+            data.get("threads"),
+            data.get("load_average_1min"),
+            data.get("date"),
+        )
 
 
 def fast_edge_timing(model: SegmentationModel, width: int, height: int) -> EdgeTiming:
@@ -112,7 +174,7 @@ def timing_from_file(path: Path) -> EdgeTiming:
         f"measured on {data.get('device')} ({data.get('engine', 'torch')}), "
         f"{data.get('date')}, file {path}"
     )
-    return EdgeTiming(float(data["segment_ms"]), float(data["map_ms"]), where, "measured")
+    return EdgeTiming.from_measurement(data, where)
 
 
 def measure_edge(
@@ -123,24 +185,33 @@ def measure_edge(
     engine_name: str,
 ) -> dict:
     """Medians of 6 forwards on the engine and 4 sensitivity passes on up to 4 frames, after
-    a warm-up (both return numpy arrays, so a GPU has finished when the clock stops). The
-    engine is built as the segmenter builds it; where it falls back to torch, the figures
-    are torch's and the JSON says so."""
+    a warm-up (both return numpy arrays, so a GPU has finished when the clock stops), both on
+    `threads` threads (torch's count is restored afterwards). The engine is built as the
+    segmenter builds it; where it falls back to torch, the figures are torch's and the JSON
+    says so."""
+    if threads < 1:
+        raise ValueError(f"edge threads must be >= 1, got {threads}")
     height, width = images[0].shape[:2]
-    choice = create_engine(model, engine_name, threads)
-    engine = choice.engine
-    engine.segment_batch(images[0][None])
-    computer.compute(images[0])
-    forwards = []
-    for image in images + images[:2]:
-        started = time.perf_counter()
-        engine.segment_batch(image[None])
-        forwards.append(1e3 * (time.perf_counter() - started))
-    passes = []
-    for image in images:
-        started = time.perf_counter()
-        computer.compute(image)
-        passes.append(1e3 * (time.perf_counter() - started))
+    load = os.getloadavg()[0]
+    caller_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        choice = create_engine(model, engine_name, threads)
+        engine = choice.engine
+        engine.segment_batch(images[0][None])
+        computer.compute(images[0])
+        forwards = []
+        for image in images + images[:2]:
+            started = time.perf_counter()
+            engine.segment_batch(image[None])
+            forwards.append(1e3 * (time.perf_counter() - started))
+        passes = []
+        for image in images:
+            started = time.perf_counter()
+            computer.compute(image)
+            passes.append(1e3 * (time.perf_counter() - started))
+    finally:
+        torch.set_num_threads(caller_threads)
     return {
         "format": TIMING_FORMAT,
         "segment_ms": round(statistics.median(forwards), 1),
@@ -151,7 +222,7 @@ def measure_edge(
         "engine": engine.name,
         "engine_requested": engine_name,
         "engine_fallback_reason": choice.fallback_reason,
-        "load_average_1min": round(os.getloadavg()[0], 2),
+        "load_average_1min": round(load, 2),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -174,12 +245,8 @@ def measured_edge_timing(
     if path.is_file():
         data = json.loads(path.read_text())
         if data.get("format") == TIMING_FORMAT:
-            return EdgeTiming(
-                data["segment_ms"], data["map_ms"], f"measured, cached in {path}", "measured"
-            )
+            return EdgeTiming.from_measurement(data, f"measured, cached in {path}")
     data = measure_edge(model, computer, images, threads, engine_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
-    return EdgeTiming(
-        data["segment_ms"], data["map_ms"], f"measured now, cached in {path}", "measured"
-    )
+    return EdgeTiming.from_measurement(data, f"measured now, cached in {path}")

@@ -34,6 +34,7 @@ from stac_eval.replay.edge_profile import (
     EdgeTiming,
     fast_edge_timing,
     measured_edge_timing,
+    node_default_threads,
     timing_from_file,
 )
 from stac_eval.replay.link import LinkConfig
@@ -123,7 +124,13 @@ def edge_timing(args, model, model_key, computer, source, cache_dir, size) -> Ed
     if args.edge_profile == "measured":
         frames = (frame.image for frame in source.frames(4))
         return measured_edge_timing(
-            cache_dir, model, model_key, computer, frames, args.threads, args.engine
+            cache_dir,
+            model,
+            model_key,
+            computer,
+            frames,
+            args.edge_threads or node_default_threads(),
+            args.engine,
         )
     return timing_from_file(Path(args.edge_profile))
 
