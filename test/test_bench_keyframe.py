@@ -7,7 +7,7 @@ import math
 import pytest
 
 from stac_eval import bench
-from stac_eval.bench_keyframe import PROPAGATION_METHODS, SYSTEM_METHODS
+from stac_eval.bench_keyframe import LATENESS_METHODS, PROPAGATION_METHODS, SYSTEM_METHODS
 
 # the model on every frame (soft masks) and 14 replay points: a minute or two on 2 cores
 pytestmark = pytest.mark.slow
@@ -54,3 +54,30 @@ def test_each_lever_is_switched_off_alone(keyframe_result):
     ahead = points["defaults"]["stac_keyframe"]["frames_sent"]
     waiting = points["send_ahead_off"]["stac_keyframe"]["frames_sent"]
     assert ahead > 1.3 * waiting
+
+
+def test_lateness_splits_capture_to_held_by_stage_on_each_link(data_dir, tmp_path):
+    clip = data_dir / "video" / "solidWhiteRight.mp4"
+    if not clip.is_file():
+        pytest.skip(f"{clip} is not there")
+    out = tmp_path / "lateness.json"
+    links = "rate=10mbit,delay=20ms,loss=0%;rate=10mbit,delay=5ms,loss=0%"
+    argv = [
+        "keyframe", "--video", str(clip), "--max-frames", "14", "--parts", "lateness",
+        "--edge-ms", "7.3/30.47", "--links", links, "--work-dir", str(tmp_path), "--out", str(out),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    rows = json.loads(out.read_text())["lateness"]["links"]
+    assert len(rows) == 2
+    slow, fast = rows.values()
+    for row in (slow, fast):
+        assert set(row) == set(LATENESS_METHODS)
+        for value in row.values():
+            assert 0.0 < value["timely_miou"] <= value["decoded_miou"] <= 1.0
+            assert value["stages_ms"]["forward"]["mean"] == 7.3
+    # 40 ms of round trip alone is one frame at 25 fps: the mask is at least two frames old
+    # when first held; with 10 ms of round trip it can be one
+    assert min(int(age) for age in slow["uniform"]["held_age_frames"]) >= 2
+    assert min(int(age) for age in fast["uniform"]["held_age_frames"]) == 1
+    held_ms = [row["uniform"]["capture_to_held_ms"]["mean"] for row in (fast, slow)]
+    assert held_ms[0] < held_ms[1]

@@ -331,3 +331,29 @@ def test_map_aq_strength_puts_every_map_method_on_x264s_aq_from_the_first_frame(
     )
     with pytest.raises(ValueError, match="map_aq_strength"):
         ReplaySettings(fps=FPS, map_aq_strength=-1.0)
+
+
+def test_lateness_breakdown_adds_up_to_capture_to_held_and_matches_the_robots_mask_age(clip):
+    from stac_eval.replay.analysis import lateness_breakdown
+
+    link = LinkConfig.parse("rate=2mbit,delay=30ms")
+    point = simulate(clip, "uniform", link="rate=2mbit,delay=30ms", timing=(25.0, 25.0))
+    result = lateness_breakdown(point, link, 25.0)
+    stages = result["stages_ms"]
+    assert result["frames_with_mask_back"] == int(np.isfinite(point.mask_arrival_s).sum()) > 0
+    assert stages["uplink_delay"]["mean"] == stages["downlink_delay"]["mean"] == 30.0
+    assert stages["forward"]["mean"] == 25.0
+    # serialisation is each frame's message at 2 Mbit/s
+    back = np.isfinite(point.mask_arrival_s)
+    expected = 1e3 * 8.0 * point.uplink_bytes[back].mean() / 2e6
+    assert stages["uplink_serialisation"]["mean"] == pytest.approx(expected, abs=0.01)
+    assert min(stage["mean"] for stage in stages.values()) >= -1e-6
+    # the stages add up to the time from capture to the mask first held (frames whose mask
+    # is held before the clip ends)
+    total = sum(stage["mean"] for stage in stages.values())
+    assert result["capture_to_held_ms"]["mean"] == pytest.approx(total, abs=0.5)
+    # a 40-ms frame interval and more than 85 ms to come back: masks are at least 3 frames old
+    assert min(result["held_age_frames"]) >= 3
+    ages = point.mask_age[point.mask_age >= 0]
+    assert sum(entry["frames"] for entry in result["timely_by_age"].values()) == len(ages)
+    assert min(result["timely_by_age"]) == ages.min() >= 3

@@ -30,8 +30,14 @@ results and the reasons):
    mIoU, kbit/s both ways, frames sent and the mean mask age. --splice VIDEO2 builds a clip
    with scene cuts first (50-frame segments of --video and VIDEO2 in turn, at --video's size
    and rate) and measures on it.
+3. `lateness`: where the time from a frame's capture to the robot holding its mask goes
+   (`replay.analysis.lateness_breakdown`: uplink serialisation at the link rate, queueing,
+   the link's delays, the edge's wait and forward, the wait for the next camera frame) and
+   the timely mIoU by the held mask's age, for `uniform` streaming and `stac_keyframe` at
+   99 dB at --crf, with decoded mIoU beside (timely / decoded is issue 16's last target), on
+   each of --links (the replay's link, and links whose round trip fits in fewer frames).
 
-Points of `system` are cached under --work-dir like stac-bench temporal's.
+Points of `system` and `lateness` are cached under --work-dir like stac-bench temporal's.
 """
 
 from __future__ import annotations
@@ -54,6 +60,11 @@ PROPAGATION_METHODS = (
     "fb_check",
 )
 SYSTEM_METHODS = ("stac_keyframe", "uniform_keyframe", "uniform")
+LATENESS_METHODS = ("uniform", "stac_keyframe")
+LATENESS_LINKS = (
+    "rate=10mbit,delay=20ms,loss=0%,queue=30",  # stac-replay run's default
+    "rate=10mbit,delay=5ms,loss=0%,queue=30",  # a round trip inside one frame at 25 fps
+)
 KEYFRAME_ONLY = ("send_ahead_off", "pipeline_off")  # variants of keyframe pacing alone
 SOFT_FACTOR = 4  # soft masks at a quarter of the frame size (the model's own output stride)
 SPLICE_SEGMENT_FRAMES = 50
@@ -65,7 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=Path, default=default_video(), help="clip or rosbag2")
     parser.add_argument("--max-frames", type=int, default=0, help="first N frames (0: all)")
     parser.add_argument(
-        "--parts", default="propagation,system", help="propagation and/or system, comma-separated"
+        "--parts",
+        default="propagation,system",
+        help="propagation, system and/or lateness, comma-separated",
     )
     parser.add_argument(
         "--schedules",
@@ -91,6 +104,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--splice", type=Path, default=None, help="system: a second clip to cut into --video"
     )
+    parser.add_argument(
+        "--links",
+        default=";".join(LATENESS_LINKS),
+        help="lateness: links to run on, ';'-separated (stac-replay run's --link form)",
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="cached points and clips")
 
 
@@ -100,7 +118,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     parts = [part for part in args.parts.split(",") if part]
-    unknown = set(parts) - {"propagation", "system"}
+    unknown = set(parts) - {"propagation", "system", "lateness"}
     if unknown:
         raise SystemExit(f"--parts: unknown {sorted(unknown)}")
     video = _spliced(args) if args.splice else args.video
@@ -115,6 +133,8 @@ def run(args: argparse.Namespace) -> dict:
         result["propagation"] = _propagation(context, args)
     if "system" in parts:
         result["system"] = _system(context, args)
+    if "lateness" in parts:
+        result["lateness"] = _lateness(context, args)
     _print_table(result)
     return result
 
@@ -444,6 +464,43 @@ def _system(context, args: argparse.Namespace) -> dict:
     }
 
 
+# --- 3. lateness ------------------------------------------------------------------------------
+
+
+def _lateness(context, args: argparse.Namespace) -> dict:
+    from stac_edge_segmenter.metrics import mean_iou
+    from stac_eval.replay.analysis import lateness_breakdown
+    from stac_eval.replay.link import LinkConfig
+    from stac_eval.temporal_maps import settings_for, simulated_point
+
+    settings = settings_for(context, decoded_stride=1)
+    settings = replace(settings, keyframes=replace(settings.keyframes, stale_psnr_db=99.0))
+    results = {}
+    for spec in [spec for spec in args.links.split(";") if spec.strip()]:
+        link = LinkConfig.parse(spec)
+        linked = replace(context, link=link, key={**context.key, "link": link.describe()})
+        row = {}
+        for method in LATENESS_METHODS:
+            point = simulated_point(linked, method, args.crf, settings, tag="_lateness")
+            decoded = mean_iou(point.confusion["decoded_pseudo"].sum(0))
+            timely = mean_iou(point.confusion["timely_pseudo"].sum(0))
+            row[method] = {
+                "timely_miou": round(timely, 4),
+                "decoded_miou": round(decoded, 4),
+                "timely_over_decoded": round(timely / decoded, 4),
+                **lateness_breakdown(point, link, context.timing.segment_ms),
+            }
+        results[link.describe()] = row
+    return {
+        "how": f"PointReplay at CRF {args.crf:g} (stac_keyframe at stale 99 dB), robot warp, "
+        "decoded mIoU on every decoded frame; per link: the time from capture to the mask "
+        "held, by stage, and timely mIoU by the held mask's age (replay.analysis."
+        "lateness_breakdown)",
+        "edge_timing": context.timing.as_json(),
+        "links": results,
+    }
+
+
 def _kbps(values, frames: int, fps: float) -> float:
     return float(8.0 * np.sum(values) * fps / frames / 1e3)
 
@@ -463,4 +520,21 @@ def _print_table(result: dict) -> None:
                 for method, value in row.items()
             ]
             print(f"  {name:>18}  " + "  ".join(cells))
+    lateness = result.get("lateness")
+    if lateness:
+        print(f"\nlateness: {lateness['how']}")
+        for link, row in lateness["links"].items():
+            for method, value in row.items():
+                stages = "  ".join(
+                    f"{name} {stage['mean']}" for name, stage in value["stages_ms"].items()
+                )
+                ages = "  ".join(
+                    f"{age}: {entry['timely_miou']} ({entry['frames']})"
+                    for age, entry in value["timely_by_age"].items()
+                )
+                print(
+                    f"  {link} {method}: timely {value['timely_miou']:.4f} / decoded "
+                    f"{value['decoded_miou']:.4f} = {value['timely_over_decoded']:.3f}; "
+                    f"mean ms: {stages}; held ages {value['held_age_frames']}; by age {ages}"
+                )
     print(json.dumps({"frames": result["frames"], "fps": result["fps"]}))

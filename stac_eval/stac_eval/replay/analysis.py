@@ -135,6 +135,68 @@ def point_summary(point: PointResult, fps: float, robot: str = "warp") -> dict:
     return summary
 
 
+def lateness_breakdown(point: PointResult, link, segment_ms: float) -> dict:
+    """Where the time goes from a camera frame's capture to the robot holding its mask, for
+    every frame whose mask came back (means and medians in ms), and how accurate the robot's
+    warped mask is by its age.
+
+    Stages: `uplink_serialisation` (the frame's message at the link rate), `uplink_queueing`
+    (waiting behind earlier messages), `uplink_delay`, `edge_wait` (the decoded frame waiting
+    for the segmenter's worker, and a forward stretched by a map pass sharing the cores),
+    `forward` (the edge profile's), `downlink_delay` (the downlink has no rate limit: a mask's
+    serialisation is not modelled), `until_next_capture` (the mask reached the robot between
+    two camera frames; it is first held at the next one). `held_age_frames`: camera frames
+    between the frame and the one at which its mask is first held. `timely_by_age`: timely
+    mIoU (warped, against the pseudo ground truth) of the frames whose held mask is k frames
+    old, with their count."""
+    capture = point.capture_s
+    arrival = point.mask_arrival_s
+    back = np.flatnonzero(np.isfinite(arrival))
+    rate = link.rate_bps
+    serialisation = 8.0 * point.uplink_bytes[back] / rate if rate else np.zeros(len(back))
+    queueing = np.nan_to_num(point.queueing_s[back])
+    at_edge = capture[back] + queueing + serialisation + link.delay_s
+    forward = 1e-3 * segment_ms
+    left_edge = arrival[back] - link.downlink_delay_s
+    held_at = np.searchsorted(capture, arrival[back], side="left")
+    held = held_at < len(capture)
+    stages = {
+        "uplink_serialisation": serialisation,
+        "uplink_queueing": queueing,
+        "uplink_delay": np.full(len(back), link.delay_s),
+        "edge_wait": left_edge - forward - at_edge,
+        "forward": np.full(len(back), forward),
+        "downlink_delay": np.full(len(back), link.downlink_delay_s),
+        "until_next_capture": np.where(
+            held, capture[np.minimum(held_at, len(capture) - 1)] - arrival[back], np.nan
+        ),
+    }
+    total = np.where(held, capture[np.minimum(held_at, len(capture) - 1)] - capture[back], np.nan)
+
+    def ms(values: np.ndarray) -> dict:
+        values = values[np.isfinite(values)]
+        if not len(values):
+            return {"mean": None, "p50": None}
+        return {"mean": round(1e3 * float(values.mean()), 2), "p50": _percentile(1e3 * values, 50)}
+
+    ages, counts = np.unique((held_at - back)[held], return_counts=True)
+    confusion = point.confusion["timely_pseudo"]
+    by_age = {}
+    for age in np.unique(point.mask_age[point.mask_age >= 0]):
+        rows = point.mask_age == age
+        by_age[int(age)] = {
+            "frames": int(rows.sum()),
+            "timely_miou": _round(miou(confusion[rows].sum(0))),
+        }
+    return {
+        "frames_with_mask_back": int(len(back)),
+        "stages_ms": {name: ms(values) for name, values in stages.items()},
+        "capture_to_held_ms": ms(total),
+        "held_age_frames": {int(a): int(c) for a, c in zip(ages, counts, strict=True)},
+        "timely_by_age": by_age,
+    }
+
+
 def _round(value: float, digits: int = 4) -> float | None:
     return None if not math.isfinite(value) else round(float(value), digits)
 
