@@ -12,6 +12,8 @@ results and the reasons):
    - `ids`: the robot's own `MaskPropagator` (class ids, nearest neighbour, one direct flow
      per arrival, then per-frame composition);
    - `ids_flow480`: the same with the flow at 480 px;
+   - `ids_flow_full`: the same with the flow at the frame's full size, DIS `medium` for the
+     per-frame flow as for the direct one (the most the robot's flow could do here);
    - `soft`: the model's class probabilities at a quarter of the frame size (what a soft
      mask would carry), warped bilinearly on the flow grid, upsampled, argmax;
    - `soft_fused`, `ids_fused`: the state carried so far and the newest mask (probabilities,
@@ -53,6 +55,7 @@ import numpy as np
 PROPAGATION_METHODS = (
     "ids",
     "ids_flow480",
+    "ids_flow_full",
     "soft",
     "soft_fused",
     "ids_fused",
@@ -255,8 +258,10 @@ def _carrier(method: str, context, args: argparse.Namespace, soft):
     flow = settings_for(context).flow
     if method == "ids_flow480":
         flow = replace(flow, flow_width_px=480)
+    if method == "ids_flow_full":
+        flow = replace(flow, flow_width_px=0, preset="medium", anchor_preset="medium")
     truth = context.truth
-    if method in ("ids", "ids_flow480"):
+    if method in ("ids", "ids_flow480", "ids_flow_full"):
         return _IdsCarrier(flow, truth, context.frames)
     if method == "vote3":
         return _VoteCarrier(flow, truth, context.frames)
