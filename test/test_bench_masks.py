@@ -9,11 +9,13 @@ import cv2
 import numpy as np
 import pytest
 
+from stac_codec.mask_wire import MaskSender
 from stac_eval.bench import main as bench_main
-from stac_eval.bench_masks import LATE_CODERS, LateMasks
+from stac_eval.bench_masks import LATE_CODERS, REFERENCED_CODINGS, LateMasks
 
 KEYS = {"bytes_per_mask", "ratio_vs_rle_deflate", "agreement_miou", "encode_ms", "decode_ms"}
 SHIPPED = ("rle_deflate", "lossless", "near_lossless", "reduced", "near_lossless_gated")
+SHIPPED += REFERENCED_CODINGS
 
 
 @pytest.fixture(scope="module")
@@ -49,19 +51,22 @@ def test_every_coder_reports_its_keys_with_sane_values(result):
         assert {"png", "webp_lossless", "conditional", "conditional_flow"} <= set(coders)
         assert "reduced_guided" in coders
         for name, row in coders.items():
-            gated = {"kept_share"} if name == "near_lossless_gated" else set()
-            assert set(row) == KEYS | {"lossless"} | gated, name
+            extra = {"kept_share"} if name == "near_lossless_gated" else set()
+            extra |= {"referenced_share"} if name.endswith("_ref") else set()
+            assert set(row) == KEYS | {"lossless"} | extra, name
             assert row["bytes_per_mask"] > 0 and row["encode_ms"] >= 0 and row["decode_ms"] >= 0
             assert 0.0 < row["agreement_miou"] <= 1.0, name
             if row["lossless"]:
                 assert row["agreement_miou"] == 1.0, name
         assert coders["rle_deflate"]["ratio_vs_rle_deflate"] == 1.0
         lossless = ("rle_deflate", "png", "webp_lossless", "lossless", "conditional")
-        for name in (*lossless, "conditional_flow"):
+        for name in (*lossless, "conditional_flow", "lossless_ref"):
             assert coders[name]["lossless"], name
         assert not coders["reduced"]["lossless"]
         assert 0.0 <= coders["near_lossless_gated"]["kept_share"] < 1.0
     assert result["images"]["mask_size"] == [160, 120]
+    assert result["images"]["coders"]["near_lossless_ref"]["referenced_share"] == 0.0  # images
+    assert result["source"]["key_interval"] == 8
 
 
 @pytest.mark.slow
@@ -72,6 +77,7 @@ def test_the_robot_view_of_late_masks_is_scored_for_every_wire_coding(result):
     assert all(0.0 < value <= 1.0 for value in late["miou_vs_edge_mask_then"].values())
     fewer = late["near_lossless_every_nth_mask"]
     assert set(fewer) == {"2", "3"} and all(0.0 < value <= 1.0 for value in fewer.values())
+    assert set(late["robot_misses_every_nth_mask"]) == {"10", "5"}
     assert "late_masks" not in result["images"]  # images are not a clip
 
 
@@ -79,15 +85,27 @@ def test_an_edge_that_sends_fewer_masks_leaves_the_robot_staler_ones():
     """A region that grows by 8 columns per segmented frame on a still scene: masks that
     arrive every time score better than every second or third one (the robot carries the
     newest it got)."""
-    late = LateMasks(delay_frames=2, num_classes=2)
+    late = LateMasks(delay_frames=2, num_classes=2, key_interval=8)
+    senders = {name: MaskSender(name) for name in REFERENCED_CODINGS}
     frame = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    blocks = np.random.default_rng(1).integers(0, 2, (12, 4)).astype(np.uint8)
     for index in range(14):
         late.frame(index, frame)
         if index % 2 == 0:
             mask = np.zeros((48, 64), np.uint8)
             mask[:, : 4 * index] = 1
-            late.segmented(index, mask, dict.fromkeys(LATE_CODERS, mask))
+            mask[:, 48:] = blocks.repeat(4, 0).repeat(4, 1)  # costly alone, cheap as before
+            wire = {name: sender.encode(mask) for name, sender in senders.items()}
+            late.segmented(index, mask, dict.fromkeys(LATE_CODERS, mask), wire)
     summary = late.summary()
     every_time = summary["miou_vs_edge_mask_then"]["near_lossless"]
     fewer = summary["near_lossless_every_nth_mask"]
     assert every_time > fewer["2"] > fewer["3"]
+    # a robot that misses the 5th mask: near_lossless_ref refuses the 6th (coded against the
+    # 5th), near_lossless_keyref does not (coded against the first, a key mask)
+    missing = summary["robot_misses_every_nth_mask"]["5"]
+    assert missing["missed"] == 1
+    assert missing["near_lossless_ref_refused"] == 1
+    assert missing["near_lossless_keyref_refused"] == 0
+    assert missing["near_lossless"] == missing["near_lossless_keyref"]
+    assert missing["near_lossless_ref"] < missing["near_lossless"] < every_time

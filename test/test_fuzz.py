@@ -34,8 +34,9 @@ from stac_codec.h264_decoder import DecodeStatus, H264Decoder
 from stac_codec.h264_encoder import EncoderConfig, QPMapEncoder
 from stac_codec.mask_wire import (
     MASK_CODINGS,
+    MaskReceiver,
+    MaskSender,
     MaskWireError,
-    decode_mask_or_keep,
     encode_keep,
     encode_mask,
 )
@@ -142,19 +143,32 @@ def _real_mask() -> np.ndarray:
     return mask
 
 
+def _numbered_masks() -> tuple[bytes, bytes]:
+    """A key mask and a mask coded against it (near_lossless_ref), as the edge sends them."""
+    sender = MaskSender("near_lossless_ref")
+    moved = _real_mask()
+    moved[5:9, 31:34] = 9  # the small object moved a pixel
+    return sender.encode(_real_mask()), sender.encode(moved)
+
+
 MASK_BYTES = {coding: encode_mask(_real_mask(), coding) for coding in sorted(MASK_CODINGS)}
 MASK_BYTES["keep"] = encode_keep(MASK_SHAPE[1], MASK_SHAPE[0])  # near_lossless_gated's keep
+MASK_BYTES["numbered_key"], MASK_BYTES["numbered_referenced"] = _numbered_masks()
+assert MASK_BYTES["numbered_referenced"][10] & 0x02  # coded against the key mask
 
 
 def _decode_robot_mask(data: bytes) -> None:
     """The robot's budget is the frame it holds: whatever the bytes declare, only
     MaskWireError comes out and nothing much beyond that budget is allocated (Python's
     allocations are traced; the C++ coder's own are a fixed model of under 1 MB and one row of
-    boundary positions)."""
+    boundary positions). The robot holds the key mask, so bytes that name it as their
+    reference reach the referenced decoder."""
     budget = MASK_SHAPE[0] * MASK_SHAPE[1]
+    receiver = MaskReceiver()  # what the robot calls, holding the key mask
+    receiver.decode(MASK_BYTES["numbered_key"], max_pixels=budget)
     tracemalloc.start()
     try:
-        mask = decode_mask_or_keep(data, max_pixels=budget)  # what the robot calls
+        mask = receiver.decode(data, max_pixels=budget)
         assert mask is None or mask.size <= budget
     except MaskWireError:
         pass
@@ -183,7 +197,7 @@ def test_mask_wire_forged_headers_with_valid_checksums(
 
 @settings(FUZZ, max_examples=300)
 @given(
-    mode=st.sampled_from([1, 1, 2, 2, 0, 3, 255]),
+    mode=st.sampled_from([1, 1, 2, 2, 0, 3, 4, 4, 255]),
     width=st.one_of(st.integers(0, 80), st.sampled_from([64, 16384, 65535])),
     height=st.one_of(st.integers(0, 60), st.sampled_from([48, 16384, 65535])),
     coded=st.tuples(st.integers(0, 80), st.integers(0, 60)),
@@ -197,6 +211,30 @@ def test_mask_wire_v2_forged_headers_with_valid_checksums(
     mode, width, height, coded, flags, stream
 ):
     body = struct.pack(">BBHHHHB", 2, mode, width, height, *coded, flags) + stream
+    _decode_robot_mask(body + struct.pack(">I", zlib.crc32(body)))
+
+
+KEY_NUMBERS = MASK_BYTES["numbered_referenced"][11:23]  # sequence 1, against 0 and its CRC32
+
+
+@settings(FUZZ, max_examples=300)
+@given(
+    size=st.sampled_from([(64, 48), (64, 48), (48, 64), (65535, 65535), (0, 48)]),
+    flags=st.sampled_from([0, 1, 2, 3, 3, 4, 255]),
+    numbers=st.one_of(
+        st.just(KEY_NUMBERS),
+        st.just(bytes(12)),
+        st.binary(min_size=0, max_size=14),
+    ),
+    stream=st.one_of(
+        st.binary(max_size=200),
+        st.sampled_from([MASK_BYTES[k][23:-4] for k in ("numbered_key", "numbered_referenced")]),
+    ),
+)
+def test_mask_wire_forged_numbered_masks_with_valid_checksums(size, flags, numbers, stream):
+    """Mode 4 with any numbers, flags and streams, often naming the reference the robot
+    holds, so that a forged stream runs through the referenced decoder."""
+    body = struct.pack(">BBHHHHB", 2, 4, *size, *size, flags) + numbers + stream
     _decode_robot_mask(body + struct.pack(">I", zlib.crc32(body)))
 
 

@@ -17,12 +17,16 @@ import rclpy
 
 from stac_codec.mask_wire import (
     ENCODING_NAME,
+    FLAG_REFERENCED,
+    FLAGS_OFFSET,
     MASK_CODINGS,
     RLE_DEFLATE_ENCODING,
+    MaskSender,
     decode_mask,
     encode_keep,
     encode_mask,
     encoding_of,
+    mask_coding,
 )
 from stac_encoder.encoder_node import EncoderNode
 from stac_msgs.msg import SegmentationMask
@@ -171,3 +175,51 @@ def test_a_keep_is_taken_as_an_answer_and_the_mask_held_goes_on(robot, monkeypat
     assert _rejected(robot) == {}
     robot._on_mask(_mask_message(encode_keep(WIDTH + 1, HEIGHT), WIDTH + 1, HEIGHT))
     assert _rejected(robot) == {"mask/size": 1}  # a keep of another size is refused as a mask is
+
+
+@pytest.mark.parametrize("coding", ["near_lossless_ref", "near_lossless_keyref"])
+def test_a_mask_coded_against_a_mask_the_robot_missed_is_refused_until_a_key_mask(
+    robot, monkeypatch, coding
+):
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 4, (HEIGHT // 4, WIDTH // 4)).astype(np.uint8)
+    base = base.repeat(4, axis=0).repeat(4, axis=1)  # blocks: costly alone, cheap as before
+    masks = []
+    for step in range(6):
+        mask = base.copy()
+        mask[20:24, 40 + step : 44 + step] = 9
+        masks.append(mask)
+    sender = MaskSender(mask_coding(coding, key_interval=4))
+    wire = [sender.encode(mask) for mask in masks]
+    referenced = [bool(data[FLAGS_OFFSET] & FLAG_REFERENCED) for data in wire]
+    assert referenced == [False, True, True, True, False, True]  # key masks 0 and 4
+    adopted = []
+    submit = robot.loop.submit_mask
+    monkeypatch.setattr(
+        robot.loop, "submit_mask", lambda ids, seq: adopted.append(seq) or submit(ids, seq)
+    )
+    frame = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    for index, data in enumerate(wire):  # one camera frame (seq index + 1) and its mask
+        if index:
+            robot._on_image(numpy_to_image(frame, "rgb8"))
+        if index != 1:  # the robot's keep-last queue dropped mask 1
+            robot._on_mask(_mask_message(data, WIDTH, HEIGHT, source_frame_seq=index + 1))
+    if coding == "near_lossless_ref":  # masks 2 and 3 name masks 1 and 2
+        assert _rejected(robot) == {"mask/reference_mismatch": 2}
+        assert adopted == [1, 5, 6]
+    else:  # every mask names the key mask 0 or 4
+        assert _rejected(robot) == {}
+        assert adopted == [1, 3, 4, 5, 6]
+    assert robot.statistics.counters.masks_rejected == len(wire) - 1 - len(adopted)
+
+
+def test_a_referenced_mask_before_any_reference_is_refused(robot):
+    sender = MaskSender("near_lossless_ref")
+    mask = np.full((HEIGHT, WIDTH), 3, np.uint8)
+    mask[::4, ::3] = 5
+    sender.encode(mask)  # the robot never got this key mask
+    data = sender.encode(mask)
+    assert data[FLAGS_OFFSET] & FLAG_REFERENCED
+    robot._on_mask(_mask_message(data, WIDTH, HEIGHT))
+    robot._on_mask(_mask_message(data, WIDTH, HEIGHT))
+    assert _rejected(robot) == {"mask/no_reference": 2}

@@ -15,8 +15,13 @@ from hypothesis import strategies as st
 
 from stac_codec.mask_wire import (
     ENCODING_NAME,
+    FLAG_REFERENCED,
+    FLAGS_OFFSET,
     MASK_CODINGS,
     RLE_DEFLATE_ENCODING,
+    MaskCoding,
+    MaskReceiver,
+    MaskReferenceError,
     MaskSender,
     MaskWireError,
     decode_mask,
@@ -26,6 +31,7 @@ from stac_codec.mask_wire import (
     encode_mask_and_decoded,
     encoding_of,
     is_keep,
+    is_numbered,
     mask_coding,
     mask_size,
     reduced_size,
@@ -239,3 +245,135 @@ def test_a_keep_carries_no_mask_and_a_malformed_one_is_refused():
     damaged[3] ^= 1
     with pytest.raises(MaskWireError):
         decode_mask_or_keep(bytes(damaged), max_pixels=64 * 48)
+
+
+# --- numbered masks coded against a reference (near_lossless_ref, near_lossless_keyref) ------
+
+REFERENCED_CODINGS = ("near_lossless_ref", "near_lossless_keyref")
+
+
+def _walking(count: int) -> list[np.ndarray]:
+    """A street whose small objects move a pixel a mask: most of each mask as before."""
+    base = street_like()
+    masks = []
+    for step in range(count):
+        mask = base.copy()
+        mask[100:130, 60 + step : 75 + step] = 9  # a walker
+        masks.append(mask)
+    return masks
+
+
+def _referenced(data: bytes) -> bool:
+    return is_numbered(data) and bool(data[FLAGS_OFFSET] & FLAG_REFERENCED)
+
+
+@pytest.mark.parametrize("coding", REFERENCED_CODINGS)
+def test_numbered_masks_round_trip_with_a_key_mask_every_key_interval(coding):
+    chosen = mask_coding(coding, key_interval=3)
+    assert chosen.referenced and chosen.key_interval == 3 and not chosen.lossless
+    sender, receiver = MaskSender(chosen), MaskReceiver()
+    masks = _walking(7)
+    wire = []
+    for mask in masks:
+        data, promised = sender.encode_and_decoded(mask)
+        decoded = receiver.decode(data, max_pixels=mask.size)
+        np.testing.assert_array_equal(decoded, promised)
+        assert (decoded == mask).mean() > 0.97
+        assert encoding_of(data) == ENCODING_NAME and mask_size(data) == (480, 270)
+        wire.append(data)
+    assert [_referenced(data) for data in wire] == [False, True, True] * 2 + [False]
+    assert [struct.unpack_from(">I", data, V2_HEADER.size)[0] for data in wire] == list(range(7))
+    # what referencing is for: a mask mostly as before costs a fraction of one coded alone
+    assert len(wire[1]) < 0.5 * len(encode_mask(masks[1], "near_lossless"))
+
+
+@pytest.mark.parametrize("coding", REFERENCED_CODINGS)
+def test_a_key_mask_decodes_alone_and_a_referenced_one_needs_its_reference(coding):
+    sender = MaskSender(coding)
+    masks = _walking(2)
+    key, referenced = sender.encode(masks[0]), sender.encode(masks[1])
+    assert not _referenced(key) and _referenced(referenced)
+    assert decode_mask(key, max_pixels=masks[0].size).shape == (270, 480)
+    with pytest.raises(MaskReferenceError, match="no mask is held") as refused:
+        decode_mask(referenced, max_pixels=masks[0].size)
+    assert refused.value.reason == "no_reference"
+    with pytest.raises(MaskReferenceError) as refused:
+        MaskReceiver().decode(referenced, max_pixels=masks[0].size)
+    assert refused.value.reason == "no_reference"
+    with pytest.raises(MaskWireError, match="larger"):  # the pixel budget comes first
+        MaskReceiver().decode(referenced, max_pixels=masks[0].size - 1)
+
+
+def test_a_referenced_mask_is_refused_unless_the_robot_holds_exactly_its_reference():
+    masks = _walking(4)
+    sender, receiver = MaskSender("near_lossless_ref"), MaskReceiver()
+    wire = [sender.encode(mask) for mask in masks]
+    receiver.decode(wire[0], max_pixels=masks[0].size)  # mask 1 is missed
+    for data in wire[2:]:  # each names the one before: refused until a key mask
+        with pytest.raises(MaskReferenceError, match="the masks held: 0") as refused:
+            receiver.decode(data, max_pixels=masks[0].size)
+        assert refused.value.reason == "reference_mismatch"
+    # another edge's mask 0 differs: the same number, another CRC32, refused too
+    other = MaskSender("near_lossless_ref")
+    other.encode(_moved(masks[0], 3))
+    stranger = other.encode(_moved(masks[1], 3))
+    assert _referenced(stranger) and struct.unpack_from(">III", stranger, V2_HEADER.size)[1] == 0
+    with pytest.raises(MaskReferenceError, match="coded against mask 0"):
+        receiver.decode(stranger, max_pixels=masks[0].size)
+    sender.reset()  # a keyframe request: the next mask goes alone and the robot recovers
+    recovered = sender.encode(masks[3])
+    assert not _referenced(recovered)
+    assert receiver.decode(recovered, max_pixels=masks[0].size) is not None
+    assert receiver.decode(sender.encode(masks[2]), max_pixels=masks[0].size) is not None
+
+
+def test_a_keyref_robot_that_missed_a_mask_decodes_the_next_one():
+    masks = _walking(4)
+    sender, receiver = MaskSender("near_lossless_keyref"), MaskReceiver()
+    wire = [sender.encode(mask) for mask in masks]
+    assert [_referenced(data) for data in wire] == [False, True, True, True]
+    for index in (0, 2, 3):  # mask 1 is missed; the others name the key mask 0
+        receiver.decode(wire[index], max_pixels=masks[0].size)
+
+
+def test_an_unnumbered_mask_clears_the_references():
+    masks = _walking(3)
+    sender, receiver = MaskSender("near_lossless_ref"), MaskReceiver()
+    receiver.decode(sender.encode(masks[0]), max_pixels=masks[0].size)
+    receiver.decode(encode_mask(masks[1], "near_lossless"), max_pixels=masks[0].size)
+    with pytest.raises(MaskReferenceError) as refused:
+        receiver.decode(sender.encode(masks[1]), max_pixels=masks[0].size)
+    assert refused.value.reason == "no_reference"
+    assert receiver.decode(encode_keep(480, 270), max_pixels=masks[0].size) is None
+
+
+def test_forged_numbered_masks_are_refused():
+    mask = _walking(1)[0]
+    key = MaskSender("near_lossless_ref").encode(mask)
+    body = bytearray(key[:-4])
+    names_a_reference = bytearray(body)
+    names_a_reference[V2_HEADER.size + 4 : V2_HEADER.size + 12] = struct.pack(">II", 3, 7)
+    unknown_flag = bytearray(body)
+    unknown_flag[FLAGS_OFFSET] |= 0x80
+    other_coded_size = bytearray(body)
+    other_coded_size[7:9] = struct.pack(">H", 240)
+    short = body[: V2_HEADER.size + 5]
+    for forged, match in (
+        (names_a_reference, "names a reference"),
+        (unknown_flag, "flags"),
+        (other_coded_size, "coded size"),
+        (short, "shorter than its numbers"),
+    ):
+        data = bytes(forged) + struct.pack(">I", zlib.crc32(bytes(forged)))
+        with pytest.raises(MaskWireError, match=match):
+            MaskReceiver().decode(data, max_pixels=mask.size)
+
+
+def test_a_referenced_coding_is_full_resolution_v2_without_keeps():
+    with pytest.raises(ValueError, match="full-resolution"):
+        MaskCoding("x", reduction=2, key_interval=4)
+    with pytest.raises(ValueError, match="reference"):
+        MaskCoding("x", key_interval=4, reference="older")
+    with pytest.raises(ValueError, match="key_interval"):
+        mask_coding("near_lossless_ref", key_interval=0)
+    assert mask_coding("near_lossless", key_interval=5) == MASK_CODINGS["near_lossless"]

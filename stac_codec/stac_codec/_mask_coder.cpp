@@ -14,7 +14,15 @@
 //   neighbours' equality pattern and of the guessed boundary position), else the class itself
 //   through a binary tree in the context of W.
 // - With a prediction both ends hold (the previous mask sent): where the causal neighbours
-//   agree with it, one decision per stretch says whether the row keeps following it.
+//   agree with it, one decision per stretch says whether the row keeps following it (measured,
+//   not a wire mode: the model's boundaries flicker, so following stretches break often).
+// - With a reference both ends hold (the previous mask sent, JBIG2-refinement style): the
+//   reference is context only. A flat stretch's decision is taken in the context of whether
+//   the reference changes inside it, its break is first guessed where the reference's is and
+//   the arriving class as the reference's; near a boundary the reference's pixel is the first
+//   candidate, in the context of which neighbour it equals and whether the reference is
+//   uniform around it. A lossy encoder moves a break to the reference's where it may
+//   (temporal freedom: fewer flickering boundaries to pay for).
 // A lossy encoder may give a pixel the class the model expects instead of its own, when both
 // classes are movable (large) and the expected class occurs within `tolerance` pixels of it in
 // the original (a square window): boundaries move by at most that much and small classes stay exact. The decoder
@@ -156,6 +164,7 @@ constexpr int kPredictionKinds = 5;
 constexpr int kGuessKinds = 6;   // none, or the pixel's offset from the guess in -2..2
 constexpr int kNoGuess = -1000000;
 constexpr int kMaxShift = 48;    // a class change this far from one in the row above is new
+constexpr int kRefKinds = 10;    // the reference pixel is W, N, NE, NW or none; x 3x3 uniform
 
 int ilog2(uint32_t v) { return 31 - __builtin_clz(v | 1); }
 
@@ -191,6 +200,16 @@ struct Model {
   Prob leave[kCandidates];
   Prob boundary[kPatterns * kPredictionKinds * kGuessKinds][kCandidates];
   std::vector<Prob> tree;  // [W][node]: a class none of the candidates had
+  // coding against a reference (the previous mask both ends hold) as context:
+  // flat stretches: [first row][log2 length][the last one broke][guess kind][the reference in
+  // the stretch: all W / changes inside / not W where it starts]
+  Prob ref_run_whole[2][kMaxLogRun + 1][2][3][3];
+  Prob break_at_ref[2];      // [the row-above guess says the same]
+  Prob break_class_ref[2];   // [the break is at the reference's]
+  std::vector<Prob> ref_boundary;  // [pattern / 8][ref kind][guess kind][candidate]
+  void use_reference() {
+    ref_boundary.resize(static_cast<size_t>(kPatterns / 8) * kRefKinds * kGuessKinds * kCandidates);
+  }
 };
 
 // What a lossy encoder may change (see the top of the file).
@@ -310,10 +329,11 @@ class Transitions {
 
 // Codes the width x height mask in raster order: encoding reads it (and, when lossy, writes
 // what the decoder will see), decoding writes it. `pred`: the prediction both ends hold, or
-// nullptr. Returns false on a damaged stream.
+// nullptr; `ref`: the reference both ends hold, or nullptr (not both). Returns false on a
+// damaged stream.
 template <bool kEncode, class Coder>
-bool code_mask(Coder& rc, Model& model, uint8_t* mask, const uint8_t* pred, int width,
-               int height, const Lossy* lossy) {
+bool code_mask(Coder& rc, Model& model, uint8_t* mask, const uint8_t* pred, const uint8_t* ref,
+               int width, int height, const Lossy* lossy) {
   const int max_class = (1 << model.class_bits) - 1;
   Transitions transitions;
   for (int r = 0; r < height; ++r) {
@@ -322,6 +342,7 @@ bool code_mask(Coder& rc, Model& model, uint8_t* mask, const uint8_t* pred, int 
     const uint8_t* up2 = r > 1 ? row - 2 * width : up;
     const uint8_t* prow = pred ? pred + static_cast<size_t>(r) * width : nullptr;
     const uint8_t* pup = (pred && r > 0) ? prow - width : nullptr;
+    const uint8_t* rrow = ref ? ref + static_cast<size_t>(r) * width : nullptr;
     const size_t row_index = static_cast<size_t>(r) * width;
     const int first_row = r == 0;
     int last_broke = 0;
@@ -392,36 +413,52 @@ bool code_mask(Coder& rc, Model& model, uint8_t* mask, const uint8_t* pred, int 
         const int end_guess = c + run < width ? transitions.guess(c + run) : kNoGuess;
         const int guess_at = end_guess == kNoGuess ? kNoGuess : end_guess - c;
         const int guess_kind = guess_at == kNoGuess ? 0 : (guess_at >= 0 && guess_at < run) ? 2 : 1;
+        // the reference in the stretch: 0 all W, 1 it changes at ref_at, 2 not W where it starts
+        int ref_kind = 0, ref_at = kNoGuess;
+        if (rrow) {
+          if (rrow[c] != w) {
+            ref_kind = 2;
+          } else {
+            const int d = first_difference(rrow, nullptr, static_cast<uint8_t>(w), c, c + run) - c;
+            if (d < run) ref_kind = 1, ref_at = d;
+          }
+        }
         if constexpr (kEncode) {
           brk = first_difference(row, nullptr, static_cast<uint8_t>(w), c, c + run) - c;
           if (lossy && brk < run) {
             int k = brk;
             while (k < run && (row[c + k] == w || lossy->may(row_index + c + k, w))) ++k;
+            const int target = ref_kind == 1 ? ref_at : guess_kind == 2 ? guess_at : kNoGuess;
             if (k == run) {
               brk = run;
-            } else if (guess_kind == 2 && guess_at != brk) {
-              // move the break to the guess when every pixel in between may follow
+            } else if (target != kNoGuess && target != brk) {
+              // move the break to the reference's or the guess when every pixel in between
+              // may follow
               bool ok = true;
-              if (guess_at > brk) {
-                for (int j = brk; j < guess_at && ok; ++j)
+              if (target > brk) {
+                for (int j = brk; j < target && ok; ++j)
                   ok = row[c + j] == w || lossy->may(row_index + c + j, w);
               } else {
                 const int arriving = row[c + brk];
-                for (int j = guess_at; j < brk && ok; ++j) ok = lossy->may(row_index + c + j, arriving);
-                if (ok) std::memset(row + c + guess_at, arriving, static_cast<size_t>(brk - guess_at));
+                for (int j = target; j < brk && ok; ++j) ok = lossy->may(row_index + c + j, arriving);
+                if (ok) std::memset(row + c + target, arriving, static_cast<size_t>(brk - target));
               }
-              if (ok) brk = guess_at;
+              if (ok) brk = target;
             }
           }
         }
         const int bucket = std::min(ilog2(static_cast<uint32_t>(run)), kMaxLogRun);
-        if (rc.bit(model.run_whole[first_row][bucket][last_broke][guess_kind], brk == run)) {
+        Prob& whole = rrow ? model.ref_run_whole[first_row][bucket][last_broke][guess_kind][ref_kind]
+                           : model.run_whole[first_row][bucket][last_broke][guess_kind];
+        if (rc.bit(whole, brk == run)) {
           std::memset(row + c, w, static_cast<size_t>(run));
           c += run;
           last_broke = 0;
           continue;
         }
-        if (guess_kind == 2 && rc.bit(model.break_at_guess, brk == guess_at)) {
+        if (ref_kind == 1 && rc.bit(model.break_at_ref[guess_at == ref_at], brk == ref_at)) {
+          brk = ref_at;
+        } else if (guess_kind == 2 && rc.bit(model.break_at_guess, brk == guess_at)) {
           brk = guess_at;
         } else {
           uint32_t from_end = static_cast<uint32_t>(run - 1 - brk);
@@ -435,8 +472,13 @@ bool code_mask(Coder& rc, Model& model, uint8_t* mask, const uint8_t* pred, int 
         c += brk;
         // the class arriving: most likely the one that follows the stretch in the row above
         const int above = up && stretch_end < width ? up[std::min(stretch_end + 1, width - 1)] : w;
+        const int from_ref = rrow ? rrow[c] : w;
         int value;
-        if (above != w && rc.bit(model.break_class_above[guess_kind], kEncode && row[c] == above))
+        if (from_ref != w &&
+            rc.bit(model.break_class_ref[ref_at == brk], kEncode && row[c] == from_ref))
+          value = from_ref;
+        else if (above != w && above != from_ref &&
+                 rc.bit(model.break_class_above[guess_kind], kEncode && row[c] == above))
           value = above;
         else
           value = code_class(rc, model, w, kEncode ? row[c] : 0);
@@ -458,6 +500,27 @@ bool code_mask(Coder& rc, Model& model, uint8_t* mask, const uint8_t* pred, int 
           !prow ? 0 : p == w ? 0 : p == n ? 1 : p == ne ? 2 : p == nw ? 3 : 4;
       const int g = transitions.guess(c);
       const int guess_kind = g == kNoGuess ? 0 : 3 + std::clamp(c - g, -2, 2);
+      if (rrow) {  // the reference's pixel first, in the context of how it relates
+        const int rp = rrow[c];
+        bool uniform = true;
+        for (int y = std::max(0, r - 1); y <= std::min(height - 1, r + 1) && uniform; ++y) {
+          const uint8_t* rr = ref + static_cast<size_t>(y) * width;
+          for (int x = std::max(0, c - 1); x <= std::min(width - 1, c + 1); ++x)
+            uniform &= rr[x] == rp;
+        }
+        const int relation = rp == w ? 0 : rp == n ? 1 : rp == ne ? 2 : rp == nw ? 3 : 4;
+        const int ref_kind = relation * 2 + uniform;
+        // the neighbours' equality pattern without WW, NN, NNE: fewer contexts learn faster
+        Prob* probs = &model.ref_boundary[static_cast<size_t>(
+            (((pattern >> 3) * kRefKinds + ref_kind) * kGuessKinds + guess_kind) * kCandidates)];
+        const int candidates[kCandidates] = {rp, w, n, ne, nw};
+        const int value = code_candidates<kEncode>(rc, model, probs, candidates, -1,
+                                                   kEncode ? row[c] : 0, w, lossy, row_index + c);
+        if (value > max_class) return false;
+        row[c] = static_cast<uint8_t>(value);
+        ++c;
+        continue;
+      }
       Prob* probs =
           model.boundary[(pattern * kPredictionKinds + prediction_kind) * kGuessKinds + guess_kind];
       const int candidates[kCandidates] = {w, n, ne, nw, p};
@@ -621,18 +684,21 @@ bool valid_size(int width, int height) {
 }
 
 PyObject* encode(PyObject*, PyObject* args) {
-  PyObject *mask_object, *pred_object;
+  PyObject *mask_object, *pred_object, *ref_object = Py_None;
   int width, height, tolerance;
   unsigned long long movable;
   double confident;
-  if (!PyArg_ParseTuple(args, "OiiOiKd", &mask_object, &width, &height, &pred_object,
-                        &tolerance, &movable, &confident))
+  if (!PyArg_ParseTuple(args, "OiiOiKd|O", &mask_object, &width, &height, &pred_object,
+                        &tolerance, &movable, &confident, &ref_object))
     return nullptr;
   if (!valid_size(width, height)) return nullptr;
   const Py_ssize_t size = static_cast<Py_ssize_t>(width) * height;
-  Buffer mask, pred;
+  Buffer mask, pred, ref;
   if (!mask.get(mask_object, "mask", size)) return nullptr;
   if (pred_object != Py_None && !pred.get(pred_object, "prediction", size)) return nullptr;
+  if (ref_object != Py_None && !ref.get(ref_object, "reference", size)) return nullptr;
+  if (pred.bytes() && ref.bytes())
+    return PyErr_Format(PyExc_ValueError, "a prediction or a reference, not both");
   PyObject* coded = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(mask.bytes()), size);
   if (!coded) return nullptr;
   uint8_t* decoded_view = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(coded));
@@ -645,10 +711,11 @@ PyObject* encode(PyObject*, PyObject* args) {
     for (Py_ssize_t i = 0; i < size; ++i) top = std::max<int>(top, mask.bytes()[i]);
     class_bits = ilog2(static_cast<uint32_t>(top)) + 1;
     auto model = std::make_unique<Model>(class_bits);  // ~0.4 MB: not on the stack
+    if (ref.bytes()) model->use_reference();
     RangeEncoder rc;
     const Lossy lossy{mask.bytes(), width, height, tolerance, movable,
                       static_cast<uint16_t>(std::clamp(confident, 0.0, 1.0) * 65535)};
-    code_mask<true>(rc, *model, decoded_view, pred.bytes(), width, height,
+    code_mask<true>(rc, *model, decoded_view, pred.bytes(), ref.bytes(), width, height,
                     tolerance > 0 && movable ? &lossy : nullptr);
     stream = rc.finish();
   } catch (const std::bad_alloc&) {
@@ -671,15 +738,18 @@ PyObject* encode(PyObject*, PyObject* args) {
 }
 
 PyObject* decode(PyObject*, PyObject* args) {
-  PyObject *data_object, *pred_object;
+  PyObject *data_object, *pred_object, *ref_object = Py_None;
   int width, height;
-  if (!PyArg_ParseTuple(args, "OiiO", &data_object, &width, &height, &pred_object))
+  if (!PyArg_ParseTuple(args, "OiiO|O", &data_object, &width, &height, &pred_object, &ref_object))
     return nullptr;
   if (!valid_size(width, height)) return nullptr;
   const Py_ssize_t size = static_cast<Py_ssize_t>(width) * height;
-  Buffer data, pred;
+  Buffer data, pred, ref;
   if (!data.get(data_object, "data", -1)) return nullptr;
   if (pred_object != Py_None && !pred.get(pred_object, "prediction", size)) return nullptr;
+  if (ref_object != Py_None && !ref.get(ref_object, "reference", size)) return nullptr;
+  if (pred.bytes() && ref.bytes())
+    return PyErr_Format(PyExc_ValueError, "a prediction or a reference, not both");
   if (data.size() < 1) return PyErr_Format(PyExc_ValueError, "no coded mask");
   const int class_bits = data.bytes()[0];
   if (class_bits < 1 || class_bits > 8)
@@ -693,8 +763,9 @@ PyObject* decode(PyObject*, PyObject* args) {
   Py_BEGIN_ALLOW_THREADS;
   try {
     auto model = std::make_unique<Model>(class_bits);  // ~0.4 MB: not on the stack
+    if (ref.bytes()) model->use_reference();
     RangeDecoder rc(data.bytes() + 1, static_cast<size_t>(data.size() - 1));
-    ok = code_mask<false>(rc, *model, mask, pred.bytes(), width, height, nullptr);
+    ok = code_mask<false>(rc, *model, mask, pred.bytes(), ref.bytes(), width, height, nullptr);
     overrun = rc.overrun();
   } catch (const std::bad_alloc&) {
     out_of_memory = true;
@@ -778,14 +849,16 @@ PyObject* upsample(PyObject*, PyObject* args) {
 
 PyMethodDef kMethods[] = {
     {"encode", encode, METH_VARARGS,
-     "encode(mask, width, height, prediction, tolerance, movable, confident) -> (data, "
-     "decoded): the coded mask and what the decoder will make of it. prediction: None or a "
-     "mask of the same size both ends hold; tolerance 0 = lossless, else how far (px) a "
-     "boundary may move between the classes whose bits are set in `movable` when the model "
-     "gives the other class at least `confident`."},
+     "encode(mask, width, height, prediction, tolerance, movable, confident, reference=None) "
+     "-> (data, decoded): the coded mask and what the decoder will make of it. prediction: "
+     "None or a mask of the same size both ends hold, followed where it can be; reference: "
+     "None or a mask of the same size both ends hold, used as context (not with a "
+     "prediction); tolerance 0 = lossless, else how far (px) a boundary may move between the "
+     "classes whose bits are set in `movable` when the model gives the other class at least "
+     "`confident` (or the reference has it there)."},
     {"decode", decode, METH_VARARGS,
-     "decode(data, width, height, prediction) -> bytes: the width x height class ids; "
-     "ValueError when the data is damaged."},
+     "decode(data, width, height, prediction, reference=None) -> bytes: the width x height "
+     "class ids; ValueError when the data is damaged."},
     {"downsample", downsample, METH_VARARGS,
      "downsample(mask, width, height, low_width, low_height) -> bytes: each cell's majority "
      "class."},

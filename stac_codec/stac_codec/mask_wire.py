@@ -18,6 +18,16 @@ edge's `mask_coding` parameter) differ only in what the edge puts in:
   message instead (mode 3: the header alone, no mask): the robot goes on carrying the mask it
   holds by its own flow. At most `max_kept` keeps in a row. Stateful on the edge
   (`MaskSender`, one per robot); a robot needs nothing but the mask it holds.
+- near_lossless_ref: near_lossless masks, numbered, each coded either alone or with the last
+  mask sent (as the robot decoded it: both ends hold it exactly) as extra context of the
+  arithmetic coder (JBIG2-refinement style: where the scene stands still, "as before" costs
+  next to nothing), whichever is smaller; a referenced mask names its reference (sequence
+  number and the CRC32 of its class ids) and the robot decodes it only when it holds exactly
+  that mask (`MaskReceiver`), else refuses it (`MaskReferenceError`). Every `key_interval`-th
+  mask, and the first after a `MaskSender.reset` (a keyframe request), is coded alone (a key
+  mask), so a robot that missed a mask recovers;
+- near_lossless_keyref: the same, each mask coded against the last key mask instead: a bit
+  larger, but a robot that missed a mask (not a key) refuses no other.
 
 Version 1 (`encoding` "stac_rle_deflate_v1", coding rle_deflate): the runs of the raster
 scan, class id and LEB128 varint length each, deflated. Robots still read it, so an edge of
@@ -30,7 +40,9 @@ refused, not shown):
 
     v1: version=1 u8 | width u16 | height u16 | runs u32 | deflated (ids, varint lengths)
     v2: version=2 u8 | mode u8 | width u16 | height u16 | coded width u16 | coded height u16
-        | flags u8 | range-coded stream (mode 3, keep: coded size 0x0, no stream)
+        | flags u8 | range-coded stream (mode 3, keep: coded size 0x0, no stream; mode 4,
+        numbered: sequence u32 | reference sequence u32 | reference CRC32 u32 before the
+        stream, the reference fields 0 unless flags has FLAG_REFERENCED)
 
 Decoding never allocates or works beyond the receiver's pixel budget (`max_pixels`, the frame
 it holds): sizes are checked before anything is allocated, and the range decoder writes
@@ -39,6 +51,7 @@ exactly the declared pixels and stops a few bytes past the end of the data.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import threading
 import zlib
@@ -64,7 +77,12 @@ MAX_SIDE_PIXELS = 16384
 MODE_CONTEXT = 1  # full resolution
 MODE_REDUCED = 2  # coded smaller, upsampled by the receiver
 MODE_KEEP = 3  # no mask: the edge's mask agrees with the last one sent; keep carrying it
+MODE_NUMBERED = 4  # full resolution, numbered; may be coded against a reference
 FLAG_LOSSY = 0x01  # the edge moved boundaries (near_lossless) or reduced the mask
+FLAG_REFERENCED = 0x02  # mode 4: coded with the reference it names as context
+KEY_INTERVAL = 8  # near_lossless_ref: every this many masks one is coded alone
+REFERENCES = ("previous", "key")  # what a referenced coding codes against: the last mask sent
+# or the last one coded alone (then a missed mask costs the robot no other one, unless a key)
 
 _CONFIDENT = 0.8  # near_lossless: a pixel may take a class the model gives at least this
 GUIDE_SIGMA = 12.0  # guided upsampling: the colour distance (0..255 a channel) that halves ~0.6
@@ -82,7 +100,11 @@ class MaskCoding:
     move (0: exact); protected_share: classes below this share of the mask's pixels never
     move; keep_below_change: a `MaskSender` sends a keep instead of a mask whose change from
     the last one sent is below this (`MaskSender.change`; 0: never); max_kept: at most this
-    many keeps in a row. A single `encode_mask` always sends the mask."""
+    many keeps in a row; key_interval > 0: a `MaskSender` numbers the masks and may code each
+    against the last one sent (mode 4), every key_interval-th alone; reference: what such a
+    mask is coded against, "previous" (the last mask sent: smaller, but a robot that missed a
+    mask refuses the next ones until a key mask) or "key" (the last mask coded alone). A
+    single `encode_mask` always sends the mask (alone, unnumbered)."""
 
     name: str
     version: int = MASK_WIRE_VERSION
@@ -91,10 +113,25 @@ class MaskCoding:
     protected_share: float = 0.02
     keep_below_change: float = 0.0
     max_kept: int = 0
+    key_interval: int = 0
+    reference: str = "previous"
+
+    def __post_init__(self) -> None:
+        if self.key_interval < 0:
+            raise ValueError(f"key_interval must be >= 0, got {self.key_interval}")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference {self.reference!r}: one of {REFERENCES}")
+        if self.key_interval and (self.reduction != 1 or self.gated or self.version != 2):
+            raise ValueError("a referenced coding is full-resolution v2 without keeps")
 
     @property
     def lossless(self) -> bool:
         return self.reduction == 1 and self.tolerance_px == 0 and not self.gated
+
+    @property
+    def referenced(self) -> bool:
+        """Masks are numbered and may be coded against the last one sent."""
+        return self.key_interval > 0
 
     @property
     def gated(self) -> bool:
@@ -120,12 +157,18 @@ MASK_CODINGS = {
             keep_below_change=KEEP_BELOW_CHANGE,
             max_kept=MAX_KEPT,
         ),
+        MaskCoding("near_lossless_ref", tolerance_px=1, key_interval=KEY_INTERVAL),
+        MaskCoding(
+            "near_lossless_keyref", tolerance_px=1, key_interval=KEY_INTERVAL, reference="key"
+        ),
     )
 }
 DEFAULT_MASK_CODING = "near_lossless"
 
 _HEADER_V1 = struct.Struct(">BHHI")
 _HEADER_V2 = struct.Struct(">BBHHHHB")
+_NUMBERS = struct.Struct(">III")  # mode 4: sequence, reference sequence, reference CRC32
+FLAGS_OFFSET = _HEADER_V2.size - 1  # where a v2 header's flags byte is
 _CRC = struct.Struct(">I")
 _MAX_VARINT_BYTES = 3  # runs of up to 2^21 - 1 pixels; longer runs are split
 _MAX_RUN = (1 << (7 * _MAX_VARINT_BYTES)) - 1
@@ -135,12 +178,28 @@ class MaskWireError(ValueError):
     """Bytes that are not a mask in this wire form."""
 
 
-def mask_coding(name: str) -> MaskCoding:
-    """The coding of that name (ValueError naming the choices otherwise)."""
+class MaskReferenceError(MaskWireError):
+    """A well-formed mask coded against a reference the receiver does not hold (it missed a
+    mask: the edge's next key mask recovers). reason: "no_reference" (none held) or
+    "reference_mismatch" (another mask held)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def mask_coding(name: str, key_interval: int | None = None) -> MaskCoding:
+    """The coding of that name (ValueError naming the choices otherwise); key_interval: a
+    referenced coding's key mask interval instead of its default (ignored by the others)."""
     try:
-        return MASK_CODINGS[name]
+        coding = MASK_CODINGS[name]
     except KeyError:
         raise ValueError(f"mask coding {name!r}: choose one of {sorted(MASK_CODINGS)}") from None
+    if key_interval is not None and coding.referenced:
+        if key_interval < 1:
+            raise ValueError(f"key_interval must be >= 1, got {key_interval}")
+        coding = dataclasses.replace(coding, key_interval=key_interval)
+    return coding
 
 
 def encode_mask(class_ids: np.ndarray, coding: str | MaskCoding = DEFAULT_MASK_CODING) -> bytes:
@@ -167,21 +226,12 @@ def _encode(class_ids, coding: str | MaskCoding, with_decoded: bool):
     if coding.version == RLE_DEFLATE_VERSION:
         return _encode_rle(mask), mask
     coded_width, coded_height = reduced_size(width, height, coding.reduction)
-    movable = 0
     if coding.reduction > 1:
         coded = _mask_coder.downsample(mask, width, height, coded_width, coded_height)
+        stream, sent = _mask_coder.encode(coded, coded_width, coded_height, None, 0, 0, 0.0)
+        lossy = True
     else:
-        coded = mask
-        if coding.tolerance_px > 0:
-            movable = movable_classes(mask, coding.protected_share)
-    stream, sent = _mask_coder.encode(coded, coded_width, coded_height, None, 0, 0, 0.0)
-    lossy = coding.reduction > 1
-    if movable:  # the moved boundaries usually cost less, not always: the smaller one goes
-        moved_stream, moved = _mask_coder.encode(
-            coded, coded_width, coded_height, None, coding.tolerance_px, movable, _CONFIDENT
-        )
-        if len(moved_stream) < len(stream):
-            stream, sent, lossy = moved_stream, moved, True
+        stream, sent, lossy = _code_full(mask, coding, None)
     mode = MODE_REDUCED if coding.reduction > 1 else MODE_CONTEXT
     flags = FLAG_LOSSY if lossy else 0
     body = _HEADER_V2.pack(MASK_WIRE_VERSION, mode, width, height, coded_width, coded_height, flags)
@@ -192,6 +242,39 @@ def _encode(class_ids, coding: str | MaskCoding, with_decoded: bool):
     if coding.reduction > 1:
         return data, _upsample(sent, coded_width, coded_height, width, height)
     return data, np.frombuffer(sent, np.uint8).reshape(height, width)
+
+
+def _code_full(mask: np.ndarray, coding: MaskCoding, reference: np.ndarray | None):
+    """(stream, the mask the decoder makes of it as bytes, whether boundaries moved) of a
+    full-resolution mask, with `reference` (a mask of its size both ends hold) as context or
+    alone."""
+    height, width = mask.shape
+    stream, sent = _mask_coder.encode(mask, width, height, None, 0, 0, 0.0, reference)
+    lossy = False
+    movable = movable_classes(mask, coding.protected_share) if coding.tolerance_px > 0 else 0
+    if movable:  # the moved boundaries usually cost less, not always: the smaller one goes
+        moved_stream, moved = _mask_coder.encode(
+            mask, width, height, None, coding.tolerance_px, movable, _CONFIDENT, reference
+        )
+        if len(moved_stream) < len(stream):
+            stream, sent, lossy = moved_stream, moved, True
+    return stream, sent, lossy
+
+
+def _encode_numbered(
+    width: int,
+    height: int,
+    stream: bytes,
+    lossy: bool,
+    sequence: int,
+    reference: tuple[int, int] | None,
+) -> bytes:
+    """Mode 4 wire bytes: numbered `sequence`, coded against the mask numbered
+    reference[0] whose class ids have CRC32 reference[1] (None: coded alone)."""
+    flags = (FLAG_LOSSY if lossy else 0) | (FLAG_REFERENCED if reference else 0)
+    body = _HEADER_V2.pack(MASK_WIRE_VERSION, MODE_NUMBERED, width, height, width, height, flags)
+    body += _NUMBERS.pack(sequence, *(reference or (0, 0))) + stream
+    return body + _CRC.pack(zlib.crc32(body))
 
 
 def encode_keep(width: int, height: int) -> bytes:
@@ -207,9 +290,10 @@ class MaskSender:
     """The edge's side of a robot's masks in one coding: `encode` gives the wire bytes of each
     new mask. With a gated coding it remembers the last mask sent (as the robot decoded it) and
     sends a keep instead of a new mask whose `change` from it is below `keep_below_change`, at
-    most `max_kept` times in a row; otherwise every mask goes, as `encode_mask` codes it.
-    `reset` (after a loss, a keyframe request; from any thread) makes the next mask go in
-    full.
+    most `max_kept` times in a row; with a referenced coding it numbers the masks and codes
+    each against the last one sent where that is smaller, every `key_interval`-th alone;
+    otherwise every mask goes, as `encode_mask` codes it. `reset` (after a loss, a keyframe
+    request; from any thread) makes the next mask go in full (and alone).
 
     change: for each class seen so far, the pixels where the two masks disagree about it,
     divided by its mean area per mask (over the masks this sender saw), averaged over the
@@ -223,11 +307,17 @@ class MaskSender:
         self._kept = 0
         self._areas = np.zeros(256, np.int64)  # each class's pixels over the masks seen
         self._masks = 0
+        self._sequence = 0  # the next mask's number (referenced codings)
+        # referenced codings: "previous" (the last mask sent) and "key" (the last coded
+        # alone), each as the robot decodes it, with its number and CRC32
+        self._references: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
+        self._since_key = 0  # referenced masks sent since the last mask coded alone
         self._lock = threading.Lock()
 
     def reset(self) -> None:
         with self._lock:
             self._held = None
+            self._references = {}
 
     def encode(self, class_ids: np.ndarray) -> bytes:
         return self.encode_and_decoded(class_ids)[0]
@@ -236,7 +326,7 @@ class MaskSender:
         """The wire bytes and the mask the robot decodes from them (None for a keep: the
         robot goes on with the mask it holds)."""
         coding = self.coding
-        if not coding.gated:
+        if not coding.gated and not coding.referenced:
             return encode_mask_and_decoded(class_ids, coding)
         if (
             not isinstance(class_ids, np.ndarray)
@@ -245,7 +335,35 @@ class MaskSender:
         ):
             raise ValueError("a mask must be a 2-D uint8 array of class ids")
         with self._lock:
+            if coding.referenced:
+                return self._referenced(class_ids, coding)
             return self._gated(class_ids, coding)
+
+    def _referenced(self, class_ids: np.ndarray, coding: MaskCoding) -> tuple[bytes, np.ndarray]:
+        height, width = class_ids.shape
+        if not (1 <= width <= MAX_SIDE_PIXELS and 1 <= height <= MAX_SIDE_PIXELS):
+            raise ValueError(f"a {width}x{height} mask is outside the wire form's bounds")
+        mask = np.ascontiguousarray(class_ids)
+        stream, sent, lossy = _code_full(mask, coding, None)
+        reference = None
+        held = self._references.get(coding.reference)
+        if (
+            held is not None
+            and held[0].shape == mask.shape
+            and self._since_key + 1 < coding.key_interval
+        ):
+            against = _code_full(mask, coding, held[0])
+            if len(against[0]) < len(stream):
+                (stream, sent, lossy), reference = against, held[1]
+        sequence = self._sequence
+        data = _encode_numbered(width, height, stream, lossy, sequence, reference)
+        decoded = np.frombuffer(sent, np.uint8).reshape(height, width)
+        self._references["previous"] = (decoded, (sequence, zlib.crc32(sent)))
+        if reference is None:
+            self._references["key"] = self._references["previous"]
+        self._sequence = (sequence + 1) & 0xFFFFFFFF
+        self._since_key = self._since_key + 1 if reference else 0
+        return data, decoded
 
     def _gated(self, class_ids: np.ndarray, coding: MaskCoding) -> tuple[bytes, np.ndarray | None]:
         self._areas += np.bincount(class_ids.reshape(-1), minlength=256)
@@ -310,11 +428,47 @@ def is_keep(data: bytes) -> bool:
     return len(data) >= 2 and data[0] == MASK_WIRE_VERSION and data[1] == MODE_KEEP
 
 
+def is_numbered(data: bytes) -> bool:
+    """Whether these bytes are a numbered mask (version 2, mode 4), which may need the
+    reference it names (MaskReceiver decodes it)."""
+    return len(data) >= 2 and data[0] == MASK_WIRE_VERSION and data[1] == MODE_NUMBERED
+
+
+class MaskReceiver:
+    """The robot's side of the masks from one edge: `decode` reads every coding (keeps give
+    None) and holds the references the edge may code the next numbered mask against: the last
+    numbered mask it decoded and the last one coded alone (a key mask). A mask coded against
+    any other reference is refused (MaskReferenceError: the robot missed a mask; the edge's
+    next key mask recovers); an unnumbered mask clears the references."""
+
+    def __init__(self) -> None:
+        self._references: dict[tuple[int, int], np.ndarray] = {}  # (sequence, CRC32): mask
+        self._key: tuple[int, int] | None = None  # the last key mask's number
+        self._lock = threading.Lock()
+
+    def decode(
+        self, data: bytes, *, max_pixels: int, guide: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        data = bytes(data)
+        with self._lock:
+            if not is_numbered(data):
+                mask = decode_mask_or_keep(data, max_pixels=max_pixels, guide=guide)
+                if mask is not None:
+                    self._references, self._key = {}, None
+                return mask
+            mask, number, referenced = _decode_checked(data, max_pixels, None, self._references)
+            if not referenced:
+                self._key = number
+            kept = {self._key: self._references[self._key]} if referenced and self._key else {}
+            self._references = {**kept, number: mask}
+            return mask
+
+
 def decode_mask_or_keep(
     data: bytes, *, max_pixels: int, guide: np.ndarray | None = None
 ) -> np.ndarray | None:
-    """decode_mask, except that a well-formed keep message gives None (what the robot reads:
-    every coding, keeps included)."""
+    """decode_mask, except that a well-formed keep message gives None (every coding, keeps
+    included; a numbered mask coded against a reference needs MaskReceiver)."""
     data = bytes(data)
     if is_keep(data):
         width, height = mask_size(data)
@@ -339,8 +493,21 @@ def decode_mask(data: bytes, *, max_pixels: int, guide: np.ndarray | None = None
     guide: the receiver's HxWx3 uint8 RGB frame of the mask, to weight the upsampling of a
     reduced mask by colour (joint bilateral); measured to agree less with the edge's mask than
     plain upsampling (docs/masks.md: the model's boundaries do not follow the image's edges
-    at this scale), so the robot does not pass it."""
-    data = bytes(data)
+    at this scale), so the robot does not pass it.
+
+    A numbered mask coded against a reference raises MaskReferenceError (MaskReceiver, which
+    holds references, decodes it); one coded alone decodes here."""
+    return _decode_checked(bytes(data), max_pixels, guide, {})[0]
+
+
+def _decode_checked(
+    data: bytes,
+    max_pixels: int,
+    guide: np.ndarray | None,
+    references: dict[tuple[int, int], np.ndarray],
+) -> tuple[np.ndarray, tuple[int, int], bool]:
+    """The mask, (for a numbered one) its sequence and CRC32, and whether it was coded
+    against a reference; `references`: the receiver's, by (sequence, CRC32)."""
     width, height = mask_size(data)
     pixels = width * height
     if pixels > max_pixels:
@@ -349,10 +516,50 @@ def decode_mask(data: bytes, *, max_pixels: int, guide: np.ndarray | None = None
     if zlib.crc32(body) != checksum:
         raise MaskWireError("checksum mismatch: the mask was damaged or truncated")
     if data[0] == RLE_DEFLATE_VERSION:
-        return _decode_rle(body, width, height)
+        return _decode_rle(body, width, height), (0, 0), False
     if guide is not None and (guide.shape != (height, width, 3) or guide.dtype != np.uint8):
         raise ValueError(f"a guide for a {width}x{height} mask must be {height}x{width}x3 uint8")
-    return _decode_context(body, width, height, guide)
+    if body[1] == MODE_NUMBERED:
+        return _decode_numbered(body, width, height, references)
+    return _decode_context(body, width, height, guide), (0, 0), False
+
+
+def _decode_numbered(
+    body: bytes, width: int, height: int, references: dict[tuple[int, int], np.ndarray]
+) -> tuple[np.ndarray, tuple[int, int], bool]:
+    _, _, _, _, coded_width, coded_height, flags = _HEADER_V2.unpack_from(body)
+    if (coded_width, coded_height) != (width, height):
+        raise MaskWireError("a numbered mask whose coded size is not its size")
+    if flags & ~(FLAG_LOSSY | FLAG_REFERENCED):
+        raise MaskWireError(f"flags {flags:#04x} unknown to this decoder")
+    if len(body) < _HEADER_V2.size + _NUMBERS.size:
+        raise MaskWireError("a numbered mask shorter than its numbers")
+    sequence, reference_sequence, reference_crc = _NUMBERS.unpack_from(body, _HEADER_V2.size)
+    reference = None
+    if flags & FLAG_REFERENCED:
+        if not references:
+            raise MaskReferenceError(
+                "no_reference",
+                f"mask {sequence} is coded against mask {reference_sequence}, and no mask is held",
+            )
+        reference = references.get((reference_sequence, reference_crc))
+        if reference is None or reference.shape != (height, width):
+            held = ", ".join(f"{number} (CRC32 {crc:08x})" for number, crc in sorted(references))
+            raise MaskReferenceError(
+                "reference_mismatch",
+                f"mask {sequence} is coded against mask {reference_sequence} "
+                f"(CRC32 {reference_crc:08x}); the masks held: {held}",
+            )
+    elif (reference_sequence, reference_crc) != (0, 0):
+        raise MaskWireError("a mask coded alone that names a reference")
+    try:
+        coded = _mask_coder.decode(
+            body[_HEADER_V2.size + _NUMBERS.size :], width, height, None, reference
+        )
+    except ValueError as error:
+        raise MaskWireError(str(error)) from error
+    mask = np.frombuffer(coded, np.uint8).reshape(height, width)
+    return mask, (sequence, zlib.crc32(coded)), reference is not None
 
 
 def _decode_context(body: bytes, width: int, height: int, guide: np.ndarray | None):

@@ -33,6 +33,7 @@ from std_srvs.srv import Trigger
 from stac_codec.h264_decoder import DecodeResult, DecodeStatus
 from stac_codec.mask_wire import (
     DEFAULT_MASK_CODING,
+    KEY_INTERVAL,
     MASK_CODINGS,
     MaskSender,
     mask_coding,
@@ -104,9 +105,21 @@ PARAMETERS = (
         "docs/masks.md): near_lossless (boundaries between large classes may move 1 px, small "
         "classes exact), near_lossless_gated (the same, but a keep message instead of a mask "
         "that barely changed since the last one sent: fewer bits, staler robot masks), "
-        "lossless, reduced (half resolution, upsampled by the robot) or rle_deflate (the "
-        "earlier run-length form).",
+        "near_lossless_ref (the same, numbered, each coded with the last one sent as context "
+        "where that is smaller; a robot that missed a mask refuses the next ones until a key "
+        "mask), near_lossless_keyref (the same with the last key mask as context: a missed "
+        "mask costs no other unless it was a key), lossless, reduced (half resolution, "
+        "upsampled by the robot) or rle_deflate (the earlier run-length form).",
         choices=tuple(MASK_CODINGS),
+    ),
+    ParameterSpec(
+        "mask_key_interval",
+        KEY_INTERVAL,
+        "near_lossless_ref and near_lossless_keyref: every this many masks one is coded alone "
+        "(a key mask, which a robot that missed a mask recovers from; so is the first after a "
+        "keyframe request).",
+        min_value=1,
+        max_value=1000,
     ),
     ParameterSpec(
         "encoded_qos",
@@ -157,7 +170,9 @@ class SegmenterNode(Node):
         super().__init__("stac_segmenter", **node_options)
         self.params = declare_parameters(self, PARAMETERS)
         self.model = load_model_from(self.params) if model is None else model
-        self._mask_sender = MaskSender(mask_coding(self.params["mask_coding"]))
+        self._mask_sender = MaskSender(
+            mask_coding(self.params["mask_coding"], key_interval=self.params["mask_key_interval"])
+        )
         # In the edge container the container's worker runs the forward, on its own engine.
         self.engine = None
         if worker is None:

@@ -28,8 +28,9 @@ from std_srvs.srv import Trigger
 from stac_codec.h264_encoder import PRESETS, EncoderConfig
 from stac_codec.mask_wire import (
     ENCODING_BY_VERSION,
+    MaskReceiver,
+    MaskReferenceError,
     MaskWireError,
-    decode_mask_or_keep,
     encoding_of,
     mask_size,
 )
@@ -349,6 +350,7 @@ class EncoderNode(Node):
             link_channels=(maps.get_publisher_count, masks.get_publisher_count),
         )
         self._receiver = QPMapReceiver(self.params["max_abs_offset_qp"])
+        self._mask_receiver = MaskReceiver()  # holds the reference of numbered masks
         self._rejections = RejectionLog(self.get_logger().warning)
         self._report_rate()
 
@@ -473,12 +475,15 @@ class EncoderNode(Node):
                     f"header says {msg.width}x{msg.height}, the data declares "
                     f"{declared[0]}x{declared[1]}"
                 )
-            class_ids = decode_mask_or_keep(data, max_pixels=frame_size[0] * frame_size[1])
+            class_ids = self._mask_receiver.decode(data, max_pixels=frame_size[0] * frame_size[1])
             if class_ids is None:  # a keep (counted as received): the mask held goes on
                 self.loop.mask_kept(msg.source_frame_seq)
                 self.statistics.count("masks_received")
                 return
             adopted = self.loop.submit_mask(class_ids, msg.source_frame_seq)
+        except MaskReferenceError as error:  # a mask was missed: the next key mask recovers
+            self._refuse_mask(f"mask/{error.reason}", f"mask refused: {error}")
+            return
         except (MaskWireError, ImageConversionError) as error:
             self._refuse_mask("mask/damaged", f"mask refused: {error}")
             return

@@ -7,8 +7,10 @@ images (CamVid val); each full-resolution mask goes through every coder:
 
 - baselines: rle_deflate (the earlier wire form: runs + deflate), png (the ids as an 8-bit
   PNG, level 9: a palette PNG's pixels without its palette), webp_lossless (OpenCV's libwebp);
-- the codings the edge can choose (`mask_coding`: lossless, near_lossless, reduced), exactly
-  as the segmenter sends them and the robot decodes them (stac_codec.mask_wire);
+- the codings the edge can choose (`mask_coding`: lossless, near_lossless, reduced,
+  near_lossless_gated, near_lossless_ref), exactly as the segmenter sends them and the robot
+  decodes them (stac_codec.mask_wire: MaskSender, MaskReceiver; near_lossless_ref's key
+  masks every `--key-interval` masks; a folder of images is no sequence: each mask alone);
 - measured alternatives that are not wire modes, kept to show why: near_lossless_2 (boundaries
   may move 2 px), reduced_guided (reduced, upsampled with the robot's own frame as guide:
   joint-bilateral weights), conditional (lossless, coded against the previous mask, which both
@@ -16,7 +18,8 @@ images (CamVid val); each full-resolution mask goes through every coder:
   by dense flow between the two frames: what any motion-compensated prediction, e.g. one from
   the H.264 motion vectors both ends can read, could at best be) and near_lossless_conditional
   (near-lossless against the previous decoded mask: the edge keeps the previous boundaries
-  where it may, a temporal stabiliser).
+  where it may, a temporal stabiliser); lossless_ref and near_lossless_2_ref
+  (near_lossless_ref's reference context without moved boundaries, and with 2 px).
 
 Per coder: bytes_per_mask (mean), ratio_vs_rle_deflate, agreement_miou (the decoded masks
 against the edge's, one confusion matrix over all masks), encode_ms and decode_ms (median per
@@ -29,7 +32,10 @@ source frame) to frame s + late-frames, against the edge's mask of that frame: t
 timely mIoU for masks that late, without the timing noise of a live run. The same for an edge
 that sends only every n-th near_lossless mask (`near_lossless_every_nth_mask`: the robot then
 carries the newest mask it got, n - 1 segmented frames older at times): fewer bits for staler
-masks.
+masks. And for a robot that misses every n-th mask (`robot_misses_every_nth_mask`: its
+keep-last queue dropped it; the edge cannot know): near_lossless loses only that mask,
+near_lossless_ref also has the robot refuse the masks coded against it until the next key
+mask (the refusals counted).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -47,12 +53,18 @@ import torch
 
 from stac_codec import _mask_coder
 from stac_codec.mask_wire import (
+    FLAG_REFERENCED,
+    FLAGS_OFFSET,
     MASK_CODINGS,
     MaskCoding,
+    MaskReceiver,
+    MaskReferenceError,
     MaskSender,
     decode_mask,
     decode_mask_or_keep,
     encode_mask,
+    is_numbered,
+    mask_coding,
     movable_classes,
 )
 from stac_edge_segmenter.loading import load_model
@@ -66,9 +78,13 @@ from stac_training.camvid import read_image_rgb
 BASELINE = "rle_deflate"
 
 
-LATE_CODERS = ("lossless", "near_lossless", "reduced", "near_lossless_gated")
 GATED = "near_lossless_gated"  # a keep instead of a mask that agrees with the last one sent
+REFERENCED = "near_lossless_ref"  # numbered, coded with the last mask sent as context
+KEY_REFERENCED = "near_lossless_keyref"  # ... with the last key mask as context
+REFERENCED_CODINGS = (REFERENCED, KEY_REFERENCED)
+LATE_CODERS = ("lossless", "near_lossless", "reduced", GATED, *REFERENCED_CODINGS)
 SEND_EVERY_NTH = (2, 3)  # late_masks: near_lossless masks, only every n-th one sent
+DROP_EVERY = (10, 5)  # late_masks: the robot misses every n-th mask (its keep-last queue)
 
 
 @dataclass
@@ -98,6 +114,7 @@ class Tally:
     decode_ms: list[float] = field(default_factory=list)
     exact: bool = True
     kept: int = 0  # keeps sent instead of masks (near_lossless_gated)
+    referenced: int = 0  # masks coded against the previous one (the *_ref codings)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +136,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(a multiple of --every; 0: skip)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the model)")
+    parser.add_argument(
+        "--key-interval",
+        type=int,
+        default=MASK_CODINGS[REFERENCED].key_interval,
+        help="near_lossless_ref: every this many masks one is coded alone",
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -128,17 +151,26 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit("stac-bench masks: --every must be >= 1")
     if args.late_frames < 0 or args.late_frames % args.every:
         raise SystemExit("stac-bench masks: --late-frames must be a multiple of --every")
+    if args.key_interval < 1:
+        raise SystemExit("stac-bench masks: --key-interval must be >= 1")
     torch.set_num_threads(args.threads)
     model = load_model()
     result: dict = {}
+    key_interval = args.key_interval
     if args.video is not None:
-        late = LateMasks(args.late_frames, model.num_classes) if args.late_frames else None
+        late = (
+            LateMasks(args.late_frames, model.num_classes, key_interval)
+            if args.late_frames
+            else None
+        )
         frames = read_frames(str(args.video), max_frames=args.max_frames)
         masks = _segmented(model, ((f.index, f.image) for f in frames), args.every, late)
         result = {"source": {"video": str(args.video), "every": args.every}}
-        result.update(measure(masks, model.num_classes, late))
+        result.update(measure(masks, model.num_classes, late, key_interval))
+        result["source"]["key_interval"] = key_interval
     if args.images is not None:
-        images = measure(_segmented(model, _image_frames(args.images)), model.num_classes)
+        # separate images: no temporal reference, every mask coded alone
+        images = measure(_segmented(model, _image_frames(args.images)), model.num_classes, None, 1)
         images["source"] = {"images": str(args.images)}
         if result:
             result["images"] = images
@@ -148,10 +180,16 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def measure(masks: Iterator[Masked], num_classes: int, late: LateMasks | None = None) -> dict:
+def measure(
+    masks: Iterator[Masked],
+    num_classes: int,
+    late: LateMasks | None = None,
+    key_interval: int = MASK_CODINGS[REFERENCED].key_interval,
+) -> dict:
     """Every coder over the masks: the JSON `coders` section and what was measured on (and
-    the `late_masks` section when `late` is given)."""
-    coders = all_coders()
+    the `late_masks` section when `late` is given). key_interval: the referenced codings'
+    (1: every mask coded alone, for images that are no sequence)."""
+    coders = all_coders(key_interval)
     tallies = {coder.name: Tally() for coder in coders}
     confusions = {coder.name: ConfusionMatrix(num_classes) for coder in coders}
     states: dict[str, dict] = {coder.name: {} for coder in coders}
@@ -159,7 +197,7 @@ def measure(masks: Iterator[Masked], num_classes: int, late: LateMasks | None = 
     for masked in masks:
         count += 1
         size = masked.class_ids.shape[::-1]
-        decoded_by_coder = {}
+        decoded_by_coder, wire = {}, {}
         for coder in coders:
             tally, state = tallies[coder.name], states[coder.name]
             started = time.perf_counter()
@@ -172,9 +210,16 @@ def measure(masks: Iterator[Masked], num_classes: int, late: LateMasks | None = 
             tally.exact &= bool(np.array_equal(decoded, masked.class_ids))
             confusions[coder.name].update(masked.class_ids, decoded)
             tally.kept += bool(state.get("kept"))
+            tally.referenced += bool(state.get("referenced"))
             decoded_by_coder[coder.name] = None if state.get("kept") else decoded
+            wire[coder.name] = data
         if late is not None:
-            late.segmented(masked.index, masked.class_ids, decoded_by_coder)
+            late.segmented(
+                masked.index,
+                masked.class_ids,
+                decoded_by_coder,
+                {name: wire[name] for name in REFERENCED_CODINGS},
+            )
     if count == 0:
         raise SystemExit("stac-bench masks: no frames read")
     baseline = statistics.fmean(tallies[BASELINE].sizes)
@@ -192,6 +237,8 @@ def measure(masks: Iterator[Masked], num_classes: int, late: LateMasks | None = 
         }
         if coder.name == GATED:
             table[coder.name]["kept_share"] = round(tally.kept / count, 4)
+        if coder.name.endswith("_ref"):
+            table[coder.name]["referenced_share"] = round(tally.referenced / count, 4)
     section = {
         "coders": table,
         "masks": count,
@@ -206,17 +253,30 @@ def measure(masks: Iterator[Masked], num_classes: int, late: LateMasks | None = 
 class LateMasks:
     """Each wire coding's decoded mask of frame s, carried to frame s + delay by the robot's
     flow code (a direct DIS flow from the frame it arrives at, as RobotLoop anchors a late
-    mask), scored against the edge's mask of that frame; and the same where the edge sends
-    only every n-th near_lossless mask (the robot carries the newest it got)."""
+    mask), scored against the edge's mask of that frame; the same where the edge sends
+    only every n-th near_lossless mask (the robot carries the newest it got); and where the
+    robot misses every n-th mask (its keep-last queue dropped it): with near_lossless it
+    loses that mask, with near_lossless_ref / keyref it also refuses the masks coded against
+    it until the next key mask (its own MaskReceiver decodes the wire bytes)."""
 
-    def __init__(self, delay_frames: int, num_classes: int) -> None:
+    def __init__(self, delay_frames: int, num_classes: int, key_interval: int) -> None:
         self.delay_frames = delay_frames
+        self.key_interval = key_interval
         self.flow: FrameFlow | None = None
         self.propagators: dict[str, MaskPropagator] = {}
-        self.held: dict[int, tuple[int, dict[str, np.ndarray]]] = {}  # index: (ordinal, masks)
+        # index: (ordinal, masks, the referenced codings' wire bytes)
+        self.held: dict[int, tuple[int, dict[str, np.ndarray], dict[str, bytes]]] = {}
         self.segmented_count = 0
         self.sent_every = {name: (name, 1) for name in LATE_CODERS}
         self.sent_every.update({f"every_{n}": ("near_lossless", n) for n in SEND_EVERY_NTH})
+        self.drops = [(n, name) for n in DROP_EVERY for name in REFERENCED_CODINGS]
+        for n in DROP_EVERY:
+            self.sent_every[f"drop_{n}"] = ("near_lossless", 1)
+            for name in REFERENCED_CODINGS:
+                self.sent_every[f"drop_{n}_{name}"] = (name, 1)
+        self.receivers = {drop: MaskReceiver() for drop in self.drops}
+        self.refused = dict.fromkeys(self.drops, 0)
+        self.dropped = dict.fromkeys(DROP_EVERY, 0)
         self.confusions = {name: ConfusionMatrix(num_classes) for name in self.sent_every}
 
     def frame(self, index: int, image: np.ndarray) -> None:
@@ -227,20 +287,50 @@ class LateMasks:
             self.propagators = {name: MaskPropagator(self.flow) for name in self.sent_every}
         self.flow.add_frame(index, image)
 
-    def segmented(self, index: int, class_ids: np.ndarray, decoded: dict) -> None:
-        """A segmented frame (after `frame` with the same index)."""
+    def segmented(
+        self, index: int, class_ids: np.ndarray, decoded: dict, referenced: dict[str, bytes]
+    ) -> None:
+        """A segmented frame (after `frame` with the same index); `referenced`: its wire
+        bytes in each referenced coding."""
         source = index - self.delay_frames
         late = self.held.pop(source, None)
         if late is not None:
-            ordinal, masks = late
+            ordinal, masks, data = late
+            arrived = self._arrivals(ordinal, masks, data)
             for name, (coding, every) in self.sent_every.items():
-                if ordinal % every == 0 and masks[coding] is not None:  # None: a keep
-                    self.propagators[name].set_mask(masks[coding], source)
+                mask = arrived.get(name, masks[coding])
+                if ordinal % every == 0 and mask is not None:  # None: a keep, or missed
+                    self.propagators[name].set_mask(mask, source)
                 self.confusions[name].update(class_ids, self.propagators[name].current().class_ids)
-        self.held[index] = (self.segmented_count, {name: decoded[name] for name in LATE_CODERS})
+        self.held[index] = (
+            self.segmented_count,
+            {name: decoded[name] for name in LATE_CODERS},
+            referenced,
+        )
         self.segmented_count += 1
         for old in [held for held in self.held if held < source]:
             del self.held[old]
+
+    def _arrivals(self, ordinal: int, masks: dict, data: dict[str, bytes]) -> dict:
+        """What the robots that miss every n-th mask adopt of this one (None: nothing)."""
+        arrived = {}
+        for n in DROP_EVERY:
+            missed = ordinal % n == n - 1
+            self.dropped[n] += missed
+            if missed:
+                arrived[f"drop_{n}"] = None
+            for name in REFERENCED_CODINGS:
+                if missed:
+                    arrived[f"drop_{n}_{name}"] = None
+                    continue
+                try:
+                    arrived[f"drop_{n}_{name}"] = self.receivers[n, name].decode(
+                        data[name], max_pixels=masks[name].size
+                    )
+                except MaskReferenceError:
+                    self.refused[n, name] += 1
+                    arrived[f"drop_{n}_{name}"] = None
+        return arrived
 
     def summary(self) -> dict:
         miou = {name: round(matrix.mean_iou(), 4) for name, matrix in self.confusions.items()}
@@ -248,11 +338,23 @@ class LateMasks:
             "delay_frames": self.delay_frames,
             "miou_vs_edge_mask_then": {name: miou[name] for name in LATE_CODERS},
             "near_lossless_every_nth_mask": {str(n): miou[f"every_{n}"] for n in SEND_EVERY_NTH},
+            "robot_misses_every_nth_mask": {
+                str(n): {
+                    "key_interval": self.key_interval,
+                    "missed": self.dropped[n],
+                    "near_lossless": miou[f"drop_{n}"],
+                    **{name: miou[f"drop_{n}_{name}"] for name in REFERENCED_CODINGS},
+                    **{f"{name}_refused": self.refused[n, name] for name in REFERENCED_CODINGS},
+                }
+                for n in DROP_EVERY
+            },
         }
 
 
-def all_coders() -> list[Coder]:
+def all_coders(key_interval: int = MASK_CODINGS[REFERENCED].key_interval) -> list[Coder]:
     near_2 = MaskCoding("near_lossless_2", tolerance_px=2)
+    referenced = mask_coding(REFERENCED, key_interval=key_interval)
+    key_referenced = mask_coding(KEY_REFERENCED, key_interval=key_interval)
     return [
         Coder(BASELINE, "earlier wire form (v1): runs + deflate", *_wire(MASK_CODINGS[BASELINE])),
         Coder("png", "8-bit PNG of the ids, level 9 (OpenCV)", _png_encode, _image_decode),
@@ -269,7 +371,30 @@ def all_coders() -> list[Coder]:
             _gated_encode,
             _gated_decode,
         ),
+        Coder(
+            REFERENCED,
+            f"mask_coding {REFERENCED} (wire v2, mode 4): near_lossless, each mask coded alone "
+            "or with the last one sent as context, whichever is smaller; every "
+            f"{key_interval}-th alone (a key mask)",
+            *_referenced(referenced),
+        ),
+        Coder(
+            KEY_REFERENCED,
+            f"mask_coding {KEY_REFERENCED} (wire v2, mode 4): as {REFERENCED}, but with the "
+            "last key mask as context (a missed mask costs the robot no other, unless a key)",
+            *_referenced(key_referenced),
+        ),
         Coder("near_lossless_2", "not a wire mode: tolerance 2 px", *_wire(near_2)),
+        Coder(
+            "lossless_ref",
+            "not a wire mode: near_lossless_ref without moved boundaries",
+            *_referenced(replace(referenced, name="lossless_ref", tolerance_px=0)),
+        ),
+        Coder(
+            "near_lossless_2_ref",
+            "not a wire mode: near_lossless_ref with tolerance 2 px",
+            *_referenced(replace(referenced, name="near_lossless_2_ref", tolerance_px=2)),
+        ),
         Coder(
             "reduced_guided",
             "not a wire mode: reduced, upsampled with the robot's frame as guide",
@@ -304,6 +429,23 @@ def _wire(coding: MaskCoding):
 
     def decode(data: bytes, masked: Masked, state: dict) -> np.ndarray:
         return decode_mask(data, max_pixels=masked.class_ids.size)
+
+    return encode, decode
+
+
+def _referenced(coding: MaskCoding):
+    """A MaskSender and a MaskReceiver in `coding` (state: whether the mask was coded against
+    the previous one)."""
+
+    def encode(masked: Masked, state: dict) -> bytes:
+        if "sender" not in state:
+            state["sender"], state["receiver"] = MaskSender(coding), MaskReceiver()
+        data = state["sender"].encode(masked.class_ids)
+        state["referenced"] = is_numbered(data) and bool(data[FLAGS_OFFSET] & FLAG_REFERENCED)
+        return data
+
+    def decode(data: bytes, masked: Masked, state: dict) -> np.ndarray:
+        return state["receiver"].decode(data, max_pixels=masked.class_ids.size)
 
     return encode, decode
 
@@ -440,3 +582,12 @@ def print_table(result: dict) -> None:
                 f"every {n}: {v}" for n, v in late["near_lossless_every_nth_mask"].items()
             )
             print(f"  near_lossless, only every n-th mask sent: {fewer}")
+            for n, row in late["robot_misses_every_nth_mask"].items():
+                refs = ", ".join(
+                    f"{name} {row[name]} ({row[name + '_refused']} more refused)"
+                    for name in REFERENCED_CODINGS
+                )
+                print(
+                    f"  the robot misses every {n}th mask ({row['missed']}): near_lossless "
+                    f"{row['near_lossless']}, {refs}; key masks every {row['key_interval']}"
+                )
