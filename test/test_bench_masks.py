@@ -52,7 +52,8 @@ def test_every_coder_reports_its_keys_with_sane_values(result):
         assert "reduced_guided" in coders
         for name, row in coders.items():
             extra = {"kept_share"} if name == "near_lossless_gated" else set()
-            extra |= {"referenced_share"} if name.endswith("_ref") else set()
+            referenced = {*REFERENCED_CODINGS, "lossless_ref", "near_lossless_2_ref"}
+            extra |= {"referenced_share"} if name in referenced else set()
             assert set(row) == KEYS | {"lossless"} | extra, name
             assert row["bytes_per_mask"] > 0 and row["encode_ms"] >= 0 and row["decode_ms"] >= 0
             assert 0.0 < row["agreement_miou"] <= 1.0, name

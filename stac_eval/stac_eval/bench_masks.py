@@ -237,7 +237,7 @@ def measure(
         }
         if coder.name == GATED:
             table[coder.name]["kept_share"] = round(tally.kept / count, 4)
-        if coder.name.endswith("_ref"):
+        if "referenced" in states[coder.name]:  # a referenced coding
             table[coder.name]["referenced_share"] = round(tally.referenced / count, 4)
     section = {
         "coders": table,
