@@ -249,12 +249,13 @@ def _code_full(mask: np.ndarray, coding: MaskCoding, reference: np.ndarray | Non
     full-resolution mask, with `reference` (a mask of its size both ends hold) as context or
     alone."""
     height, width = mask.shape
-    stream, sent = _mask_coder.encode(mask, width, height, None, 0, 0, 0.0, reference)
+    context = () if reference is None else (reference,)  # (an extension built before mode 4)
+    stream, sent = _mask_coder.encode(mask, width, height, None, 0, 0, 0.0, *context)
     lossy = False
     movable = movable_classes(mask, coding.protected_share) if coding.tolerance_px > 0 else 0
     if movable:  # the moved boundaries usually cost less, not always: the smaller one goes
         moved_stream, moved = _mask_coder.encode(
-            mask, width, height, None, coding.tolerance_px, movable, _CONFIDENT, reference
+            mask, width, height, None, coding.tolerance_px, movable, _CONFIDENT, *context
         )
         if len(moved_stream) < len(stream):
             stream, sent, lossy = moved_stream, moved, True
@@ -553,8 +554,9 @@ def _decode_numbered(
     elif (reference_sequence, reference_crc) != (0, 0):
         raise MaskWireError("a mask coded alone that names a reference")
     try:
+        context = () if reference is None else (reference,)
         coded = _mask_coder.decode(
-            body[_HEADER_V2.size + _NUMBERS.size :], width, height, None, reference
+            body[_HEADER_V2.size + _NUMBERS.size :], width, height, None, *context
         )
     except ValueError as error:
         raise MaskWireError(str(error)) from error
