@@ -27,6 +27,8 @@ def temporal_result(data_dir, tmp_path_factory):
         "--delays", "0,5", "--map-period", "5", "--rc-seconds", "6", "--timing-frames", "12",
         "--stale-psnr-db", "28,99", "--edge-ms", "60/150", "--bootstrap", "20",
         "--work-dir", str(work / "points"), "--out", str(out),
+        "--tried", "levers:robot.hold_offset_qp=5,robot.reference_qp_strength=0.5,"
+        "computer.block_mb=0",
     ]  # fmt: skip
     assert bench.main(argv) == 0
     return json.loads(out.read_text()), out
@@ -67,3 +69,19 @@ def test_masks_on_time_are_exact_and_late_ones_gain_from_warping(temporal_result
     assert propagation["0"]["warped_miou"] >= 0.99
     assert propagation["5"]["warped_miou"] > propagation["5"]["held_miou"]
     assert propagation["5"]["none_miou"] == 0.0
+
+
+def test_a_tried_variant_takes_robot_and_map_computer_settings(temporal_result):
+    """--tried with robot.KEY (forced skips, reference-aware offsets) and computer.KEY (the
+    map's cell): reported beside the default against the same baselines, and it changed the
+    stream (not the default's points under another name)."""
+    result, _ = temporal_result
+    tried = result["tried"]["levers"]
+    assert tried["settings"] == {
+        "robot.hold_offset_qp": 5,
+        "robot.reference_qp_strength": 0.5,
+        "computer.block_mb": 0,
+    }
+    assert set(tried["bd_rate_pct"]) == set(BASELINES)
+    default = result["stream_curves"]["stac"]
+    assert [p["uplink_kbps"] for p in tried["points"]] != [p["uplink_kbps"] for p in default]

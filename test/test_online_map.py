@@ -150,3 +150,33 @@ def test_residual_energy_is_what_motion_does_not_explain():
     np.testing.assert_array_equal(macroblock_residual_energy(frame, frame), 0.0)
     with pytest.raises(ValueError, match="does not match"):
         macroblock_residual_energy(frame, frame[:, :80])
+
+
+def test_a_coarser_map_pools_the_sensitivity_over_cells(tmp_path):
+    """block_mb 2: each 2x2 cell of macroblocks takes the mean of its sensitivities (w = 2^k:
+    2.5, 16, 2, 8), so the rule dQP = 3 * (mean(log2 g) - log2 g) gives one offset per cell:
+    log2 g = 1.32, 4, 1, 3, mean 2.33 -> 3.03, -5.01, 3.99, -2.01 -> 3, -5, 4, -2; block_mb 1
+    is the per-macroblock map."""
+    weight_log2 = np.array([[0, 2, 4, 4], [2, 0, 4, 4], [1, 1, 3, 3], [1, 1, 3, 3]])
+    frame = _grey_frame(np.zeros((4, 4), bool))
+    path = save_calibration(Calibration(alpha=0.5, max_offset_qp=10), tmp_path / "c.json")
+    model = _model(weight_log2)
+    pooled = QPMapComputer(model, path, block_mb=2).compute(frame)
+    by_hand = np.kron(np.array([[3, -5], [4, -2]]), np.ones((2, 2), int))
+    np.testing.assert_array_equal(pooled.offsets_qp, by_hand)
+    assert np.allclose(pooled.macroblock_sensitivity[:2, :2], pooled.macroblock_sensitivity[0, 0])
+    fine = QPMapComputer(model, path, block_mb=1).compute(frame)
+    # per macroblock: mean(k) = 2.25, dQP = 6.75 - 3k, to the nearest integer level
+    np.testing.assert_array_equal(fine.offsets_qp, np.rint(6.75 - 3 * weight_log2))
+    with pytest.raises(ValueError, match="block_mb"):
+        QPMapComputer(model, path, block_mb=-1)
+
+
+def test_the_auto_cell_is_what_one_pixel_of_the_models_input_covers(tmp_path):
+    path = save_calibration(Calibration(), tmp_path / "c.json")
+    model = _model(WEIGHT_LOG2)
+    model.spec = dataclasses.replace(model.spec, input_size=(480, 360))
+    auto = QPMapComputer(model, path, block_mb=0)
+    assert auto.cell_mb(960, 540) == 2 and auto.cell_mb(480, 360) == 1
+    assert auto.cell_mb(240, 180) == 1 and auto.cell_mb(1920, 1080) == 4
+    assert QPMapComputer(model, path, block_mb=3).cell_mb(480, 360) == 3

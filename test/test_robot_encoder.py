@@ -280,3 +280,123 @@ def test_the_nodes_refresh_and_mbtree_parameters_reach_the_encoder():
     assert abr.refresh == "intra_refresh"
     with pytest.raises(ValueError, match="mbtree needs refresh"):
         encoder_config_from({**params, "refresh": "idr", "mbtree": True})
+
+
+def _hold_encoder(**hold) -> RobotEncoder:
+    return RobotEncoder(RobotEncoderConfig(warp_qp_map=False, **hold))
+
+
+def _right_half_unimportant() -> np.ndarray:
+    offsets = np.zeros((4, 6), np.int8)
+    offsets[:, 3:] = 8
+    return offsets
+
+
+def test_held_back_macroblocks_are_coded_as_the_previous_picture_without_delay():
+    """hold_offset_qp: P-frame macroblocks the map marks unimportant get the previous
+    picture's pixels (x264 skips them: fewer bytes), the others follow the camera; every
+    frame's access unit comes out of the call that takes it and decodes at once. The right
+    half is fresh noise every frame (nothing predicts it: costly unless held)."""
+    rng = np.random.default_rng(2)
+    video = [f.copy() for f in frames(8)]
+    for frame in video:
+        frame[:, 48:] = rng.integers(0, 256, (HEIGHT, 48, 3), dtype=np.uint8)
+    held, plain = _hold_encoder(hold_offset_qp=8), _hold_encoder()
+    decoder = H264Decoder(WIDTH, HEIGHT)
+    sizes = {"held": 0, "plain": 0}
+    pictures = []
+    for index, frame in enumerate(video):
+        if index == 1:
+            for encoder in (held, plain):
+                encoder.submit_qp_map(QPMapUpdate(1, 1, 0.0, _right_half_unimportant()))
+        result = held.encode(frame, index * 0.1)
+        decoded = decoder.decode(result.packet.data, result.frame_seq)
+        assert decoded.ok and result.frame_seq == index + 1  # zero delay
+        pictures.append(decoded.image)
+        sizes["held"] += result.packet.size_bytes
+        sizes["plain"] += plain.encode(frame, index * 0.1).packet.size_bytes
+        assert held.last_held_macroblocks == (12 if index >= 1 else 0)
+    assert sizes["held"] < 0.6 * sizes["plain"]
+    right, left = np.s_[:, 48:], np.s_[:, :48]
+    frozen = np.abs(pictures[7][right].astype(int) - pictures[1][right].astype(int)).mean()
+    moving = np.abs(pictures[7][left].astype(int) - video[7][left].astype(int)).mean()
+    then = np.abs(pictures[7][left].astype(int) - video[1][left].astype(int)).mean()
+    assert frozen < 1 and moving < 0.75 * then  # held area frozen, the rest follows the camera
+
+
+def test_held_back_macroblocks_are_refreshed_by_column_and_by_change():
+    video = frames(6)
+    by_column = _hold_encoder(hold_offset_qp=8, hold_refresh_frames=3)
+    by_change = _hold_encoder(hold_offset_qp=8, hold_max_change=1.0)
+    counts = {"column": [], "change": []}
+    for index, frame in enumerate(video):
+        if index == 1:
+            for encoder in (by_column, by_change):
+                encoder.submit_qp_map(QPMapUpdate(1, 1, 0.0, _right_half_unimportant()))
+        by_column.encode(frame, index * 0.1)
+        by_change.encode(frame, index * 0.1)
+        counts["column"].append(by_column.last_held_macroblocks)
+        counts["change"].append(by_change.last_held_macroblocks)
+    # 3 unimportant columns, one of them coded from the camera each frame
+    assert counts["column"][1:] == [8] * 5
+    assert counts["change"] == [0] * 6  # the panning texture changes every macroblock
+
+
+def test_an_idr_picture_is_never_held_back_and_requests_still_get_one():
+    video = frames(5)
+    encoder = _hold_encoder(hold_offset_qp=8)
+    decoder = H264Decoder(WIDTH, HEIGHT)
+    for index, frame in enumerate(video):
+        if index == 1:
+            encoder.submit_qp_map(QPMapUpdate(1, 1, 0.0, _right_half_unimportant()))
+        if index == 3:
+            encoder.request_keyframe()
+        result = encoder.encode(frame, index * 0.1)
+        assert result.packet.keyframe == (index in (0, 3))
+        assert encoder.last_held_macroblocks == (0 if index in (0, 3) else 12)
+        decoded = decoder.decode(result.packet.data, result.frame_seq)
+        assert decoded.ok
+        if index == 3:  # the IDR shows the camera everywhere, not the held picture
+            right = np.s_[:, 48:]
+            now = np.abs(decoded.image[right].astype(int) - frame[right].astype(int)).mean()
+            held = np.abs(decoded.image[right].astype(int) - video[1][right].astype(int)).mean()
+            assert now < 0.75 * held
+
+
+def test_reference_aware_offsets_are_lower_where_the_previous_frame_predicts():
+    """reference_qp_strength: a static half (the previous frame predicts it) gets lower
+    offsets than a half of fresh noise every frame (nothing predicts it), from a flat map;
+    off, the map is handed on as it was."""
+    rng = np.random.default_rng(1)
+    static = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    maps = {}
+    for strength in (0.0, 2.0):
+        encoder = RobotEncoder(RobotEncoderConfig(reference_qp_strength=strength))
+        for index in range(5):
+            frame = static.copy()
+            frame[:, :48] = rng.integers(0, 256, (HEIGHT, 48, 3), dtype=np.uint8)
+            if index == 1:
+                encoder.submit_qp_map(QPMapUpdate(1, 1, 0.0, np.zeros((4, 6), np.int8)))
+            encoder.encode(frame, index * 0.1)
+        maps[strength] = encoder.last_qp_map
+    assert not maps[0.0].any()
+    noise, still = maps[2.0][:, :3], maps[2.0][:, 3:]
+    assert still.max() < noise.min() == 0 and still.mean() <= -5
+    with pytest.raises(ValueError, match="reference_qp_strength"):
+        RobotEncoderConfig(reference_qp_strength=-1.0)
+    with pytest.raises(ValueError, match="hold_offset_qp"):
+        RobotEncoderConfig(hold_offset_qp=-1)
+
+
+def test_the_nodes_hold_and_reference_parameters_reach_the_encoder():
+    from stac_encoder.encoder_node import PARAMETERS, encoder_config_from
+
+    params = {spec.name: spec.default for spec in PARAMETERS}
+    default = encoder_config_from(params)
+    assert (default.hold_offset_qp, default.reference_qp_strength) == (0, 0.0)
+    changed = encoder_config_from(
+        {**params, "hold_offset_qp": 5, "hold_refresh_frames": 10, "hold_max_change": 12.0,
+         "reference_qp_strength": 1.5}
+    )  # fmt: skip
+    assert (changed.hold_offset_qp, changed.hold_refresh_frames) == (5, 10)
+    assert (changed.hold_max_change, changed.reference_qp_strength) == (12.0, 1.5)

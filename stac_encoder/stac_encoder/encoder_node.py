@@ -150,6 +150,45 @@ PARAMETERS = (
         3600.0,
     ),
     ParameterSpec(
+        "hold_offset_qp",
+        RobotEncoderConfig.hold_offset_qp,
+        "Forced skips: on P-frames, macroblocks whose map offset is at least this get the "
+        "previous encoded picture's pixels, so x264 skips them (0 = off).",
+        0,
+        51,
+    ),
+    ParameterSpec(
+        "hold_refresh_frames",
+        RobotEncoderConfig.hold_refresh_frames,
+        "Forced skips: every held macroblock is coded from the camera again at least every this "
+        "many frames, column by column (0 = never).",
+        0,
+        100_000,
+    ),
+    ParameterSpec(
+        "hold_max_change",
+        RobotEncoderConfig.hold_max_change,
+        "Forced skips: a macroblock that changed by more than this (mean absolute difference, "
+        "8-bit levels) since the held picture is coded from the camera (255 = never).",
+        0.0,
+        255.0,
+    ),
+    ParameterSpec(
+        "reference_qp_strength",
+        RobotEncoderConfig.reference_qp_strength,
+        "Reference-aware offsets on P-frames (MB-tree-like from the past flow, weighted by the "
+        "map): offset - strength * log2(1 + weight * r / (1 - r)), r the share of a "
+        "macroblock the previous frame predicts (0 = off).",
+        0.0,
+        8.0,
+    ),
+    ParameterSpec(
+        "reference_mean_zero",
+        RobotEncoderConfig.reference_mean_zero,
+        "The reference-aware term less its mean over the frame (moves bits between "
+        "macroblocks only; off: it lowers the frame's QP as MB-tree does).",
+    ),
+    ParameterSpec(
         "max_abs_offset_qp",
         30,
         "Largest |QP offset| (budget shift included) a map from the edge may ask for; a map "
@@ -288,6 +327,11 @@ def encoder_config_from(params: dict) -> RobotEncoderConfig:
         max_map_age_s=params["max_map_age_s"],
         warp_qp_map=params["warp_qp_map"],
         warp=flow_config_from(params),
+        hold_offset_qp=params["hold_offset_qp"],
+        hold_refresh_frames=params["hold_refresh_frames"],
+        hold_max_change=params["hold_max_change"],
+        reference_qp_strength=params["reference_qp_strength"],
+        reference_mean_zero=params["reference_mean_zero"],
     )
 
 

@@ -25,16 +25,26 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
+import cv2
 import numpy as np
 
 from stac_codec.h264_encoder import EncodedPacket, EncoderConfig, QPMapEncoder
-from stac_codec.qp_map import MAX_ABS_QP_OFFSET, macroblock_grid, validate_qp_map
+from stac_codec.qp_map import (
+    MACROBLOCK_SIZE,
+    MAX_ABS_QP_OFFSET,
+    macroblock_grid,
+    validate_qp_map,
+)
 from stac_encoder.frame_flow import FrameFlow
 from stac_encoder.qp_map_warp import QPMapWarper, WarpConfig
 
 MAX_PICTURE_SIDE_PX = 16384  # H.264 levels allow no larger side
 # A map whose source stamp lies this far after the newest camera frame is from a broken clock.
 FUTURE_TOLERANCE_S = 1.0
+# Reference-aware offsets: a macroblock's persistence is capped here (r / (1 - r) <= 9, as if
+# the next 9 frames copied it), and its texture (grey-level std) floored at this many levels.
+REFERENCE_MAX_PERSISTENCE = 0.9
+REFERENCE_TEXTURE_FLOOR = 2.0
 # This many stale maps in a row from one session: the sequence was reset (or one bogus
 # map_seq raised the mark); adopt the incoming numbering again.
 STALE_MAPS_BEFORE_RESYNC = 3
@@ -67,7 +77,28 @@ class RobotEncoderConfig:
     """max_map_age_s: a map whose source frame is further than this from the frame being
     encoded falls back to a zero map; warp_qp_map: carry the map to each new frame with DIS
     optical flow; idr_offset_scale / p_offset_scale: the map's offsets are multiplied by this
-    on IDR pictures / on P-frames (1 = as the edge sent them; 0 = no map on that kind)."""
+    on IDR pictures / on P-frames (1 = as the edge sent them; 0 = no map on that kind).
+
+    Forced skips (hold_offset_qp > 0): on a P-frame, every macroblock whose map offset is at
+    least hold_offset_qp (the DNN needs little there) is handed to x264 with the co-located
+    pixels of the picture x264 was given before (the previous encoded frame as encoded,
+    held-back areas included), so x264 codes it as a skip or a near-zero residual, as DDS and
+    AccMPEG do with a blank background. The held area would stay frozen, so it is coded from
+    the camera again where it changed by more than hold_max_change (mean absolute difference,
+    8-bit levels, over the macroblock's pixels and channels; 255 = never) and, column by column,
+    every hold_refresh_frames frames (0 = never); IDR pictures are never held back.
+
+    Reference-aware offsets (reference_qp_strength > 0, needs the map warp's flow): an
+    MB-tree-like term on P-frames, from the past motion as the estimate of the future. Each
+    macroblock's persistence r (the share of its content the previous frame predicts: one less
+    its motion-compensated residual over its own texture, from the flow's grey images, at most
+    REFERENCE_MAX_PERSISTENCE) says how much later frames will predict from it, r / (1 - r)
+    over the whole future; weighted by the importance (the map, 2^(-offset / 6)) where that
+    content goes next (the flow reversed) over its own, the offset becomes
+    offset - strength * log2(1 + weight * r / (1 - r)): lower QP where later frames copy
+    important content from, the map's own offset where content is coded anew every frame.
+    reference_mean_zero: the term less its mean over the frame (it only moves bits between
+    macroblocks, as the map does; off, it lowers the frame's QP as x264's MB-tree does)."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     max_map_age_s: float = 5.0
@@ -75,10 +106,31 @@ class RobotEncoderConfig:
     warp: WarpConfig = field(default_factory=WarpConfig)
     idr_offset_scale: float = 1.0
     p_offset_scale: float = 1.0
+    hold_offset_qp: int = 0
+    hold_refresh_frames: int = 0
+    hold_max_change: float = 255.0
+    reference_qp_strength: float = 0.0
+    reference_mean_zero: bool = False
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.max_map_age_s) or self.max_map_age_s <= 0:
             raise ValueError(f"max_map_age_s must be > 0, got {self.max_map_age_s}")
+        if not 0 <= self.hold_offset_qp <= MAX_ABS_QP_OFFSET:
+            raise ValueError(
+                f"hold_offset_qp must be in 0..{MAX_ABS_QP_OFFSET} (0 = off), "
+                f"got {self.hold_offset_qp}"
+            )
+        if not 0 <= self.hold_refresh_frames <= 100_000:
+            raise ValueError(
+                f"hold_refresh_frames must be in 0..100000 (0 = never), "
+                f"got {self.hold_refresh_frames}"
+            )
+        if not (math.isfinite(self.hold_max_change) and 0.0 <= self.hold_max_change <= 255.0):
+            raise ValueError(f"hold_max_change must be in [0, 255], got {self.hold_max_change}")
+        if not (math.isfinite(self.reference_qp_strength) and 0 <= self.reference_qp_strength <= 8):
+            raise ValueError(
+                f"reference_qp_strength must be in [0, 8], got {self.reference_qp_strength}"
+            )
         for name in ("idr_offset_scale", "p_offset_scale"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value <= 4.0):
@@ -122,6 +174,10 @@ class RobotEncoder:
         self._keyframe_requested = False
         self.last_map_ms = 0.0  # wall time the last encode spent warping the map
         self._since_idr: int | None = None  # frames since the last IDR of the open encoder
+        self._previous_input: np.ndarray | None = None  # what x264 was given last (held areas)
+        self._hold_phase = 0  # frames since the encoder opened: the refresh column sweep
+        self.last_held_macroblocks = 0  # macroblocks the last encode held back
+        self.last_qp_map: np.ndarray | None = None  # the offsets the last encode gave x264
 
     @property
     def aq_strength(self) -> float:
@@ -235,9 +291,15 @@ class RobotEncoder:
         qp_map, qp_map_seq = self._map_for(capture_stamp_s)
         idr = self._keyframe_requested or self.next_is_idr()
         qp_map = self._scaled(qp_map, idr)
+        if not idr and self.config.reference_qp_strength and qp_map is not None:
+            qp_map = self._reference_aware(qp_map, flow_seq)
         if idr and idr_extra_qp:
             qp_map = _raised(qp_map, idr_extra_qp, height, width)
+        frame = self._held_back(frame, qp_map, idr)
+        self.last_qp_map = qp_map
         packet = self._encoder.encode(frame, qp_map, force_keyframe=self._keyframe_requested)
+        if self.config.hold_offset_qp:
+            self._previous_input = frame.copy()  # the caller may reuse its buffer
         self._since_idr = 0 if packet.keyframe else self._since_idr + 1
         self._frame_seq = packet_frame_seq
         self._newest_capture_s = capture_stamp_s
@@ -249,6 +311,82 @@ class RobotEncoder:
             while len(self._flow_seq_of) > self.config.warp.history_frames:
                 self._flow_seq_of.popitem(last=False)
         return EncodedFrameResult(self._frame_seq, packet, qp_map_seq, width, height)
+
+    def _reference_aware(self, qp_map: np.ndarray, flow_seq: int | None) -> np.ndarray:
+        """The map with the reference term (see RobotEncoderConfig); as it was when the flow
+        of this frame to the one before is not held."""
+        flow = self._flow
+        if flow is None or flow_seq is None:
+            return qp_map
+        step, now, before = flow.step_flow(flow_seq), flow.grey(flow_seq), flow.grey(flow_seq - 1)
+        if step is None or now is None or before is None:
+            return qp_map
+        rows, cols = qp_map.shape
+        height, width = now.shape
+        x, y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+        predicted = cv2.remap(
+            before, x + step[..., 0], y + step[..., 1], cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )  # fmt: skip
+        grey = now.astype(np.float32)
+        residual = np.abs(grey - predicted.astype(np.float32))
+
+        def per_macroblock(values: np.ndarray) -> np.ndarray:
+            return cv2.resize(values, (cols, rows), interpolation=cv2.INTER_AREA)
+
+        mean = per_macroblock(grey)
+        texture = np.sqrt(np.maximum(per_macroblock(grey * grey) - mean * mean, 0.0))
+        persistence = np.clip(
+            1.0 - per_macroblock(residual) / (texture + REFERENCE_TEXTURE_FLOOR),
+            0.0,
+            REFERENCE_MAX_PERSISTENCE,
+        )
+        # where each macroblock's content goes next: its backward flow reversed
+        motion = per_macroblock(step)  # flow-res px
+        centre_x = (np.arange(cols) + 0.5) * MACROBLOCK_SIZE
+        centre_y = (np.arange(rows) + 0.5) * MACROBLOCK_SIZE
+        next_x = centre_x[None, :] - motion[..., 0] / flow.scale_x
+        next_y = centre_y[:, None] - motion[..., 1] / flow.scale_y
+        next_col = np.clip((next_x // MACROBLOCK_SIZE).astype(int), 0, cols - 1)
+        next_row = np.clip((next_y // MACROBLOCK_SIZE).astype(int), 0, rows - 1)
+        offsets = qp_map.astype(np.float32)
+        weight = np.exp2((offsets - offsets[next_row, next_col]) / 6.0)
+        gain = np.log2(1.0 + weight * persistence / (1.0 - persistence))
+        if self.config.reference_mean_zero:
+            gain -= gain.mean()
+        moved = np.rint(offsets - self.config.reference_qp_strength * gain)
+        return np.clip(moved, -MAX_ABS_QP_OFFSET, MAX_ABS_QP_OFFSET).astype(np.int8)
+
+    def _held_back(self, frame: np.ndarray, qp_map: np.ndarray | None, idr: bool) -> np.ndarray:
+        """The frame x264 is given: `frame` with the macroblocks the map marks unimportant
+        replaced by the previous input's pixels (forced skips; see RobotEncoderConfig)."""
+        self.last_held_macroblocks = 0
+        threshold = self.config.hold_offset_qp
+        previous = self._previous_input
+        self._hold_phase += 1
+        if not threshold or idr or qp_map is None or previous is None:
+            return frame
+        if previous.shape != frame.shape:
+            return frame
+        held = qp_map >= threshold
+        period = self.config.hold_refresh_frames
+        if period:
+            columns = np.arange(held.shape[1])
+            held &= ((columns + self._hold_phase) % period != 0)[None, :]
+        if not held.any():
+            return frame
+        height, width = frame.shape[:2]
+        if self.config.hold_max_change < 255.0:
+            change = cv2.absdiff(frame, previous).mean(axis=2, dtype=np.float32)
+            held &= _macroblock_means(change, held.shape) <= self.config.hold_max_change
+        self.last_held_macroblocks = int(held.sum())
+        if not self.last_held_macroblocks:
+            return frame
+        pixels = np.repeat(np.repeat(held, MACROBLOCK_SIZE, 0), MACROBLOCK_SIZE, 1)
+        result = frame.copy()
+        pixels = pixels[:height, :width]
+        result[pixels] = previous[pixels]
+        return result
 
     def frames_to_periodic_idr(self) -> int | None:
         """Frames until x264's next IDR of its own (0: the next frame is one; None: none
@@ -298,6 +436,7 @@ class RobotEncoder:
                 self._pending_map = self._active_map = None
         self._encoder = replacement
         self._since_idr = None  # a new encoder starts with an IDR
+        self._previous_input, self._hold_phase = None, 0
         if self._warper is None or (self._warper.width, self._warper.height) != (width, height):
             self._warper = None
             if self.config.warp_qp_map:
@@ -369,6 +508,19 @@ def _check_frame(frame: object) -> tuple[int, int]:
             f"frame of {width}x{height} px: each side must be in 2..{MAX_PICTURE_SIDE_PX}"
         )
     return height, width
+
+
+def _macroblock_means(values: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """The mean of a HxW array over each 16x16 macroblock of `grid` (partial ones at the
+    right and bottom edges over the pixels they have)."""
+    rows, cols = grid
+    height, width = values.shape
+    padded = np.zeros((rows * MACROBLOCK_SIZE, cols * MACROBLOCK_SIZE), np.float64)
+    counts = np.zeros_like(padded)
+    padded[:height, :width] = values
+    counts[:height, :width] = 1.0
+    shape = (rows, MACROBLOCK_SIZE, cols, MACROBLOCK_SIZE)
+    return padded.reshape(shape).sum((1, 3)) / counts.reshape(shape).sum((1, 3))
 
 
 def _raised(qp_map: np.ndarray | None, extra_qp: int, height: int, width: int) -> np.ndarray:

@@ -141,7 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME:KEY=VALUE[,KEY=VALUE]",
         help="a STAC stream-mode variant to report beside the default (SimSettings fields, "
         "e.g. p_offset_scale=0.5; encoder.KEY / robot.KEY: EncoderConfig / "
-        "RobotEncoderConfig fields; calibration=PATH|feasibility); repeatable",
+        "RobotEncoderConfig fields, e.g. robot.hold_offset_qp=8; computer.KEY: QPMapComputer "
+        "options, e.g. computer.block_mb=0; calibration=PATH|feasibility); repeatable",
     )
     parser.add_argument(
         "--encoder",
@@ -361,8 +362,14 @@ def _tried(context: Context, curves: dict) -> dict:
     for spec in context.args.tried:
         name, _, text = spec.partition(":")
         changes = dict(assignments(text))
-        computer = _computer_for(context, changes.get("calibration"))
-        settings = settings_for(context, **{k: v for k, v in changes.items() if k != "calibration"})
+        options = {
+            k[len("computer.") :]: v for k, v in changes.items() if k.startswith("computer.")
+        }
+        computer = _computer_for(context, changes.get("calibration"), options)
+        settings = settings_for(
+            context,
+            **{k: v for k, v in changes.items() if k != "calibration" and k[:9] != "computer."},
+        )
         points = [
             simulated_point(context, "stac", crf, settings, tag=f"_{name}", computer=computer)
             for crf in context.args.crf
@@ -378,19 +385,20 @@ def _tried(context: Context, curves: dict) -> dict:
     return tried
 
 
-def _computer_for(context: Context, calibration: str | None):
+def _computer_for(context: Context, calibration: str | None, options: dict | None = None):
     """The map computer of a --tried variant: the context's, or one with calibration
     'feasibility' (the built-in defaults of the feasibility experiment: alpha 0.5, dmax 10,
-    21 levels, rate-blind) or a calibration JSON file."""
+    21 levels, rate-blind) or a calibration JSON file; options: QPMapComputer keywords
+    (computer.KEY=VALUE, e.g. computer.block_mb=0)."""
     from stac_sensitivity.calibration import Calibration, save_calibration
     from stac_sensitivity.online import QPMapComputer
 
-    if not calibration:
+    if not calibration and not options:
         return context.computer
-    path = Path(calibration)
+    path = Path(calibration) if calibration else context.computer.calibration_path
     if calibration == "feasibility":
         path = save_calibration(Calibration(), context.work_dir / "feasibility_calibration.json")
-    return QPMapComputer(context.model, path)
+    return QPMapComputer(context.model, path, **(options or {}))
 
 
 # --- 2. delays ----------------------------------------------------------------------------

@@ -451,6 +451,8 @@ def simulated_point(
     key = {**context.key, "variant": variant, "budget": budget, "settings": settings.as_json()}
     if computer is not context.computer:
         key["calibration"] = str(computer.calibration)
+        if (computer.block_mb, computer.pool_energy) != (1, True):
+            key["computer"] = {"block_mb": computer.block_mb, "pool_energy": computer.pool_energy}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     path = context.work_dir / f"{variant}{tag}_{budget:g}_{digest[:12]}.npz"
     if path.is_file() and path.with_suffix(".json").is_file():

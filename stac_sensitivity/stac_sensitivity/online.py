@@ -40,16 +40,32 @@ class QPMapResult:
     macroblock_sensitivity: np.ndarray | None = None
 
 
+MAX_BLOCK_MB = 16
+
+
 class QPMapComputer:
-    """Computes QP maps for decoded frames with a model and its calibration."""
+    """Computes QP maps for decoded frames with a model and its calibration.
+
+    block_mb: the map's cell, in macroblocks a side: 1 = every macroblock its own offset; N > 1
+    = the sensitivity (and, with pool_energy, the rate term) averaged over NxN macroblocks, so
+    the offsets follow cells of that size; 0 = auto, the frame's scale over the model's working
+    resolution (round(max(width / input width, height / input height)), at least 1): what one
+    model pixel covers. The sensitivity the result carries is the pooled one, so every map
+    method built on it (STAC's rule, the two-level map) sees the same cells."""
 
     def __init__(
         self,
         model: SegmentationModel,
         calibration_path: str | Path | None = None,
         budget_shift_qp: int = 0,
+        block_mb: int = 1,
+        pool_energy: bool = True,
     ) -> None:
+        if not 0 <= block_mb <= MAX_BLOCK_MB:
+            raise ValueError(f"block_mb must be in 0..{MAX_BLOCK_MB} (0 = auto), got {block_mb}")
         self.model = model
+        self.block_mb = int(block_mb)
+        self.pool_energy = bool(pool_energy)
         if calibration_path:
             self.calibration = load_calibration(calibration_path)
             self.calibration_path = Path(calibration_path)
@@ -98,15 +114,42 @@ class QPMapComputer:
                 energy = macroblock_residual_energy(frame_rgb, reference_rgb)
             else:
                 energy = macroblock_ac_energy(frame_rgb)
-        allocation = allocate(result.macroblock_sensitivity[0], self._allocation_config, energy)
+        sensitivity = result.macroblock_sensitivity[0]
+        block = self.cell_mb(frame_rgb.shape[1], frame_rgb.shape[0])
+        if block > 1:
+            sensitivity = pooled(sensitivity, block)
+            if energy is not None and self.pool_energy:
+                energy = pooled(energy, block)
+        allocation = allocate(sensitivity, self._allocation_config, energy)
         elapsed_ms = 1e3 * (time.perf_counter() - started)
         return QPMapResult(
             allocation,
             allocation.offsets_qp,
             elapsed_ms,
             result.class_ids[0],
-            result.macroblock_sensitivity[0],
+            sensitivity,
         )
+
+    def cell_mb(self, width: int, height: int) -> int:
+        """The map's cell side in macroblocks for a frame of this size (see block_mb)."""
+        if self.block_mb:
+            return self.block_mb
+        working = self.model.spec.input_size
+        if working is None:
+            return 1
+        return max(1, round(max(width / working[0], height / working[1])))
+
+
+def pooled(values: np.ndarray, block: int) -> np.ndarray:
+    """Each value replaced by the mean of its block x block cell (cells aligned at the top
+    left; the last row and column of cells take what is left)."""
+    rows, cols = values.shape
+    result = np.empty(values.shape, np.float64)
+    for top in range(0, rows, block):
+        for left in range(0, cols, block):
+            cell = values[top : top + block, left : left + block]
+            result[top : top + block, left : left + block] = cell.mean()
+    return result
 
 
 def qp_heatmap(frame_rgb: np.ndarray, offsets_qp: np.ndarray, max_abs_qp: int) -> np.ndarray:

@@ -41,7 +41,7 @@ from stac_ros_common.statistics import NodeStatistics
 from stac_ros_common.wire_size import serialized_size_bytes
 from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder, FeedbackMap
 from stac_sensitivity.map_pacing import MAP_WORKER_NICE, MapPacer, MapPacingConfig
-from stac_sensitivity.online import QPMapComputer, qp_heatmap
+from stac_sensitivity.online import MAX_BLOCK_MB, QPMapComputer, qp_heatmap
 
 # Every topic and service of the node, by the name it creates (remap as needed).
 ENDPOINTS = {
@@ -98,6 +98,21 @@ PARAMETERS = (
         3.0,
     ),
     ParameterSpec(
+        "map_block_mb",
+        1,
+        "The map's cell, macroblocks a side: sensitivity (and rate term) averaged over NxN "
+        "macroblocks; 1 = per macroblock; 0 = auto, what one pixel of the model's working "
+        "resolution covers.",
+        0,
+        MAX_BLOCK_MB,
+    ),
+    ParameterSpec(
+        "map_block_pool_energy",
+        True,
+        "With map_block_mb != 1: pool the rate term (each macroblock's residual energy) over "
+        "the cell too; false = only the sensitivity, the rate term stays per macroblock.",
+    ),
+    ParameterSpec(
         "hysteresis_levels",
         1,
         "A macroblock keeps its level from the previous map unless the new one differs by "
@@ -141,6 +156,8 @@ class SensitivityNode(Node):
             load_model_from(self.params) if model is None else model,
             self.params["calibration_file"] or None,
             self.params["budget_shift_qp"],
+            self.params["map_block_mb"],
+            self.params["map_block_pool_energy"],
         )
         self.feedback = FeedbackEncoder(
             FeedbackConfig(self.params["hysteresis_levels"], self.params["key_map_interval"])
