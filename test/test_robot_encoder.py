@@ -292,7 +292,8 @@ def _right_half_unimportant() -> np.ndarray:
     return offsets
 
 
-def test_held_back_macroblocks_are_coded_as_the_previous_picture_without_delay():
+@pytest.mark.parametrize("source", ["input", "decoded"])
+def test_held_back_macroblocks_are_coded_as_the_previous_picture_without_delay(source):
     """hold_offset_qp: P-frame macroblocks the map marks unimportant get the previous
     picture's pixels (x264 skips them: fewer bytes), the others follow the camera; every
     frame's access unit comes out of the call that takes it and decodes at once. The right
@@ -301,7 +302,7 @@ def test_held_back_macroblocks_are_coded_as_the_previous_picture_without_delay()
     video = [f.copy() for f in frames(8)]
     for frame in video:
         frame[:, 48:] = rng.integers(0, 256, (HEIGHT, 48, 3), dtype=np.uint8)
-    held, plain = _hold_encoder(hold_offset_qp=8), _hold_encoder()
+    held, plain = _hold_encoder(hold_offset_qp=8, hold_source=source), _hold_encoder()
     decoder = H264Decoder(WIDTH, HEIGHT)
     sizes = {"held": 0, "plain": 0}
     pictures = []
@@ -386,6 +387,8 @@ def test_reference_aware_offsets_are_lower_where_the_previous_frame_predicts():
         RobotEncoderConfig(reference_qp_strength=-1.0)
     with pytest.raises(ValueError, match="hold_offset_qp"):
         RobotEncoderConfig(hold_offset_qp=-1)
+    with pytest.raises(ValueError, match="hold_source"):
+        RobotEncoderConfig(hold_source="camera")
 
 
 def test_the_nodes_hold_and_reference_parameters_reach_the_encoder():
@@ -396,7 +399,8 @@ def test_the_nodes_hold_and_reference_parameters_reach_the_encoder():
     assert (default.hold_offset_qp, default.reference_qp_strength) == (0, 0.0)
     changed = encoder_config_from(
         {**params, "hold_offset_qp": 5, "hold_refresh_frames": 10, "hold_max_change": 12.0,
-         "reference_qp_strength": 1.5}
+         "reference_qp_strength": 1.5, "hold_source": "decoded"}
     )  # fmt: skip
+    assert changed.hold_source == "decoded" and default.hold_source == "input"
     assert (changed.hold_offset_qp, changed.hold_refresh_frames) == (5, 10)
     assert (changed.hold_max_change, changed.reference_qp_strength) == (12.0, 1.5)

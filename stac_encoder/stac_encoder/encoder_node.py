@@ -40,6 +40,7 @@ from stac_encoder.mask_warp import mask_overlay
 from stac_encoder.qp_map_receiver import MapRejectedError, QPMapReceiver, ReceivedMapFields
 from stac_encoder.rate_control import REFRESH_CHOICES, RateControlConfig, resolve_refresh
 from stac_encoder.robot_encoder import (
+    HOLD_SOURCES,
     STALE_MAPS_BEFORE_RESYNC,
     MapVerdict,
     QPMapUpdate,
@@ -172,6 +173,13 @@ PARAMETERS = (
         "8-bit levels) since the held picture is coded from the camera (255 = never).",
         0.0,
         255.0,
+    ),
+    ParameterSpec(
+        "hold_source",
+        RobotEncoderConfig.hold_source,
+        "Forced skips: the picture held macroblocks copy, input (what x264 was given last) or "
+        "decoded (x264's reconstruction: the robot decodes its own stream, a decode a frame).",
+        choices=HOLD_SOURCES,
     ),
     ParameterSpec(
         "reference_qp_strength",
@@ -330,6 +338,7 @@ def encoder_config_from(params: dict) -> RobotEncoderConfig:
         hold_offset_qp=params["hold_offset_qp"],
         hold_refresh_frames=params["hold_refresh_frames"],
         hold_max_change=params["hold_max_change"],
+        hold_source=params["hold_source"],
         reference_qp_strength=params["reference_qp_strength"],
         reference_mean_zero=params["reference_mean_zero"],
     )

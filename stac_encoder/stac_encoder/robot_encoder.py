@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
+from stac_codec.h264_decoder import H264Decoder
 from stac_codec.h264_encoder import EncodedPacket, EncoderConfig, QPMapEncoder
 from stac_codec.qp_map import (
     MACROBLOCK_SIZE,
@@ -45,6 +46,7 @@ FUTURE_TOLERANCE_S = 1.0
 # the next 9 frames copied it), and its texture (grey-level std) floored at this many levels.
 REFERENCE_MAX_PERSISTENCE = 0.9
 REFERENCE_TEXTURE_FLOOR = 2.0
+HOLD_SOURCES = ("input", "decoded")
 # This many stale maps in a row from one session: the sequence was reset (or one bogus
 # map_seq raised the mark); adopt the incoming numbering again.
 STALE_MAPS_BEFORE_RESYNC = 3
@@ -81,10 +83,12 @@ class RobotEncoderConfig:
 
     Forced skips (hold_offset_qp > 0): on a P-frame, every macroblock whose map offset is at
     least hold_offset_qp (the DNN needs little there) is handed to x264 with the co-located
-    pixels of the picture x264 was given before (the previous encoded frame as encoded,
-    held-back areas included), so x264 codes it as a skip or a near-zero residual, as DDS and
-    AccMPEG do with a blank background. The held area would stay frozen, so it is coded from
-    the camera again where it changed by more than hold_max_change (mean absolute difference,
+    pixels of the previous picture, so x264 codes it as a skip or a near-zero residual, as DDS
+    and AccMPEG do with a blank background. hold_source: which previous picture, "input" (what
+    x264 was given last, held areas included) or "decoded" (x264's reconstruction of it, which
+    its API does not hand out: the robot decodes its own access unit, one decode per frame; up
+    to the RGB round trip). The held area would stay frozen, so it is coded from the camera
+    again where it changed by more than hold_max_change (mean absolute difference,
     8-bit levels, over the macroblock's pixels and channels; 255 = never) and, column by column,
     every hold_refresh_frames frames (0 = never); IDR pictures are never held back.
 
@@ -109,6 +113,7 @@ class RobotEncoderConfig:
     hold_offset_qp: int = 0
     hold_refresh_frames: int = 0
     hold_max_change: float = 255.0
+    hold_source: str = "input"
     reference_qp_strength: float = 0.0
     reference_mean_zero: bool = False
 
@@ -125,6 +130,8 @@ class RobotEncoderConfig:
                 f"hold_refresh_frames must be in 0..100000 (0 = never), "
                 f"got {self.hold_refresh_frames}"
             )
+        if self.hold_source not in HOLD_SOURCES:
+            raise ValueError(f"hold_source must be one of {HOLD_SOURCES}, got {self.hold_source!r}")
         if not (math.isfinite(self.hold_max_change) and 0.0 <= self.hold_max_change <= 255.0):
             raise ValueError(f"hold_max_change must be in [0, 255], got {self.hold_max_change}")
         if not (math.isfinite(self.reference_qp_strength) and 0 <= self.reference_qp_strength <= 8):
@@ -174,7 +181,8 @@ class RobotEncoder:
         self._keyframe_requested = False
         self.last_map_ms = 0.0  # wall time the last encode spent warping the map
         self._since_idr: int | None = None  # frames since the last IDR of the open encoder
-        self._previous_input: np.ndarray | None = None  # what x264 was given last (held areas)
+        self._previous_input: np.ndarray | None = None  # what held macroblocks copy
+        self._reconstruction: H264Decoder | None = None
         self._hold_phase = 0  # frames since the encoder opened: the refresh column sweep
         self.last_held_macroblocks = 0  # macroblocks the last encode held back
         self.last_qp_map: np.ndarray | None = None  # the offsets the last encode gave x264
@@ -299,7 +307,7 @@ class RobotEncoder:
         self.last_qp_map = qp_map
         packet = self._encoder.encode(frame, qp_map, force_keyframe=self._keyframe_requested)
         if self.config.hold_offset_qp:
-            self._previous_input = frame.copy()  # the caller may reuse its buffer
+            self._previous_input = self._held_reference(frame, packet, pixel_format)
         self._since_idr = 0 if packet.keyframe else self._since_idr + 1
         self._frame_seq = packet_frame_seq
         self._newest_capture_s = capture_stamp_s
@@ -356,6 +364,17 @@ class RobotEncoder:
             gain -= gain.mean()
         moved = np.rint(offsets - self.config.reference_qp_strength * gain)
         return np.clip(moved, -MAX_ABS_QP_OFFSET, MAX_ABS_QP_OFFSET).astype(np.int8)
+
+    def _held_reference(self, frame: np.ndarray, packet: EncodedPacket, pixel_format: str):
+        """The picture the next frame's held macroblocks are copied from (hold_source)."""
+        if self.config.hold_source == "decoded":
+            if self._reconstruction is None:
+                height, width = frame.shape[:2]
+                self._reconstruction = H264Decoder(width, height, pixel_format)
+            decoded = self._reconstruction.decode(packet.data)
+            if decoded.ok:
+                return decoded.image
+        return frame.copy()  # the caller may reuse its buffer
 
     def _held_back(self, frame: np.ndarray, qp_map: np.ndarray | None, idr: bool) -> np.ndarray:
         """The frame x264 is given: `frame` with the macroblocks the map marks unimportant
@@ -437,6 +456,7 @@ class RobotEncoder:
         self._encoder = replacement
         self._since_idr = None  # a new encoder starts with an IDR
         self._previous_input, self._hold_phase = None, 0
+        self._reconstruction: H264Decoder | None = None  # hold_source "decoded": our own stream
         if self._warper is None or (self._warper.width, self._warper.height) != (width, height):
             self._warper = None
             if self.config.warp_qp_map:
