@@ -333,6 +333,23 @@ def test_map_aq_strength_puts_every_map_method_on_x264s_aq_from_the_first_frame(
         ReplaySettings(fps=FPS, map_aq_strength=-1.0)
 
 
+def test_robot_options_act_on_every_map_method_and_leave_the_others_alone(clip):
+    """robot_options (forced skips, reference-aware offsets) reach the robot of every map
+    method and change its stream once maps arrive; a method without maps is unchanged."""
+    maps = {"min_map_interval_s": 0.2, "map_worker_nice": 0}
+    levers = (("hold_offset_qp", 6), ("reference_qp_strength", 1.0))
+    for method in ("stac", "two_level"):
+        plain = simulate(clip, method, **maps)
+        for option in levers:
+            tried = simulate(clip, method, robot_options=(option,), **maps)
+            assert tried.counters["maps_applied"] >= 1
+            assert not np.array_equal(tried.uplink_bytes, plain.uplink_bytes), (method, option)
+    np.testing.assert_array_equal(
+        simulate(clip, "uniform", robot_options=levers).uplink_bytes,
+        simulate(clip, "uniform").uplink_bytes,
+    )
+
+
 def test_lateness_breakdown_adds_up_to_capture_to_held_and_matches_the_robots_mask_age(clip):
     from stac_eval.replay.analysis import lateness_breakdown
 
