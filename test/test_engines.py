@@ -174,3 +174,25 @@ def test_graph_names_its_network_nodes(model):
     inside = [node for node in graph.node if node.name.startswith("network/")]
     assert sum(node.op_type == "Conv" for node in inside) > 50
     assert not any(node.op_type == "ArgMax" for node in inside)
+
+
+@pytest.mark.slow  # exports and quantizes the shipped model
+def test_int8_graph_keeps_its_ends_in_uint8(model):
+    """The int8 graph takes the uint8 frame as the quantized normalised frame (no float
+    normalisation), moves paddings and nearest resizes onto uint8 tensors, and leaves the
+    logits' upsampling and the argmax in float."""
+    from stac_edge_segmenter.engines import _quantize, export_onnx, int8_ranges_path
+
+    graph = onnx.load_from_string(_quantize(export_onnx(model), int8_ranges_path(model))).graph
+    producer = {output: node for node in graph.node for output in node.output}
+    ops = [node.op_type for node in graph.node]
+    assert "Sub" not in ops and "Div" not in ops
+    assert ops.count("Conv") == 54 and ops.count("QuantizeLinear") > 50
+    for node in graph.node:
+        source = producer.get(node.input[0]) if node.input else None
+        if node.op_type in ("Pad", "Shape") or (
+            node.op_type == "Resize" and "frame" in node.input[0]
+        ):
+            assert source is None or source.op_type != "DequantizeLinear", node.name
+    argmax = next(node for node in graph.node if node.op_type == "ArgMax")
+    assert producer[argmax.input[0]].op_type == "Resize"  # float logits, not 8-bit ones
