@@ -163,7 +163,7 @@ MASK_CODINGS = {
         ),
     )
 }
-DEFAULT_MASK_CODING = "near_lossless"
+DEFAULT_MASK_CODING = "near_lossless_ref"  # docs/masks.md: the demo's trade-off
 
 _HEADER_V1 = struct.Struct(">BHHI")
 _HEADER_V2 = struct.Struct(">BBHHHHB")

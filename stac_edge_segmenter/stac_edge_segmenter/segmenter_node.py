@@ -102,13 +102,13 @@ PARAMETERS = (
         "mask_coding",
         DEFAULT_MASK_CODING,
         "How masks travel back to the robot (stac_codec.mask_wire; bytes and accuracy of each: "
-        "docs/masks.md): near_lossless (boundaries between large classes may move 1 px, small "
-        "classes exact), near_lossless_gated (the same, but a keep message instead of a mask "
-        "that barely changed since the last one sent: fewer bits, staler robot masks), "
-        "near_lossless_ref (the same, numbered, each coded with the last one sent as context "
+        "docs/masks.md): near_lossless_ref (boundaries between large classes may move 1 px, "
+        "small classes exact; numbered, each mask coded with the last one sent as context "
         "where that is smaller; a robot that missed a mask refuses the next ones until a key "
-        "mask), near_lossless_keyref (the same with the last key mask as context: a missed "
-        "mask costs no other unless it was a key), lossless, reduced (half resolution, "
+        "mask), near_lossless (the same, each mask alone), near_lossless_keyref (with the "
+        "last key mask as context: a missed mask costs no other unless it was a key), "
+        "near_lossless_gated (a keep message instead of a mask that barely changed since the "
+        "last one sent: fewer bits, staler robot masks), lossless, reduced (half resolution, "
         "upsampled by the robot) or rle_deflate (the earlier run-length form).",
         choices=tuple(MASK_CODINGS),
     ),
