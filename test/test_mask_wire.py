@@ -377,3 +377,15 @@ def test_a_referenced_coding_is_full_resolution_v2_without_keeps():
     with pytest.raises(ValueError, match="key_interval"):
         mask_coding("near_lossless_ref", key_interval=0)
     assert mask_coding("near_lossless", key_interval=5) == MASK_CODINGS["near_lossless"]
+
+
+def test_a_referenced_coding_with_an_extension_built_before_references_fails_at_once(
+    monkeypatch,
+):
+    import stac_codec.mask_wire as mask_wire
+
+    assert mask_wire.REFERENCES_BUILT  # this build has them
+    monkeypatch.setattr(mask_wire, "REFERENCES_BUILT", False)
+    with pytest.raises(RuntimeError, match="rebuild"):
+        MaskSender("near_lossless_ref")
+    MaskSender("near_lossless")  # the other codings do not need them

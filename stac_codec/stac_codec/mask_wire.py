@@ -67,6 +67,10 @@ except ImportError as error:  # the C++ extension stac_codec's setup.py builds
         "worktree, source /work/tools/wt-env.sh with STAC_REBUILD=1)"
     ) from error
 
+# whether the extension was built with references (mode 4); one built before still codes the
+# other codings, so a stale build fails only where a referenced coding is chosen
+REFERENCES_BUILT = "reference" in (_mask_coder.encode.__doc__ or "")
+
 RLE_DEFLATE_VERSION = 1
 MASK_WIRE_VERSION = 2  # what every coding but rle_deflate writes
 ENCODING_NAME = "stac_mask_v2"  # what the SegmentationMask message's `encoding` says for v2
@@ -304,6 +308,12 @@ class MaskSender:
 
     def __init__(self, coding: str | MaskCoding = DEFAULT_MASK_CODING) -> None:
         self.coding = mask_coding(coding) if isinstance(coding, str) else coding
+        if self.coding.referenced and not REFERENCES_BUILT:
+            raise RuntimeError(
+                f"mask coding {self.coding.name} needs stac_codec._mask_coder built with "
+                "references: rebuild it (scripts/setup.sh, colcon build; in a worktree, source "
+                "/work/tools/wt-env.sh with STAC_REBUILD=1)"
+            )
         self._held: np.ndarray | None = None
         self._kept = 0
         self._areas = np.zeros(256, np.int64)  # each class's pixels over the masks seen
