@@ -8,10 +8,17 @@
   25 fps. The edge subscribes `reliable` by default (DDS retransmits lost datagrams, at the
   cost of head-of-line delay on a lossy link) or `best_effort` (a lost datagram is a lost frame;
   the edge asks the robot for a keyframe and recovers within a round trip).
-- QP maps: reliable, keep last 1, transient local: only the newest map matters, and an
-  encoder that (re)starts late still gets it.
-- masks fed back to the robot (SegmentationMask): reliable, keep last 2: only the newest
-  matters to the robot, and a mask that is late is replaced by the next one.
+- QP maps: reliable, keep last QP_MAP_DEPTH (10), transient local. Only the newest map is
+  applied, but maps go out as deltas against the previous one (stac_sensitivity.feedback), so
+  the robot must see every map of a chain: with keep last 1 a robot busy encoding lost the
+  maps that arrived meanwhile and refused every delta until the next key map (9 of 37 maps in
+  a loaded demo). The depth covers a whole chain at the default key_map_interval (10), so an
+  encoder that (re)starts late also gets the last key map and the deltas after it.
+- masks fed back to the robot (SegmentationMask): reliable, keep last MASK_FEEDBACK_DEPTH
+  (10). Only the newest is held, but a referenced mask coding (stac_codec.mask_wire,
+  near_lossless_ref, the default) codes each mask against the last one sent, so a mask lost
+  from the robot's queue makes it refuse the masks after it until the next key mask (every
+  mask_key_interval, default 8). Decoding a mask the robot then replaces costs about 1 ms.
 - masks, overlays, heatmaps, statistics: reliable, keep last 5 (rviz subscribes reliable).
 - edge heartbeats (fleet): best effort, keep last 10: a late heartbeat is worth nothing, and
   a stand-in edge judges another edge by whether heartbeats keep arriving.
@@ -30,14 +37,18 @@ from rclpy.qos import (
 ENCODED_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=30, reliability=ReliabilityPolicy.RELIABLE
 )
+QP_MAP_DEPTH = 10
 QP_MAP_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
-    depth=1,
+    depth=QP_MAP_DEPTH,
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
+MASK_FEEDBACK_DEPTH = 10
 MASK_FEEDBACK_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=2, reliability=ReliabilityPolicy.RELIABLE
+    history=HistoryPolicy.KEEP_LAST,
+    depth=MASK_FEEDBACK_DEPTH,
+    reliability=ReliabilityPolicy.RELIABLE,
 )
 OUTPUT_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE

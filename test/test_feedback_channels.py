@@ -1,0 +1,126 @@
+"""The robot's two feedback channels over Fast DDS (loopback, in process), while the robot is
+busy: QP maps go out as a key map and deltas against the previous map, masks (the default
+near_lossless_ref coding) each against the last mask sent, so a robot that is busy while
+several arrive must still get every one of them. With the subscriptions' old keep-last
+histories (1 for maps, 2 for masks) it got only the newest, coded against messages it never
+saw, and refused the rest of the chain until the next key (9 of 37 maps in a loaded demo)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+WIDTH, HEIGHT = 64, 48  # 4 x 3 macroblocks
+CHAIN = 6  # messages that arrive while the robot is busy: one key, then references
+LEVELS_QP = (-4, 0, 4)
+
+
+def _spin_until(executor, condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        executor.spin_once(timeout_sec=0.05)
+    return condition()
+
+
+@pytest.fixture
+def channel():
+    """(robot, edge node, executor spinning the edge only, header): the robot has encoded
+    CHAIN camera frames (seq 1..CHAIN) and is not spinning, as if busy encoding."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from std_msgs.msg import Header
+
+    from stac_encoder.encoder_node import EncoderNode
+    from stac_ros_common.image_conversion import numpy_to_image
+
+    rclpy.init(args=["--ros-args", "-r", "__node:=feedback_channel_test_robot"])
+    robot = EncoderNode()
+    edge = rclpy.create_node("feedback_channel_test_edge")
+    executor = SingleThreadedExecutor()
+    executor.add_node(edge)
+    header = Header(frame_id="camera")
+    header.stamp.sec = 1
+    frame = np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    for _ in range(CHAIN):
+        robot._on_image(numpy_to_image(frame, "rgb8", header))
+    try:
+        yield robot, edge, executor, header
+    finally:
+        executor.shutdown()
+        robot.destroy_node()
+        edge.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _publish_while_busy(executor, publisher, messages) -> None:
+    assert _spin_until(executor, lambda: publisher.get_subscription_count() > 0, 10.0)
+    for msg in messages:
+        publisher.publish(msg)
+    time.sleep(0.5)  # delivered into the robot's history while it does not spin
+
+
+@pytest.mark.dds
+def test_qp_maps_that_arrive_while_the_robot_is_busy_are_all_decoded(channel):
+    from stac_codec.qp_map import QPLevelMap
+    from stac_edge_segmenter.edge_decoding import DecodedFrame
+    from stac_msgs.msg import QPMap
+    from stac_ros_common.qos import QP_MAP_QOS
+    from stac_sensitivity.feedback import FeedbackConfig, FeedbackEncoder
+    from stac_sensitivity.sensitivity_node import qp_map_message
+
+    robot, edge, executor, header = channel
+    rng = np.random.default_rng(5)
+    feedback = FeedbackEncoder(FeedbackConfig(hysteresis_levels=0, key_interval_maps=100))
+    sent = [feedback.encode(QPLevelMap(rng.integers(0, 3, (3, 4)).astype(np.uint8), LEVELS_QP))
+            for _ in range(CHAIN)]  # fmt: skip
+    assert sent[0].is_key and not any(one.is_key for one in sent[1:])
+    image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    messages = []
+    for seq, one in enumerate(sent, start=1):
+        msg = qp_map_message(one, DecodedFrame(header, seq, image), aq_strength=0.0)
+        msg.header.stamp = header.stamp
+        messages.append(msg)
+    _publish_while_busy(executor, edge.create_publisher(QPMap, "qp_map", QP_MAP_QOS), messages)
+
+    executor.add_node(robot)
+    counters = robot.statistics.counters
+    assert _spin_until(executor, lambda: counters.qp_maps == CHAIN, 10.0), (
+        f"{counters.qp_maps} of {CHAIN} maps taken, refused: {robot._rejections.counts()}"
+    )
+    assert counters.qp_maps_rejected == 0
+    np.testing.assert_array_equal(robot.encoder._pending_map.offsets, sent[-1].level_map.offsets_qp)
+
+
+@pytest.mark.dds
+def test_referenced_masks_that_arrive_while_the_robot_is_busy_are_all_decoded(channel):
+    from stac_codec.mask_wire import FLAG_REFERENCED, FLAGS_OFFSET, MaskSender, mask_coding
+    from stac_edge_segmenter.edge_decoding import DecodedFrame
+    from stac_edge_segmenter.segmenter_node import mask_feedback_message
+    from stac_msgs.msg import SegmentationMask
+    from stac_ros_common.qos import MASK_FEEDBACK_QOS
+
+    robot, edge, executor, header = channel
+    base = np.random.default_rng(1).integers(0, 4, (HEIGHT // 4, WIDTH // 4)).astype(np.uint8)
+    base = base.repeat(4, axis=0).repeat(4, axis=1)  # blocks: costly alone, cheap as before
+    sender = MaskSender(mask_coding("near_lossless_ref", key_interval=100))
+    image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    messages = []
+    for seq in range(1, CHAIN + 1):
+        mask = base.copy()
+        mask[20:24, 40 + seq : 44 + seq] = 9
+        messages.append(mask_feedback_message(mask, DecodedFrame(header, seq, image), 11, sender))
+    flags = [bytes(msg.data)[FLAGS_OFFSET] & FLAG_REFERENCED for msg in messages]
+    assert not flags[0] and all(flags[1:])  # one key mask, then each against the one before
+    publisher = edge.create_publisher(SegmentationMask, "mask_feedback", MASK_FEEDBACK_QOS)
+    _publish_while_busy(executor, publisher, messages)
+
+    executor.add_node(robot)
+    counters = robot.statistics.counters
+    assert _spin_until(executor, lambda: counters.masks_received == CHAIN, 10.0), (
+        f"{counters.masks_received} of {CHAIN} masks taken, refused: {robot._rejections.counts()}"
+    )
+    assert counters.masks_rejected == 0
