@@ -362,13 +362,12 @@ def _tried(context: Context, curves: dict) -> dict:
     for spec in context.args.tried:
         name, _, text = spec.partition(":")
         changes = dict(assignments(text))
-        options = {
-            k[len("computer.") :]: v for k, v in changes.items() if k.startswith("computer.")
-        }
+        computer_keys = {k for k in changes if k.startswith("computer.")}
+        options = {k.removeprefix("computer."): changes[k] for k in computer_keys}
         computer = _computer_for(context, changes.get("calibration"), options)
         settings = settings_for(
             context,
-            **{k: v for k, v in changes.items() if k != "calibration" and k[:9] != "computer."},
+            **{k: v for k, v in changes.items() if k != "calibration" and k not in computer_keys},
         )
         points = [
             simulated_point(context, "stac", crf, settings, tag=f"_{name}", computer=computer)
