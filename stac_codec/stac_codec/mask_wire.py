@@ -235,7 +235,7 @@ def _encode(class_ids, coding: str | MaskCoding, with_decoded: bool):
         stream, sent = _mask_coder.encode(coded, coded_width, coded_height, None, 0, 0, 0.0)
         lossy = True
     else:
-        stream, sent, lossy = _code_full(mask, coding, None)
+        stream, sent, lossy = _code_full(mask, coding, None, _movable(mask, coding))
     mode = MODE_REDUCED if coding.reduction > 1 else MODE_CONTEXT
     flags = FLAG_LOSSY if lossy else 0
     body = _HEADER_V2.pack(MASK_WIRE_VERSION, mode, width, height, coded_width, coded_height, flags)
@@ -248,15 +248,19 @@ def _encode(class_ids, coding: str | MaskCoding, with_decoded: bool):
     return data, np.frombuffer(sent, np.uint8).reshape(height, width)
 
 
-def _code_full(mask: np.ndarray, coding: MaskCoding, reference: np.ndarray | None):
+def _movable(mask: np.ndarray, coding: MaskCoding) -> int:
+    """The classes whose boundaries `coding` may move in this mask (0: none)."""
+    return movable_classes(mask, coding.protected_share) if coding.tolerance_px > 0 else 0
+
+
+def _code_full(mask: np.ndarray, coding: MaskCoding, reference: np.ndarray | None, movable: int):
     """(stream, the mask the decoder makes of it as bytes, whether boundaries moved) of a
     full-resolution mask, with `reference` (a mask of its size both ends hold) as context or
-    alone."""
+    alone; movable: `_movable(mask, coding)` (once per mask, however many codings are tried)."""
     height, width = mask.shape
     context = () if reference is None else (reference,)  # (an extension built before mode 4)
     stream, sent = _mask_coder.encode(mask, width, height, None, 0, 0, 0.0, *context)
     lossy = False
-    movable = movable_classes(mask, coding.protected_share) if coding.tolerance_px > 0 else 0
     if movable:  # the moved boundaries usually cost less, not always: the smaller one goes
         moved_stream, moved = _mask_coder.encode(
             mask, width, height, None, coding.tolerance_px, movable, _CONFIDENT, *context
@@ -355,7 +359,8 @@ class MaskSender:
         if not (1 <= width <= MAX_SIDE_PIXELS and 1 <= height <= MAX_SIDE_PIXELS):
             raise ValueError(f"a {width}x{height} mask is outside the wire form's bounds")
         mask = np.ascontiguousarray(class_ids)
-        stream, sent, lossy = _code_full(mask, coding, None)
+        movable = _movable(mask, coding)
+        stream, sent, lossy = _code_full(mask, coding, None, movable)
         reference = None
         held = self._references.get(coding.reference)
         if (
@@ -363,7 +368,7 @@ class MaskSender:
             and held[0].shape == mask.shape
             and self._since_key + 1 < coding.key_interval
         ):
-            against = _code_full(mask, coding, held[0])
+            against = _code_full(mask, coding, held[0], movable)
             if len(against[0]) < len(stream):
                 (stream, sent, lossy), reference = against, held[1]
         sequence = self._sequence
