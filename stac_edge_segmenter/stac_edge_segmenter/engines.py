@@ -281,11 +281,21 @@ def _prepared(onnx_model: bytes, directory: Path) -> Path:
     return target
 
 
+def _graph_maps(nodes) -> tuple[dict, dict[str, list]]:
+    """{tensor: the node producing it}, {tensor: the nodes reading it} over `nodes`."""
+    producer = {output: node for node in nodes for output in node.output}
+    consumers: dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return producer, consumers
+
+
 def _float_nodes(graph) -> list[str]:
     """Nodes left in float: everything outside the network (normalisation, resizes, argmax)
     and the network's own tail from its last convolution to the argmax (the upsampling of the
     logits to the frame and the crop), so the argmax sees float logits, not 8-bit ones."""
-    producer = {output: node for node in graph.node for output in node.output}
+    producer, _ = _graph_maps(graph.node)
     kept = [node.name for node in graph.node if not node.name.startswith("network/")]
     for node in graph.node:
         if node.op_type != "ArgMax":
@@ -309,11 +319,12 @@ def _constant(graph, name: str) -> np.ndarray | None:
     return None
 
 
-def _normalisation(graph) -> tuple[float, float] | None:
-    """(mean, std) of the graph's `Cast -> Sub(mean) -> Div(std)` on the uint8 frames where
-    mean and std are one value each and mean an integer in 0..255 (then the uint8 frame is
-    exactly the normalised frame quantized with scale 1/std and zero point mean); else None."""
-    producer = {output: node for node in graph.node for output in node.output}
+def _normalisation(graph) -> tuple[float, float, str] | None:
+    """(mean, std, the Div's output) of the graph's `Cast -> Sub(mean) -> Div(std)` on the
+    uint8 frames where mean and std are one value each and mean an integer in 0..255 (then the
+    uint8 frame is exactly the normalised frame quantized with scale 1/std and zero point
+    mean); else None."""
+    producer, _ = _graph_maps(graph.node)
     for node in graph.node:
         if node.op_type != "Div":
             continue
@@ -326,7 +337,7 @@ def _normalisation(graph) -> tuple[float, float] | None:
             return None
         mean, std = float(mean.flat[0]), float(std.flat[0])
         if mean.is_integer() and 0 <= mean <= 255 and std > 0:
-            return mean, std
+            return mean, std, node.output[0]
     return None
 
 
@@ -339,27 +350,19 @@ def _exact_input_ranges(graph, ranges: Path, target: Path) -> Path:
     normalisation = _normalisation(graph)
     if normalisation is None:
         return ranges
-    mean, std = normalisation
-    producer = {output: node for node in graph.node for output in node.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    mean, std, normalised = normalisation
+    _, consumers = _graph_maps(graph.node)
     data = json.loads(ranges.read_text())
     exact = {
         "lowest": {"data": [-mean / std], "dtype": "float32", "CLS": "numpy.array"},
         "highest": {"data": [(255 - mean) / std], "dtype": "float32", "CLS": "numpy.array"},
         "CLS": "TensorData",
     }
-    for node in graph.node:
-        if node.op_type == "Div" and producer.get(node.input[0]) is not None:
-            tensors = [node.output[0]]
-            tensors += [
-                c.output[0] for c in consumers.get(node.output[0], []) if c.op_type == "Resize"
-            ]
-            for tensor in tensors:
-                if tensor in data["data"]:
-                    data["data"][tensor] = exact
+    tensors = [normalised]
+    tensors += [c.output[0] for c in consumers.get(normalised, []) if c.op_type == "Resize"]
+    for tensor in tensors:
+        if tensor in data["data"]:
+            data["data"][tensor] = exact
     target.write_text(json.dumps(data))
     return target
 
@@ -378,12 +381,7 @@ def _uint8_ends(model):
 
     def live_maps():
         live = [node for node in graph.node if node.name not in removed]
-        producer = {output: node for node in live for output in node.output}
-        consumers: dict[str, list] = {}
-        for node in live:
-            for name in node.input:
-                consumers.setdefault(name, []).append(node)
-        return live, producer, consumers
+        return live, *_graph_maps(live)
 
     def rewire(old: str, new: str, consumers) -> None:
         for consumer in consumers.get(old, []):
@@ -409,12 +407,12 @@ def _uint8_ends(model):
             if resize is not None and resize.op_type == "Resize"
             else None
         )
-        if div is None or div.op_type != "Div":
+        mean, std, normalised = normalisation
+        if div is None or div.output[0] != normalised:
             continue
         sub = producer[div.input[0]]
         cast = producer[sub.input[0]]
         scale, zero_point = _constant(graph, quantize.input[1]), _constant(graph, quantize.input[2])
-        mean, std = normalisation
         if zero_point is None or zero_point.dtype != np.uint8 or zero_point.size != 1:
             continue
         if int(zero_point) != mean or not np.array_equal(scale, np.float32(1 / std)):
