@@ -500,6 +500,8 @@ bool code_mask(Coder& rc, Model& model, uint8_t* mask, const uint8_t* pred, cons
           !prow ? 0 : p == w ? 0 : p == n ? 1 : p == ne ? 2 : p == nw ? 3 : 4;
       const int g = transitions.guess(c);
       const int guess_kind = g == kNoGuess ? 0 : 3 + std::clamp(c - g, -2, 2);
+      Prob* probs;
+      int candidates[kCandidates];
       if (rrow) {  // the reference's pixel first, in the context of how it relates
         const int rp = rrow[c];
         bool uniform = true;
@@ -511,19 +513,16 @@ bool code_mask(Coder& rc, Model& model, uint8_t* mask, const uint8_t* pred, cons
         const int relation = rp == w ? 0 : rp == n ? 1 : rp == ne ? 2 : rp == nw ? 3 : 4;
         const int ref_kind = relation * 2 + uniform;
         // the neighbours' equality pattern without WW, NN, NNE: fewer contexts learn faster
-        Prob* probs = &model.ref_boundary[static_cast<size_t>(
+        probs = &model.ref_boundary[static_cast<size_t>(
             (((pattern >> 3) * kRefKinds + ref_kind) * kGuessKinds + guess_kind) * kCandidates)];
-        const int candidates[kCandidates] = {rp, w, n, ne, nw};
-        const int value = code_candidates<kEncode>(rc, model, probs, candidates, -1,
-                                                   kEncode ? row[c] : 0, w, lossy, row_index + c);
-        if (value > max_class) return false;
-        row[c] = static_cast<uint8_t>(value);
-        ++c;
-        continue;
+        candidates[0] = rp, candidates[1] = w, candidates[2] = n, candidates[3] = ne,
+        candidates[4] = nw;
+      } else {
+        probs = model.boundary[(pattern * kPredictionKinds + prediction_kind) * kGuessKinds +
+                               guess_kind];
+        candidates[0] = w, candidates[1] = n, candidates[2] = ne, candidates[3] = nw,
+        candidates[4] = p;
       }
-      Prob* probs =
-          model.boundary[(pattern * kPredictionKinds + prediction_kind) * kGuessKinds + guess_kind];
-      const int candidates[kCandidates] = {w, n, ne, nw, p};
       const int value = code_candidates<kEncode>(rc, model, probs, candidates, -1,
                                                  kEncode ? row[c] : 0, w, lossy, row_index + c);
       if (value > max_class) return false;
