@@ -160,6 +160,7 @@ def lateness_breakdown(point: PointResult, link, segment_ms: float) -> dict:
     left_edge = arrival[back] - link.downlink_delay_s
     held_at = np.searchsorted(capture, arrival[back], side="left")
     held = held_at < len(capture)
+    held_capture = np.where(held, capture[np.minimum(held_at, len(capture) - 1)], np.nan)
     stages = {
         "uplink_serialisation": serialisation,
         "uplink_queueing": queueing,
@@ -167,11 +168,9 @@ def lateness_breakdown(point: PointResult, link, segment_ms: float) -> dict:
         "edge_wait": left_edge - forward - at_edge,
         "forward": np.full(len(back), forward),
         "downlink_delay": np.full(len(back), link.downlink_delay_s),
-        "until_next_capture": np.where(
-            held, capture[np.minimum(held_at, len(capture) - 1)] - arrival[back], np.nan
-        ),
+        "until_next_capture": held_capture - arrival[back],
     }
-    total = np.where(held, capture[np.minimum(held_at, len(capture) - 1)] - capture[back], np.nan)
+    total = held_capture - capture[back]
 
     def ms(values: np.ndarray) -> dict:
         values = values[np.isfinite(values)]
