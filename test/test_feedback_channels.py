@@ -17,6 +17,21 @@ CHAIN = 6  # messages that arrive while the robot is busy: one key, then referen
 LEVELS_QP = (-4, 0, 4)
 
 
+def test_each_history_holds_a_whole_chain_at_the_default_key_intervals():
+    """The depths are constants in stac_ros_common (which cannot import the nodes); they must
+    cover the chain between two keys at the nodes' default key intervals, or a robot that
+    (re)starts late, or is busy, loses part of a chain."""
+    from stac_edge_segmenter.segmenter_node import PARAMETERS as SEGMENTER_PARAMETERS
+    from stac_ros_common.qos import MASK_FEEDBACK_DEPTH, QP_MAP_DEPTH
+    from stac_sensitivity.sensitivity_node import PARAMETERS as SENSITIVITY_PARAMETERS
+
+    def default(parameters, name):
+        return next(spec.default for spec in parameters if spec.name == name)
+
+    assert default(SENSITIVITY_PARAMETERS, "key_map_interval") <= QP_MAP_DEPTH
+    assert default(SEGMENTER_PARAMETERS, "mask_key_interval") <= MASK_FEEDBACK_DEPTH
+
+
 def _spin_until(executor, condition, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
