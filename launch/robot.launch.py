@@ -90,6 +90,7 @@ def generate_launch_description() -> LaunchDescription:
             ("encoded", "stac/encoded"),
             ("qp_map", "stac/qp_map"),
             ("mask_feedback", "stac/mask_feedback"),
+            ("key_mask_request", "stac/key_mask_request"),
             ("robot_mask", "stac/robot_mask"),
             ("robot_mask_age", "stac/robot_mask_age"),
             ("robot_overlay", "stac/robot_overlay"),

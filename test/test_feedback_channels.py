@@ -110,25 +110,39 @@ def test_qp_maps_that_arrive_while_the_robot_is_busy_are_all_decoded(channel):
     np.testing.assert_array_equal(robot.encoder._pending_map.offsets, sent[-1].level_map.offsets_qp)
 
 
-@pytest.mark.dds
-def test_referenced_masks_that_arrive_while_the_robot_is_busy_are_all_decoded(channel):
-    from stac_codec.mask_wire import FLAG_REFERENCED, FLAGS_OFFSET, MaskSender, mask_coding
+def _referenced_chain(header, length: int) -> list:
+    """A key mask and length - 1 masks each coded against the one before (camera frames
+    1..length), as the edge's segmenter sends them."""
+    from stac_codec.mask_wire import MaskSender, mask_coding
     from stac_edge_segmenter.edge_decoding import DecodedFrame
     from stac_edge_segmenter.segmenter_node import mask_feedback_message
-    from stac_msgs.msg import SegmentationMask
-    from stac_ros_common.qos import MASK_FEEDBACK_QOS
 
-    robot, edge, executor, header = channel
     base = np.random.default_rng(1).integers(0, 4, (HEIGHT // 4, WIDTH // 4)).astype(np.uint8)
     base = base.repeat(4, axis=0).repeat(4, axis=1)  # blocks: costly alone, cheap as before
     sender = MaskSender(mask_coding("near_lossless_ref", key_interval=100))
     image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
     messages = []
-    for seq in range(1, CHAIN + 1):
+    for seq in range(1, length + 1):
         mask = base.copy()
         mask[20:24, 40 + seq : 44 + seq] = 9
         messages.append(mask_feedback_message(mask, DecodedFrame(header, seq, image), 11, sender))
-    flags = [bytes(msg.data)[FLAGS_OFFSET] & FLAG_REFERENCED for msg in messages]
+    return messages
+
+
+def _is_referenced(msg) -> bool:
+    from stac_codec.mask_wire import FLAG_REFERENCED, FLAGS_OFFSET
+
+    return bool(bytes(msg.data)[FLAGS_OFFSET] & FLAG_REFERENCED)
+
+
+@pytest.mark.dds
+def test_referenced_masks_that_arrive_while_the_robot_is_busy_are_all_decoded(channel):
+    from stac_msgs.msg import SegmentationMask
+    from stac_ros_common.qos import MASK_FEEDBACK_QOS
+
+    robot, edge, executor, header = channel
+    messages = _referenced_chain(header, CHAIN)
+    flags = [_is_referenced(msg) for msg in messages]
     assert not flags[0] and all(flags[1:])  # one key mask, then each against the one before
     publisher = edge.create_publisher(SegmentationMask, "mask_feedback", MASK_FEEDBACK_QOS)
     _publish_while_busy(executor, publisher, messages)
@@ -139,3 +153,96 @@ def test_referenced_masks_that_arrive_while_the_robot_is_busy_are_all_decoded(ch
         f"{counters.masks_received} of {CHAIN} masks taken, refused: {robot._rejections.counts()}"
     )
     assert counters.masks_rejected == 0
+    assert counters.key_mask_requests == 0  # nothing missed, nothing asked for
+
+
+@pytest.mark.dds
+def test_a_robot_that_missed_a_mask_asks_the_edge_for_a_key_mask_once_per_interval(channel):
+    """Masks 2 and 3 never reach the robot: 4 and 5 name references it lacks and are refused;
+    the robot asks for a key mask once (the second refusal falls inside
+    key_mask_request_interval_s) instead of waiting for the edge's next key."""
+    from std_msgs.msg import Empty
+
+    from stac_msgs.msg import SegmentationMask
+    from stac_ros_common.qos import KEY_MASK_REQUEST_QOS, MASK_FEEDBACK_QOS
+
+    robot, edge, executor, header = channel
+    messages = _referenced_chain(header, 5)
+    requests = []
+    edge.create_subscription(Empty, "key_mask_request", requests.append, KEY_MASK_REQUEST_QOS)
+    publisher = edge.create_publisher(SegmentationMask, "mask_feedback", MASK_FEEDBACK_QOS)
+    _publish_while_busy(executor, publisher, [messages[0], messages[3], messages[4]])
+
+    executor.add_node(robot)
+    counters = robot.statistics.counters
+    assert _spin_until(executor, lambda: counters.masks_rejected == 2 and requests, 10.0), (
+        f"refused {robot._rejections.counts()}, requests heard {len(requests)}"
+    )
+    executor.spin_once(timeout_sec=0.3)
+    assert counters.masks_received == 1
+    assert counters.key_mask_requests == len(requests) == 1
+    refused = robot._rejections.counts()  # a reference the robot does not hold
+    assert sum(refused.values()) == 2
+    assert set(refused) <= {"mask/no_reference", "mask/reference_mismatch"}, refused
+
+
+class _NoInference:
+    """The segmenter's worker slot, unused here: frames are finished by hand (as the edge
+    container's worker does, finish_frame with each frame's class ids)."""
+
+    def submit(self, frame):
+        return None
+
+    def close(self):
+        return None
+
+
+@pytest.mark.dds
+def test_the_segmenter_answers_a_key_mask_request_with_a_mask_coded_alone():
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from std_msgs.msg import Empty, Header
+
+    from stac_edge_segmenter.edge_decoding import DecodedFrame
+    from stac_edge_segmenter.loading import load_model
+    from stac_edge_segmenter.segmenter_node import SegmenterNode
+    from stac_msgs.msg import SegmentationMask
+    from stac_ros_common.qos import KEY_MASK_REQUEST_QOS, MASK_FEEDBACK_QOS
+
+    rclpy.init(args=["--ros-args", "-p", "mask_coding:=near_lossless_ref"])
+    segmenter = SegmenterNode(model=load_model(), worker=_NoInference())
+    robot = rclpy.create_node("key_mask_test_robot")
+    executor = SingleThreadedExecutor()
+    executor.add_node(segmenter)
+    executor.add_node(robot)
+    try:
+        received = []
+        robot.create_subscription(
+            SegmentationMask, "mask_feedback", received.append, MASK_FEEDBACK_QOS
+        )
+        request = robot.create_publisher(Empty, "key_mask_request", KEY_MASK_REQUEST_QOS)
+        assert _spin_until(executor, lambda: request.get_subscription_count() > 0, 10.0)
+        header = Header(frame_id="camera")
+        image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+        mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+        mask[8:40, 8:40] = 3
+
+        def finish(seq: int) -> None:
+            mask[20:24, 40 + seq : 44 + seq] = 9
+            segmenter.finish_frame(DecodedFrame(header, seq, image), mask.copy())
+
+        finish(1)
+        finish(2)
+        request.publish(Empty())
+        counters = segmenter.statistics.counters
+        assert _spin_until(executor, lambda: counters.key_mask_requests == 1, 10.0)
+        finish(3)
+        finish(4)
+        assert _spin_until(executor, lambda: len(received) == 4, 10.0)
+        assert [_is_referenced(msg) for msg in received] == [False, True, False, True]
+    finally:
+        executor.shutdown()
+        segmenter.close()
+        segmenter.destroy_node()
+        robot.destroy_node()
+        rclpy.try_shutdown()

@@ -63,8 +63,8 @@ try:
     from stac_codec import _mask_coder
 except ImportError as error:  # the C++ extension stac_codec's setup.py builds
     raise ImportError(
-        "stac_codec._mask_coder is not built: run scripts/setup.sh (or colcon build; in a "
-        "worktree, source /work/tools/wt-env.sh with STAC_REBUILD=1)"
+        "stac_codec._mask_coder is not built: run scripts/setup.sh (or colcon build in the "
+        "workspace)"
     ) from error
 
 # whether the extension was built with references (mode 4); one built before still codes the
@@ -315,8 +315,7 @@ class MaskSender:
         if self.coding.referenced and not REFERENCES_BUILT:
             raise RuntimeError(
                 f"mask coding {self.coding.name} needs stac_codec._mask_coder built with "
-                "references: rebuild it (scripts/setup.sh, colcon build; in a worktree, source "
-                "/work/tools/wt-env.sh with STAC_REBUILD=1)"
+                "references: rebuild it (scripts/setup.sh, or colcon build in the workspace)"
             )
         self._held: np.ndarray | None = None
         self._kept = 0

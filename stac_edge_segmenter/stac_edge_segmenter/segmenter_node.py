@@ -28,6 +28,7 @@ import numpy as np
 from rclpy.duration import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import Image
+from std_msgs.msg import Empty
 from std_srvs.srv import Trigger
 
 from stac_codec.h264_decoder import DecodeResult, DecodeStatus
@@ -59,6 +60,7 @@ from stac_ros_common.parameters import declare_parameters
 from stac_ros_common.qos import (
     ENCODED_QOS,
     ENCODED_QOS_KINDS,
+    KEY_MASK_REQUEST_QOS,
     MASK_FEEDBACK_QOS,
     OUTPUT_QOS,
     encoded_qos,
@@ -80,6 +82,8 @@ ENDPOINTS = {
     "mask_feedback": "The same mask for the robot in the stac_codec.mask_wire form mask_coding "
     "picks (about 1 kB at 960x540), which the robot warps to every camera frame; with "
     "near_lossless_gated a 15-byte keep instead where the mask barely changed.",
+    "key_mask_request": "The robot asks for a key mask (its next mask coded alone) after "
+    "refusing one coded against a mask it never got; remap to the robot's.",
     "request_keyframe": "Client: asks the robot for a keyframe after a loss or on joining; "
     "remap to the encoder's ~/request_keyframe.",
     "video": "Every access unit the edge decoded, unchanged, as Foxglove's CompressedVideo "
@@ -189,6 +193,9 @@ class SegmenterNode(Node):
             EncodedFrame, "encoded", self._on_encoded, encoded_qos(self.params["encoded_qos"])
         )
         self._keyframe_client = self.create_client(Trigger, "request_keyframe")
+        self.create_subscription(
+            Empty, "key_mask_request", self._on_key_mask_request, KEY_MASK_REQUEST_QOS
+        )
         self._video_publisher = None
         if CompressedVideo is None:
             self.get_logger().info(
@@ -329,6 +336,12 @@ class SegmenterNode(Node):
             return
         self.statistics.count("keyframe_requests")
         self._keyframe_client.call_async(Trigger.Request())
+
+    def _on_key_mask_request(self, msg: Empty) -> None:
+        """The robot refused a mask coded against one it never got: the next mask goes alone
+        (recovery within a mask instead of at the next key, every mask_key_interval)."""
+        self._mask_sender.reset()
+        self.statistics.count("key_mask_requests")
 
     def close(self) -> None:
         """Stop the worker after the frame in hand; a frame still waiting stays pending."""

@@ -23,6 +23,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.duration import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import Image
+from std_msgs.msg import Empty
 from std_srvs.srv import Trigger
 
 from stac_codec.h264_encoder import PRESETS, EncoderConfig
@@ -58,7 +59,14 @@ from stac_ros_common.image_pixels import (
 from stac_ros_common.node_runner import StatisticsReporter, run_node, stamp_to_s
 from stac_ros_common.parameter_spec import ParameterSpec
 from stac_ros_common.parameters import declare_parameters
-from stac_ros_common.qos import ENCODED_QOS, MASK_FEEDBACK_QOS, OUTPUT_QOS, QP_MAP_QOS, camera_qos
+from stac_ros_common.qos import (
+    ENCODED_QOS,
+    KEY_MASK_REQUEST_QOS,
+    MASK_FEEDBACK_QOS,
+    OUTPUT_QOS,
+    QP_MAP_QOS,
+    camera_qos,
+)
 from stac_ros_common.rejections import RejectionLog
 from stac_ros_common.statistics import NodeStatistics
 from stac_ros_common.wire_size import serialized_size_bytes
@@ -76,6 +84,8 @@ ENDPOINTS = {
     "robot_mask_age": "How old that mask is (same stamp): frames, seconds, source stamp, warped.",
     "robot_overlay": "That mask's colours over the camera frame (rgb8) for viewers "
     "(publish_robot_overlay).",
+    "key_mask_request": "Asks the edge for a key mask (its next mask coded alone) after refusing "
+    "a mask coded against one this robot never got; at most every key_mask_request_interval_s.",
     "~/request_keyframe": "The next frame is an IDR picture (in keyframe mode it is sent at once).",
 }
 
@@ -203,6 +213,14 @@ PARAMETERS = (
         "beyond it is refused.",
         0,
         51,
+    ),
+    ParameterSpec(
+        "key_mask_request_interval_s",
+        0.5,
+        "After refusing a mask coded against one it never got, ask the edge for a key mask at "
+        "most this often, s (the refused masks of a broken chain arrive several per second).",
+        0.01,
+        60.0,
     ),
     ParameterSpec("warp_qp_map", True, "Carry the QP map to each frame with DIS optical flow."),
     ParameterSpec(
@@ -404,6 +422,10 @@ class EncoderNode(Node):
         )
         self._receiver = QPMapReceiver(self.params["max_abs_offset_qp"])
         self._mask_receiver = MaskReceiver()  # holds the reference of numbered masks
+        self._key_mask_requests = self.create_publisher(
+            Empty, "key_mask_request", KEY_MASK_REQUEST_QOS
+        )
+        self._last_key_mask_request_s = -math.inf
         self._rejections = RejectionLog(self.get_logger().warning)
         self._report_rate()
 
@@ -534,8 +556,9 @@ class EncoderNode(Node):
                 self.statistics.count("masks_received")
                 return
             adopted = self.loop.submit_mask(class_ids, msg.source_frame_seq)
-        except MaskReferenceError as error:  # a mask was missed: the next key mask recovers
+        except MaskReferenceError as error:  # a mask was missed: a key mask recovers
             self._refuse_mask(f"mask/{error.reason}", f"mask refused: {error}")
+            self._request_key_mask()
             return
         except (MaskWireError, ImageConversionError) as error:
             self._refuse_mask("mask/damaged", f"mask refused: {error}")
@@ -548,6 +571,17 @@ class EncoderNode(Node):
             )
             return
         self.statistics.count("masks_received")
+
+    def _request_key_mask(self) -> None:
+        """Ask the edge to send its next mask alone, rather than wait for its next key mask
+        (every mask_key_interval masks); rate-limited, since every referenced mask until the
+        key arrives is refused again."""
+        now_s = time.monotonic()
+        if now_s - self._last_key_mask_request_s < self.params["key_mask_request_interval_s"]:
+            return
+        self._last_key_mask_request_s = now_s
+        self._key_mask_requests.publish(Empty())
+        self.statistics.count("key_mask_requests")
 
     def _on_qp_map(self, msg: QPMap) -> None:
         self.statistics.add_feedback(time.monotonic(), serialized_size_bytes(msg))

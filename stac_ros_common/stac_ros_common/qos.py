@@ -19,6 +19,8 @@
   near_lossless_ref, the default) codes each mask against the last one sent, so a mask lost
   from the robot's queue makes it refuse the masks after it until the next key mask (every
   mask_key_interval, default 8). Decoding a mask the robot then replaces costs about 1 ms.
+- key-mask requests (robot to edge, std_msgs/Empty): reliable, keep last 1. A request says
+  only "send the next mask alone"; one waiting is as good as several.
 - masks, overlays, heatmaps, statistics: reliable, keep last 5 (rviz subscribes reliable).
 - edge heartbeats (fleet): best effort, keep last 10: a late heartbeat is worth nothing, and
   a stand-in edge judges another edge by whether heartbeats keep arriving.
@@ -50,6 +52,10 @@ MASK_FEEDBACK_QOS = QoSProfile(
     depth=MASK_FEEDBACK_DEPTH,
     reliability=ReliabilityPolicy.RELIABLE,
 )
+KEY_MASK_REQUEST_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE
+)
+
 OUTPUT_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE
 )

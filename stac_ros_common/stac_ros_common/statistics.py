@@ -43,6 +43,7 @@ class FrameCounters:
     frames_pending: int = 0
     frames_lost: int = 0
     keyframe_requests: int = 0
+    key_mask_requests: int = 0
     qp_maps: int = 0
     qp_maps_rejected: int = 0
     masks_received: int = 0
