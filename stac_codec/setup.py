@@ -10,14 +10,16 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
     ],
-    # the mask coder's hot loops (stac_codec.mask_wire); g++ comes with scripts/setup.sh
+    # the hot loops of the mask coder (stac_codec.mask_wire) and of class ids from low-resolution
+    # logits (stac_codec.logit_labels); g++ comes with scripts/setup.sh
     ext_modules=[
         Extension(
-            "stac_codec._mask_coder",
-            ["stac_codec/_mask_coder.cpp"],
+            f"stac_codec.{name}",
+            [f"stac_codec/{name}.cpp"],
             extra_compile_args=["-O3", "-std=c++17"],
             language="c++",
         )
+        for name in ("_mask_coder", "_logit_labels")
     ],
     install_requires=["setuptools"],
     zip_safe=False,
