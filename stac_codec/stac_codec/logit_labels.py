@@ -32,8 +32,8 @@ try:
     from stac_codec import _logit_labels
 except ImportError as error:  # the C++ extension stac_codec's setup.py builds
     raise ImportError(
-        "stac_codec._logit_labels is not built: run scripts/setup.sh (or colcon build; in a "
-        "worktree, source /work/tools/wt-env.sh with STAC_REBUILD=1)"
+        "stac_codec._logit_labels is not built: run scripts/setup.sh (or colcon build in the "
+        "workspace)"
     ) from error
 
 MAX_SIDE = 16384  # pixels a side, as the masks' wire form
