@@ -1,6 +1,7 @@
-"""Inference engines (stac_edge_segmenter.engines): ONNX Runtime gives torch's masks, a batch gives
-each frame its own mask, and a model that ONNX Runtime cannot run falls back to torch, saying
-why once."""
+"""Inference engines (stac_edge_segmenter.engines): every engine stops at the low-resolution
+logits and gives torch's masks through stac_codec.logit_labels, a batch gives each frame its own
+mask, an int8 graph is checked against torch, and a model that ONNX Runtime cannot run falls back
+to torch, saying why once."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import yaml
 from onnx import TensorProto, helper
 
+from stac_codec.logit_labels import class_ids_from_logits
 from stac_edge_segmenter.engines import (
     MIN_AGREEMENT,
     EngineChoice,
@@ -22,6 +24,7 @@ from stac_edge_segmenter.engines import (
     build_onnxruntime_engine,
     create_engine,
     create_session,
+    int8_ranges_path,
 )
 from stac_edge_segmenter.loading import load_model
 from stac_training.camvid import CLASS_NAMES, PALETTE
@@ -56,6 +59,54 @@ def test_onnxruntime_masks_agree_with_torch(model, onnx_engine, frames, size):
     assert agreement(onnx_engine, TorchEngine(model), [batch]) >= MIN_AGREEMENT
 
 
+def _check_segmentation(segmentation, batch: np.ndarray) -> None:
+    """Class ids of the batch's size, and exactly what the kernel makes of the logits given."""
+    assert segmentation.class_ids.shape == batch.shape[:3]
+    assert segmentation.class_ids.dtype == np.uint8
+    assert segmentation.logits.dtype == np.float32 and segmentation.logits.ndim == 4
+    assert segmentation.chain.out_shape == batch.shape[1:3]
+    for logits, class_ids in zip(segmentation.logits, segmentation.class_ids, strict=True):
+        np.testing.assert_array_equal(class_ids_from_logits(logits, segmentation.chain), class_ids)
+
+
+@pytest.mark.parametrize("size", [(480, 360), (960, 540), (726, 546)])
+def test_torch_engine_takes_class_ids_from_low_res_logits(model, frames, size):
+    batch = _resized(frames[:2], *size)
+    segmentation = TorchEngine(model).segment_batch_with_logits(batch)
+    _check_segmentation(segmentation, batch)
+    assert segmentation.logits.shape == (2, len(CLASS_NAMES), 96, 120)  # stride 4 of 480x384
+    reference = TorchEngine(model, low_res=False)
+    assert agreement(TorchEngine(model), reference, [batch]) >= 0.9999
+
+
+@pytest.mark.slow  # exports the shipped model to ONNX
+def test_onnxruntime_runs_the_graph_cut_at_the_low_res_logits(model, onnx_engine, frames):
+    assert onnx_engine.chain_for is not None and onnx_engine.full_graph_reason is None
+    batch = _resized(frames[:2], 960, 540)
+    segmentation = onnx_engine.segment_batch_with_logits(batch)
+    _check_segmentation(segmentation, batch)
+    expected = TorchEngine(model).segment_batch_with_logits(batch)
+    assert segmentation.chain == expected.chain
+    np.testing.assert_allclose(segmentation.logits, expected.logits, atol=2e-3)
+
+
+@pytest.mark.slow  # exports the shipped model to ONNX
+def test_a_graph_that_cannot_be_cut_runs_whole_and_says_so_once(model, frames, monkeypatch):
+    from stac_edge_segmenter import engines
+
+    def refuse(*_):
+        raise engines.EngineError("no cut here")
+
+    monkeypatch.setattr(engines, "_cut_at_low_res_logits", refuse)
+    logged = []
+    engine = FallbackEngine(create_engine(model, "onnxruntime", threads=1), model, logged.append)
+    segmentation = engine.segment_batch_with_logits(frames[:2])
+    assert segmentation.logits is None and segmentation.chain is None
+    assert agreement(engine, TorchEngine(model, low_res=False), [frames]) >= MIN_AGREEMENT
+    engine.segment_batch(frames[:1])
+    assert len(logged) == 1 and "full graph" in logged[0] and "no cut here" in logged[0]
+
+
 @pytest.mark.slow  # exports the shipped model to ONNX
 def test_a_batch_gives_each_frame_its_own_mask(onnx_engine, frames):
     together = onnx_engine.segment_batch(frames)
@@ -68,9 +119,32 @@ def test_a_batch_gives_each_frame_its_own_mask(onnx_engine, frames):
 def test_int8_engine_uses_the_shipped_ranges(model, frames):
     choice = create_engine(model, "onnxruntime_int8", threads=1)
     assert choice.fallback_reason is None
-    assert choice.engine.name == "onnxruntime_int8"
+    assert choice.engine.name == "onnxruntime_int8" and choice.engine.chain_for is not None
     # int8 moves some boundary pixels; stac-bench model reports its val mIoU.
-    assert agreement(choice.engine, TorchEngine(model), [frames]) > 0.97
+    assert agreement(choice.engine, TorchEngine(model, low_res=False), [frames]) > 0.97
+
+
+@pytest.mark.slow  # exports and quantizes the shipped model
+def test_int8_ranges_that_do_not_fit_the_model_are_refused(tmp_path, frames):
+    """Ranges off by a factor of 4 (what another model's would be like): the int8 graph's
+    masks fail the start-up check against torch, and the engine is fp32 ONNX Runtime."""
+    import json
+    import shutil
+
+    from stac_edge_segmenter.loading import DEFAULT_CONFIG, build_model, read_spec
+
+    shipped = read_spec(DEFAULT_CONFIG)
+    spec = shipped.__class__(**{**shipped.__dict__, "weights": tmp_path / shipped.weights.name})
+    shutil.copy(shipped.weights, spec.weights)
+    model = build_model(spec, "cpu")
+    data = json.loads(int8_ranges_path(load_model(device="cpu")).read_text())
+    for tensor in data["data"].values():
+        for end in ("lowest", "highest"):
+            tensor[end]["data"] = [4 * value for value in tensor[end]["data"]]
+    int8_ranges_path(model).write_text(json.dumps(data))
+    choice = create_engine(model, "onnxruntime_int8", threads=1)
+    assert choice.engine.name == "onnxruntime"
+    assert "onnxruntime_int8 graph's masks agree with torch on" in choice.fallback_reason
 
 
 @pytest.mark.slow  # exports the shipped model to ONNX
@@ -93,7 +167,7 @@ class _RunningMaximum(torch.nn.Module):
         return torch.cummax(self.classifier(x), dim=2).values
 
 
-def _torchscript_model(tmp_path, network: torch.nn.Module):
+def _torchscript_model(tmp_path, network: torch.nn.Module, input_size=None):
     weights = tmp_path / "net.pt"
     torch.jit.trace(network.eval(), torch.zeros(1, 3, 32, 32)).save(str(weights))
     config = {
@@ -102,7 +176,7 @@ def _torchscript_model(tmp_path, network: torch.nn.Module):
         "classes": CLASS_NAMES,
         "palette": PALETTE.tolist(),
         "normalization": {"mean": [127.0] * 3, "std": [128.0] * 3},
-        "input_size": None,
+        "input_size": input_size,
     }
     path = tmp_path / "net.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -123,6 +197,23 @@ def test_a_model_that_cannot_export_runs_on_torch_and_says_why_once(tmp_path, fr
         masks, model.predict(frames[:2], with_probabilities=False).class_ids
     )
     assert len(logged) == 1 and "cummax" in logged[0]
+
+
+@pytest.mark.parametrize("input_size", [None, [64, 48]])
+def test_a_full_resolution_model_runs_through_the_cut_graph(tmp_path, frames, input_size):
+    """A model whose logits are at its input's size (as torchvision's): the chain is the
+    resize to the frame (none without a working size), the masks torch's."""
+    network = torch.nn.Conv2d(3, len(CLASS_NAMES), 3, padding=1)
+    model = _torchscript_model(tmp_path, network, input_size)
+    choice = create_engine(model, "onnxruntime", threads=1)
+    assert choice.fallback_reason is None and choice.engine.chain_for is not None
+    batch = _resized(frames[:2], 120, 90)
+    segmentation = choice.engine.segment_batch_with_logits(batch)
+    _check_segmentation(segmentation, batch)
+    assert segmentation.logits.shape[2:] == ((48, 64) if input_size else (90, 120))
+    reference = TorchEngine(model, low_res=False)
+    for engine in (choice.engine, TorchEngine(model)):
+        assert agreement(engine, reference, [batch]) >= 0.9999
 
 
 def test_int8_without_ranges_falls_back_to_float(tmp_path, frames):
@@ -196,3 +287,18 @@ def test_int8_graph_keeps_its_ends_in_uint8(model):
             assert source is None or source.op_type != "DequantizeLinear", node.name
     argmax = next(node for node in graph.node if node.op_type == "ArgMax")
     assert producer[argmax.input[0]].op_type == "Resize"  # float logits, not 8-bit ones
+
+
+@pytest.mark.slow  # exports and quantizes the shipped model
+def test_the_cut_int8_graph_ends_at_float_logits(model):
+    """Cut at the head's output, the int8 graph has no resize or argmax left at its end and
+    gives float logits (the stored ranges, calibrated on the full graph, still fit)."""
+    from stac_edge_segmenter.engines import _cut_at_low_res_logits, _quantize, export_onnx
+
+    cut = _cut_at_low_res_logits(export_onnx(model), through_network=True)
+    graph = onnx.load_from_string(_quantize(cut, int8_ranges_path(model))).graph
+    ops = [node.op_type for node in graph.node]
+    assert "ArgMax" not in ops and ops.count("Conv") == 54
+    assert [output.name for output in graph.output] == ["logits"]
+    producer = {output: node for node in graph.node for output in node.output}
+    assert producer["logits"].op_type in ("DequantizeLinear", "Conv", "Identity")

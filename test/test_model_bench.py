@@ -36,6 +36,8 @@ def test_bench_model_writes_timings_and_val_miou(tmp_path, data_dir):
         assert 0.0 < entry["val_miou"] <= 1.0
     assert engines["torch"]["agreement_with_torch"] == 1.0
     assert engines["onnxruntime"]["agreement_with_torch"] >= 0.995
+    full_tail = result["torch_full_tail"]["forward_ms"]
+    assert set(full_tail) == set(engines["torch"]["forward_ratio_to_torch_full_tail"])
 
 
 def test_bench_gpu_skips_cleanly_without_a_gpu(tmp_path):

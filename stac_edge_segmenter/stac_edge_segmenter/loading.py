@@ -38,10 +38,13 @@ import torch.nn.functional as F  # noqa: N812
 import yaml
 from torch import nn
 
+from stac_codec.logit_labels import LogitChain
 from stac_edge_segmenter.model import (
+    LiteFPN,
     WeightsError,
     fuse_for_inference,
     load_lite0_fpn,
+    padded_size,
     read_weights_file,
 )
 
@@ -250,23 +253,56 @@ class SegmentationModel:
         (ONNX export) both resizes stay in the graph even where the example frame needs none
         (a same-size bilinear resize is the identity), so the graph serves every frame size."""
         tracing = torch.jit.is_tracing()
+        height, width = x.shape[-2:]
+        logits = self._checked(self.network(self._working(x)))
+        if tracing or logits.shape[-2:] != (height, width):
+            logits = F.interpolate(
+                logits, size=(height, width), mode="bilinear", align_corners=False
+            )
+        return logits
+
+    @property
+    def tail_in_network(self) -> bool:
+        """Whether `low_res_logits` stops inside the network, before its own bilinear
+        upsampling and crop (LiteFPN), not at its output."""
+        return isinstance(self.network, LiteFPN)
+
+    def low_res_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Nx3xHxW float RGB in 0..255 -> the logits before the network's bilinear tail: the
+        stride-4 head's for the shipped LiteFPN, the network's output for any other model.
+        `logit_chain` says how they become `logits(x)` (class_ids_from_logits gives its
+        argmax without computing it)."""
+        x = self._working(x)
+        if self.tail_in_network:
+            return self._checked(self.network.low_res_logits(x))
+        return self._checked(self.network(x))
+
+    def logit_chain(self, frame_size: tuple[int, int], low_size: tuple[int, int]) -> LogitChain:
+        """The chain from `low_res_logits` of low_size (height, width) to a frame of
+        frame_size (height, width): for LiteFPN up to its padded working size and cropped to
+        the working size, then (any model) bilinear to the frame where the sizes differ."""
+        working = self.spec.input_size[::-1] if self.spec.input_size else tuple(frame_size)
+        if self.tail_in_network:
+            return LogitChain.of(tuple(low_size), padded_size(*working), working, frame_size)
+        return LogitChain.of(tuple(low_size), out=tuple(frame_size))
+
+    def _working(self, x: torch.Tensor) -> torch.Tensor:
+        """Frames normalised and (when the model has a working resolution) resized to it."""
         if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
             raise ValueError(f"expected a float Nx3xHxW tensor, got {x.dtype} {tuple(x.shape)}")
         height, width = x.shape[-2:]
         x = (x - self._mean) / self._std
         working = self.spec.input_size
-        if working is not None and (tracing or (width, height) != working):
+        if working is not None and (torch.jit.is_tracing() or (width, height) != working):
             x = F.interpolate(x, size=working[::-1], mode="bilinear", align_corners=False)
-        output = self.network(x)
+        return x
+
+    def _checked(self, output) -> torch.Tensor:
         logits = output["out"] if isinstance(output, dict) else output
         if logits.ndim != 4 or logits.shape[1] != self.num_classes:
             raise ValueError(
                 f"model {self.spec.name!r} output shape {tuple(logits.shape)}, but the "
                 f"configuration declares {self.num_classes} classes"
-            )
-        if tracing or logits.shape[-2:] != (height, width):
-            logits = F.interpolate(
-                logits, size=(height, width), mode="bilinear", align_corners=False
             )
         return logits
 

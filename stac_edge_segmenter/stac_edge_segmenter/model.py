@@ -78,13 +78,29 @@ class LiteFPN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        pad_h = -height % OUTPUT_STRIDE
-        pad_w = -width % OUTPUT_STRIDE
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        x = _padded(x)
         logits = self.head(self.encoder(x))
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., :height, :width]
+
+    def low_res_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's logits (stride 4) of the input padded to `padded_size`: what `forward`
+        resizes bilinearly to the padded size and crops to the input's."""
+        return self.head(self.encoder(_padded(x)))
+
+
+def _padded(x: torch.Tensor) -> torch.Tensor:
+    height, width = x.shape[-2:]
+    pad_h = -height % OUTPUT_STRIDE
+    pad_w = -width % OUTPUT_STRIDE
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+    return x
+
+
+def padded_size(height: int, width: int) -> tuple[int, int]:
+    """The (height, width) LiteFPN pads an input to: the next multiples of OUTPUT_STRIDE."""
+    return height + -height % OUTPUT_STRIDE, width + -width % OUTPUT_STRIDE
 
 
 def imagenet_backbone_path() -> str:

@@ -9,7 +9,10 @@ configured working resolution (the default model resizes 960x540 to 480x360 and 
 resolution would. `engines`: what the edge's segmenter runs per frame, uint8 frames in and
 class ids out (`engines.Engine.segment_batch`), for each engine (torch, onnxruntime,
 onnxruntime_int8), timed in turn within each repeat so that all see the same machine load,
-with its val mIoU and the share of val pixels on which its masks agree with torch's.
+with its val mIoU and the share of val pixels on which its masks agree with torch's. Every
+engine takes its class ids from the low-resolution logits (`stac_codec.logit_labels`);
+`torch_full_tail` is torch with its own upsampling and argmax (what the torch engine ran
+before), timed in the same turns, and `forward_ratio_to_torch_full_tail` each engine against it.
 """
 
 from __future__ import annotations
@@ -113,6 +116,7 @@ ENGINE_CASES = (
     ("480x360_batch4", 480, 360, 4),
 )
 VAL_BATCH = 4
+FULL_TAIL = "torch_full_tail"
 
 
 def _interleaved_medians_ms(
@@ -166,10 +170,12 @@ def engine_accuracy(engines: dict[str, Engine], model: SegmentationModel, split)
     return result
 
 
-def compare_engines(args: argparse.Namespace) -> dict:
-    """Every engine asked for, built as the edge builds it, timed and scored in one run."""
+def compare_engines(args: argparse.Namespace) -> tuple[dict, dict[str, float]]:
+    """Every engine asked for, built as the edge builds it, timed and scored in one run, and
+    the times of torch with its own upsampling and argmax (`FULL_TAIL`) in the same turns."""
     model = build_model(read_spec(args.config), args.device)
     engines: dict[str, Engine] = {"torch": TorchEngine(model)}
+    full_tail = TorchEngine(model, low_res=False)
     built = {}
     for name in args.engines:
         if name == "torch":
@@ -183,29 +189,31 @@ def compare_engines(args: argparse.Namespace) -> dict:
             "providers": getattr(choice.engine, "providers", None),
         }
         engines[name] = choice.engine
-    forward_ms = time_engines(engines, args.repeats)
+    forward_ms = time_engines({**engines, FULL_TAIL: full_tail}, args.repeats)
     accuracy = engine_accuracy(
         engines, model, load_split(args.data_dir / "val", limit=args.val_limit)
     )
     result = {}
     for name in engines:
-        ratio = {
-            case: round(ms / forward_ms["torch"][case], 3) for case, ms in forward_ms[name].items()
-        }
+        ratio, full_tail_ratio = (
+            {case: round(ms / forward_ms[base][case], 3) for case, ms in forward_ms[name].items()}
+            for base in ("torch", FULL_TAIL)
+        )
         result[name] = {
             "forward_ms": forward_ms[name],
             "forward_ratio_to_torch": ratio,
+            "forward_ratio_to_torch_full_tail": full_tail_ratio,
             **accuracy[name],
             **built.get(name, {"runs_as": "torch"}),
         }
-    return result
+    return result, forward_ms[FULL_TAIL]
 
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     forward_ms, backward_ms = time_cases(args.config, args.device, args.repeats)
     accuracy = val_accuracy(args.config, args.device, args.data_dir, args.val_limit)
-    engines = compare_engines(args)
+    engines, full_tail_ms = compare_engines(args)
     result = {
         "model": str(args.config),
         "device": args.device,
@@ -218,6 +226,7 @@ def run(args: argparse.Namespace) -> dict:
         "backward_ms": backward_ms,
         "backward_ms_note": "forward + backward to the input (the sensitivity gradient)",
         "engines": engines,
+        FULL_TAIL: {"forward_ms": full_tail_ms},
         "engines_note": "forward_ms: segment_batch per frame (uint8 frames in, class ids out), "
         "the engines timed in turn within each repeat; agreement_with_torch: share of val pixels",
     }
@@ -247,3 +256,5 @@ def print_table(result: dict) -> None:
         print(f"{name:<18}{times}{entry['val_miou']:>10.4f}{entry['agreement_with_torch']:>9.4f}")
         if entry.get("fallback_reason"):
             print(f"  runs as {entry['runs_as']}: {entry['fallback_reason']}")
+    times = "".join(f"{result[FULL_TAIL]['forward_ms'][c]:>20.1f}" for c in cases)
+    print(f"{FULL_TAIL:<18}{times}")
