@@ -8,10 +8,21 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
 
 from stac_codec.mask_wire import MaskSender
 from stac_eval.bench import main as bench_main
-from stac_eval.bench_masks import LATE_CODERS, REFERENCED_CODINGS, LateMasks
+from stac_eval.bench_masks import (
+    LATE_CODERS,
+    LOGIT_FIELD_STEPS,
+    REFERENCED_CODINGS,
+    LateMasks,
+    LogitField,
+    Masked,
+    _needed,
+    logit_chain,
+)
 
 KEYS = {"bytes_per_mask", "ratio_vs_rle_deflate", "agreement_miou", "encode_ms", "decode_ms"}
 SHIPPED = ("rle_deflate", "lossless", "near_lossless", "reduced", "near_lossless_gated")
@@ -50,6 +61,7 @@ def test_every_coder_reports_its_keys_with_sane_values(result):
         assert set(SHIPPED) <= set(coders)
         assert {"png", "webp_lossless", "conditional", "conditional_flow"} <= set(coders)
         assert "reduced_guided" in coders
+        assert {f"logit_field_q{step:g}" for step in LOGIT_FIELD_STEPS} <= set(coders)
         for name, row in coders.items():
             extra = {"kept_share"} if name == "near_lossless_gated" else set()
             referenced = {*REFERENCED_CODINGS, "lossless_ref", "near_lossless_2_ref"}
@@ -110,3 +122,62 @@ def test_an_edge_that_sends_fewer_masks_leaves_the_robot_staler_ones():
     assert missing["near_lossless_keyref_refused"] == 0
     assert missing["near_lossless"] == missing["near_lossless_keyref"]
     assert missing["near_lossless_ref"] < missing["near_lossless"] < every_time
+
+
+def _logit_frames(seed: int, count: int) -> list[Masked]:
+    """Smooth random 5-class logits at 1/4 of a 120x90 working size (padded to 128x96), and
+    the mask a model with them would give at 200x150."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for index in range(count):
+        coarse = torch.from_numpy(rng.normal(0, 1.5, (1, 5, 6, 8)).astype(np.float32))
+        logits = F.interpolate(coarse, size=(24, 32), mode="bicubic", align_corners=False)[0]
+        masked = Masked(index, np.zeros((150, 200, 3), np.uint8), np.zeros((150, 200), np.uint8))
+        masked.logits = logits.numpy()
+        masked.chain = logit_chain((24, 32), (120, 90), (150, 200))
+        resized = F.interpolate(logits[None], size=(96, 128), mode="bilinear")[..., :90, :120]
+        resized = F.interpolate(resized, size=(150, 200), mode="bilinear", align_corners=False)
+        masked.class_ids[:] = resized[0].argmax(0).numpy()
+        frames.append(masked)
+    return frames
+
+
+def test_a_logit_field_rebuilds_the_mask_from_what_travels_only():
+    """Fine steps give the edge's mask back (but where the resized margins are near a tie);
+    coarse ones cost fewer bytes and agree less. The robot's decoder sees only the wire bytes
+    and the sizes: it gets zeros where the edge had logits."""
+    frames = _logit_frames(0, 3)
+    agreement, sizes = {}, {}
+    for step in (0.05, 2.0):
+        encode, decode = LogitField(step).coder()
+        edge, robot = {}, {}
+        agreement[step], sizes[step] = [], []
+        for masked in frames:
+            data = encode(masked, edge)
+            blind = Masked(masked.index, masked.image, np.zeros_like(masked.class_ids))
+            blind.logits, blind.chain = np.zeros_like(masked.logits), masked.chain
+            decoded = decode(data, blind, robot)
+            agreement[step].append(float((decoded == masked.class_ids).mean()))
+            sizes[step].append(len(data))
+        assert robot["held"].tobytes() == masked.logits.argmax(0).astype(np.uint8).tobytes()
+    assert min(agreement[0.05]) > 0.995
+    assert min(agreement[2.0]) < min(agreement[0.05])
+    assert sum(sizes[2.0]) < sum(sizes[0.05])
+    with pytest.raises(ValueError, match="byte"):
+        LogitField(0.01)
+
+
+def test_only_mixed_supports_need_margins():
+    """A map of one class needs none; a vertical boundary needs margins only near it, of the
+    other class, on both sides, and none in the last low-res row (the working size's 90
+    rows are cropped from 96: no output pixel reads row 23)."""
+    chain = logit_chain((24, 32), (120, 90), (150, 200))
+    argmax = np.zeros((24, 32), np.uint8)
+    assert not _needed(argmax, 3, chain).any()
+    argmax[:, 16:] = 2
+    needed = _needed(argmax, 3, chain)
+    columns = np.flatnonzero(needed.any((0, 1)))
+    assert columns.min() >= 13 and columns.max() <= 18 and {15, 16} <= set(columns)
+    assert not needed[1].any()  # class 1 is nowhere
+    assert needed[2, :23, 15].all() and needed[0, :23, 16].all() and not needed[0, :, 15].any()
+    assert not needed[:, 23].any()

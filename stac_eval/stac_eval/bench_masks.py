@@ -19,7 +19,12 @@ images (CamVid val); each full-resolution mask goes through every coder:
   the H.264 motion vectors both ends can read, could at best be) and near_lossless_conditional
   (near-lossless against the previous decoded mask: the edge keeps the previous boundaries
   where it may, a temporal stabiliser); lossless_ref and near_lossless_2_ref
-  (near_lossless_ref's reference context without moved boundaries, and with 2 px).
+  (near_lossless_ref's reference context without moved boundaries, and with 2 px);
+  logit_field_q* (the network's stride-4 logits instead of the mask: the edge's mask is the
+  argmax of those logits resized to the frame, so the robot could rebuild it from the low-res
+  argmax map plus, where an output pixel's bilinear support mixes classes, the margins of the
+  classes present there, quantized with step q: see `LogitField`; the robot's side through
+  stac_codec.logit_labels).
 
 Per coder: bytes_per_mask (mean), ratio_vs_rle_deflate, agreement_miou (the decoded masks
 against the edge's, one confusion matrix over all masks), encode_ms and decode_ms (median per
@@ -43,6 +48,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,6 +58,7 @@ import numpy as np
 import torch
 
 from stac_codec import _mask_coder
+from stac_codec.logit_labels import LogitChain, class_ids_from_logits
 from stac_codec.mask_wire import (
     FLAG_REFERENCED,
     FLAGS_OFFSET,
@@ -69,6 +76,7 @@ from stac_codec.mask_wire import (
 )
 from stac_edge_segmenter.loading import load_model
 from stac_edge_segmenter.metrics import ConfusionMatrix
+from stac_edge_segmenter.model import OUTPUT_STRIDE
 from stac_encoder.frame_flow import FlowConfig, FrameFlow
 from stac_encoder.frame_sources import read_frames
 from stac_encoder.mask_warp import MaskPropagator
@@ -89,11 +97,15 @@ DROP_EVERY = (10, 5)  # late_masks: the robot misses every n-th mask (its keep-l
 
 @dataclass
 class Masked:
-    """One segmented frame: its index in the clip, the RGB frame and the edge's class ids."""
+    """One segmented frame: its index in the clip, the RGB frame and the edge's class ids;
+    logits: the network's low-res logits (KxHlxWl) and the chain that resizes them to the
+    mask, for the logit_field coders (None where the network has no LiteFPN head)."""
 
     index: int
     image: np.ndarray
     class_ids: np.ndarray
+    logits: np.ndarray | None = None
+    chain: LogitChain | None = None
 
 
 @dataclass
@@ -420,6 +432,17 @@ def all_coders(key_interval: int = MASK_CODINGS[REFERENCED].key_interval) -> lis
             _conditional_encode(MASK_CODINGS["near_lossless"].tolerance_px),
             _conditional_decode,
         ),
+        *(
+            Coder(
+                f"logit_field_q{step:g}",
+                f"not a wire mode: the low-res argmax map (context-coded, against the previous "
+                f"one where smaller) and, where an output pixel's support mixes classes, the "
+                f"margins below the local max of the classes present, step {step:g}, up to "
+                f"{LOGIT_FIELD_CAP:g} (deflated); the robot resizes that field as the edge does",
+                *LogitField(step).coder(),
+            )
+            for step in LOGIT_FIELD_STEPS
+        ),
     ]
 
 
@@ -536,6 +559,130 @@ def _conditional_decode(data: bytes, masked: Masked, state: dict) -> np.ndarray:
     return state["held"]
 
 
+LOGIT_FIELD_STEPS = (0.25, 1.0)  # quantization steps measured (logits)
+LOGIT_FIELD_CAP = 8.0  # margins at or beyond this travel as "far" and are rebuilt as this
+
+
+@dataclass(frozen=True)
+class LogitField:
+    """Masks as the network's low-res logits, with what the robot cannot tell apart dropped.
+
+    The edge's mask is argmax over classes of a resize chain (`LogitChain`: bilinear to the
+    padded working size, crop, bilinear to the frame) of KxHlxWl logits: each output pixel a
+    convex combination of a few low-res pixels (its support). Where the support's argmaxes
+    agree, so does the output pixel, whatever the values; subtracting a low-res pixel's own
+    max from all its classes changes no output argmax. So the edge sends the low-res argmax
+    map and, for each class present in the support of a mixed output pixel, that class's
+    margin below the max at each support pixel (none at the pixel whose argmax it is),
+    quantized to floor(margin / step), capped at `LOGIT_FIELD_CAP`; both ends derive which
+    margins travel from the argmax map alone (`_needed`). The robot rebuilds the field (0 at
+    the argmax, the margin's bin centre where sent, minus the cap elsewhere) and takes its
+    class ids through the chain (`class_ids_from_logits`)."""
+
+    step: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self._far < 256:
+            raise ValueError(f"step {self.step}: a margin's bin must fit a byte")
+
+    def coder(self):
+        def encode(masked: Masked, state: dict) -> bytes:
+            if masked.logits is None:
+                raise RuntimeError("logit_field needs a network with a LiteFPN head")
+            argmax = masked.logits.argmax(0).astype(np.uint8)
+            height, width = argmax.shape
+            stream, _ = _mask_coder.encode(argmax, width, height, None, 0, 0, 0.0)
+            previous = state.get("argmax")
+            referenced = previous is not None and previous.shape == argmax.shape
+            if referenced:
+                against, _ = _mask_coder.encode(argmax, width, height, None, 0, 0, 0.0, previous)
+                referenced = len(against) < len(stream)
+                stream = against if referenced else stream
+            state["argmax"] = argmax
+            needed = _needed(argmax, len(masked.logits), masked.chain)
+            margins = masked.logits.max(0, keepdims=True) - masked.logits
+            bins = np.minimum(np.floor(margins[needed] / self.step), self._far)
+            values = zlib.compress(bins.astype(np.uint8).tobytes(), 9)
+            return bytes([referenced]) + len(stream).to_bytes(4, "big") + stream + values
+
+        def decode(data: bytes, masked: Masked, state: dict) -> np.ndarray:
+            classes, (height, width) = len(masked.logits), masked.chain.low_shape  # sizes only
+            size = int.from_bytes(data[1:5], "big")
+            reference = (state["held"],) if data[0] else ()  # the robot's previous map
+            argmax = np.frombuffer(
+                _mask_coder.decode(data[5 : 5 + size], width, height, None, *reference), np.uint8
+            ).reshape(height, width)
+            state["held"] = argmax
+            needed = _needed(argmax, classes, masked.chain)
+            bins = np.frombuffer(zlib.decompress(data[5 + size :]), np.uint8).astype(np.float32)
+            field = np.full((classes, height, width), -LOGIT_FIELD_CAP, np.float32)
+            field[_one_hot(argmax, classes)] = 0.0
+            field[needed] = np.where(bins >= self._far, -LOGIT_FIELD_CAP, -(bins + 0.5) * self.step)
+            return class_ids_from_logits(field, masked.chain)
+
+        return encode, decode
+
+    @property
+    def _far(self) -> int:
+        return int(LOGIT_FIELD_CAP // self.step)
+
+
+def _needed(argmax: np.ndarray, classes: int, chain: LogitChain) -> np.ndarray:
+    """KxHlxWl: the margins that travel. An output pixel's support is a rectangle of low-res
+    pixels (one window of rows, one of columns: the chain's taps); with each low-res pixel's
+    class as a bit, a rectangle with more than one bit is mixed, and each of its pixels needs
+    the margins of the classes in it but its own."""
+    if classes > 64:
+        raise ValueError(f"{classes} classes: the logit field holds at most 64")
+    rows, row_index = _windows(chain.rows.taps())
+    cols, col_index = _windows(chain.cols.taps())
+    bits = np.left_shift(np.uint64(1), argmax.astype(np.uint64))
+    present = _or_over(_or_over(bits, rows).T, cols).T  # per (row window, column window)
+    mixed = np.where(present & (present - np.uint64(1)) != 0, present, np.uint64(0))
+    wanted = _or_back(_or_back(mixed.T, cols, argmax.shape[1]).T, rows, argmax.shape[0])
+    shifts = np.arange(classes, dtype=np.uint64)[:, None, None]
+    return ((wanted[None] >> shifts) & np.uint64(1)).astype(bool) & ~_one_hot(argmax, classes)
+
+
+def _windows(taps) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (start, count) supports of one axis, and each output index's."""
+    pairs = np.stack([taps.start, taps.count], 1)
+    windows, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    return windows, inverse.reshape(-1)
+
+
+def _or_over(bits: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """Per window (rows of the result), the OR of `bits`' rows it covers."""
+    out = np.zeros((len(windows), *bits.shape[1:]), bits.dtype)
+    for offset in range(int(windows[:, 1].max())):
+        covers = windows[:, 1] > offset
+        out[covers] |= bits[windows[covers, 0] + offset]
+    return out
+
+
+def _or_back(values: np.ndarray, windows: np.ndarray, size: int) -> np.ndarray:
+    """The transpose of `_or_over`: per row of `size`, the OR of the windows covering it."""
+    out = np.zeros((size, *values.shape[1:]), values.dtype)
+    for offset in range(int(windows[:, 1].max())):
+        covers = windows[:, 1] > offset
+        np.bitwise_or.at(out, windows[covers, 0] + offset, values[covers])
+    return out
+
+
+def _one_hot(argmax: np.ndarray, classes: int) -> np.ndarray:
+    return np.arange(classes)[:, None, None] == argmax[None]
+
+
+def logit_chain(low: tuple[int, int], working: tuple[int, int], frame: tuple[int, int]):
+    """The shipped model's resize chain from (height, width) logits: to the working size
+    (width, height) padded to the network's stride, crop, to the frame (height, width)
+    (`SegmentationModel.logits`, `LiteFPN.forward`)."""
+    work_width, work_height = working
+    padded = (-(-work_height // OUTPUT_STRIDE) * OUTPUT_STRIDE,
+              -(-work_width // OUTPUT_STRIDE) * OUTPUT_STRIDE)  # fmt: skip
+    return LogitChain.of(low, padded, (work_height, work_width), frame)
+
+
 def _image_frames(folder: Path) -> Iterator[tuple[int, np.ndarray]]:
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not paths:
@@ -547,16 +694,30 @@ def _image_frames(folder: Path) -> Iterator[tuple[int, np.ndarray]]:
 def _segmented(
     model, frames: Iterator[tuple[int, np.ndarray]], every: int = 1, late: LateMasks | None = None
 ) -> Iterator[Masked]:
-    """Every `every`-th frame segmented; every frame shown to `late` (the robot's flow)."""
-    with progress_bar(desc="masks", unit="frame") as bar:
-        for index, image in frames:
-            if late is not None:
-                late.frame(index, image)
-            if index % every:
-                continue
-            class_ids = model.predict(image, with_probabilities=False).class_ids[0]
-            bar.update(1)
-            yield Masked(index, image, class_ids)
+    """Every `every`-th frame segmented; every frame shown to `late` (the robot's flow).
+    A LiteFPN network's head output (its stride-4 logits) is kept for the logit_field coders."""
+    head = getattr(model.network, "head", None)
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda m, i, out: captured.append(out)) if head else None
+    try:
+        with progress_bar(desc="masks", unit="frame") as bar:
+            for index, image in frames:
+                if late is not None:
+                    late.frame(index, image)
+                if index % every:
+                    continue
+                captured.clear()
+                class_ids = model.predict(image, with_probabilities=False).class_ids[0]
+                bar.update(1)
+                logits = chain = None
+                if captured:
+                    logits = captured[0][0].float().cpu().numpy()
+                    working = model.spec.input_size or image.shape[1::-1]
+                    chain = logit_chain(logits.shape[1:], working, class_ids.shape)
+                yield Masked(index, image, class_ids, logits, chain)
+    finally:
+        if hook is not None:
+            hook.remove()
 
 
 def print_table(result: dict) -> None:
