@@ -72,13 +72,15 @@ def test_keyframe_mode_publishes_a_robot_mask_for_every_camera_frame():
     def stamp_ns(msg) -> int:
         return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
-    node.create_subscription(EncodedFrame, "/stac/encoded", on_encoded, ENCODED_QOS)
-    node.create_subscription(
-        Image, "/stac/robot_mask", lambda m: masks.__setitem__(stamp_ns(m), m), OUTPUT_QOS
-    )
-    node.create_subscription(
-        MaskAge, "/stac/robot_mask_age", lambda m: ages.__setitem__(stamp_ns(m), m), OUTPUT_QOS
-    )
+    subscriptions = [
+        node.create_subscription(EncodedFrame, "/stac/encoded", on_encoded, ENCODED_QOS),
+        node.create_subscription(
+            Image, "/stac/robot_mask", lambda m: masks.__setitem__(stamp_ns(m), m), OUTPUT_QOS
+        ),
+        node.create_subscription(
+            MaskAge, "/stac/robot_mask_age", lambda m: ages.__setitem__(stamp_ns(m), m), OUTPUT_QOS
+        ),
+    ]
     camera = node.create_publisher(Image, "/camera/image_raw", camera_qos("reliable"))
     parameters = node.create_client(SetParameters, "/stac_encoder/set_parameters")
 
@@ -93,6 +95,11 @@ def test_keyframe_mode_publishes_a_robot_mask_for_every_camera_frame():
     try:
         assert spin_for(30.0, lambda: camera.get_subscription_count() > 0), "no encoder_node"
         assert spin_for(10.0, lambda: feedback.get_subscription_count() > 0)
+        # the robot's outputs are volatile: a mask published before this test's subscription
+        # matched is lost (seen once on a slow VM: frame 0's mask never arrived)
+        assert spin_for(10.0, lambda: all(s.get_publisher_count() for s in subscriptions)), (
+            "the robot's outputs never matched this test's subscriptions"
+        )
         stamps = []
         for index, frame in enumerate(_frames()):
             msg = numpy_to_image(frame, "rgb8")
