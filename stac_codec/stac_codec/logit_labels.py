@@ -28,13 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-try:
-    from stac_codec import _logit_labels
-except ImportError as error:  # the C++ extension stac_codec's setup.py builds
-    raise ImportError(
-        "stac_codec._logit_labels is not built: run scripts/setup.sh (or colcon build in the "
-        "workspace)"
-    ) from error
+from stac_codec.extensions import load_extension
+
+_logit_labels = load_extension("_logit_labels")
 
 MAX_SIDE = 16384  # pixels a side, as the masks' wire form
 MAX_CLASSES = 256  # class ids are uint8

@@ -59,13 +59,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-try:
-    from stac_codec import _mask_coder
-except ImportError as error:  # the C++ extension stac_codec's setup.py builds
-    raise ImportError(
-        "stac_codec._mask_coder is not built: run scripts/setup.sh (or colcon build in the "
-        "workspace)"
-    ) from error
+from stac_codec.extensions import load_extension
+
+_mask_coder = load_extension("_mask_coder")
 
 # whether the extension was built with references (mode 4); one built before still codes the
 # other codings, so a stale build fails only where a referenced coding is chosen
