@@ -5,6 +5,9 @@ to torch, saying why once."""
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import cv2
 import numpy as np
 import onnx
@@ -14,6 +17,14 @@ import yaml
 from onnx import TensorProto, helper
 
 from stac_codec.logit_labels import class_ids_from_logits
+from stac_edge_segmenter import engines
+from stac_edge_segmenter.engine_cache import (
+    ENTRY_SUFFIX,
+    KEPT_ENTRIES,
+    CachedGraph,
+    EngineCache,
+    cache_key,
+)
 from stac_edge_segmenter.engines import (
     MIN_AGREEMENT,
     EngineChoice,
@@ -22,11 +33,13 @@ from stac_edge_segmenter.engines import (
     TorchEngine,
     agreement,
     build_onnxruntime_engine,
+    check_batches,
     create_engine,
     create_session,
     int8_ranges_path,
 )
 from stac_edge_segmenter.loading import load_model
+from stac_edge_segmenter.model_parameters import engine_from
 from stac_training.camvid import CLASS_NAMES, PALETTE
 
 
@@ -302,3 +315,91 @@ def test_the_cut_int8_graph_ends_at_float_logits(model):
     assert [output.name for output in graph.output] == ["logits"]
     producer = {output: node for node in graph.node for output in node.output}
     assert producer["logits"].op_type in ("DequantizeLinear", "Conv", "Identity")
+
+
+def _conv_model(tmp_path, seed: int):
+    torch.manual_seed(seed)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return _torchscript_model(tmp_path, torch.nn.Conv2d(3, len(CLASS_NAMES), 3, padding=1))
+
+
+def _entries(directory) -> list:
+    return sorted(directory.glob(f"*{ENTRY_SUFFIX}"))
+
+
+def test_a_cached_graph_is_used_at_the_next_start(tmp_path, monkeypatch):
+    """The second start finds the checked graph: no export, the same masks and logits."""
+    model, cache = _conv_model(tmp_path / "model", 0), EngineCache(tmp_path / "cache")
+    built = create_engine(model, "onnxruntime", threads=1, cache=cache).engine
+    assert not built.from_cache and len(_entries(tmp_path / "cache")) == 1
+
+    def no_export(model):
+        raise AssertionError("exported again although the cache holds the graph")
+
+    monkeypatch.setattr(engines, "export_onnx", no_export)
+    choice = create_engine(model, "onnxruntime", threads=1, cache=cache)
+    assert choice.engine.from_cache and choice.fallback_reason is None
+    for batch in check_batches(model):
+        cached, fresh = (e.segment_batch_with_logits(batch) for e in (choice.engine, built))
+        np.testing.assert_array_equal(cached.class_ids, fresh.class_ids)
+        np.testing.assert_array_equal(cached.logits, fresh.logits)
+
+
+def test_the_key_follows_what_the_graph_depends_on(tmp_path):
+    first = _conv_model(tmp_path / "a", 0)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    copy = load_model(tmp_path / "b" / "net.yaml", device="cpu")
+    other_weights = _conv_model(tmp_path / "c", 1)
+    assert cache_key(first, "onnxruntime") == cache_key(copy, "onnxruntime")  # same bytes
+    assert cache_key(first, "onnxruntime") != cache_key(other_weights, "onnxruntime")
+    assert cache_key(first, "onnxruntime") != cache_key(first, "onnxruntime_int8")
+    cache = EngineCache(tmp_path / "cache")
+    create_engine(first, "onnxruntime", threads=1, cache=cache)
+    assert not create_engine(other_weights, "onnxruntime", threads=1, cache=cache).engine.from_cache
+    assert create_engine(copy, "onnxruntime", threads=1, cache=cache).engine.from_cache
+
+
+def test_an_unreadable_or_lying_entry_is_rebuilt(tmp_path):
+    """Garbage in the entry's file, or stored masks the graph does not give: the engine is
+    built as without a cache and the entry written again."""
+    model, cache = _conv_model(tmp_path / "model", 0), EngineCache(tmp_path / "cache")
+    create_engine(model, "onnxruntime", threads=1, cache=cache)
+    (entry,) = _entries(tmp_path / "cache")
+    entry.write_bytes(b"PK\x03\x04 not a zip")
+    assert not create_engine(model, "onnxruntime", threads=1, cache=cache).engine.from_cache
+    key = cache_key(model, "onnxruntime")
+    stored = cache.load(key)
+    assert stored is not None
+    lying = [(mask + 1) % len(CLASS_NAMES) for mask in stored.check_masks]
+    cache.store(key, CachedGraph(stored.graph, True, None, [m.astype(np.uint8) for m in lying]))
+    assert not create_engine(model, "onnxruntime", threads=1, cache=cache).engine.from_cache
+    assert create_engine(model, "onnxruntime", threads=1, cache=cache).engine.from_cache
+
+
+def test_a_cache_that_cannot_be_written_still_builds_the_engine(tmp_path):
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("")
+    model = _conv_model(tmp_path / "model", 0)
+    choice = create_engine(model, "onnxruntime", threads=1, cache=EngineCache(blocker / "x"))
+    assert choice.engine.name == "onnxruntime" and not choice.engine.from_cache
+
+
+def test_the_cache_keeps_only_the_most_recently_used_entries(tmp_path):
+    cache = EngineCache(tmp_path)
+    entry = CachedGraph(b"graph", True, None, [np.zeros((1, 2, 2), np.uint8)])
+    for index in range(KEPT_ENTRIES + 3):
+        assert cache.store(f"{index:064x}", entry)
+        os.utime(tmp_path / f"{index:064x}{ENTRY_SUFFIX}", (index, index))
+    assert len(_entries(tmp_path)) == KEPT_ENTRIES
+    assert cache.load(f"{0:064x}") is None
+    newest = cache.load(f"{KEPT_ENTRIES + 2:064x}")
+    assert newest is not None and newest.graph == b"graph"
+
+
+def test_the_nodes_engine_parameters_use_the_cache_directory(tmp_path):
+    model = _conv_model(tmp_path / "model", 0)
+    params = {"engine": "onnxruntime", "torch_threads": 1}
+    engine_from({**params, "engine_cache_dir": str(tmp_path / "cache")}, model, print)
+    assert len(_entries(tmp_path / "cache")) == 1
+    engine = engine_from({**params, "engine_cache_dir": ""}, model, print)
+    assert not engine.engine.from_cache

@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
@@ -51,6 +51,9 @@ import torch
 
 from stac_codec.logit_labels import LogitChain, class_ids_from_logits
 from stac_edge_segmenter.loading import SegmentationModel
+
+if TYPE_CHECKING:  # engine_cache builds on this module
+    from stac_edge_segmenter.engine_cache import EngineCache
 
 ENGINE_NAMES = ("torch", "onnxruntime", "onnxruntime_int8")
 # The segmenter's default (chosen by measurement: docs/engines.md).
@@ -149,11 +152,13 @@ class OnnxRuntimeEngine:
         session,
         chain_for: ChainFn | None = None,
         full_graph_reason: str | None = None,
+        from_cache: bool = False,
     ) -> None:
         self.name = name
         self.session = session
         self.chain_for = chain_for
         self.full_graph_reason = full_graph_reason
+        self.from_cache = from_cache  # a checked graph from an EngineCache, not built now
 
     @property
     def providers(self) -> list[str]:
@@ -666,11 +671,28 @@ def _cut_at_low_res_logits(onnx_model: bytes, through_network: bool) -> bytes:
 
 
 def build_onnxruntime_engine(
-    model: SegmentationModel, int8: bool = False, threads: int = 0
+    model: SegmentationModel,
+    int8: bool = False,
+    threads: int = 0,
+    cache: EngineCache | None = None,
 ) -> OnnxRuntimeEngine:
     """The model exported, cut at its low-resolution logits (the full graph where that fails
     its check, with the reason), checked against torch and (int8) quantized and checked again;
-    EngineError why not."""
+    EngineError why not. With a `cache`, a graph it holds for this model and engine is used
+    instead of building one, and a graph built is stored in it."""
+    name = "onnxruntime_int8" if int8 else "onnxruntime"
+    if cache is not None and (engine := cache.engine(model, name, threads)) is not None:
+        return engine
+    graph, engine = _built_engine(model, int8, threads)
+    if cache is not None:
+        cache.keep(model, graph, engine)
+    return engine
+
+
+def _built_engine(
+    model: SegmentationModel, int8: bool, threads: int
+) -> tuple[bytes, OnnxRuntimeEngine]:
+    """build_onnxruntime_engine's engine without a cache, and the graph it runs."""
     graph = export_onnx(model)
     full_graph_reason = None
     try:
@@ -683,7 +705,7 @@ def build_onnxruntime_engine(
         session = create_session(graph, model.device, threads)
         engine = _checked(OnnxRuntimeEngine("onnxruntime", session, None, full_graph_reason), model)
     if not int8:
-        return engine
+        return graph, engine
     ranges = int8_ranges_path(model)
     if not ranges.is_file():
         raise EngineError(f"no int8 activation ranges for this model at {ranges} "
@@ -694,7 +716,7 @@ def build_onnxruntime_engine(
         raise EngineError(f"int8 quantization with {ranges} failed: {error}") from error
     session = create_session(quantized, model.device, threads)
     engine = OnnxRuntimeEngine("onnxruntime_int8", session, chain_for, full_graph_reason)
-    return _checked(engine, model, MIN_INT8_AGREEMENT)
+    return quantized, _checked(engine, model, MIN_INT8_AGREEMENT)
 
 
 @dataclass(frozen=True)
@@ -706,9 +728,12 @@ class EngineChoice:
     fallback_reason: str | None = None
 
 
-def create_engine(model: SegmentationModel, name: str, threads: int = 0) -> EngineChoice:
+def create_engine(
+    model: SegmentationModel, name: str, threads: int = 0, cache: EngineCache | None = None
+) -> EngineChoice:
     """The engine `name` for `model`, or the closest one that works (int8 -> fp32 ONNX Runtime
-    -> torch) with the reason; ValueError for an unknown name."""
+    -> torch) with the reason; ValueError for an unknown name. `cache`: checked graphs kept
+    between starts (`engine_cache.EngineCache`)."""
     if name not in ENGINE_NAMES:
         raise ValueError(f"unknown engine {name!r}; choose from {ENGINE_NAMES}")
     if name == "torch":
@@ -716,7 +741,7 @@ def create_engine(model: SegmentationModel, name: str, threads: int = 0) -> Engi
     reasons = []
     for int8 in (True, False) if name == "onnxruntime_int8" else (False,):
         try:
-            engine = build_onnxruntime_engine(model, int8=int8, threads=threads)
+            engine = build_onnxruntime_engine(model, int8=int8, threads=threads, cache=cache)
         except EngineError as error:
             reasons.append(str(error))
             continue

@@ -1,7 +1,7 @@
 """The model parameters every edge node declares, and loading the model they describe.
 
 Shared by the segmenter and the sensitivity node (and the edge container that runs both on
-one model), so it lives here, beside the loader, not in either node. `ENGINE_PARAMETER` is
+one model), so it lives here, beside the loader, not in either node. `ENGINE_PARAMETERS` are
 declared by the node that segments frames (the segmenter, alone or in the edge container):
 the sensitivity pass needs gradients and always runs on torch.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from stac_edge_segmenter.engine_cache import DEFAULT_ENGINE_CACHE_DIR, EngineCache
 from stac_edge_segmenter.engines import (
     DEFAULT_ENGINE,
     ENGINE_NAMES,
@@ -33,14 +34,23 @@ MODEL_PARAMETERS = (
         256,
     ),
 )
-ENGINE_PARAMETER = ParameterSpec(
-    "engine",
-    DEFAULT_ENGINE,
-    "Inference engine of the segmentation forward: torch (eager), onnxruntime (the model "
-    "exported to ONNX at start; CUDA/TensorRT providers on a GPU) or onnxruntime_int8 (int8 "
-    "with the activation ranges stored beside the weights). Falls back to torch, saying why "
-    "once, where ONNX Runtime cannot run the model.",
-    choices=ENGINE_NAMES,
+ENGINE_PARAMETERS = (
+    ParameterSpec(
+        "engine",
+        DEFAULT_ENGINE,
+        "Inference engine of the segmentation forward: torch (eager), onnxruntime (the model "
+        "exported to ONNX at start; CUDA/TensorRT providers on a GPU) or onnxruntime_int8 (int8 "
+        "with the activation ranges stored beside the weights). Falls back to torch, saying why "
+        "once, where ONNX Runtime cannot run the model.",
+        choices=ENGINE_NAMES,
+    ),
+    ParameterSpec(
+        "engine_cache_dir",
+        DEFAULT_ENGINE_CACHE_DIR,
+        "Directory of checked ONNX graphs kept between starts (keyed by weights, model "
+        "configuration, int8 ranges, library versions and engine code), so a restarted edge "
+        "skips the export and checks; empty = build at every start.",
+    ),
 )
 
 
@@ -52,6 +62,8 @@ def load_model_from(params: dict) -> SegmentationModel:
 
 
 def engine_from(params: dict, model: SegmentationModel, log: LogFn) -> FallbackEngine:
-    """The engine ENGINE_PARAMETER asks for, on `model`; `log` hears once if it is not."""
-    choice = create_engine(model, params["engine"], params["torch_threads"])
+    """The engine ENGINE_PARAMETERS ask for, on `model`; `log` hears once if it is not."""
+    cache_dir = params["engine_cache_dir"]
+    cache = EngineCache(cache_dir) if cache_dir else None
+    choice = create_engine(model, params["engine"], params["torch_threads"], cache)
     return FallbackEngine(choice, model, log)

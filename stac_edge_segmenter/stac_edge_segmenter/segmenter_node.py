@@ -42,7 +42,7 @@ from stac_codec.mask_wire import (
 from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
 from stac_edge_segmenter.loading import SegmentationModel
 from stac_edge_segmenter.model_parameters import (
-    ENGINE_PARAMETER,
+    ENGINE_PARAMETERS,
     MODEL_PARAMETERS,
     engine_from,
     load_model_from,
@@ -93,7 +93,7 @@ ENDPOINTS = {
 
 PARAMETERS = (
     *MODEL_PARAMETERS,
-    ENGINE_PARAMETER,
+    *ENGINE_PARAMETERS,
     ParameterSpec("overlay_alpha", 0.5, "Weight of the class colours in the overlay.", 0.0, 1.0),
     ParameterSpec("publish_overlay", True, "Publish the colour overlay (costs ~2 ms/frame)."),
     ParameterSpec(

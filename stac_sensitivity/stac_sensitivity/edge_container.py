@@ -43,7 +43,7 @@ from rclpy.node import Node
 from stac_edge_segmenter.edge_decoding import DecodedFrame
 from stac_edge_segmenter.loading import SegmentationModel
 from stac_edge_segmenter.model_parameters import (
-    ENGINE_PARAMETER,
+    ENGINE_PARAMETERS,
     MODEL_PARAMETERS,
     engine_from,
     load_model_from,
@@ -84,7 +84,7 @@ NODE_MODULES = {
 }
 PARAMETERS = (
     *MODEL_PARAMETERS,
-    ENGINE_PARAMETER,
+    *ENGINE_PARAMETERS,
     ParameterSpec(
         "robots",
         [],
