@@ -53,9 +53,13 @@ class NewestItemWorker(Generic[T]):
 
     `on_error(item, error)` is called when `handle` raises: one bad item must not stop the
     stream. `submit` returns the unconsumed item it displaced (for skip accounting).
-    `nice`: the thread's nice value (Linux: per thread; threads it starts inherit it), 0 =
-    as the process; a higher value lets other threads go first when the cores are busy (the
-    edge's map worker yields to segmentation).
+    `nice`: how much nicer than the thread that creates it the worker runs (Linux: per
+    thread; threads it starts inherit it; capped at 19), 0 = the same; a higher value lets
+    the process's other threads go first when the cores are busy (the edge's map worker
+    yields to segmentation). Relative, not absolute: an edge launched at nice 10 (as
+    `stac-bench live` runs it beside the robot) whose map worker asked for nice 10 ran it at
+    its own nice, level with the segmenter, and a map pass took a share of the edge equal to
+    the forward's (issue 17's profile).
     """
 
     def __init__(
@@ -80,8 +84,8 @@ class NewestItemWorker(Generic[T]):
     def _lower_priority(self) -> None:
         try:  # raising one's own nice needs no privilege; where there are none, it stays 0
             thread_id = threading.get_native_id()
-            current = os.getpriority(os.PRIO_PROCESS, thread_id)
-            os.setpriority(os.PRIO_PROCESS, thread_id, max(current, self._nice))
+            current = os.getpriority(os.PRIO_PROCESS, thread_id)  # the creator's, inherited
+            os.setpriority(os.PRIO_PROCESS, thread_id, min(19, current + self._nice))
             self.niced = True
         except (AttributeError, OSError):
             self.niced = False

@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# The map worker's nice value (the nodes' map_worker_nice): segmentation goes first.
+# The map worker's nice over the edge's other threads (the nodes' map_worker_nice):
+# segmentation goes first.
 MAP_WORKER_NICE = 10
 
 
