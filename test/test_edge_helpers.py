@@ -48,6 +48,18 @@ def test_overlay_blends_palette_colours():
     np.testing.assert_array_equal(mask_overlay(image, mask, palette, alpha=0.0), image)
 
 
+def test_overlay_is_the_blend_rounded_to_nearest():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    mask = rng.integers(0, 7, (40, 60), dtype=np.uint8)
+    palette = rng.integers(0, 256, (7, 3), dtype=np.uint8)
+    for alpha in (0.5, 0.3, 1.0):
+        exact = (1 - alpha) * image.astype(np.float64) + alpha * palette[mask].astype(np.float64)
+        out = mask_overlay(image, mask, palette, alpha)
+        assert out.dtype == np.uint8 and out.shape == image.shape
+        assert np.abs(out - exact).max() <= 0.5 + 1e-6  # nearest (a tie either way)
+
+
 def test_overlay_rejects_mismatches():
     palette = np.zeros((2, 3), np.uint8)
     with pytest.raises(ValueError, match="sizes differ"):

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
 def mask_overlay(image: np.ndarray, class_ids: np.ndarray, palette: np.ndarray, alpha: float = 0.5):
-    """Blend the class colours over an HxWx3 uint8 RGB image (alpha = weight of the colours)."""
+    """Blend the class colours over an HxWx3 uint8 RGB image (alpha = weight of the colours).
+
+    np.take and cv2.addWeighted (rounding to nearest, ties to even) instead of fancy indexing
+    and float32 numpy: 4 ms instead of 21 ms per 960x540 frame, in the edge's batch worker
+    after every forward (issue 17's profile of the live edge)."""
     if image.shape[:2] != class_ids.shape:
         raise ValueError(f"image {image.shape[:2]} and mask {class_ids.shape} sizes differ")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if class_ids.size and int(class_ids.max()) >= len(palette):
         raise ValueError(f"class id {int(class_ids.max())} has no colour in the palette")
-    colours = palette[class_ids].astype(np.float32)
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    colours = np.take(np.asarray(palette, np.uint8), class_ids, axis=0)
+    return cv2.addWeighted(image, 1.0 - alpha, colours, alpha, 0.0)
