@@ -59,3 +59,16 @@ def test_wrong_map_shape_is_rejected(scene):
     with pytest.raises(ValueError, match="shape"):
         warper.set_map(np.zeros((3, 3), np.int8), 1)
     assert warper.current_map() is None
+
+
+def test_displacement_is_how_far_the_content_moved_since_the_maps_frame(scene):
+    flow = FrameFlow(480, 320, FlowConfig(flow_width_px=240))
+    warper = QPMapWarper(flow)
+    flow.add_frame(1, shifted(scene, 0))
+    warper.set_map(hot_map(warper.rows, warper.cols), 1)
+    warper.current_map()
+    assert warper.displacement_px() == 0.0
+    for seq, dx in enumerate((8, 16, 24, 32), start=2):
+        flow.add_frame(seq, shifted(scene, dx))
+    warper.current_map()
+    assert warper.displacement_px() == pytest.approx(32.0, abs=3.0)

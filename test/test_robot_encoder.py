@@ -404,3 +404,26 @@ def test_the_nodes_hold_and_reference_parameters_reach_the_encoder():
     assert changed.hold_source == "decoded" and default.hold_source == "input"
     assert (changed.hold_offset_qp, changed.hold_refresh_frames) == (5, 10)
     assert (changed.hold_max_change, changed.reference_qp_strength) == (12.0, 1.5)
+
+
+@pytest.mark.parametrize(("fade_px", "expected"), [(0.0, -8), (16.0, -4), (48.0, -6)])
+def test_map_fades_as_the_content_moves_away_from_the_maps_frame(fade_px, expected):
+    """map_fade_px F: offsets at F / (F + d) of their strength, d the content's mean
+    displacement since the map's frame (here 2 px a frame over 8 frames: 16 px)."""
+    video = frames(10, width=192, height=128, seed=1)
+    encoder = RobotEncoder(RobotEncoderConfig(map_fade_px=fade_px))
+    encoder.encode(video[0], 0.0)
+    offsets = np.full((8, 12), -8, np.int8)
+    encoder.submit_qp_map(QPMapUpdate(1, 1, 0.0, offsets))
+    for i in range(1, 9):
+        encoder.encode(video[i], 0.04 * i)
+    # the map's frame is the first: 8 frames of 2 px (its own frame shows no motion)
+    assert encoder.last_map_scale == pytest.approx(
+        1.0 if not fade_px else fade_px / (fade_px + 16.0), abs=0.06
+    )
+    assert int(np.median(encoder.last_qp_map)) == expected
+
+
+def test_map_fade_must_not_be_negative():
+    with pytest.raises(ValueError, match="map_fade_px"):
+        RobotEncoderConfig(map_fade_px=-1.0)

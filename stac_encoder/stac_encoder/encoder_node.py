@@ -207,6 +207,14 @@ PARAMETERS = (
         "macroblocks only; off: it lowers the frame's QP as MB-tree does).",
     ),
     ParameterSpec(
+        "map_fade_px",
+        RobotEncoderConfig.map_fade_px,
+        "The warped QP map's strength fades as the content moves: offsets scaled by "
+        "F / (F + d), d the mean displacement since the map's frame, full-res px (0 = off).",
+        0.0,
+        10000.0,
+    ),
+    ParameterSpec(
         "max_abs_offset_qp",
         30,
         "Largest |QP offset| (budget shift included) a map from the edge may ask for; a map "
@@ -359,6 +367,7 @@ def encoder_config_from(params: dict) -> RobotEncoderConfig:
         hold_source=params["hold_source"],
         reference_qp_strength=params["reference_qp_strength"],
         reference_mean_zero=params["reference_mean_zero"],
+        map_fade_px=params["map_fade_px"],
     )
 
 

@@ -63,6 +63,15 @@ class QPMapWarper:
         rows = np.clip((self._field.y // MACROBLOCK_SIZE).astype(int), 0, self.rows - 1)
         return self._anchor_map[rows, cols]
 
+    def displacement_px(self) -> float:
+        """How far the content has moved since the map's frame: the mean distance (full-res
+        pixels) from each macroblock centre of the current frame to where its content was
+        then (0 when the map is not carried by flow)."""
+        field = self._field
+        if field.x is None or not field.warped:
+            return 0.0
+        return float(np.hypot(field.x - field.grid_x, field.y - field.grid_y).mean())
+
     def clear(self) -> None:
         self._anchor_map = None
         self._field.reset()

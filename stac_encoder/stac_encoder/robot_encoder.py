@@ -102,7 +102,15 @@ class RobotEncoderConfig:
     offset - strength * log2(1 + weight * r / (1 - r)): lower QP where later frames copy
     important content from, the map's own offset where content is coded anew every frame.
     reference_mean_zero: the term less its mean over the frame (it only moves bits between
-    macroblocks, as the map does; off, it lowers the frame's QP as x264's MB-tree does)."""
+    macroblocks, as the map does; off, it lowers the frame's QP as x264's MB-tree does).
+
+    map_fade_px (> 0, needs the map warp): the warped map's offsets are scaled by
+    F / (F + d), d the content's mean displacement since the map's frame (full-res pixels,
+    `QPMapWarper.displacement_px`): half strength once the scene moved by F, towards no map
+    (the encoder's own AQ) as it keeps moving. Flow carries a map's macroblocks but not its
+    truth: content that comes into view, turns or scales is not what the edge found
+    sensitive; a map that steers a frame the edge has not seen costs bits it does not pay
+    back (0 = off)."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     max_map_age_s: float = 5.0
@@ -116,6 +124,7 @@ class RobotEncoderConfig:
     hold_source: str = "input"
     reference_qp_strength: float = 0.0
     reference_mean_zero: bool = False
+    map_fade_px: float = 0.0
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.max_map_age_s) or self.max_map_age_s <= 0:
@@ -138,6 +147,8 @@ class RobotEncoderConfig:
             raise ValueError(
                 f"reference_qp_strength must be in [0, 8], got {self.reference_qp_strength}"
             )
+        if not (math.isfinite(self.map_fade_px) and self.map_fade_px >= 0.0):
+            raise ValueError(f"map_fade_px must be >= 0 (0 = off), got {self.map_fade_px}")
         for name in ("idr_offset_scale", "p_offset_scale"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value <= 4.0):
@@ -186,6 +197,7 @@ class RobotEncoder:
         self._hold_phase = 0  # frames since the encoder opened: the refresh column sweep
         self.last_held_macroblocks = 0  # macroblocks the last encode held back
         self.last_qp_map: np.ndarray | None = None  # the offsets the last encode gave x264
+        self.last_map_scale = 1.0  # the map's strength after map_fade_px on the last encode
 
     @property
     def aq_strength(self) -> float:
@@ -503,6 +515,11 @@ class RobotEncoder:
         if self._warper is not None:
             started = time.perf_counter()
             qp_map = self._warper.current_map()
+            fade_px = self.config.map_fade_px
+            self.last_map_scale = 1.0
+            if fade_px and qp_map is not None:
+                self.last_map_scale = fade_px / (fade_px + self._warper.displacement_px())
+                qp_map = np.rint(qp_map.astype(np.float32) * self.last_map_scale).astype(np.int8)
             self.last_map_ms = 1e3 * (time.perf_counter() - started)
             return qp_map, active.map_seq
         return active.offsets, active.map_seq

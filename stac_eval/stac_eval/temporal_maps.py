@@ -111,6 +111,7 @@ def _encoder(context, crf: float, warp: bool, aq_strength: float = MAP_ONLY_AQ_S
             warp=settings.flow,
             idr_offset_scale=settings.idr_offset_scale,
             p_offset_scale=settings.p_offset_scale,
+            map_fade_px=settings.map_fade_px,
         )
     )
 

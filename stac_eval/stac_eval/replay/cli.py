@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="two_level method: share of macroblocks at the finer level",
     )
     run.add_argument("--no-warp", action="store_true", help="apply maps without flow warping")
+    run.add_argument(
+        "--map-fade-px",
+        type=float,
+        default=0.0,
+        help="the robot's warped map at F / (F + d) of its strength, d the content's mean "
+        "displacement since the map's frame, px (the encoder node's map_fade_px; 0: off)",
+    )
     run.add_argument("--model", type=Path, default=None, help="model YAML (default: shipped)")
     run.add_argument("--calibration", type=Path, default=None, help="STAC calibration JSON")
     run.add_argument("--device", default="cpu", help="torch device")

@@ -121,6 +121,7 @@ class H264Robot:
                     warp=settings.flow,
                     idr_offset_scale=settings.idr_offset_scale,
                     p_offset_scale=settings.p_offset_scale,
+                    map_fade_px=settings.map_fade_px,
                     **dict(settings.robot_options),
                 ),
                 flow=settings.flow,

@@ -177,6 +177,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         max_compute_share=args.max_compute_share,
         two_level_top_fraction=args.two_level_top_fraction,
         warp_qp_map=not args.no_warp,
+        map_fade_px=args.map_fade_px,
         batch_size=args.batch_size,
     )
     decoded_cache = (
