@@ -124,7 +124,7 @@ class RobotEncoderConfig:
     hold_source: str = "input"
     reference_qp_strength: float = 0.0
     reference_mean_zero: bool = False
-    map_fade_px: float = 0.0
+    map_fade_px: float = 16.0
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.max_map_age_s) or self.max_map_age_s <= 0:

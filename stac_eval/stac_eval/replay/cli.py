@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--map-fade-px",
         type=float,
-        default=0.0,
+        default=16.0,
         help="the robot's warped map at F / (F + d) of its strength, d the content's mean "
         "displacement since the map's frame, px (the encoder node's map_fade_px; 0: off)",
     )

@@ -123,7 +123,7 @@ class ReplaySettings:
     two_level_top_fraction: float = 0.4
     max_abs_offset_qp: int = 30
     warp_qp_map: bool = True
-    map_fade_px: float = 0.0
+    map_fade_px: float = 16.0
     flow: FlowConfig = field(default_factory=FlowConfig)
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
     drop_masks_at_cuts: bool = True
