@@ -336,7 +336,9 @@ def test_map_aq_strength_puts_every_map_method_on_x264s_aq_from_the_first_frame(
 def test_robot_options_act_on_every_map_method_and_leave_the_others_alone(clip):
     """robot_options (forced skips, reference-aware offsets) reach the robot of every map
     method and change its stream once maps arrive; a method without maps is unchanged."""
-    maps = {"min_map_interval_s": 0.2, "map_worker_nice": 0}
+    # the maps as the edge sent them: faded (map_fade_px) on this panning clip, no offset
+    # reaches hold_offset_qp and forced skips would hold nothing
+    maps = {"min_map_interval_s": 0.2, "map_worker_nice": 0, "map_fade_px": 0.0}
     levers = (("hold_offset_qp", 6), ("reference_qp_strength", 1.0))
     for method in ("stac", "two_level"):
         plain = simulate(clip, method, **maps)
