@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -51,9 +51,6 @@ import torch
 
 from stac_codec.logit_labels import LogitChain, class_ids_from_logits
 from stac_edge_segmenter.loading import SegmentationModel
-
-if TYPE_CHECKING:  # engine_cache builds on this module
-    from stac_edge_segmenter.engine_cache import EngineCache
 
 ENGINE_NAMES = ("torch", "onnxruntime", "onnxruntime_int8")
 # The segmenter's default (chosen by measurement: docs/engines.md).
@@ -670,11 +667,22 @@ def _cut_at_low_res_logits(onnx_model: bytes, through_network: bool) -> bytes:
     return model.SerializeToString()
 
 
+class GraphCache(Protocol):
+    """Checked graphs kept between starts (`engine_cache.EngineCache`, which builds on this
+    module: hence a protocol here, not an import)."""
+
+    def engine(
+        self, model: SegmentationModel, name: str, threads: int
+    ) -> OnnxRuntimeEngine | None: ...
+
+    def keep(self, model: SegmentationModel, graph: bytes, engine: OnnxRuntimeEngine) -> bool: ...
+
+
 def build_onnxruntime_engine(
     model: SegmentationModel,
     int8: bool = False,
     threads: int = 0,
-    cache: EngineCache | None = None,
+    cache: GraphCache | None = None,
 ) -> OnnxRuntimeEngine:
     """The model exported, cut at its low-resolution logits (the full graph where that fails
     its check, with the reason), checked against torch and (int8) quantized and checked again;
@@ -729,7 +737,7 @@ class EngineChoice:
 
 
 def create_engine(
-    model: SegmentationModel, name: str, threads: int = 0, cache: EngineCache | None = None
+    model: SegmentationModel, name: str, threads: int = 0, cache: GraphCache | None = None
 ) -> EngineChoice:
     """The engine `name` for `model`, or the closest one that works (int8 -> fp32 ONNX Runtime
     -> torch) with the reason; ValueError for an unknown name. `cache`: checked graphs kept
