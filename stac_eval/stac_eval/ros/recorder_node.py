@@ -160,6 +160,9 @@ class GraphRunResult:
     video_errors: list[str] = field(default_factory=list)
     video_frames: int = 0
     video_live: bool = False
+    # Overlays left out of overlay.mp4: another size than the first, or not later than the
+    # last one written (see OverlayVideo)
+    overlay_frames_skipped: int = 0
 
     def mask(self, stamp_ns: int) -> np.ndarray:
         """The class-id mask (HxW uint8) the edge published for the frame of `stamp_ns`."""
@@ -195,28 +198,47 @@ def stac_typestore():
     return typestore
 
 
+_MILLISECOND = Fraction(1, 1000)
+
+
 class OverlayVideo:
-    """Writes overlay images to an H.264 mp4 with their capture times as timestamps."""
+    """Writes overlay images to an H.264 mp4 with their capture times as timestamps.
+
+    Timestamps are kept in milliseconds in the encoder too (not the nominal 30 fps): a source
+    that falls behind publishes frames a few ms apart, and at 1/30 s they would share a pts,
+    which x264 and the mp4 muxer refuse (EINVAL)."""
 
     def __init__(self, path: Path) -> None:
         self._container = av.open(str(path), mode="w")
         self._stream = None
         self._first_ns: int | None = None
+        self._last_pts_ms: int | None = None
+        self.frames_skipped = 0
 
     def add(self, rgb: np.ndarray, stamp_ns: int) -> None:
+        """Append a frame; a frame of another size, or not later (to the ms) than the last
+        one written, is counted in `frames_skipped` instead: an mp4 track is one size and its
+        timestamps only grow."""
         if self._stream is None:
-            self._stream = self._container.add_stream("libx264", rate=30)
-            self._stream.width, self._stream.height = rgb.shape[1], rgb.shape[0]
-            self._stream.pix_fmt = "yuv420p"
-            self._stream.time_base = Fraction(1, 1000)
-            self._stream.options = {"crf": "23", "preset": "veryfast"}
-            self._first_ns = stamp_ns
-        if (rgb.shape[1], rgb.shape[0]) != (self._stream.width, self._stream.height):
-            return  # a size change mid-run; the video keeps the first size
+            self._open_stream(rgb, stamp_ns)
+        pts_ms = (stamp_ns - self._first_ns) // 1_000_000
+        sized = (rgb.shape[1], rgb.shape[0]) == (self._stream.width, self._stream.height)
+        if not sized or (self._last_pts_ms is not None and pts_ms <= self._last_pts_ms):
+            self.frames_skipped += 1
+            return
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        frame.pts = (stamp_ns - self._first_ns) // 1_000_000
-        frame.time_base = Fraction(1, 1000)
+        frame.pts, frame.time_base = pts_ms, _MILLISECOND
         self._container.mux(self._stream.encode(frame))
+        self._last_pts_ms = pts_ms
+
+    def _open_stream(self, rgb: np.ndarray, stamp_ns: int) -> None:
+        self._stream = self._container.add_stream("libx264", rate=30)
+        self._stream.width, self._stream.height = rgb.shape[1], rgb.shape[0]
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.time_base = _MILLISECOND
+        self._stream.codec_context.time_base = _MILLISECOND
+        self._stream.options = {"crf": "23", "preset": "veryfast"}
+        self._first_ns = stamp_ns
 
     def close(self) -> None:
         if self._stream is not None:
@@ -404,6 +426,7 @@ class GraphRecorder:
             self._bag.close()
         if self._video is not None:
             self._video.close()
+            self.result.overlay_frames_skipped = self._video.frames_skipped
         self.node.destroy_node()
 
 
