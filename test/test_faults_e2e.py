@@ -79,7 +79,9 @@ def test_the_rogue_does_not_disturb_the_stream_and_every_frame_is_accounted(rogu
     assert accounting["lost_on_link"] == 0  # the rogue's units are not camera frames
     assert not rogue["crashed"]
     check = rogue["frame_check"]
-    assert rogue["frames_with_robot_mask"] == rogue["frames_published"] == accounting["published"]
+    assert (
+        rogue["frames_with_robot_mask"] == rogue["frames_published"] == accounting["published"]
+    ), check
     assert check["every_frame_has_robot_mask"] and check["counters_agree"], check
 
 
@@ -93,5 +95,5 @@ def test_a_killed_edge_comes_back_and_every_frame_is_accounted(edge_restart):
     assert not edge_restart["crashed"]
     # the robot went on: its mask of every camera frame, the edge's outage included
     check = edge_restart["frame_check"]
-    assert edge_restart["frames_with_robot_mask"] == edge_restart["frames_published"] >= 1
+    assert edge_restart["frames_with_robot_mask"] == edge_restart["frames_published"] >= 1, check
     assert check["every_frame_has_robot_mask"] and check["counters_agree"], check

@@ -61,7 +61,7 @@ def test_every_camera_frame_has_the_robots_mask_counted_from_the_topics(graph_ru
     result, _ = graph_run
     check = robot_mask_check(result.source_stamps, result.robot_mask_sizes)
     assert check["frames_published"] == len(result.source_stamps) == FRAMES
-    assert check["frames_with_robot_mask"] == FRAMES and check["every_frame_has_robot_mask"]
+    assert check["frames_with_robot_mask"] == FRAMES and check["every_frame_has_robot_mask"], check
     assert counters_agree_with_topics(check, summarise(result, None, "test")["frames"])
 
 

@@ -105,6 +105,15 @@ def test_the_topic_check_counts_robot_masks_by_stamp():
     assert not stray["every_frame_has_robot_mask"]
 
 
+def test_the_topic_check_says_where_the_misses_lie():
+    """Camera frames 40 ms apart; which ones lack the robot's mask, and a stray mask, in ms
+    after the first stamp."""
+    stamps = [40_000_000 * k for k in range(10)]
+    check = robot_mask_check(stamps, [*[s for s in stamps if s not in stamps[3:5]], 10**9])
+    assert check["without_robot_mask_at_ms"] == [120.0, 160.0]
+    assert check["unpublished_robot_masks_at_ms"] == [1000.0]
+
+
 def test_frames_while_the_robot_was_down_are_explained_by_the_outage_only():
     """Killed at 150, started at 160: frames 141-149 were in the dying encoder's hands or
     published while it was down, 150-164 before the new one's first mask (165); 130 is a

@@ -95,6 +95,7 @@ def robot_mask_check(
         after = min((s for s in masked if s > started_ns), default=float("inf"))
         down |= {stamp for stamp in without if before < stamp < after}
     unknown = masked - published
+    first_ns = min(published | masked, default=0)
     return {
         "frames_published": len(published),
         "frames_with_robot_mask": len(published & masked),
@@ -102,7 +103,15 @@ def robot_mask_check(
         "without_robot_mask_while_robot_down": len(down),
         "robot_masks_of_unpublished_stamps": len(unknown),
         "every_frame_has_robot_mask": not unknown and len(without) == len(down),
+        # where the misses lie (ms after the first stamp, at most 10 each): a failed check
+        # says which frames, not only how many
+        "without_robot_mask_at_ms": _offsets_ms(without - down, first_ns),
+        "unpublished_robot_masks_at_ms": _offsets_ms(unknown, first_ns),
     }
+
+
+def _offsets_ms(stamps_ns: set[int], first_ns: int, limit: int = 10) -> list[float]:
+    return [round((stamp - first_ns) * 1e-6, 3) for stamp in sorted(stamps_ns)[:limit]]
 
 
 def counters_agree_with_topics(check: dict, accounting: dict) -> bool:
