@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from stac_codec.h264_decoder import H264Decoder
+from stac_encoder.frame_flow import FlowConfig
 from stac_encoder.robot_encoder import (
     STALE_MAPS_BEFORE_RESYNC,
     MapVerdict,
@@ -422,6 +423,22 @@ def test_map_fades_as_the_content_moves_away_from_the_maps_frame(fade_px, expect
         1.0 if not fade_px else fade_px / (fade_px + 16.0), abs=0.06
     )
     assert int(np.median(encoder.last_qp_map)) == expected
+
+
+def test_a_map_older_than_the_flows_history_is_fully_faded():
+    """A map whose frame the flow no longer holds cannot be told how far its content moved,
+    only that it is old: with the fade on it counts as gone (uniform QP), without the fade it
+    is used as it is."""
+    video = frames(10, width=192, height=128, seed=1)
+    for fade_px, expected in ((16.0, 0), (0.0, -8)):
+        config = RobotEncoderConfig(map_fade_px=fade_px, warp=FlowConfig(history_frames=3))
+        encoder = RobotEncoder(config)
+        for i in range(8):
+            encoder.encode(video[i], 0.04 * i)
+        encoder.submit_qp_map(QPMapUpdate(1, 1, 0.0, np.full((8, 12), -8, np.int8)))
+        encoder.encode(video[8], 0.32)
+        assert encoder.last_map_scale == (0.0 if fade_px else 1.0)
+        assert int(np.median(encoder.last_qp_map)) == expected
 
 
 def test_map_fade_must_not_be_negative():

@@ -163,8 +163,8 @@ PARAMETERS = (
     ParameterSpec(
         "hold_offset_qp",
         RobotEncoderConfig.hold_offset_qp,
-        "Forced skips: on P-frames, macroblocks whose map offset is at least this get the "
-        "previous encoded picture's pixels, so x264 skips them (0 = off).",
+        "Forced skips: on P-frames, macroblocks whose map offset (after map_fade_px) is at "
+        "least this get the previous encoded picture's pixels, so x264 skips them (0 = off).",
         0,
         51,
     ),
@@ -210,7 +210,8 @@ PARAMETERS = (
         "map_fade_px",
         RobotEncoderConfig.map_fade_px,
         "The warped QP map's strength fades as the content moves: offsets scaled by "
-        "F / (F + d), d the mean displacement since the map's frame, full-res px (0 = off).",
+        "F / (F + d), d the mean displacement since the map's frame, full-res px; a map "
+        "older than the flow's history fades out (0 = off).",
         0.0,
         10000.0,
     ),

@@ -15,6 +15,8 @@ per camera frame by `frame_flow.FrameFlow` and shared with the mask warper.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from stac_codec.qp_map import MACROBLOCK_SIZE, macroblock_grid
@@ -36,6 +38,7 @@ class QPMapWarper:
             flow, self.rows, self.cols, half, half, MACROBLOCK_SIZE, MACROBLOCK_SIZE
         )
         self._anchor_map: np.ndarray | None = None
+        self._traced = False  # whether the map's frame was within the flow's reach
 
     @property
     def anchor_seq(self) -> int | None:
@@ -52,7 +55,8 @@ class QPMapWarper:
         if qp_map.shape != (self.rows, self.cols):
             raise ValueError(f"QP map shape {qp_map.shape} != ({self.rows}, {self.cols})")
         self._anchor_map = qp_map.copy()
-        return self._field.anchor(source_seq)
+        self._traced = self._field.anchor(source_seq)
+        return self._traced
 
     def current_map(self) -> np.ndarray | None:
         """The anchor map read at the propagated positions, for the flow's current frame."""
@@ -66,12 +70,16 @@ class QPMapWarper:
     def displacement_px(self) -> float:
         """How far the content has moved since the map's frame: the mean distance (full-res
         pixels) from each macroblock centre of the current frame to where its content was
-        then (0 when the map is not carried by flow)."""
+        then; infinite when that frame was out of the flow's reach (older than its history,
+        or unknown): how far it moved cannot be told, only that it is old."""
         field = self._field
+        if not self._traced:
+            return math.inf
         if field.x is None or not field.warped:
             return 0.0
         return float(np.hypot(field.x - field.grid_x, field.y - field.grid_y).mean())
 
     def clear(self) -> None:
         self._anchor_map = None
+        self._traced = False
         self._field.reset()

@@ -110,7 +110,9 @@ class RobotEncoderConfig:
     (the encoder's own AQ) as it keeps moving. Flow carries a map's macroblocks but not its
     truth: content that comes into view, turns or scales is not what the edge found
     sensitive; a map that steers a frame the edge has not seen costs bits it does not pay
-    back (0 = off)."""
+    back (0 = off). A map whose frame is older than the flow's history is faded out (d is
+    unknown, only large). Forced skips (hold_offset_qp) read the faded offsets: the further
+    the content moved, the less is held back."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     max_map_age_s: float = 5.0
@@ -433,7 +435,10 @@ class RobotEncoder:
         return self.frames_to_periodic_idr() == 0
 
     def _scaled(self, qp_map: np.ndarray | None, idr: bool) -> np.ndarray | None:
+        """The offsets at the frame kind's scale and the map's fade (last_map_scale), rounded
+        once."""
         scale = self.config.idr_offset_scale if idr else self.config.p_offset_scale
+        scale *= self.last_map_scale
         if qp_map is None or scale == 1.0:
             return qp_map
         scaled = np.rint(qp_map.astype(np.float32) * scale)
@@ -506,7 +511,10 @@ class RobotEncoder:
             raise
 
     def _map_for(self, capture_stamp_s: float) -> tuple[np.ndarray | None, int]:
+        """The map for this frame (warped to it when the robot has flow) and its sequence;
+        sets last_map_scale, the fade _scaled applies."""
         self.last_map_ms = 0.0
+        self.last_map_scale = 1.0
         active = self._active_map
         if active is None:
             return None, 0
@@ -516,10 +524,8 @@ class RobotEncoder:
             started = time.perf_counter()
             qp_map = self._warper.current_map()
             fade_px = self.config.map_fade_px
-            self.last_map_scale = 1.0
             if fade_px and qp_map is not None:
                 self.last_map_scale = fade_px / (fade_px + self._warper.displacement_px())
-                qp_map = np.rint(qp_map.astype(np.float32) * self.last_map_scale).astype(np.int8)
             self.last_map_ms = 1e3 * (time.perf_counter() - started)
             return qp_map, active.map_seq
         return active.offsets, active.map_seq
