@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from stac_edge_segmenter.overlay import mask_overlay
+from stac_codec.overlay import mask_overlay
 from stac_ros_common.newest_item_worker import LatestSlot, NewestItemWorker
 from stac_ros_common.statistics import NodeStatistics, SlidingWindow
 

@@ -39,6 +39,7 @@ from stac_codec.mask_wire import (
     MaskSender,
     mask_coding,
 )
+from stac_codec.overlay import mask_overlay
 from stac_edge_segmenter.edge_decoding import DecodedFrame, EncodedStreamDecoder
 from stac_edge_segmenter.loading import SegmentationModel
 from stac_edge_segmenter.model_parameters import (
@@ -47,7 +48,6 @@ from stac_edge_segmenter.model_parameters import (
     engine_from,
     load_model_from,
 )
-from stac_edge_segmenter.overlay import mask_overlay
 from stac_edge_segmenter.resync import ResyncTracker
 from stac_edge_segmenter.segmentation_hook import SegmentationHook
 from stac_msgs.msg import EncodedFrame, SegmentationMask

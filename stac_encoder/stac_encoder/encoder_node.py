@@ -35,9 +35,10 @@ from stac_codec.mask_wire import (
     encoding_of,
     mask_size,
 )
+from stac_codec.overlay import mask_overlay
 from stac_encoder.frame_flow import DIS_PRESETS, FlowConfig
 from stac_encoder.keyframes import KeyframeConfig
-from stac_encoder.mask_warp import mask_overlay
+from stac_encoder.mask_warp import PALETTE
 from stac_encoder.qp_map_receiver import MapRejectedError, QPMapReceiver, ReceivedMapFields
 from stac_encoder.rate_control import REFRESH_CHOICES, RateControlConfig, resolve_refresh
 from stac_encoder.robot_encoder import (
@@ -506,7 +507,7 @@ class EncoderNode(Node):
         self._mask_publisher.publish(numpy_to_image(class_ids, "mono8", msg.header))
         if self.params["publish_robot_overlay"]:
             rgb = pixels if msg.encoding != "bgr8" else pixels[..., ::-1]
-            overlay = mask_overlay(np.ascontiguousarray(rgb), class_ids)
+            overlay = mask_overlay(np.ascontiguousarray(rgb), class_ids, PALETTE)
             self._overlay_publisher.publish(numpy_to_image(overlay, "rgb8", msg.header))
         if mask is None:
             self._age_publisher.publish(MaskAge(header=msg.header, has_source=False))

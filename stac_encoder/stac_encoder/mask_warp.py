@@ -129,10 +129,3 @@ def _palette() -> np.ndarray:
 
 
 PALETTE = _palette()
-
-
-def mask_overlay(frame_rgb: np.ndarray, class_ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """The frame with the class colours blended on top (rgb8 for viewers: a mono8 class-id
-    image shows near-black)."""
-    colours = PALETTE[class_ids]
-    return cv2.addWeighted(frame_rgb, 1.0 - alpha, colours, alpha, 0.0)

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from stac_codec.overlay import mask_overlay
 from stac_edge_segmenter.loading import SegmentationModel
-from stac_edge_segmenter.overlay import mask_overlay
 from stac_encoder.frame_flow import FlowConfig
 from stac_encoder.frame_sources import SourceFrame
 from stac_encoder.keyframes import KeyframeConfig
