@@ -138,9 +138,12 @@ def _nice_of_items(creator_nice: int, worker_nice: int) -> tuple[list[int], bool
 
 def test_a_niced_worker_runs_its_items_that_much_nicer_than_its_creator():
     before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    if before > 15:  # the creator thread below cannot take nice 15 back without privilege
+        pytest.skip(f"the test runs at nice {before}; it needs 15 or less")
     # an edge process launched at nice 3 with a map worker nice 7: the worker at 10, not
     # at max(3, 7) = 7, so it yields to the process's other threads
-    assert _nice_of_items(max(before, 3), 7) == ([max(before, 3) + 7], True, max(before, 3))
+    creator = max(before, 3)
+    assert _nice_of_items(creator, 7) == ([min(19, creator + 7)], True, creator)
     assert _nice_of_items(15, 10) == ([19], True, 15)  # capped at the lowest priority
     # the caller's thread is untouched
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before

@@ -352,6 +352,16 @@ def test_robot_options_act_on_every_map_method_and_leave_the_others_alone(clip):
     )
 
 
+def test_a_robot_option_wins_over_the_setting_of_the_same_name(clip):
+    """robot_options may name a RobotEncoderConfig field the replay also sets (map_fade_px,
+    the offset scales): the option wins, as a tried setting must."""
+    maps = {"min_map_interval_s": 0.2, "map_worker_nice": 0}
+    by_option = simulate(clip, "stac", robot_options=(("map_fade_px", 0.0),), **maps)
+    by_setting = simulate(clip, "stac", map_fade_px=0.0, **maps)
+    assert by_option.counters["maps_applied"] >= 1
+    np.testing.assert_array_equal(by_option.uplink_bytes, by_setting.uplink_bytes)
+
+
 def test_lateness_breakdown_adds_up_to_capture_to_held_and_matches_the_robots_mask_age(clip):
     from stac_eval.replay.analysis import lateness_breakdown
 

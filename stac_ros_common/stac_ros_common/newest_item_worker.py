@@ -56,10 +56,8 @@ class NewestItemWorker(Generic[T]):
     `nice`: how much nicer than the thread that creates it the worker runs (Linux: per
     thread; threads it starts inherit it; capped at 19), 0 = the same; a higher value lets
     the process's other threads go first when the cores are busy (the edge's map worker
-    yields to segmentation). Relative, not absolute: an edge launched at nice 10 (as
-    `stac-bench live` runs it beside the robot) whose map worker asked for nice 10 ran it at
-    its own nice, level with the segmenter, and a map pass took a share of the edge equal to
-    the forward's (issue 17's profile).
+    yields to segmentation). Relative, not absolute: an absolute nice at or below the
+    process's own would leave the worker level with the threads it should yield to.
     """
 
     def __init__(
@@ -74,7 +72,8 @@ class NewestItemWorker(Generic[T]):
         self._slot: LatestSlot[T] = LatestSlot()
         self._handle, self._on_error = handle, on_error
         self._nice = nice
-        self.niced = nice == 0  # whether the thread runs at the nice asked for
+        # whether the thread lowered its priority as asked (to 19 where the sum is more)
+        self.niced = nice == 0
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 

@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from stac_eval.replay.simulation import METHODS
+from stac_eval.replay.simulation import METHODS, ReplaySettings
 
 
 def _csv(kind):
@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--map-fade-px",
         type=float,
-        default=16.0,
+        default=ReplaySettings.map_fade_px,
         help="the robot's warped map at F / (F + d) of its strength, d the content's mean "
         "displacement since the map's frame, px (the encoder node's map_fade_px; 0: off)",
     )

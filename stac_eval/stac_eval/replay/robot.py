@@ -116,13 +116,15 @@ class H264Robot:
             RobotLoopConfig(
                 mode=method.mode,
                 encoder=RobotEncoderConfig(
-                    encoder=encoder,
-                    warp_qp_map=bool(method.maps) and settings.warp_qp_map,
-                    warp=settings.flow,
-                    idr_offset_scale=settings.idr_offset_scale,
-                    p_offset_scale=settings.p_offset_scale,
-                    map_fade_px=settings.map_fade_px,
-                    **dict(settings.robot_options),
+                    **{
+                        "encoder": encoder,
+                        "warp_qp_map": bool(method.maps) and settings.warp_qp_map,
+                        "warp": settings.flow,
+                        "idr_offset_scale": settings.idr_offset_scale,
+                        "p_offset_scale": settings.p_offset_scale,
+                        "map_fade_px": settings.map_fade_px,
+                        **dict(settings.robot_options),
+                    }
                 ),
                 flow=settings.flow,
                 keyframes=settings.keyframes,

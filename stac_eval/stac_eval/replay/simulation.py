@@ -33,7 +33,7 @@ from stac_edge_segmenter.loading import SegmentationModel
 from stac_encoder.frame_flow import FlowConfig
 from stac_encoder.frame_sources import SourceFrame
 from stac_encoder.keyframes import KeyframeConfig
-from stac_encoder.robot_encoder import MapVerdict
+from stac_encoder.robot_encoder import MapVerdict, RobotEncoderConfig
 from stac_eval.replay.accounting import DECODED, DROPPED, LOST, FrameLedger, PointResult
 from stac_eval.replay.accuracy import DecodedMasks, Scorer
 from stac_eval.replay.edge import DONE, MAP_DONE, Edge, MapEdge, Outgoing
@@ -123,7 +123,7 @@ class ReplaySettings:
     two_level_top_fraction: float = 0.4
     max_abs_offset_qp: int = 30
     warp_qp_map: bool = True
-    map_fade_px: float = 16.0
+    map_fade_px: float = RobotEncoderConfig.map_fade_px
     flow: FlowConfig = field(default_factory=FlowConfig)
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
     drop_masks_at_cuts: bool = True
@@ -142,7 +142,8 @@ class ReplaySettings:
     # robot also starts at it (its encoder's aq_strength), so no re-open at the first map.
     map_aq_strength: float = 0.5
     # EncoderConfig / RobotEncoderConfig fields set for every H.264 method alike, e.g.
-    # (("refresh", "none"),): settings tried against the codec's defaults
+    # (("refresh", "none"),): settings tried against the codec's defaults (a robot option
+    # wins over the field of the same name above)
     encoder_options: tuple[tuple[str, object], ...] = ()
     robot_options: tuple[tuple[str, object], ...] = ()
 
