@@ -15,6 +15,7 @@ from stac_codec import annexb
 from stac_codec.h264_decoder import H264Decoder
 from stac_codec.h264_encoder import EncodedPacket, EncoderConfig, EncoderError, QPMapEncoder
 from stac_codec.qp_map import macroblock_grid, validate_qp_map
+from stac_codec.variance_aq import variance_aq_offsets
 from stac_codec.x264_ctypes import X264LibraryError, load_x264, open_x264
 
 CLIP = "video/solidWhiteRight.mp4"
@@ -362,3 +363,39 @@ def test_the_bundled_libx264_is_build_165_and_other_libraries_are_refused(tmp_pa
     assert avutil is not None, f"no libavutil beside {library.path}"
     with pytest.raises(X264LibraryError, match="not libx264 API build 165"):
         open_x264(avutil)
+
+
+def _sizes(frames, aq_strength: float, variance_aq_strength: float) -> list[int]:
+    height, width = frames[0].shape[:2]
+    encoder = QPMapEncoder(EncoderConfig(crf=28, aq_strength=aq_strength), width, height)
+    return [
+        encoder.encode(frame, None, variance_aq_strength=variance_aq_strength).size_bytes
+        for frame in frames
+    ]
+
+
+def test_variance_aq_computed_outside_x264_is_x264s_own(clip_frames):
+    """x264 at the offsets-only strength plus stac_codec.variance_aq at 0.5 codes the clip as
+    x264's own AQ at 0.5 does (the same offsets up to x264's log2 table), and unlike no AQ."""
+    own = _sizes(clip_frames, 0.5, 0.0)
+    computed = _sizes(clip_frames, 0.001, 0.5)
+    none = _sizes(clip_frames, 0.001, 0.0)
+    assert abs(sum(computed) - sum(own)) < 0.25 * abs(sum(none) - sum(own))
+    assert computed != none
+
+
+def test_variance_aq_offsets_follow_block_energy():
+    """Flat macroblocks get lower offsets (finer quantizers) than textured ones; the strength
+    scales them; odd sizes and wrong buffers are refused."""
+    rng = np.random.default_rng(0)
+    rgb = np.full((32, 48, 3), 128, np.uint8)
+    rgb[:, 16:32] = rng.integers(0, 256, (32, 16, 3), dtype=np.uint8)
+    i420 = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+    offsets = variance_aq_offsets(i420, 48, 32, 1.0)
+    assert offsets.shape == (2, 3) and offsets.dtype == np.float32
+    assert (offsets[:, 1] > 0).all() and (offsets[:, 0] < offsets[:, 1]).all()
+    np.testing.assert_allclose(variance_aq_offsets(i420, 48, 32, 0.5), offsets * 0.5, rtol=1e-5)
+    with pytest.raises(ValueError, match="even"):
+        variance_aq_offsets(i420, 47, 32, 1.0)
+    with pytest.raises(ValueError, match="I420"):
+        variance_aq_offsets(i420[:-1], 48, 32, 1.0)

@@ -315,9 +315,18 @@ def test_map_aq_strength_puts_every_map_method_on_x264s_aq_from_the_first_frame(
     # the 100-ms segmenter is never idle in this 1.2-s clip: the map worker at an equal share
     # (nice 0) so that maps come back in it (at the default nice 10 a pass takes ~2 s)
     maps = {"min_map_interval_s": 0.2, "map_worker_nice": 0}
-    # at 0 the calibration's strength reaches the robot with the first map: a re-opened encoder
+    # at 0 the calibration's strength reaches the robot with the first map: computed per frame
+    # where the AQ fades with the map (the default), else a re-opened encoder (an IDR)
     asked = simulate(clip, "stac", computer=AQComputer(), map_aq_strength=0.0, **maps)
-    assert asked.counters["maps_applied"] >= 1 and asked.idr.sum() == 2
+    assert asked.counters["maps_applied"] >= 1 and asked.idr.sum() == 1
+    x264_own = (("aq_fades_with_map", False),)
+    reopened = simulate(
+        clip, "stac", computer=AQComputer(), map_aq_strength=0.0, robot_options=x264_own, **maps
+    )
+    assert reopened.counters["maps_applied"] >= 1 and reopened.idr.sum() == 2
+    assert not np.array_equal(
+        asked.uplink_bytes[1:], simulate(clip, "stac", **maps).uplink_bytes[1:]
+    )
     # the setting starts every map method's robot at it, and its maps ask for the same
     for method in ("stac", "two_level"):
         on_aq = simulate(clip, method, map_aq_strength=1.0, **maps)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from stac_codec.h264_decoder import H264Decoder
+from stac_codec.h264_encoder import EncoderConfig
 from stac_encoder.frame_flow import FlowConfig
 from stac_encoder.robot_encoder import (
     STALE_MAPS_BEFORE_RESYNC,
@@ -203,7 +204,9 @@ def test_a_map_older_than_the_age_limit_in_either_direction_is_not_applied():
 
 
 def test_the_calibrations_aq_strength_reopens_the_encoder():
-    encoder = RobotEncoder()
+    """Where the AQ does not fade with the map, x264's own AQ takes the asked strength: a new
+    encoder, starting with an IDR picture."""
+    encoder = RobotEncoder(RobotEncoderConfig(aq_fades_with_map=False))
     video = frames(4)
     encoder.encode(video[0], 0.0)
     assert encoder.aq_strength == pytest.approx(0.001)
@@ -439,6 +442,23 @@ def test_a_map_older_than_the_flows_history_is_fully_faded():
         encoder.encode(video[8], 0.32)
         assert encoder.last_map_scale == (0.0 if fade_px else 1.0)
         assert int(np.median(encoder.last_qp_map)) == expected
+
+
+def test_the_asked_aq_strength_fades_with_the_map_without_a_new_encoder():
+    """aq_fades_with_map (the default): x264 stays at the offsets-only strength, and the AQ a
+    map asks for is computed per frame at strength x the map's fade; no IDR picture for it.
+    Before any map the asked strength applies in full."""
+    video = frames(10, width=192, height=128, seed=1)
+    encoder = RobotEncoder(RobotEncoderConfig(encoder=EncoderConfig(aq_strength=0.5)))
+    encoder.encode(video[0], 0.0)
+    assert encoder.last_variance_aq_strength == pytest.approx(0.5)
+    encoder.submit_qp_map(QPMapUpdate(1, 1, 0.0, np.full((8, 12), -8, np.int8), aq_strength=1.0))
+    for i in range(1, 9):
+        result = encoder.encode(video[i], 0.04 * i)
+        assert not result.packet.keyframe
+    assert encoder.aq_strength == 1.0
+    assert 0.0 < encoder.last_map_scale < 0.7  # the content moved 16 px since the map's frame
+    assert encoder.last_variance_aq_strength == pytest.approx(encoder.last_map_scale)
 
 
 def test_map_fade_must_not_be_negative():

@@ -45,6 +45,7 @@ import numpy as np
 from stac_codec.annexb import NAL_TYPE_SEI, NAL_TYPE_SLICE_IDR, SLICE_NAL_TYPES, split_nal_units
 from stac_codec.h264_syntax import add_checksum
 from stac_codec.qp_map import macroblock_grid, validate_qp_map
+from stac_codec.variance_aq import variance_aq_offsets
 from stac_codec.x264_ctypes import (
     X264_CSP_I420,
     X264_TYPE_AUTO,
@@ -56,6 +57,9 @@ from stac_codec.x264_ctypes import (
 )
 
 RATE_CONTROLS = ("crf", "bitrate")
+# x264 reads quant_offsets only with AQ on; at this strength its own AQ is negligible and the
+# offsets alone redistribute bits ("map only")
+OFFSETS_ONLY_AQ_STRENGTH = 0.001
 # How the stream refreshes every gop_frames: an IDR picture; x264's periodic intra refresh (a
 # column of intra macroblocks sweeping the picture over gop_frames frames, no IDR after the
 # first); or not at all (only the first picture and requested keyframes are IDR).
@@ -112,7 +116,7 @@ class EncoderConfig:
     mbtree: bool = False
     scenecut: bool = False
     threads: int = 1
-    aq_strength: float = 0.001
+    aq_strength: float = OFFSETS_ONLY_AQ_STRENGTH
     profile: str = "high"
     emit_version_sei: bool = True
     checksum_sei: bool = True
@@ -272,15 +276,28 @@ class QPMapEncoder:
             raise EncoderError(f"x264 would delay output by up to {delayed} frames; expected 0")
 
     def encode(
-        self, frame: np.ndarray, qp_map: np.ndarray | None = None, force_keyframe: bool = False
+        self,
+        frame: np.ndarray,
+        qp_map: np.ndarray | None = None,
+        force_keyframe: bool = False,
+        variance_aq_strength: float = 0.0,
     ) -> EncodedPacket:
-        """Encode one frame; qp_map is int8 (rows, cols) of QP offsets, None = all zero."""
+        """Encode one frame; qp_map is int8 (rows, cols) of QP offsets, None = all zero.
+        variance_aq_strength > 0 adds x264's variance AQ at that strength for this frame
+        (`stac_codec.variance_aq`), on top of the encoder's own (open it at 0.001)."""
         if self._handle is None:
             raise EncoderError("encoder is closed")
+        if not 0.0 <= variance_aq_strength <= 3.0:
+            raise ValueError(f"variance_aq_strength must be in [0, 3], got {variance_aq_strength}")
         self._convert_to_i420(frame)
         offsets = None
         if qp_map is not None:
             offsets = np.ascontiguousarray(validate_qp_map(qp_map, self.grid), dtype=np.float32)
+        if variance_aq_strength > 0.0:
+            aq = variance_aq_offsets(
+                self._i420, self._coded_width, self._coded_height, variance_aq_strength
+            )
+            offsets = aq if offsets is None else np.ascontiguousarray(offsets + aq)
         picture = self._picture(offsets, force_keyframe)
         return self._encode_picture(picture)
 

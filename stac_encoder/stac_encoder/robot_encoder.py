@@ -29,7 +29,12 @@ import cv2
 import numpy as np
 
 from stac_codec.h264_decoder import H264Decoder
-from stac_codec.h264_encoder import EncodedPacket, EncoderConfig, QPMapEncoder
+from stac_codec.h264_encoder import (
+    OFFSETS_ONLY_AQ_STRENGTH,
+    EncodedPacket,
+    EncoderConfig,
+    QPMapEncoder,
+)
 from stac_codec.qp_map import (
     MACROBLOCK_SIZE,
     MAX_ABS_QP_OFFSET,
@@ -112,7 +117,17 @@ class RobotEncoderConfig:
     sensitive; a map that steers a frame the edge has not seen costs bits it does not pay
     back (0 = off). A map whose frame is older than the flow's history is faded out (d is
     unknown, only large). Forced skips (hold_offset_qp) read the faded offsets: the further
-    the content moved, the less is held back."""
+    the content moved, the less is held back.
+
+    aq_fades_with_map (with map_fade_px and the map warp): the x264 AQ strength the maps ask
+    for (QPMapUpdate.aq_strength, and encoder.aq_strength before the first map) fades with
+    the map, strength x F / (F + d): x264 runs at the offsets-only strength and its variance
+    AQ is computed here for every frame at the faded strength (`stac_codec.variance_aq`; x264
+    fixes its own when it opens). Why: AQ spends bits on flat macroblocks; on a still camera
+    later P-frames copy them from the reference, on a moving one they are paid again in every
+    frame (x264's AQ alone: -30.6 % bits at equal mIoU on vtest.avi, +18.6 % on the dashcam
+    clip, docs/benchmarks.md), and d measures that motion. Off: x264's own AQ at the asked
+    strength, a new encoder and an IDR picture when a map asks for another."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     max_map_age_s: float = 5.0
@@ -127,6 +142,7 @@ class RobotEncoderConfig:
     reference_qp_strength: float = 0.0
     reference_mean_zero: bool = False
     map_fade_px: float = 16.0
+    aq_fades_with_map: bool = True
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.max_map_age_s) or self.max_map_age_s <= 0:
@@ -200,11 +216,29 @@ class RobotEncoder:
         self.last_held_macroblocks = 0  # macroblocks the last encode held back
         self.last_qp_map: np.ndarray | None = None  # the offsets the last encode gave x264
         self.last_map_scale = 1.0  # the map's strength after map_fade_px on the last encode
+        # the variance AQ the last encode computed here (aq_fades_with_map; 0: x264's own)
+        self.last_variance_aq_strength = 0.0
 
     @property
     def aq_strength(self) -> float:
-        """The x264 AQ strength frames are encoded with now."""
+        """The AQ strength asked for (by the last map, else the configuration): x264's own, or
+        before the map's fade where the AQ fades with the map (aq_fades_with_map)."""
         return self._aq_strength
+
+    @property
+    def _aq_fades(self) -> bool:
+        config = self.config
+        return config.aq_fades_with_map and config.warp_qp_map and config.map_fade_px > 0
+
+    def _x264_aq_strength(self) -> float:
+        """The strength x264 opens with: the asked one, or offsets-only where it fades."""
+        return OFFSETS_ONLY_AQ_STRENGTH if self._aq_fades else self._aq_strength
+
+    def _faded_aq_strength(self) -> float:
+        """The variance AQ computed here for this frame (0: none, x264's own applies)."""
+        if not self._aq_fades or self._aq_strength <= OFFSETS_ONLY_AQ_STRENGTH:
+            return 0.0
+        return self._aq_strength * self.last_map_scale
 
     def submit_qp_map(self, update: QPMapUpdate) -> MapVerdict:
         """Queue a map for the next frame, newest wins.
@@ -319,7 +353,13 @@ class RobotEncoder:
             qp_map = _raised(qp_map, idr_extra_qp, height, width)
         frame = self._held_back(frame, qp_map, idr)
         self.last_qp_map = qp_map
-        packet = self._encoder.encode(frame, qp_map, force_keyframe=self._keyframe_requested)
+        self.last_variance_aq_strength = self._faded_aq_strength()
+        packet = self._encoder.encode(
+            frame,
+            qp_map,
+            force_keyframe=self._keyframe_requested,
+            variance_aq_strength=self.last_variance_aq_strength,
+        )
         if self.config.hold_offset_qp:
             self._previous_input = self._held_reference(frame, packet, pixel_format)
         self._since_idr = 0 if packet.keyframe else self._since_idr + 1
@@ -454,11 +494,11 @@ class RobotEncoder:
         current = self._encoder
         if current is not None and (
             (current.width, current.height, current.pixel_format, current.config.aq_strength)
-            == (width, height, pixel_format, self._aq_strength)
+            == (width, height, pixel_format, self._x264_aq_strength())
         ):
             return
         base = current.config if current is not None else self.config.encoder
-        config = replace(base, aq_strength=self._aq_strength)
+        config = replace(base, aq_strength=self._x264_aq_strength())
         if self._base_quality is not None and config.rate_control == "crf":
             config = replace(config, crf=self._base_quality)
         elif self._base_quality is not None:
@@ -493,7 +533,10 @@ class RobotEncoder:
         if update.offsets.shape != self._encoder.grid:
             return  # computed for a picture size this stream no longer has
         if update.aq_strength and update.aq_strength != self._aq_strength:
-            self._switch_aq_strength(update.aq_strength)
+            if self._aq_fades:  # computed per frame here: no new encoder
+                self._aq_strength = update.aq_strength
+            else:
+                self._switch_aq_strength(update.aq_strength)
         self._active_map = update
         if self._warper is not None:
             source = self._flow_seq_of.get(update.source_frame_seq, -1)
