@@ -27,6 +27,7 @@ def test_replay_defaults_are_the_nodes_defaults():
     assert settings.flow.flow_width_px == encoder["flow_width_px"]
     assert settings.warp_qp_map == encoder["warp_qp_map"] and not args.no_warp
     assert args.map_fade_px == settings.map_fade_px == encoder["map_fade_px"]
+    assert encoder["aq_fades_with_map"] and not dict(settings.robot_options)
     assert settings.max_abs_offset_qp == encoder["max_abs_offset_qp"]
     assert args.period_frames == settings.period_frames == sensitivity["period_frames"]
     assert args.min_map_interval_s == settings.min_map_interval_s

@@ -217,6 +217,13 @@ PARAMETERS = (
         10000.0,
     ),
     ParameterSpec(
+        "aq_fades_with_map",
+        RobotEncoderConfig.aq_fades_with_map,
+        "The x264 AQ strength the maps ask for fades with the map (map_fade_px): computed on "
+        "the robot per frame at strength x F / (F + d), x264 at 0.001. Off: x264's own AQ at "
+        "the asked strength (a new encoder and an IDR picture when a map asks for another).",
+    ),
+    ParameterSpec(
         "max_abs_offset_qp",
         30,
         "Largest |QP offset| (budget shift included) a map from the edge may ask for; a map "
@@ -370,6 +377,7 @@ def encoder_config_from(params: dict) -> RobotEncoderConfig:
         reference_qp_strength=params["reference_qp_strength"],
         reference_mean_zero=params["reference_mean_zero"],
         map_fade_px=params["map_fade_px"],
+        aq_fades_with_map=params["aq_fades_with_map"],
     )
 
 
