@@ -461,6 +461,21 @@ def test_the_asked_aq_strength_fades_with_the_map_without_a_new_encoder():
     assert encoder.last_variance_aq_strength == pytest.approx(encoder.last_map_scale)
 
 
+def test_an_expired_maps_aq_goes_on_fading_with_the_motion():
+    """Past max_map_age_s the map is no longer applied, but the AQ it asked for stays at its
+    fade (the content's motion since the map's frame), not back to full strength."""
+    video = frames(10, width=192, height=128, seed=1)
+    config = RobotEncoderConfig(encoder=EncoderConfig(aq_strength=0.5), max_map_age_s=0.1)
+    encoder = RobotEncoder(config)
+    encoder.encode(video[0], 0.0)
+    encoder.submit_qp_map(QPMapUpdate(1, 1, 0.0, np.full((8, 12), -8, np.int8), aq_strength=0.5))
+    for i in range(1, 9):
+        result = encoder.encode(video[i], 0.04 * i)
+    assert result.qp_map_seq == 0 and encoder.last_qp_map is None  # expired: no offsets
+    assert encoder.last_variance_aq_strength == pytest.approx(0.5 * encoder.last_map_scale)
+    assert encoder.last_map_scale < 0.7
+
+
 def test_map_fade_must_not_be_negative():
     with pytest.raises(ValueError, match="map_fade_px"):
         RobotEncoderConfig(map_fade_px=-1.0)

@@ -555,23 +555,24 @@ class RobotEncoder:
 
     def _map_for(self, capture_stamp_s: float) -> tuple[np.ndarray | None, int]:
         """The map for this frame (warped to it when the robot has flow) and its sequence;
-        sets last_map_scale, the fade _scaled applies."""
+        sets last_map_scale, the fade _scaled and the AQ apply. A map past max_map_age_s is
+        not applied, but its fade goes on measuring the content's motion since its frame: the
+        AQ it asked for (aq_fades_with_map) fades with it, not back to full strength."""
         self.last_map_ms = 0.0
         self.last_map_scale = 1.0
         active = self._active_map
         if active is None:
             return None, 0
-        if abs(capture_stamp_s - active.source_stamp_s) > self.config.max_map_age_s:
-            return None, 0
-        if self._warper is not None:
-            started = time.perf_counter()
-            qp_map = self._warper.current_map()
-            fade_px = self.config.map_fade_px
-            if fade_px and qp_map is not None:
-                self.last_map_scale = fade_px / (fade_px + self._warper.displacement_px())
-            self.last_map_ms = 1e3 * (time.perf_counter() - started)
-            return qp_map, active.map_seq
-        return active.offsets, active.map_seq
+        fresh = abs(capture_stamp_s - active.source_stamp_s) <= self.config.max_map_age_s
+        if self._warper is None:
+            return (active.offsets, active.map_seq) if fresh else (None, 0)
+        started = time.perf_counter()
+        qp_map = self._warper.current_map()
+        fade_px = self.config.map_fade_px
+        if fade_px and qp_map is not None:
+            self.last_map_scale = fade_px / (fade_px + self._warper.displacement_px())
+        self.last_map_ms = 1e3 * (time.perf_counter() - started)
+        return (qp_map, active.map_seq) if fresh else (None, 0)
 
     def close(self) -> None:
         if self._encoder is not None:
