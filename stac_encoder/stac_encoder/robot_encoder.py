@@ -564,7 +564,7 @@ class RobotEncoder:
         if active is None:
             return None, 0
         fresh = abs(capture_stamp_s - active.source_stamp_s) <= self.config.max_map_age_s
-        if self._warper is None:
+        if self._warper is None or not (fresh or self._aq_fades):
             return (active.offsets, active.map_seq) if fresh else (None, 0)
         started = time.perf_counter()
         qp_map = self._warper.current_map()

@@ -23,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from stac_codec.h264_encoder import OFFSETS_ONLY_AQ_STRENGTH
 from stac_sensitivity.allocation import AllocationConfig
 
 CALIBRATION_FORMAT = "stac-calibration-v1"
 CALIBRATION_SUFFIX = ".stac_calibration.json"
 # x264 reads the map only with AQ on; this strength makes its own variance AQ negligible.
-MAP_ONLY_AQ_STRENGTH = 0.001
+MAP_ONLY_AQ_STRENGTH = OFFSETS_ONLY_AQ_STRENGTH
 
 
 class CalibrationError(ValueError):
