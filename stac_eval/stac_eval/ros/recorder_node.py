@@ -16,6 +16,8 @@ one that would not is left out and counted.
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -29,6 +31,7 @@ from ament_index_python.packages import get_package_share_directory
 from rclpy.executors import ExternalShutdownException
 from rclpy.qos import HistoryPolicy, QoSProfile
 from rclpy.serialization import deserialize_message
+from rclpy.signals import SignalHandlerOptions
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from sensor_msgs.msg import Image
@@ -453,14 +456,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.out.exists():
         parser.error(f"{args.out} exists; give a new directory")
     args.out.mkdir(parents=True)
-    rclpy.init(args=ros_arguments)
+    # SIGINT and SIGTERM end the recording here, between two spins: with rclpy's own handlers
+    # a signal shut the context down under the executor, which then failed to build its next
+    # wait set (RCLError) before the bag was closed
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    rclpy.init(args=ros_arguments, signal_handler_options=SignalHandlerOptions.NO)
     result = GraphRunResult()
     recorder = GraphRecorder(result, args.out, record_bag=True, overlay_video=args.overlay_video)
     started = time.monotonic()
     try:
         limit = args.duration_s or float("inf")
-        recorder.spin_until(lambda: time.monotonic() - started >= limit, limit)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        recorder.spin_until(lambda: stopping.is_set() or time.monotonic() - started >= limit, limit)
+    except ExternalShutdownException:
         pass
     finally:
         recorder.close()
