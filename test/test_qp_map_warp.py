@@ -72,3 +72,18 @@ def test_displacement_is_how_far_the_content_moved_since_the_maps_frame(scene):
         flow.add_frame(seq, shifted(scene, dx))
     warper.current_map()
     assert warper.displacement_px() == pytest.approx(32.0, abs=3.0)
+
+
+def test_macroblock_motion_is_each_blocks_displacement_since_a_frame(scene):
+    """8 px a frame: one frame back by the step flow, three back traced; a frame the flow
+    no longer holds is infinitely far; the current frame has not moved."""
+    flow = FrameFlow(480, 320, FlowConfig(flow_width_px=240, history_frames=4))
+    warper = QPMapWarper(flow)
+    for seq, dx in enumerate((0, 8, 16, 24, 32, 40), start=1):
+        flow.add_frame(seq, shifted(scene, dx))
+    inner = (slice(2, -2), slice(2, -2))  # away from the borders content enters through
+    assert warper.macroblock_motion_px(5)[inner] == pytest.approx(8.0, abs=1.0)
+    assert np.median(warper.macroblock_motion_px(3)) == pytest.approx(24.0, abs=2.0)
+    assert np.all(warper.macroblock_motion_px(6) == 0.0)
+    assert np.all(np.isinf(warper.macroblock_motion_px(1)))
+    assert warper.macroblock_motion_px(1).shape == (warper.rows, warper.cols)

@@ -79,6 +79,24 @@ class QPMapWarper:
             return 0.0
         return float(np.hypot(field.x - field.grid_x, field.y - field.grid_y).mean())
 
+    def macroblock_motion_px(self, source_seq: int) -> np.ndarray:
+        """Per macroblock of the flow's current frame, how far (full-res pixels) its content
+        moved since flow frame `source_seq`: the step flow when that is the frame before,
+        else traced back (`FrameFlow.trace_back`); infinite where that frame is out of the
+        flow's reach."""
+        flow, field = self.flow, self._field
+        current = flow.current_seq
+        if current is None or source_seq > current:
+            return np.full((self.rows, self.cols), np.inf, np.float32)
+        step = flow.step_flow(current) if source_seq == current - 1 else None
+        if step is not None:
+            dx, dy = flow.sample_flow(step, field.grid_x, field.grid_y)
+            return np.hypot(dx, dy)
+        traced = flow.trace_back(field.grid_x, field.grid_y, source_seq)
+        if traced is None:
+            return np.full((self.rows, self.cols), np.inf, np.float32)
+        return np.hypot(traced[0] - field.grid_x, traced[1] - field.grid_y)
+
     def clear(self) -> None:
         self._anchor_map = None
         self._traced = False

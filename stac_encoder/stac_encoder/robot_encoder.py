@@ -143,6 +143,7 @@ class RobotEncoderConfig:
     reference_mean_zero: bool = False
     map_fade_px: float = 16.0
     aq_fades_with_map: bool = True
+    aq_motion_fade_px: float = 0.0
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.max_map_age_s) or self.max_map_age_s <= 0:
@@ -167,6 +168,10 @@ class RobotEncoderConfig:
             )
         if not (math.isfinite(self.map_fade_px) and self.map_fade_px >= 0.0):
             raise ValueError(f"map_fade_px must be >= 0 (0 = off), got {self.map_fade_px}")
+        if not (math.isfinite(self.aq_motion_fade_px) and self.aq_motion_fade_px >= 0.0):
+            raise ValueError(
+                f"aq_motion_fade_px must be >= 0 (0 = off), got {self.aq_motion_fade_px}"
+            )
         for name in ("idr_offset_scale", "p_offset_scale"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value <= 4.0):
@@ -234,11 +239,19 @@ class RobotEncoder:
         """The strength x264 opens with: the asked one, or offsets-only where it fades."""
         return OFFSETS_ONLY_AQ_STRENGTH if self._aq_fades else self._aq_strength
 
-    def _faded_aq_strength(self) -> float:
-        """The variance AQ computed here for this frame (0: none, x264's own applies)."""
+    def _faded_aq_strength(self, idr: bool, reference_flow_seq: int | None) -> float | np.ndarray:
+        """The variance AQ computed here for this frame (0: none, x264's own applies): per
+        macroblock by its motion since the reference picture (aq_motion_fade_px), else the
+        map's fade."""
         if not self._aq_fades or self._aq_strength <= OFFSETS_ONLY_AQ_STRENGTH:
             return 0.0
-        return self._aq_strength * self.last_map_scale
+        fade_px = self.config.aq_motion_fade_px
+        if not fade_px:
+            return self._aq_strength * self.last_map_scale
+        if idr or reference_flow_seq is None:
+            return self._aq_strength
+        motion_px = float(np.median(self._warper.macroblock_motion_px(reference_flow_seq)))
+        return self._aq_strength * fade_px / (fade_px + motion_px)
 
     def submit_qp_map(self, update: QPMapUpdate) -> MapVerdict:
         """Queue a map for the next frame, newest wins.
@@ -353,7 +366,9 @@ class RobotEncoder:
             qp_map = _raised(qp_map, idr_extra_qp, height, width)
         frame = self._held_back(frame, qp_map, idr)
         self.last_qp_map = qp_map
-        self.last_variance_aq_strength = self._faded_aq_strength()
+        self.last_variance_aq_strength = self._faded_aq_strength(
+            idr, self._flow_seq_of.get(self._frame_seq)
+        )
         packet = self._encoder.encode(
             frame,
             qp_map,

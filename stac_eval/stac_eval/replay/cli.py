@@ -167,6 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="the robot's warped map at F / (F + d) of its strength, d the content's mean "
         "displacement since the map's frame, px (the encoder node's map_fade_px; 0: off)",
     )
+    run.add_argument(
+        "--map-worker-nice",
+        type=int,
+        default=ReplaySettings.map_worker_nice,
+        help="how much nicer than the segmenter the edge's map worker runs (the edge "
+        "nodes' map_worker_nice, 0..19): its share of the cores while both work",
+    )
+    run.add_argument(
+        "--aq-motion-fade-px",
+        type=float,
+        default=ReplaySettings.aq_motion_fade_px,
+        help="a map method's x264 AQ per macroblock at F / (F + d), d its content's motion "
+        "since the reference picture, px (the encoder node's aq_motion_fade_px; 0: the AQ "
+        "fades with the map)",
+    )
     run.add_argument("--model", type=Path, default=None, help="model YAML (default: shipped)")
     run.add_argument("--calibration", type=Path, default=None, help="STAC calibration JSON")
     run.add_argument("--device", default="cpu", help="torch device")

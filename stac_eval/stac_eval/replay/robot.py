@@ -123,6 +123,7 @@ class H264Robot:
                         "idr_offset_scale": settings.idr_offset_scale,
                         "p_offset_scale": settings.p_offset_scale,
                         "map_fade_px": settings.map_fade_px,
+                        "aq_motion_fade_px": settings.aq_motion_fade_px,
                         **dict(settings.robot_options),
                     }
                 ),

@@ -178,6 +178,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
         two_level_top_fraction=args.two_level_top_fraction,
         warp_qp_map=not args.no_warp,
         map_fade_px=args.map_fade_px,
+        aq_motion_fade_px=args.aq_motion_fade_px,
+        map_worker_nice=args.map_worker_nice,
         batch_size=args.batch_size,
     )
     decoded_cache = (

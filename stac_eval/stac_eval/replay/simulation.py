@@ -124,6 +124,7 @@ class ReplaySettings:
     max_abs_offset_qp: int = 30
     warp_qp_map: bool = True
     map_fade_px: float = RobotEncoderConfig.map_fade_px
+    aq_motion_fade_px: float = RobotEncoderConfig.aq_motion_fade_px
     flow: FlowConfig = field(default_factory=FlowConfig)
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
     drop_masks_at_cuts: bool = True
