@@ -27,7 +27,8 @@ def test_replay_defaults_are_the_nodes_defaults():
     assert settings.flow.flow_width_px == encoder["flow_width_px"]
     assert settings.warp_qp_map == encoder["warp_qp_map"] and not args.no_warp
     assert args.map_fade_px == settings.map_fade_px == encoder["map_fade_px"]
-    assert encoder["aq_fades_with_map"] and not dict(settings.robot_options)
+    assert args.aq_motion_fade_px == settings.aq_motion_fade_px == encoder["aq_motion_fade_px"]
+    assert not dict(settings.robot_options)
     assert settings.max_abs_offset_qp == encoder["max_abs_offset_qp"]
     assert args.period_frames == settings.period_frames == sensitivity["period_frames"]
     assert args.min_map_interval_s == settings.min_map_interval_s
@@ -46,7 +47,7 @@ def test_replay_defaults_are_the_nodes_defaults():
     assert settings.keyframes.edge_timeout_s == encoder["edge_timeout_s"]
     assert settings.keyframes.send_ahead == encoder["keyframe_send_ahead"]
     assert settings.keyframes.pipeline == encoder["keyframe_pipeline"]
-    assert settings.map_worker_nice == sensitivity["map_worker_nice"]
+    assert args.map_worker_nice == settings.map_worker_nice == sensitivity["map_worker_nice"]
     assert settings.drop_masks_at_cuts == encoder["drop_masks_at_cuts"]
     assert RobotLoopConfig().drop_masks_at_cuts == encoder["drop_masks_at_cuts"]
     assert settings.flow.preset == encoder["flow_preset"]

@@ -204,9 +204,9 @@ def test_a_map_older_than_the_age_limit_in_either_direction_is_not_applied():
 
 
 def test_the_calibrations_aq_strength_reopens_the_encoder():
-    """Where the AQ does not fade with the map, x264's own AQ takes the asked strength: a new
-    encoder, starting with an IDR picture."""
-    encoder = RobotEncoder(RobotEncoderConfig(aq_fades_with_map=False))
+    """Where the AQ does not fade with the camera's motion, x264's own AQ takes the asked
+    strength: a new encoder, starting with an IDR picture."""
+    encoder = RobotEncoder(RobotEncoderConfig(aq_motion_fade_px=0.0))
     video = frames(4)
     encoder.encode(video[0], 0.0)
     assert encoder.aq_strength == pytest.approx(0.001)
@@ -444,10 +444,11 @@ def test_a_map_older_than_the_flows_history_is_fully_faded():
         assert int(np.median(encoder.last_qp_map)) == expected
 
 
-def test_the_asked_aq_strength_fades_with_the_map_without_a_new_encoder():
-    """aq_fades_with_map (the default): x264 stays at the offsets-only strength, and the AQ a
-    map asks for is computed per frame at strength x the map's fade; no IDR picture for it.
-    Before any map the asked strength applies in full."""
+def test_the_asked_aq_strength_fades_with_the_cameras_motion_without_a_new_encoder():
+    """aq_motion_fade_px (the default, 0.25): x264 stays at the offsets-only strength, and the
+    AQ a map asks for is computed per frame at strength x F / (F + m), m the median
+    macroblock's motion since the reference picture (here a 2-px pan a frame); no IDR
+    picture for it. The first picture, an IDR, takes the asked strength in full."""
     video = frames(10, width=192, height=128, seed=1)
     encoder = RobotEncoder(RobotEncoderConfig(encoder=EncoderConfig(aq_strength=0.5)))
     encoder.encode(video[0], 0.0)
@@ -456,24 +457,36 @@ def test_the_asked_aq_strength_fades_with_the_map_without_a_new_encoder():
     for i in range(1, 9):
         result = encoder.encode(video[i], 0.04 * i)
         assert not result.packet.keyframe
+        assert encoder.last_variance_aq_strength == pytest.approx(0.25 / 2.25, abs=0.03)
     assert encoder.aq_strength == 1.0
-    assert 0.0 < encoder.last_map_scale < 0.7  # the content moved 16 px since the map's frame
-    assert encoder.last_variance_aq_strength == pytest.approx(encoder.last_map_scale)
+    encoder.request_keyframe()
+    assert encoder.encode(video[9], 0.36).packet.keyframe
+    assert encoder.last_variance_aq_strength == pytest.approx(1.0)  # an IDR: in full
 
 
-def test_an_expired_maps_aq_goes_on_fading_with_the_motion():
-    """Past max_map_age_s the map is no longer applied, but the AQ it asked for stays at its
-    fade (the content's motion since the map's frame), not back to full strength."""
-    video = frames(10, width=192, height=128, seed=1)
-    config = RobotEncoderConfig(encoder=EncoderConfig(aq_strength=0.5), max_map_age_s=0.1)
-    encoder = RobotEncoder(config)
-    encoder.encode(video[0], 0.0)
-    encoder.submit_qp_map(QPMapUpdate(1, 1, 0.0, np.full((8, 12), -8, np.int8), aq_strength=0.5))
-    for i in range(1, 9):
-        result = encoder.encode(video[i], 0.04 * i)
-    assert result.qp_map_seq == 0 and encoder.last_qp_map is None  # expired: no offsets
-    assert encoder.last_variance_aq_strength == pytest.approx(0.5 * encoder.last_map_scale)
-    assert encoder.last_map_scale < 0.7
+def test_a_still_camera_keeps_the_asked_aq_strength_while_people_walk_through():
+    """The camera's motion is the median macroblock's: a block walking across a still scene
+    does not fade the AQ; the scene itself moving does."""
+    rng = np.random.default_rng(2)
+    scene = rng.integers(0, 256, (128, 192, 3), dtype=np.uint8)
+    walker = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    encoder = RobotEncoder(RobotEncoderConfig(encoder=EncoderConfig(aq_strength=0.5)))
+    for i in range(6):
+        frame = scene.copy()
+        frame[48:80, 20 + 8 * i : 52 + 8 * i] = walker
+        encoder.encode(frame, 0.04 * i)
+        assert encoder.last_variance_aq_strength == pytest.approx(0.5, abs=0.02)
+    off = RobotEncoder(
+        RobotEncoderConfig(encoder=EncoderConfig(aq_strength=0.5), warp_qp_map=False)
+    )
+    off.encode(scene, 0.0)
+    off.encode(scene, 0.04)
+    assert off.last_variance_aq_strength == 0.0  # no flow: x264's own AQ at 0.5
+
+
+def test_aq_motion_fade_must_not_be_negative():
+    with pytest.raises(ValueError, match="aq_motion_fade_px"):
+        RobotEncoderConfig(aq_motion_fade_px=-0.5)
 
 
 def test_map_fade_must_not_be_negative():

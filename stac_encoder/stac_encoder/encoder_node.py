@@ -217,11 +217,15 @@ PARAMETERS = (
         10000.0,
     ),
     ParameterSpec(
-        "aq_fades_with_map",
-        RobotEncoderConfig.aq_fades_with_map,
-        "The x264 AQ strength the maps ask for fades with the map (map_fade_px): computed on "
-        "the robot per frame at strength x F / (F + d), x264 at 0.001. Off: x264's own AQ at "
-        "the asked strength (a new encoder and an IDR picture when a map asks for another).",
+        "aq_motion_fade_px",
+        RobotEncoderConfig.aq_motion_fade_px,
+        "The x264 AQ strength the maps ask for fades with the camera's motion: computed on "
+        "the robot per P-frame at strength x F / (F + m), m the median macroblock's "
+        "displacement since the reference picture, full-res px (IDR pictures: in full), "
+        "x264 at 0.001 (needs warp_qp_map). 0: x264's own AQ at the asked strength (a new "
+        "encoder and an IDR picture when a map asks for another).",
+        0.0,
+        10000.0,
     ),
     ParameterSpec(
         "max_abs_offset_qp",
@@ -377,7 +381,7 @@ def encoder_config_from(params: dict) -> RobotEncoderConfig:
         reference_qp_strength=params["reference_qp_strength"],
         reference_mean_zero=params["reference_mean_zero"],
         map_fade_px=params["map_fade_px"],
-        aq_fades_with_map=params["aq_fades_with_map"],
+        aq_motion_fade_px=params["aq_motion_fade_px"],
     )
 
 

@@ -119,15 +119,21 @@ class RobotEncoderConfig:
     unknown, only large). Forced skips (hold_offset_qp) read the faded offsets: the further
     the content moved, the less is held back.
 
-    aq_fades_with_map (with map_fade_px and the map warp): the x264 AQ strength the maps ask
-    for (QPMapUpdate.aq_strength, and encoder.aq_strength before the first map) fades with
-    the map, strength x F / (F + d): x264 runs at the offsets-only strength and its variance
-    AQ is computed here for every frame at the faded strength (`stac_codec.variance_aq`; x264
-    fixes its own when it opens). Why: AQ spends bits on flat macroblocks; on a still camera
-    later P-frames copy them from the reference, on a moving one they are paid again in every
-    frame (x264's AQ alone: -30.6 % bits at equal mIoU on vtest.avi, +18.6 % on the dashcam
-    clip, docs/benchmarks.md), and d measures that motion. Off: x264's own AQ at the asked
-    strength, a new encoder and an IDR picture when a map asks for another."""
+    aq_motion_fade_px (> 0, needs the map warp's flow; 0 = off): the x264 AQ strength the maps
+    ask for (QPMapUpdate.aq_strength, and encoder.aq_strength before the first map) is scaled
+    on each P-frame by F / (F + m), m the camera's motion since the reference picture (the
+    frame encoded before this one): the median macroblock's displacement (full-res pixels,
+    `QPMapWarper.macroblock_motion_px`; the median, so that people walking through a still
+    camera's view do not count as its motion); an IDR picture takes it in full. x264 runs at
+    the offsets-only strength and its variance AQ is computed here for every frame
+    (`stac_codec.variance_aq`; x264 fixes its own when it opens). Why: AQ spends bits on flat
+    macroblocks; where the camera stands still later P-frames copy them from the reference,
+    where it moves they are paid again in every frame (x264's AQ alone: -30.6 % bits at equal
+    mIoU on vtest.avi, +18.6 % on the dashcam clip, docs/benchmarks.md). F is 0.25 px, H.264's
+    quarter-pel motion precision: content that moved by less is copied from the reference
+    nearly as it was, content that moved further is interpolated and its residual coded
+    again. Off: x264's own AQ at the asked strength, a new encoder and an IDR picture when a
+    map asks for another."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     max_map_age_s: float = 5.0
@@ -142,8 +148,7 @@ class RobotEncoderConfig:
     reference_qp_strength: float = 0.0
     reference_mean_zero: bool = False
     map_fade_px: float = 16.0
-    aq_fades_with_map: bool = True
-    aq_motion_fade_px: float = 0.0
+    aq_motion_fade_px: float = 0.25
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.max_map_age_s) or self.max_map_age_s <= 0:
@@ -221,33 +226,31 @@ class RobotEncoder:
         self.last_held_macroblocks = 0  # macroblocks the last encode held back
         self.last_qp_map: np.ndarray | None = None  # the offsets the last encode gave x264
         self.last_map_scale = 1.0  # the map's strength after map_fade_px on the last encode
-        # the variance AQ the last encode computed here (aq_fades_with_map; 0: x264's own)
+        # the variance AQ the last encode computed here (aq_motion_fade_px; 0: x264's own)
         self.last_variance_aq_strength = 0.0
 
     @property
     def aq_strength(self) -> float:
         """The AQ strength asked for (by the last map, else the configuration): x264's own, or
-        before the map's fade where the AQ fades with the map (aq_fades_with_map)."""
+        before the camera motion's fade where the AQ fades with it (aq_motion_fade_px)."""
         return self._aq_strength
 
     @property
     def _aq_fades(self) -> bool:
         config = self.config
-        return config.aq_fades_with_map and config.warp_qp_map and config.map_fade_px > 0
+        return config.aq_motion_fade_px > 0 and config.warp_qp_map
 
     def _x264_aq_strength(self) -> float:
         """The strength x264 opens with: the asked one, or offsets-only where it fades."""
         return OFFSETS_ONLY_AQ_STRENGTH if self._aq_fades else self._aq_strength
 
-    def _faded_aq_strength(self, idr: bool, reference_flow_seq: int | None) -> float | np.ndarray:
-        """The variance AQ computed here for this frame (0: none, x264's own applies): per
-        macroblock by its motion since the reference picture (aq_motion_fade_px), else the
-        map's fade."""
+    def _faded_aq_strength(self, idr: bool, reference_flow_seq: int | None) -> float:
+        """The variance AQ computed here for this frame (0: none, x264's own applies), faded
+        by the camera's motion since the reference picture (the flow frame of the frame
+        encoded before; None: unknown, as after a re-open, when the frame is an IDR anyway)."""
         if not self._aq_fades or self._aq_strength <= OFFSETS_ONLY_AQ_STRENGTH:
             return 0.0
         fade_px = self.config.aq_motion_fade_px
-        if not fade_px:
-            return self._aq_strength * self.last_map_scale
         if idr or reference_flow_seq is None:
             return self._aq_strength
         motion_px = float(np.median(self._warper.macroblock_motion_px(reference_flow_seq)))
@@ -570,24 +573,25 @@ class RobotEncoder:
 
     def _map_for(self, capture_stamp_s: float) -> tuple[np.ndarray | None, int]:
         """The map for this frame (warped to it when the robot has flow) and its sequence;
-        sets last_map_scale, the fade _scaled and the AQ apply. A map past max_map_age_s is
-        not applied, but its fade goes on measuring the content's motion since its frame: the
-        AQ it asked for (aq_fades_with_map) fades with it, not back to full strength."""
+        sets last_map_scale, the fade _scaled applies. A map past max_map_age_s is not
+        applied."""
         self.last_map_ms = 0.0
         self.last_map_scale = 1.0
         active = self._active_map
         if active is None:
             return None, 0
         fresh = abs(capture_stamp_s - active.source_stamp_s) <= self.config.max_map_age_s
-        if self._warper is None or not (fresh or self._aq_fades):
-            return (active.offsets, active.map_seq) if fresh else (None, 0)
+        if not fresh:
+            return None, 0
+        if self._warper is None:
+            return active.offsets, active.map_seq
         started = time.perf_counter()
         qp_map = self._warper.current_map()
         fade_px = self.config.map_fade_px
         if fade_px and qp_map is not None:
             self.last_map_scale = fade_px / (fade_px + self._warper.displacement_px())
         self.last_map_ms = 1e3 * (time.perf_counter() - started)
-        return (qp_map, active.map_seq) if fresh else (None, 0)
+        return qp_map, active.map_seq
 
     def close(self) -> None:
         if self._encoder is not None:

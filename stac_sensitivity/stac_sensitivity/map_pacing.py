@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass
 
 # The map worker's nice over the edge's other threads (the nodes' map_worker_nice):
-# segmentation goes first.
-MAP_WORKER_NICE = 10
+# segmentation goes first, the map pass takes what the segmenter leaves of the cores.
+MAP_WORKER_NICE = 19
 
 
 def cpu_share(nice: int, other_nice: int = 0) -> float:

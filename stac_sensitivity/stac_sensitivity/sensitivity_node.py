@@ -58,9 +58,10 @@ MAP_WORKER_NICE_PARAMETER = ParameterSpec(
     MAP_WORKER_NICE,
     "How much nicer than the edge's other threads the map worker thread runs (0-19, added "
     "to the process's own nice, at most 19): segmentation goes first, the sensitivity "
-    "pass takes what the segmenter leaves of the cores (10: about a tenth of a core the "
-    "segmenter keeps busy; 0: an equal share, which slows every forward that overlaps a "
-    "pass by about half: stac-bench keyframe measured the robot's masks older).",
+    "pass takes what the segmenter leaves of the cores (19: about 1 % of a core the "
+    "segmenter keeps busy, 10: about a tenth; 0: an equal share, which slows every forward "
+    "that overlaps a pass by about half: stac-bench keyframe measured the robot's masks "
+    "older).",
     0,
     19,
 )

@@ -178,9 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--aq-motion-fade-px",
         type=float,
         default=ReplaySettings.aq_motion_fade_px,
-        help="a map method's x264 AQ per macroblock at F / (F + d), d its content's motion "
-        "since the reference picture, px (the encoder node's aq_motion_fade_px; 0: the AQ "
-        "fades with the map)",
+        help="a map method's x264 AQ at F / (F + m) on P-frames, m the camera's motion since "
+        "the reference picture (the median macroblock's), px (the encoder node's "
+        "aq_motion_fade_px; 0: x264's own AQ at the maps' strength)",
     )
     run.add_argument("--model", type=Path, default=None, help="model YAML (default: shipped)")
     run.add_argument("--calibration", type=Path, default=None, help="STAC calibration JSON")
