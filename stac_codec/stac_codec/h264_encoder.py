@@ -280,25 +280,23 @@ class QPMapEncoder:
         frame: np.ndarray,
         qp_map: np.ndarray | None = None,
         force_keyframe: bool = False,
-        variance_aq_strength: float | np.ndarray = 0.0,
+        variance_aq_strength: float = 0.0,
     ) -> EncodedPacket:
         """Encode one frame; qp_map is int8 (rows, cols) of QP offsets, None = all zero.
         variance_aq_strength > 0 adds x264's variance AQ at that strength for this frame
-        (`stac_codec.variance_aq`), on top of the encoder's own (open it at 0.001); a (rows,
-        cols) array gives each macroblock its own strength."""
+        (`stac_codec.variance_aq`), on top of the encoder's own (open it at 0.001)."""
         if self._handle is None:
             raise EncoderError("encoder is closed")
-        strength = np.asarray(variance_aq_strength, dtype=np.float32)
-        if strength.ndim and strength.shape != self.grid:
-            raise ValueError(f"variance_aq_strength of shape {strength.shape} != {self.grid}")
-        if not (np.all(strength >= 0.0) and np.all(strength <= 3.0)):
+        if not 0.0 <= variance_aq_strength <= 3.0:
             raise ValueError(f"variance_aq_strength must be in [0, 3], got {variance_aq_strength}")
         self._convert_to_i420(frame)
         offsets = None
         if qp_map is not None:
             offsets = np.ascontiguousarray(validate_qp_map(qp_map, self.grid), dtype=np.float32)
-        if np.any(strength > 0.0):
-            aq = variance_aq_offsets(self._i420, self._coded_width, self._coded_height, strength)
+        if variance_aq_strength > 0.0:
+            aq = variance_aq_offsets(
+                self._i420, self._coded_width, self._coded_height, variance_aq_strength
+            )
             offsets = aq if offsets is None else np.ascontiguousarray(offsets + aq)
         picture = self._picture(offsets, force_keyframe)
         return self._encode_picture(picture)

@@ -23,9 +23,7 @@ STRENGTH_SCALE = 1.0397  # x264: "constants chosen to result in approximately th
 ENERGY_CENTRE_LOG2 = 14.427  # overall bitrate as without AQ"
 
 
-def variance_aq_offsets(
-    i420: np.ndarray, width: int, height: int, strength: float | np.ndarray
-) -> np.ndarray:
+def variance_aq_offsets(i420: np.ndarray, width: int, height: int, strength: float) -> np.ndarray:
     """float32 (rows, cols) QP offsets of x264's variance AQ at `strength` for a planar I420
     picture of width x height (even), as x264 would add them to the frame's QP."""
     if width % 2 or height % 2:
