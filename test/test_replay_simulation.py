@@ -351,6 +351,8 @@ def test_map_aq_strength_puts_every_map_method_on_x264s_aq_from_the_first_frame(
     )
     with pytest.raises(ValueError, match="map_aq_strength"):
         ReplaySettings(fps=FPS, map_aq_strength=-1.0)
+    with pytest.raises(ValueError, match="map_worker_nice"):
+        ReplaySettings(fps=FPS, map_worker_nice=-5)
 
 
 def test_robot_options_act_on_every_map_method_and_leave_the_others_alone(clip):

@@ -154,6 +154,8 @@ class ReplaySettings:
                 f"map_aq_strength must be 0 (the calibration's) or in (0, 3], "
                 f"got {self.map_aq_strength}"
             )
+        if not 0 <= self.map_worker_nice <= 19:  # the nodes' map_worker_nice range
+            raise ValueError(f"map_worker_nice must be in 0..19, got {self.map_worker_nice}")
 
     def as_json(self) -> dict:
         return asdict(self)
