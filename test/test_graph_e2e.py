@@ -207,3 +207,30 @@ def test_the_robot_publishes_a_mask_for_every_camera_frame(graph_run):
     with AnyReader([out_dir / "bag"], default_typestore=stac_typestore()) as reader:
         topics = {c.topic for c in reader.connections}
     assert {"/stac/robot_mask", "/stac/robot_mask_age", "/stac/mask_feedback"} <= topics
+
+
+@pytest.mark.dds
+@pytest.mark.slow
+def test_a_node_that_dies_at_start_up_fails_the_run_at_once_with_its_error(graph_clip, tmp_path):
+    """A parameter out of a node's range kills that node while it declares its parameters; the
+    run stops as soon as it exits, naming the node and its last log line, instead of waiting
+    out the start-up timeout with 'did not come up'."""
+    import time
+
+    from conftest import REPO_ROOT
+    from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig, GraphStartError
+
+    config = GraphRunConfig(
+        video_uri=str(graph_clip),
+        out_dir=tmp_path,
+        launch_dir=REPO_ROOT / "launch",
+        period_frames=100_000,  # sensitivity's period_frames: 0..10000
+        torch_threads=1,
+        record_bag=False,
+        overlay_video=False,
+        startup_timeout_s=120.0,
+    )
+    started = time.monotonic()
+    with pytest.raises(GraphStartError, match=r"edge_container exited with code 1.*period_frames"):
+        GraphRun(config).run()
+    assert time.monotonic() - started < 90.0

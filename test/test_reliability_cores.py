@@ -226,3 +226,14 @@ def test_the_link_shapes_and_drops_only_the_robot_edge_ports(monkeypatch):
 def test_a_refused_unit_asks_for_nothing_and_starts_no_outage():
     tracker = ResyncTracker()
     assert not tracker.should_request(refused(5), 0.0) and not tracker.in_outage
+
+
+def test_last_log_line_is_the_error_that_ends_a_traceback(tmp_path):
+    from stac_eval.ros.graph_runner import last_log_line
+
+    log = tmp_path / "node.log"
+    log.write_text("[INFO] up\nTraceback (most recent call last):\n  File x\nValueError: bad\n\n")
+    assert last_log_line(log) == "ValueError: bad"
+    log.write_text("")
+    assert last_log_line(log) == ""
+    assert last_log_line(tmp_path / "missing.log") == ""

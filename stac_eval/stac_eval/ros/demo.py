@@ -28,7 +28,7 @@ from stac_eval.accounting import frame_accounting
 from stac_eval.kernel_link import settings_from_spec
 from stac_eval.progress import progress_bar
 from stac_eval.replay.wire import keyframe_request_bytes
-from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig
+from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig, GraphStartError
 from stac_eval.ros.recorder_node import GraphRunResult
 
 DEFAULT_VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -319,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stac-demo: {args.out / 'bag'} exists; choose another --out", file=sys.stderr)
         return 2
     print(f"stac-demo: playing {args.video} through the STAC graph; output in {args.out}")
-    result = GraphRun(config).run()
+    try:
+        result = GraphRun(config).run()
+    except GraphStartError as error:
+        print(f"stac-demo: {error}", file=sys.stderr)
+        return 1
     print("stac-demo: comparing the masks with the model on the uncompressed frames")
     from stac_edge_segmenter.loading import load_model
 

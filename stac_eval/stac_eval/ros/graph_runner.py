@@ -106,6 +106,11 @@ class GraphRunConfig:
         return 2 // len(EDGE_PROCESSES[self.edge_process])
 
 
+class GraphStartError(RuntimeError):
+    """The graph never came up: a node exited during start-up or stayed silent past the
+    start-up timeout. The message names the nodes and where their logs are."""
+
+
 def require_private_namespace() -> None:
     """Refuse to touch qdiscs and firewall rules unless this network namespace has nothing
     but the loopback device (so a link setting can never shape or block real traffic)."""
@@ -116,6 +121,16 @@ def require_private_namespace() -> None:
             f"a kernel link needs a private network namespace with only lo (found {devices}); "
             "run it through scripts/demo.sh or `unshare --net` as root"
         )
+
+
+def last_log_line(log_path: Path) -> str:
+    """The last non-blank line of a node's log (a Python traceback ends with the error), or
+    an empty string when the log is missing or empty."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
 
 def _process_rss_mb(pid: int) -> float:
@@ -216,11 +231,17 @@ class GraphRun:
         try:
             self._start_nodes()
             expected = set(NODE_NAMES)
-            if not recorder.spin_until(
-                lambda: expected <= set(self.result.statistics), config.startup_timeout_s
-            ):
+            recorder.spin_until(
+                lambda: expected <= set(self.result.statistics) or self._exited_early(),
+                config.startup_timeout_s,
+            )
+            if self._exited_early():
+                raise GraphStartError(self._early_exit_report())
+            if not expected <= set(self.result.statistics):
                 missing = expected - set(self.result.statistics)
-                raise RuntimeError(f"nodes did not come up: {sorted(missing)}; see {self._log_dir}")
+                raise GraphStartError(
+                    f"nodes did not come up: {sorted(missing)}; see {self._log_dir}"
+                )
             self._wait_for_discovery(recorder)
             self.result.cpu_at_play_s = self._cpu_of_live_processes()
             source = self._start_source()
@@ -235,6 +256,22 @@ class GraphRun:
                 self.result.link["dropped_datagrams"] = self._link.dropped_packets()
                 self._link.remove()
         return self.result
+
+    def _exited_early(self) -> list[str]:
+        """The nodes that already exited while the graph was coming up (a bad parameter, a
+        missing model file): waiting out the start-up timeout for them would only delay the
+        error."""
+        return [name for name, process in self._processes.items() if process.poll() is not None]
+
+    def _early_exit_report(self) -> str:
+        """What each node that exited during start-up said last, with its exit code and log."""
+        lines = []
+        for name in self._exited_early():
+            log_path = self.result.logs.get(name)
+            last = last_log_line(log_path) if log_path is not None else ""
+            code = self._processes[name].returncode
+            lines.append(f"{name} exited with code {code} during start-up: {last} ({log_path})")
+        return "; ".join(lines)
 
     def _wait_for_discovery(self, recorder: GraphRecorder) -> None:
         """Play only once every node hears the other end of the link (link_peers >= 1): over
