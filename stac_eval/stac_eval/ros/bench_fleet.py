@@ -49,7 +49,12 @@ from stac_eval.discovery_server import discovery_server
 from stac_eval.fleet_metrics import jain_fairness
 from stac_eval.launch_args import launch_environment, ros_args
 from stac_eval.ros.demo import find_launch_dir
-from stac_eval.ros.graph_runner import _executable, _process_peak_rss_mb, _process_rss_mb
+from stac_eval.ros.graph_runner import (
+    _executable,
+    _process_peak_rss_mb,
+    _process_rss_mb,
+    last_log_line,
+)
 from stac_msgs.msg import EdgeHeartbeat, EncodedFrame, QPMap, SegmentationMask, Statistics
 from stac_ros_common.qos import (
     EDGE_HEARTBEAT_QOS,
@@ -244,6 +249,10 @@ class FleetRun:
             env={**os.environ, **self.environment, **(environment or {})},
         )
 
+    def exited(self) -> list[str]:
+        """The processes that have already exited."""
+        return [name for name, process in self.processes.items() if process.poll() is not None]
+
     def start_edge(self, edge: EdgeSpec) -> None:
         launch = self.launch_dir / "edge.launch.py"
         arguments = {
@@ -348,9 +357,21 @@ def small_clip(video: Path, out_dir: Path, width: int, height: int, frames: int 
     return path
 
 
-def _wait_for_edges(watcher: FleetWatcher, edges: list[EdgeSpec], timeout_s: float) -> None:
+def _wait_for_edges(
+    watcher: FleetWatcher, run: FleetRun, edges: list[EdgeSpec], timeout_s: float
+) -> None:
+    """Until every edge beats; an edge that exits first stops the wait with its last log line
+    (a bad parameter, a missing model) instead of the timeout."""
     names = {edge.name for edge in edges}
-    if not watcher.spin_until(lambda: names <= set(watcher.heartbeats), timeout_s):
+    watcher.spin_until(lambda: names <= set(watcher.heartbeats) or run.exited(), timeout_s)
+    if run.exited():
+        raise RuntimeError(
+            "; ".join(
+                f"{name} exited during start-up: {last_log_line(run.log_dir / f'{name}.log')}"
+                for name in run.exited()
+            )
+        )
+    if not names <= set(watcher.heartbeats):
         raise RuntimeError(f"edges did not come up: {sorted(names - set(watcher.heartbeats))}")
 
 
@@ -421,7 +442,7 @@ def run_fleet(args, clip: Path, log_dir: Path, count: int) -> dict:
         for robot in robots:
             watcher.add_robot(robot)
         run.start_edge(edge)
-        _wait_for_edges(watcher, [edge], 180.0)
+        _wait_for_edges(watcher, run, [edge], 180.0)
         for robot in robots:
             run.start_encoder(robot)
         _wait_linked(watcher, robots, 180.0)
@@ -490,7 +511,7 @@ def measure_discovery(args, clip: Path, log_dir: Path, count: int, server: str |
         for robot in robots:
             watcher.add_robot(robot)
         run.start_edge(edge)
-        _wait_for_edges(watcher, [edge], 180.0)
+        _wait_for_edges(watcher, run, [edge], 180.0)
         started = time.monotonic()
         for robot in robots:
             run.start_encoder(robot)
@@ -536,7 +557,7 @@ def run_failover(args, clip: Path, log_dir: Path, count: int) -> dict:
             watcher.add_robot(robot)
         for edge in edges:
             run.start_edge(edge)
-        _wait_for_edges(watcher, edges, 180.0)
+        _wait_for_edges(watcher, run, edges, 180.0)
         for robot in robots:
             run.start_encoder(robot)
         _wait_linked(watcher, robots, 180.0)
