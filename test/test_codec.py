@@ -384,6 +384,33 @@ def test_variance_aq_computed_outside_x264_is_x264s_own(clip_frames):
     assert computed != none
 
 
+def test_variance_aq_energy_is_x264s_formula_on_padded_pictures():
+    """The macroblock energy, from integral images, equals x264's definition summed directly:
+    per plane sum(x^2) - sum(x)^2 // n over each block, luma 16x16 and chroma 8x8, the picture
+    padded to whole macroblocks by repeating its last row and column."""
+    rng = np.random.default_rng(1)
+    width, height = 50, 34  # 4 x 3 macroblocks, both padded
+    i420 = rng.integers(0, 256, width * height * 3 // 2, dtype=np.uint8)
+    planes = [
+        (i420[: width * height].reshape(height, width), 16),
+        (i420[width * height : width * height * 5 // 4].reshape(height // 2, width // 2), 8),
+        (i420[width * height * 5 // 4 :].reshape(height // 2, width // 2), 8),
+    ]
+    energy = np.zeros((3, 4), np.int64)
+    for plane, block in planes:
+        padded = np.pad(
+            plane, ((0, 3 * block - plane.shape[0]), (0, 4 * block - plane.shape[1])), "edge"
+        )
+        for row in range(3):
+            for col in range(4):
+                pixels = padded[row * block : (row + 1) * block, col * block : (col + 1) * block]
+                pixels = pixels.astype(np.int64)
+                energy[row, col] += (pixels**2).sum() - pixels.sum() ** 2 // block**2
+    expected = 1.0397 * (np.log2(np.maximum(energy, 1)) - 14.427)
+    offsets = variance_aq_offsets(i420, width, height, 1.0)
+    np.testing.assert_allclose(offsets, expected, rtol=0, atol=1e-5)
+
+
 def test_variance_aq_offsets_follow_block_energy():
     """Flat macroblocks get lower offsets (finer quantizers) than textured ones; the strength
     scales them; odd sizes and wrong buffers are refused."""
