@@ -237,3 +237,28 @@ def test_last_log_line_is_the_error_that_ends_a_traceback(tmp_path):
     log.write_text("")
     assert last_log_line(log) == ""
     assert last_log_line(tmp_path / "missing.log") == ""
+
+
+def test_start_up_failures_name_each_exited_process_with_its_code_and_last_line(tmp_path):
+    import subprocess
+    import sys
+
+    from stac_eval.ros.graph_runner import exited_processes, start_up_failures
+
+    def started(name: str, code: str) -> subprocess.Popen:
+        log = (tmp_path / f"{name}.log").open("w")
+        return subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
+
+    processes = {
+        "edge": started("edge", "raise SystemExit('period_frames out of range')"),
+        "robot": started("robot", "import time; time.sleep(30)"),
+    }
+    try:
+        processes["edge"].wait(timeout=30)
+        assert exited_processes(processes) == ["edge"]
+        report = start_up_failures(processes, tmp_path)
+        assert report.startswith("edge exited with code 1 during start-up: period_frames out of")
+        assert str(tmp_path / "edge.log") in report and "robot" not in report
+    finally:
+        processes["robot"].kill()
+        processes["robot"].wait()

@@ -53,7 +53,8 @@ from stac_eval.ros.graph_runner import (
     _executable,
     _process_peak_rss_mb,
     _process_rss_mb,
-    last_log_line,
+    exited_processes,
+    start_up_failures,
 )
 from stac_msgs.msg import EdgeHeartbeat, EncodedFrame, QPMap, SegmentationMask, Statistics
 from stac_ros_common.qos import (
@@ -249,10 +250,6 @@ class FleetRun:
             env={**os.environ, **self.environment, **(environment or {})},
         )
 
-    def exited(self) -> list[str]:
-        """The processes that have already exited."""
-        return [name for name, process in self.processes.items() if process.poll() is not None]
-
     def start_edge(self, edge: EdgeSpec) -> None:
         launch = self.launch_dir / "edge.launch.py"
         arguments = {
@@ -363,14 +360,11 @@ def _wait_for_edges(
     """Until every edge beats; an edge that exits first stops the wait with its last log line
     (a bad parameter, a missing model) instead of the timeout."""
     names = {edge.name for edge in edges}
-    watcher.spin_until(lambda: names <= set(watcher.heartbeats) or run.exited(), timeout_s)
-    if run.exited():
-        raise RuntimeError(
-            "; ".join(
-                f"{name} exited during start-up: {last_log_line(run.log_dir / f'{name}.log')}"
-                for name in run.exited()
-            )
-        )
+    watcher.spin_until(
+        lambda: names <= set(watcher.heartbeats) or exited_processes(run.processes), timeout_s
+    )
+    if exited_processes(run.processes):
+        raise RuntimeError(start_up_failures(run.processes, run.log_dir))
     if not names <= set(watcher.heartbeats):
         raise RuntimeError(f"edges did not come up: {sorted(names - set(watcher.heartbeats))}")
 

@@ -133,6 +133,22 @@ def last_log_line(log_path: Path) -> str:
     return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
 
+def exited_processes(processes: dict[str, subprocess.Popen]) -> list[str]:
+    """The names of the processes that have already exited."""
+    return [name for name, process in processes.items() if process.poll() is not None]
+
+
+def start_up_failures(processes: dict[str, subprocess.Popen], log_dir: Path) -> str:
+    """What each process that exited during start-up said last (its log, NAME.log in
+    log_dir), with its exit code: a bad parameter or a missing model file, reported at once
+    instead of after the start-up timeout."""
+    return "; ".join(
+        f"{name} exited with code {processes[name].returncode} during start-up: "
+        f"{last_log_line(log_dir / f'{name}.log')} ({log_dir / f'{name}.log'})"
+        for name in exited_processes(processes)
+    )
+
+
 def _process_rss_mb(pid: int) -> float:
     """Resident memory of a live process now (VmRSS), MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -232,11 +248,13 @@ class GraphRun:
             self._start_nodes()
             expected = set(NODE_NAMES)
             recorder.spin_until(
-                lambda: expected <= set(self.result.statistics) or self._exited_early(),
+                lambda: (
+                    expected <= set(self.result.statistics) or exited_processes(self._processes)
+                ),
                 config.startup_timeout_s,
             )
-            if self._exited_early():
-                raise GraphStartError(self._early_exit_report())
+            if exited_processes(self._processes):
+                raise GraphStartError(start_up_failures(self._processes, self._log_dir))
             if not expected <= set(self.result.statistics):
                 missing = expected - set(self.result.statistics)
                 raise GraphStartError(
@@ -256,22 +274,6 @@ class GraphRun:
                 self.result.link["dropped_datagrams"] = self._link.dropped_packets()
                 self._link.remove()
         return self.result
-
-    def _exited_early(self) -> list[str]:
-        """The nodes that already exited while the graph was coming up (a bad parameter, a
-        missing model file): waiting out the start-up timeout for them would only delay the
-        error."""
-        return [name for name, process in self._processes.items() if process.poll() is not None]
-
-    def _early_exit_report(self) -> str:
-        """What each node that exited during start-up said last, with its exit code and log."""
-        lines = []
-        for name in self._exited_early():
-            log_path = self.result.logs.get(name)
-            last = last_log_line(log_path) if log_path is not None else ""
-            code = self._processes[name].returncode
-            lines.append(f"{name} exited with code {code} during start-up: {last} ({log_path})")
-        return "; ".join(lines)
 
     def _wait_for_discovery(self, recorder: GraphRecorder) -> None:
         """Play only once every node hears the other end of the link (link_peers >= 1): over
