@@ -47,6 +47,8 @@ def test_replay_defaults_are_the_nodes_defaults():
     assert settings.keyframes.edge_timeout_s == encoder["edge_timeout_s"]
     assert settings.keyframes.send_ahead == encoder["keyframe_send_ahead"]
     assert settings.keyframes.pipeline == encoder["keyframe_pipeline"]
+    assert settings.keyframes.far_preset == encoder["keyframe_far_preset"]
+    assert settings.keyframes.far_gap_frames == encoder["keyframe_far_gap_frames"]
     assert args.map_worker_nice == settings.map_worker_nice == sensitivity["map_worker_nice"]
     assert settings.drop_masks_at_cuts == encoder["drop_masks_at_cuts"]
     assert RobotLoopConfig().drop_masks_at_cuts == encoder["drop_masks_at_cuts"]

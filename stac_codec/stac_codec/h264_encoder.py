@@ -32,6 +32,11 @@ Traps handled here (each measured on this encoder build):
 * One encoder with every frame forced to IDR drifts in CRF; intra-only rate-distortion
   experiments should use a fresh encoder per frame and count `EncodedPacket.slice_bytes`.
 * threads=1 gives deterministic bitstreams; sliced threads may vary between runs.
+* A frame far from its reference (keyframe mode's keyframes, several camera frames apart) can
+  get a slower preset's analysis (`far_preset`): the encoder opens with that preset, so its
+  reference count and weighted prediction are there, and switches the analysis (motion
+  search, subpel refinement, partitions, trellis, psy, references used) per frame with
+  x264_encoder_reconfig, which takes effect on the next frame without a keyframe.
 """
 
 from __future__ import annotations
@@ -64,6 +69,23 @@ OFFSETS_ONLY_AQ_STRENGTH = 0.001
 # column of intra macroblocks sweeping the picture over gop_frames frames, no IDR after the
 # first); or not at all (only the first picture and requested keyframes are IDR).
 REFRESH_MODES = ("idr", "intra_refresh", "none")
+# x264_param_t.analyse fields x264_encoder_reconfig applies (encoder.c encoder_try_reconfig):
+# what a preset's analysis is, besides the reference count
+ANALYSIS_FIELDS = (
+    "intra",
+    "inter",
+    "b_transform_8x8",
+    "i_me_method",
+    "i_me_range",
+    "i_subpel_refine",
+    "b_chroma_me",
+    "b_mixed_references",
+    "i_trellis",
+    "b_fast_pskip",
+    "b_dct_decimate",
+    "f_psy_rd",
+    "f_psy_trellis",
+)
 PRESETS = (
     "ultrafast",
     "superfast",
@@ -99,6 +121,8 @@ class EncoderConfig:
     refresh "intra_refresh" or "none". scenecut: let x264 insert extra keyframes on scene
     changes. aq_strength:
     x264 variance-AQ strength, > 0 (0.001 = map only, 1.0 = x264's default AQ plus the map).
+    far_preset: "" or a slower x264 preset whose analysis `encode(far=True)` spends on a frame
+    (the encoder opens with it and encodes every other frame with `preset`'s analysis).
     emit_version_sei: keep x264's version SEI (~600 bytes in the first access unit).
     checksum_sei: put the CRC32 of each access unit in an SEI user_data_unregistered message
     before its first slice (28 bytes per frame), so the edge's decoder can tell a damaged
@@ -117,6 +141,7 @@ class EncoderConfig:
     scenecut: bool = False
     threads: int = 1
     aq_strength: float = OFFSETS_ONLY_AQ_STRENGTH
+    far_preset: str = ""
     profile: str = "high"
     emit_version_sei: bool = True
     checksum_sei: bool = True
@@ -130,6 +155,10 @@ class EncoderConfig:
             (self.vbv_buffer_s > 0.0, "vbv_buffer_s must be > 0"),
             (self.fps > 0.0, "fps must be > 0"),
             (self.preset in PRESETS, f"preset must be one of {PRESETS}"),
+            (
+                self.far_preset in ("", *PRESETS),
+                f"far_preset must be '' or one of {PRESETS}",
+            ),
             (self.gop_frames >= 1, "gop_frames must be >= 1"),
             (self.refresh in REFRESH_MODES, f"refresh must be one of {REFRESH_MODES}"),
             (
@@ -188,7 +217,8 @@ class EncodedPacket:
     """One H.264 access unit (Annex B) for one input frame.
 
     size_bytes counts everything in `data`; slice_bytes only the slice NAL units (no SPS, PPS,
-    SEI), the number intra-only rate-distortion experiments should use.
+    SEI), the number intra-only rate-distortion experiments should use. far: encoded with the
+    encoder's far_preset analysis.
     """
 
     data: bytes
@@ -196,6 +226,7 @@ class EncodedPacket:
     keyframe: bool
     slice_bytes: int
     nal_types: tuple[int, ...] = field(default=())
+    far: bool = False
 
     @property
     def size_bytes(self) -> int:
@@ -228,12 +259,16 @@ class QPMapEncoder:
         self._coded_height = height + height % 2
         self._lib = load_x264()
         self._handle = self._open()
+        self._far = False  # whether x264 now runs far_preset's analysis
+        if self.config.far_preset:
+            self._set_analysis(far=False)
         self._frame_index = 0
         self._i420 = np.empty(0, np.uint8)  # planar Y, U, V of the frame being encoded
 
-    def _build_param(self) -> X264Param:
+    def _build_param(self, preset: str | None = None) -> X264Param:
         param = X264Param()
-        self._lib.param_default_preset(param, self.config.preset, "zerolatency")
+        preset = preset or self.config.far_preset or self.config.preset
+        self._lib.param_default_preset(param, preset, "zerolatency")
         param.i_width = self._coded_width
         param.i_height = self._coded_height
         param.i_csp = X264_CSP_I420
@@ -281,14 +316,20 @@ class QPMapEncoder:
         qp_map: np.ndarray | None = None,
         force_keyframe: bool = False,
         variance_aq_strength: float = 0.0,
+        far: bool = False,
     ) -> EncodedPacket:
         """Encode one frame; qp_map is int8 (rows, cols) of QP offsets, None = all zero.
         variance_aq_strength > 0 adds x264's variance AQ at that strength for this frame
-        (`stac_codec.variance_aq`), on top of the encoder's own (open it at 0.001)."""
+        (`stac_codec.variance_aq`), on top of the encoder's own (open it at 0.001). far: with
+        `far_preset`'s analysis (ValueError without a far_preset)."""
         if self._handle is None:
             raise EncoderError("encoder is closed")
         if not 0.0 <= variance_aq_strength <= 3.0:
             raise ValueError(f"variance_aq_strength must be in [0, 3], got {variance_aq_strength}")
+        if far and not self.config.far_preset:
+            raise ValueError("encode(far=True) needs an encoder with a far_preset")
+        if far != self._far:
+            self._set_analysis(far)
         self._convert_to_i420(frame)
         offsets = None
         if qp_map is not None:
@@ -375,6 +416,7 @@ class QPMapEncoder:
             keyframe=NAL_TYPE_SLICE_IDR in nal_types,
             slice_bytes=slice_total,
             nal_types=tuple(nal_types),
+            far=self._far,
         )
         self._frame_index += 1
         return packet
@@ -402,6 +444,19 @@ class QPMapEncoder:
         if self._lib.cdll.x264_encoder_reconfig(self._handle, ctypes.byref(param)) < 0:
             raise EncoderError(f"x264 refused base quality {base_quality}")
         self.config = config
+
+    def _set_analysis(self, far: bool) -> None:
+        """Switch x264 to far_preset's analysis (far) or preset's, from the next frame on."""
+        preset = self.config.far_preset if far else self.config.preset
+        target = self._build_param(preset)
+        param = X264Param()
+        self._lib.cdll.x264_encoder_parameters(self._handle, ctypes.byref(param))
+        param.i_frame_reference = target.i_frame_reference  # at most the opened count
+        for name in ANALYSIS_FIELDS:
+            setattr(param.analyse, name, getattr(target.analyse, name))
+        if self._lib.cdll.x264_encoder_reconfig(self._handle, ctypes.byref(param)) < 0:
+            raise EncoderError(f"x264 refused the analysis of preset {preset!r}")
+        self._far = far
 
     def close(self) -> None:
         """Free x264's encoder; further encode() calls raise EncoderError."""

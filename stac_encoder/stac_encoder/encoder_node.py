@@ -334,6 +334,22 @@ PARAMETERS = (
         "many unanswered as a round trip holds at that pace plus one; false: at most two.",
     ),
     ParameterSpec(
+        "keyframe_far_preset",
+        KeyframeConfig.far_preset,
+        "Keyframe mode: the x264 preset whose analysis (motion search, mode decision, trellis, "
+        "references) a keyframe far from the one before gets; '' = preset for every frame.",
+        choices=("", *PRESETS),
+    ),
+    ParameterSpec(
+        "keyframe_far_gap_frames",
+        KeyframeConfig.far_gap_frames,
+        "Keyframe mode: a keyframe at least this many camera frames after the one before is "
+        "far (keyframe_far_preset); about 3x the encode time of preset veryfast for medium, "
+        "what streaming spends on the frames in between. 0 = never.",
+        0,
+        100_000,
+    ),
+    ParameterSpec(
         "camera_qos",
         "sensor_data",
         "QoS of the camera subscription.",
@@ -398,6 +414,8 @@ def loop_config_from(params: dict) -> RobotLoopConfig:
             edge_timeout_s=params["edge_timeout_s"],
             send_ahead=params["keyframe_send_ahead"],
             pipeline=params["keyframe_pipeline"],
+            far_preset=params["keyframe_far_preset"],
+            far_gap_frames=params["keyframe_far_gap_frames"],
         ),
         rate=RateControlConfig(target_kbps=target),
         propagate_masks=params["publish_robot_mask"],

@@ -26,7 +26,9 @@ decision for each camera frame, in this order:
 Both measures are computed on the flow's downscaled grey images (a few hundred microseconds);
 the warps reuse the shared per-frame flow (`frame_flow`). Keyframes are encoded as H.264
 P-frames predicted from the previous keyframe (the encoder only ever sees keyframes), IDR at
-cuts, on request and on loss. Plain Python, no clock of its own: times are camera stamps.
+cuts, on request and on loss; one far from the keyframe before it with a slower preset's
+analysis (`far_preset`), on the time streaming would have spent on the frames between.
+Plain Python, no clock of its own: times are camera stamps.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from stac_codec.h264_encoder import PRESETS
 from stac_encoder.frame_flow import FrameFlow, PositionField
 
 REASONS = ("first", "request", "cut", "stale", "max_interval", "timeout")
@@ -51,7 +54,10 @@ class KeyframeConfig:
     edge's answer to a keyframe before it takes the edge to be free again; send_ahead: the
     next keyframe may go before the edge's answer to the previous one (`EdgePacer`);
     pipeline: with send_ahead, keyframes go at the edge's own pace, as many in flight as the
-    round trip holds, instead of at most two unanswered."""
+    round trip holds, instead of at most two unanswered; far_preset / far_gap_frames: a
+    keyframe at least far_gap_frames camera frames after the one before is encoded with x264's
+    far_preset analysis ('' or 0: never; `RobotEncoderConfig.far_gap_frames`): x264 takes
+    about 3x veryfast's time for medium's, what streaming spends on the frames in between."""
 
     stale_psnr_db: float = 24.0
     cut_explained: float = 0.5
@@ -59,6 +65,8 @@ class KeyframeConfig:
     edge_timeout_s: float = 2.0
     send_ahead: bool = True
     pipeline: bool = True
+    far_preset: str = "medium"
+    far_gap_frames: int = 4
 
     def __post_init__(self) -> None:
         if not 0.0 < self.stale_psnr_db <= 99.0:
@@ -69,6 +77,10 @@ class KeyframeConfig:
             raise ValueError(f"max_interval_frames must be >= 1, got {self.max_interval_frames}")
         if not self.edge_timeout_s > 0.0:
             raise ValueError(f"edge_timeout_s must be > 0, got {self.edge_timeout_s}")
+        if self.far_preset not in ("", *PRESETS):
+            raise ValueError(f"far_preset must be '' or one of {PRESETS}, got {self.far_preset!r}")
+        if self.far_gap_frames < 0:
+            raise ValueError(f"far_gap_frames must be >= 0 (0 = off), got {self.far_gap_frames}")
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,14 @@ class RobotEncoderConfig:
     quarter-pel motion precision: content that moved by less is copied from the reference
     nearly as it was, content that moved further is interpolated and its residual coded
     again. Off: x264's own AQ at the asked strength, a new encoder and an IDR picture when a
-    map asks for another."""
+    map asks for another.
+
+    far_gap_frames (> 0, needs encoder.far_preset; 0 = off): a frame at least this many camera
+    frames after the frame encoded before it (keyframe mode's keyframes) is encoded with
+    encoder.far_preset's analysis (`QPMapEncoder.encode(far=True)`): content that moved over
+    several frames needs a wider motion search and better mode decisions, and an encoder that
+    skips the frames in between can spend their time on it (needs the frames' flow numbers:
+    a shared FrameFlow or the map warp)."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     max_map_age_s: float = 5.0
@@ -149,6 +156,7 @@ class RobotEncoderConfig:
     reference_mean_zero: bool = False
     map_fade_px: float = 16.0
     aq_motion_fade_px: float = 0.25
+    far_gap_frames: int = 0
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.max_map_age_s) or self.max_map_age_s <= 0:
@@ -177,6 +185,10 @@ class RobotEncoderConfig:
             raise ValueError(
                 f"aq_motion_fade_px must be >= 0 (0 = off), got {self.aq_motion_fade_px}"
             )
+        if self.far_gap_frames < 0:
+            raise ValueError(f"far_gap_frames must be >= 0 (0 = off), got {self.far_gap_frames}")
+        if self.far_gap_frames and not self.encoder.far_preset:
+            raise ValueError("far_gap_frames needs encoder.far_preset")
         for name in ("idr_offset_scale", "p_offset_scale"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value <= 4.0):
@@ -328,6 +340,13 @@ class RobotEncoder:
             self._encoder.set_base_quality(base_quality)
         self._base_quality = float(base_quality)
 
+    def _is_far(self, flow_seq: int | None, previous_flow_seq: int | None) -> bool:
+        """Whether this frame gets the far preset's analysis (far_gap_frames)."""
+        gap = self.config.far_gap_frames
+        if not gap or flow_seq is None or previous_flow_seq is None:
+            return False
+        return flow_seq - previous_flow_seq >= gap
+
     def encode(
         self,
         frame: np.ndarray,
@@ -369,14 +388,14 @@ class RobotEncoder:
             qp_map = _raised(qp_map, idr_extra_qp, height, width)
         frame = self._held_back(frame, qp_map, idr)
         self.last_qp_map = qp_map
-        self.last_variance_aq_strength = self._faded_aq_strength(
-            idr, self._flow_seq_of.get(self._frame_seq)
-        )
+        previous_flow_seq = self._flow_seq_of.get(self._frame_seq)
+        self.last_variance_aq_strength = self._faded_aq_strength(idr, previous_flow_seq)
         packet = self._encoder.encode(
             frame,
             qp_map,
             force_keyframe=self._keyframe_requested,
             variance_aq_strength=self.last_variance_aq_strength,
+            far=self._is_far(flow_seq, previous_flow_seq),
         )
         if self.config.hold_offset_qp:
             self._previous_input = self._held_reference(frame, packet, pixel_format)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -100,11 +100,20 @@ class RobotLoop:
         self._masks: MaskPropagator | None = None
         self._keyframes: KeyframeSelector | None = None
         self._cuts: SceneCuts | None = None
-        self.encoder = RobotEncoder(self.config.encoder, flow=self._flow)
+        self.encoder = RobotEncoder(self._encoder_config(), flow=self._flow)
         self._flow_seq = 0
         self._capture_s: OrderedDict[int, float] = OrderedDict()  # flow_seq -> stamp
         self.rate = BitrateController(self.config.rate, self.config.encoder.encoder.crf)
         self._idr_requested = False
+
+    def _encoder_config(self) -> RobotEncoderConfig:
+        """The encoder's settings; in keyframe mode with the keyframes' far preset."""
+        config, keyframes = self.config.encoder, self.config.keyframes
+        far = keyframes.far_preset and keyframes.far_gap_frames
+        if self.config.mode != "keyframe" or not far:
+            return config
+        encoder = replace(config.encoder, far_preset=keyframes.far_preset)
+        return replace(config, encoder=encoder, far_gap_frames=keyframes.far_gap_frames)
 
     @property
     def mode(self) -> str:

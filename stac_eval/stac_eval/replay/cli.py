@@ -29,7 +29,9 @@ def _csv(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from stac_codec.h264_encoder import PRESETS
     from stac_edge_segmenter.engines import DEFAULT_ENGINE, ENGINE_NAMES
+    from stac_encoder.keyframes import KeyframeConfig
     from stac_eval.replay.edge_profile import NODE_THREADS_NOTE, PROFILES
     from stac_eval.replay.runner import (
         DEFAULT_CRFS,
@@ -97,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--edge-ms",
         default="",
         help="fixed edge compute per frame instead of a profile: MS, or FORWARD_MS/SENSITIVITY_MS",
+    )
+    run.add_argument(
+        "--robot-encode-ms",
+        default="",
+        help="the robot's x264 time per frame instead of timing it on the clip (cached): MS, "
+        "or NEAR_MS/FAR_MS (a frame of --preset / a far keyframe of keyframe mode's far "
+        "preset); 0: frames enter the uplink at capture; recorded in the report's robot_encode",
     )
     run.add_argument(
         "--stale-psnr-db",
@@ -181,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="a map method's x264 AQ at F / (F + m) on P-frames, m the camera's motion since "
         "the reference picture (the median macroblock's), px (the encoder node's "
         "aq_motion_fade_px; 0: x264's own AQ at the maps' strength)",
+    )
+    run.add_argument(
+        "--keyframe-far-preset",
+        default=KeyframeConfig.far_preset,
+        choices=("", *PRESETS),
+        help="keyframe methods: x264 preset of a keyframe far from the one before (the encoder "
+        "node's keyframe_far_preset; '': --preset for every frame)",
+    )
+    run.add_argument(
+        "--keyframe-far-gap-frames",
+        type=int,
+        default=KeyframeConfig.far_gap_frames,
+        help="keyframe methods: camera frames from the keyframe before that make one far (the "
+        "encoder node's keyframe_far_gap_frames; 0: never)",
     )
     run.add_argument("--model", type=Path, default=None, help="model YAML (default: shipped)")
     run.add_argument("--calibration", type=Path, default=None, help="STAC calibration JSON")

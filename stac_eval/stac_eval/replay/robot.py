@@ -51,12 +51,14 @@ class EdgeUnit:
 @dataclass(frozen=True)
 class Uplinked:
     """The message a camera frame put on the uplink: its serialized size, what the edge gets,
-    whether it is an intra picture, and its bytes for a bag."""
+    whether it is an intra picture, its bytes for a bag, and the robot's encode time (s,
+    ReplaySettings.robot_encode_ms: the far or the near figure)."""
 
     size_bytes: int
     unit: EdgeUnit
     keyframe: bool
     data: bytes
+    encode_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ class H264Robot:
             )
         )
         self.receiver = QPMapReceiver(max_abs_offset_qp) if method.maps else None
+        self.encode_ms = settings.robot_encode_ms
         self.held = HeldMask()
         self._index_of_seq: dict[int, int] = {}
 
@@ -151,7 +154,9 @@ class H264Robot:
                 position, encoded.frame_seq, encoded.packet.data, encoded.width, encoded.height
             )
             size = encoded_frame_bytes(encoded.packet.size_bytes)
-            uplinked = Uplinked(size, unit, encoded.packet.keyframe, encoded.packet.data)
+            near_ms, far_ms = self.encode_ms
+            encode_s = 1e-3 * (far_ms if encoded.packet.far else near_ms)
+            uplinked = Uplinked(size, unit, encoded.packet.keyframe, encoded.packet.data, encode_s)
         return RobotFrame(
             uplinked,
             outcome.mask,

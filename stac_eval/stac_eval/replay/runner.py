@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from stac_edge_segmenter.loading import load_model
+from stac_encoder.keyframes import KeyframeConfig
 from stac_eval.progress import progress_bar
 from stac_eval.replay.accounting import PointResult
 from stac_eval.replay.analysis import STREAM_AND_MAPS, TOTAL, UPLINK, Curve, bd_rates, point_summary
@@ -39,6 +40,7 @@ from stac_eval.replay.edge_profile import (
 )
 from stac_eval.replay.link import LinkConfig
 from stac_eval.replay.report import write_outputs
+from stac_eval.replay.robot_timing import MEASURE_FRAMES, RobotTiming, measured_robot_timing
 from stac_eval.replay.simulation import (
     BASELINES,
     METHODS,
@@ -135,6 +137,17 @@ def edge_timing(args, model, model_key, computer, source, cache_dir, size) -> Ed
     return timing_from_file(Path(args.edge_profile))
 
 
+def robot_timing(args, source, cache_dir: Path, settings: ReplaySettings) -> RobotTiming:
+    """--robot-encode-ms, else x264 timed on the clip's first frames (cached)."""
+    if args.robot_encode_ms:
+        return RobotTiming.parse(args.robot_encode_ms)
+    keyframes = settings.keyframes
+    gap = keyframes.far_gap_frames if keyframes.far_preset else 0
+    count = max(1, gap) * (MEASURE_FRAMES + 1)
+    images = [frame.image for frame in source.frames(count)]
+    return measured_robot_timing(cache_dir, images, settings.preset, keyframes.far_preset, gap)
+
+
 def run(args: argparse.Namespace, command: str) -> dict:
     import cv2
     import torch
@@ -181,7 +194,12 @@ def run(args: argparse.Namespace, command: str) -> dict:
         aq_motion_fade_px=args.aq_motion_fade_px,
         map_worker_nice=args.map_worker_nice,
         batch_size=args.batch_size,
+        keyframes=KeyframeConfig(
+            far_preset=args.keyframe_far_preset, far_gap_frames=args.keyframe_far_gap_frames
+        ),
     )
+    robot = robot_timing(args, source, cache_dir, settings)
+    settings = dataclasses.replace(settings, robot_encode_ms=(robot.near_ms, robot.far_ms))
     decoded_cache = (
         cache_dir
         / "decoded"
@@ -258,6 +276,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     report["chosen_points"] = chosen
     report["bags"] = bags
     report["edge_timing"] = timing.as_json()
+    report["robot_encode"] = robot.as_json()
     report["labels"] = labels_note
     report["model"] = {"name": model.spec.name, "weights_sha256": model_key}
     report["calibration"] = str(computer.calibration_path or "built-in defaults")

@@ -137,6 +137,10 @@ class ReplaySettings:
     decoded_stride: int = 1
     target_steps: tuple[tuple[float, float], ...] = ()
     rate_control: str = "crf"
+    # the robot's x264 time per frame, ms: (a frame of the stream preset, a far keyframe with
+    # keyframe mode's far preset); a frame enters the uplink when the robot has encoded it and
+    # the frames before it (`robot_timing`); (0, 0): at capture
+    robot_encode_ms: tuple[float, float] = (0.0, 0.0)
     # x264 AQ strength the maps ask the robot for, for every map method alike (stac,
     # two_level, stac_keyframe; the sensitivity node's map_aq_strength): 0 = the
     # calibration's; 1.0 = the map's offsets on top of x264's variance AQ. A map method's
@@ -237,6 +241,7 @@ class PointReplay:
             0,
         )
         self._target_step = 1
+        self._robot_free_s = -math.inf  # when the robot's encoder finishes its last frame
 
     # --- driving ---------------------------------------------------------------------------
 
@@ -302,7 +307,8 @@ class PointReplay:
         self.counters["sent"] += 1
         self.counters["keyframes"] += int(sent.keyframe)
         self.ledger.set(index, "idr", sent.keyframe and self.method.transport == "h264")
-        delivery = self.uplink.send(now, sent.size_bytes)
+        self._robot_free_s = max(now, self._robot_free_s) + sent.encode_s
+        delivery = self.uplink.send(self._robot_free_s, sent.size_bytes)
         self.ledger.set(
             index, "uplink_bytes", 0 if delivery.status == "dropped" else sent.size_bytes
         )
