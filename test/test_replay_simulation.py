@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from stac_codec.qp_map import QPLevelMap, macroblock_grid
+from stac_encoder.keyframes import KeyframeConfig
 from stac_eval.baselines import jpeg_round_trip
 from stac_eval.replay.accounting import KEPT, PointResult
 from stac_eval.replay.edge_profile import EdgeTiming
@@ -384,13 +385,42 @@ def test_a_robot_option_wins_over_the_setting_of_the_same_name(clip):
     np.testing.assert_array_equal(by_option.uplink_bytes, by_setting.uplink_bytes)
 
 
+def test_a_frame_enters_the_uplink_when_the_robot_has_encoded_it_and_the_frames_before(clip):
+    at_capture = simulate(clip, "uniform", timing=(25.0, 25.0))
+    np.testing.assert_allclose(at_capture.encoded_s, at_capture.capture_s)
+    # 30 ms a frame: within the 40-ms frame interval, every frame 30 ms later
+    encoding = simulate(clip, "uniform", timing=(25.0, 25.0), robot_encode_ms=(30.0, 90.0))
+    np.testing.assert_allclose(encoding.encoded_s - encoding.capture_s, 0.030)
+    back = np.isfinite(at_capture.mask_arrival_s) & np.isfinite(encoding.mask_arrival_s)
+    assert back.sum() > 10
+    delays = encoding.mask_arrival_s[back] - at_capture.mask_arrival_s[back]
+    assert np.median(delays) == pytest.approx(0.030, abs=1e-6)
+    # 50 ms a frame: the robot falls behind the camera, each frame waits for the one before
+    behind = simulate(clip, "uniform", timing=(25.0, 25.0), robot_encode_ms=(50.0, 50.0))
+    np.testing.assert_allclose(np.diff(behind.encoded_s), 0.050)
+    # keyframe mode: a keyframe 4+ frames after the one before takes the far figure
+    keyframes = simulate(
+        clip, "uniform_keyframe", timing=(25.0, 25.0), robot_encode_ms=(10.0, 90.0),
+        keyframes=KeyframeConfig(max_interval_frames=5, stale_psnr_db=5.0),
+    )  # fmt: skip
+    sent = np.flatnonzero(keyframes.sent)
+    waits = np.round(1e3 * (keyframes.encoded_s - keyframes.capture_s)[sent])
+    far = np.diff(sent, prepend=-100) >= KeyframeConfig.far_gap_frames
+    assert far[1:].any()
+    np.testing.assert_array_equal(waits, np.where(far & (sent > 0), 90.0, 10.0))
+
+
 def test_lateness_breakdown_adds_up_to_capture_to_held_and_matches_the_robots_mask_age(clip):
     from stac_eval.replay.analysis import lateness_breakdown
 
     link = LinkConfig.parse("rate=2mbit,delay=30ms")
-    point = simulate(clip, "uniform", link="rate=2mbit,delay=30ms", timing=(25.0, 25.0))
+    point = simulate(
+        clip, "uniform", link="rate=2mbit,delay=30ms", timing=(25.0, 25.0),
+        robot_encode_ms=(12.0, 12.0),
+    )  # fmt: skip
     result = lateness_breakdown(point, link, 25.0)
     stages = result["stages_ms"]
+    assert stages["robot_encode"]["mean"] == pytest.approx(12.0)
     assert result["frames_with_mask_back"] == int(np.isfinite(point.mask_arrival_s).sum()) > 0
     assert stages["uplink_delay"]["mean"] == stages["downlink_delay"]["mean"] == 30.0
     assert stages["forward"]["mean"] == 25.0
@@ -408,3 +438,22 @@ def test_lateness_breakdown_adds_up_to_capture_to_held_and_matches_the_robots_ma
     ages = point.mask_age[point.mask_age >= 0]
     assert sum(entry["frames"] for entry in result["timely_by_age"].values()) == len(ages)
     assert min(result["timely_by_age"]) == ages.min() >= 3
+
+
+def test_robot_timing_given_or_measured_once_and_cached(clip, tmp_path):
+    from stac_eval.replay.robot_timing import RobotTiming, measured_robot_timing
+
+    given = RobotTiming.parse("12.5/40")
+    assert (given.near_ms, given.far_ms, given.encode_s(True)) == (12.5, 40.0, 0.04)
+    assert RobotTiming.parse("7").far_ms == 7.0
+    for bad in ("fast", "1/2/3", "-1", "nan"):
+        with pytest.raises(ValueError):
+            RobotTiming.parse(bad)
+    images = [frame.image for frame in clip]
+    measured = measured_robot_timing(tmp_path, images, "veryfast", "medium", 2)
+    assert measured.source.startswith("measured now")
+    assert measured.near_ms > 0 and measured.far_ms > 0
+    assert measured.measurement["far_preset"] == "medium"
+    again = measured_robot_timing(tmp_path, images, "veryfast", "medium", 2)
+    assert again.source.startswith("measured, cached")
+    assert (again.near_ms, again.far_ms) == (measured.near_ms, measured.far_ms)

@@ -60,6 +60,22 @@ def test_a_static_scene_sends_only_max_interval_keyframes(worlds):
     assert [o.encoded.packet.keyframe for o in outcomes if o.encoded] == [True] + [False] * 3
 
 
+def test_keyframes_far_from_the_one_before_get_the_far_preset_and_stream_frames_never(worlds):
+    frames = [pan(worlds[0], 0)] * 16
+    spaced = run(keyframe_loop(max_interval_frames=5, far_gap_frames=5), frames)
+    assert [o.encoded.packet.far for o in spaced if o.encoded] == [False, True, True, True]
+    close = run(keyframe_loop(max_interval_frames=5, far_gap_frames=6), frames)
+    assert not any(o.encoded.packet.far for o in close if o.encoded)
+    off = run(keyframe_loop(max_interval_frames=5, far_preset=""), frames)
+    assert not any(o.encoded.packet.far for o in off if o.encoded)
+    stream = run(RobotLoop(RobotLoopConfig(keyframes=KeyframeConfig(far_gap_frames=1))), frames)
+    assert not any(o.encoded.packet.far for o in stream)
+    with pytest.raises(ValueError, match="far_preset"):
+        KeyframeConfig(far_preset="warp9")
+    with pytest.raises(ValueError, match="far_gap_frames"):
+        RobotEncoderConfig(far_gap_frames=4)
+
+
 def test_a_pan_that_flow_explains_is_not_stale(worlds):
     outcomes = run(keyframe_loop(max_interval_frames=20), [pan(worlds[0], i) for i in range(25)])
     assert sent(outcomes) == [(0, "first"), (20, "max_interval")]

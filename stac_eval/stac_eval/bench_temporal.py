@@ -48,7 +48,7 @@ from stac_training.camvid import shared_data_dir
 DEFAULT_CRFS = (18, 25, 32, 39, 46)
 DEFAULT_DELAYS = (0, 2, 5, 10, 25)
 BASELINES = ("uniform", "x264_aq", "two_level")
-BENCH_VERSION = 5  # bump when a change alters results, so cached points are recomputed
+BENCH_VERSION = 6  # bump when a change alters results, so cached points are recomputed
 
 
 def default_video() -> Path:
@@ -93,6 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--edge-ms", default="", help="MS or FORWARD_MS/SENSITIVITY_MS (default: the profile)"
+    )
+    parser.add_argument(
+        "--robot-encode-ms",
+        default="",
+        help="the robot's x264 time per frame, MS or NEAR_MS/FAR_MS (default: timed on the "
+        "clip, cached; 0: frames enter the uplink at capture)",
     )
     parser.add_argument(
         "--edge-profile",
@@ -191,6 +197,7 @@ class Context:
     work_dir: Path
     key: dict
     decoded_cache: Path  # the model's masks of decoded pictures, by content (DecodedMasks)
+    robot_encode_ms: tuple[float, float]  # ReplaySettings.robot_encode_ms (`robot_timing`)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -250,7 +257,8 @@ def run(args: argparse.Namespace) -> dict:
 def _context(args: argparse.Namespace) -> Context:
     from stac_edge_segmenter.loading import load_model
     from stac_eval.replay.link import LinkConfig
-    from stac_eval.replay.runner import edge_timing
+    from stac_eval.replay.runner import edge_timing, robot_timing
+    from stac_eval.replay.simulation import ReplaySettings
     from stac_eval.replay.source import open_source
     from stac_eval.replay.truth import PseudoTruth, default_cache_dir, model_digest
     from stac_sensitivity.online import QPMapComputer
@@ -274,6 +282,7 @@ def _context(args: argparse.Namespace) -> Context:
     args.threads = 1
     size = (index.width, index.height)
     timing = edge_timing(args, model, model_key, computer, source, default_cache_dir(), size)
+    robot = robot_timing(args, source, default_cache_dir(), ReplaySettings(fps=fps))
     frames = list(source.frames(count))
     work_dir = args.work_dir or (default_cache_dir() / "temporal" / source.digest[:16])
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -290,6 +299,7 @@ def _context(args: argparse.Namespace) -> Context:
     return Context(
         args, model, computer, truth, frames, fps, timing, LinkConfig.parse(args.link),
         work_dir, key, default_cache_dir() / "decoded" / decoded_key,
+        (robot.near_ms, robot.far_ms),
     )  # fmt: skip
 
 

@@ -416,6 +416,7 @@ def settings_for(context, **changes):
         flow=flow,
         encoder_options=tuple(sorted(options["encoder"].items())),
         robot_options=tuple(sorted(options["robot"].items())),
+        robot_encode_ms=context.robot_encode_ms,
     )
     return replace(settings, **changes)
 

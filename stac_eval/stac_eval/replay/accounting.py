@@ -38,6 +38,7 @@ class FrameLedger:
 
     COLUMNS = {
         "capture_s": np.float64,
+        "encoded_s": np.float64,  # when the robot had encoded it and sent it (nan: not sent)
         "uplink_bytes": np.int64,
         "map_bytes": np.int64,
         "mask_bytes": np.int64,
@@ -83,6 +84,7 @@ class FrameLedger:
 
 _EMPTY = {
     "capture_s": math.nan,
+    "encoded_s": math.nan,
     "uplink_bytes": 0,
     "map_bytes": 0,
     "mask_bytes": 0,

@@ -140,7 +140,9 @@ def lateness_breakdown(point: PointResult, link, segment_ms: float) -> dict:
     every frame whose mask came back (means and medians in ms), and how accurate the robot's
     warped mask is by its age.
 
-    Stages: `uplink_serialisation` (the frame's message at the link rate), `uplink_queueing`
+    Stages: `robot_encode` (x264 on the robot, and waiting for the frame before it:
+    ReplaySettings.robot_encode_ms), `uplink_serialisation` (the frame's message at the link
+    rate), `uplink_queueing`
     (waiting behind earlier messages), `uplink_delay`, `edge_wait` (the decoded frame waiting
     for the segmenter's worker, and a forward stretched by a map pass sharing the cores),
     `forward` (the edge profile's), `downlink_delay` (the downlink has no rate limit: a mask's
@@ -155,13 +157,15 @@ def lateness_breakdown(point: PointResult, link, segment_ms: float) -> dict:
     rate = link.rate_bps
     serialisation = 8.0 * point.uplink_bytes[back] / rate if rate else np.zeros(len(back))
     queueing = np.nan_to_num(point.queueing_s[back])
-    at_edge = capture[back] + queueing + serialisation + link.delay_s
+    encode = point.encoded_s[back] - capture[back]
+    at_edge = capture[back] + encode + queueing + serialisation + link.delay_s
     forward = 1e-3 * segment_ms
     left_edge = arrival[back] - link.downlink_delay_s
     held_at = np.searchsorted(capture, arrival[back], side="left")
     held = held_at < len(capture)
     held_capture = np.where(held, capture[np.minimum(held_at, len(capture) - 1)], np.nan)
     stages = {
+        "robot_encode": encode,
         "uplink_serialisation": serialisation,
         "uplink_queueing": queueing,
         "uplink_delay": np.full(len(back), link.delay_s),

@@ -308,6 +308,7 @@ class PointReplay:
         self.counters["keyframes"] += int(sent.keyframe)
         self.ledger.set(index, "idr", sent.keyframe and self.method.transport == "h264")
         self._robot_free_s = max(now, self._robot_free_s) + sent.encode_s
+        self.ledger.set(index, "encoded_s", self._robot_free_s)
         delivery = self.uplink.send(self._robot_free_s, sent.size_bytes)
         self.ledger.set(
             index, "uplink_bytes", 0 if delivery.status == "dropped" else sent.size_bytes
