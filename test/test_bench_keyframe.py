@@ -81,3 +81,26 @@ def test_lateness_splits_capture_to_held_by_stage_on_each_link(data_dir, tmp_pat
     assert min(int(age) for age in fast["uniform"]["held_age_frames"]) == 1
     held_ms = [row["uniform"]["capture_to_held_ms"]["mean"] for row in (fast, slow)]
     assert held_ms[0] < held_ms[1]
+
+
+def test_presets_score_each_preset_at_each_spacing(data_dir, tmp_path):
+    clip = data_dir / "video" / "solidWhiteRight.mp4"
+    if not clip.is_file():
+        pytest.skip(f"{clip} is not there")
+    out = tmp_path / "presets.json"
+    argv = [
+        "keyframe", "--video", str(clip), "--max-frames", "12", "--parts", "presets",
+        "--presets", "veryfast,medium", "--preset-periods", "1,3", "--preset-crfs", "24,32",
+        "--edge-ms", "7.3/30.47", "--work-dir", str(tmp_path), "--out", str(out),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    periods = json.loads(out.read_text())["presets"]["periods"]
+    assert set(periods) == {"1", "3"}
+    for rows in periods.values():
+        assert set(rows) == {"veryfast", "medium"}
+        assert rows["veryfast"]["bd_rate_pct_vs_first"] == 0.0
+        for row in rows.values():
+            kbytes = [point["kbytes"] for point in row["points"]]
+            assert kbytes[0] > kbytes[1] > 0  # CRF 24 costs more than CRF 32
+            assert all(0.0 < point["decoded_miou"] <= 1.0 for point in row["points"])
+            assert all(point["encode_ms"] > 0 for point in row["points"])

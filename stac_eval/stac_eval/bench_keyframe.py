@@ -39,6 +39,13 @@ results and the reasons):
    99 dB at --crf, with decoded mIoU beside (timely / decoded is issue 16's last target), on
    each of --links (the replay's link, and links whose round trip fits in fewer frames).
 
+4. `presets`: what x264's analysis is worth to the model, apart from timing: every P-th frame
+   of the clip (--preset-periods: 1 is streaming, 4 about keyframe mode's spacing at 30 dB)
+   encoded as one P chain (one thread, uniform QP) at each of --preset-crfs with each of
+   --presets; the model on the decoded frames against the model on the raw ones (decoded
+   mIoU), BD-rate of each preset against the first at equal decoded mIoU, and the median
+   encode time per frame (why keyframe mode's far keyframes get medium: `far_preset`).
+
 Points of `system` and `lateness` are cached under --work-dir like stac-bench temporal's.
 """
 
@@ -81,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--parts",
         default="propagation,system",
-        help="propagation, system and/or lateness, comma-separated",
+        help="propagation, system, lateness and/or presets, comma-separated",
     )
     parser.add_argument(
         "--schedules",
@@ -112,6 +119,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=";".join(LATENESS_LINKS),
         help="lateness: links to run on, ';'-separated (stac-replay run's --link form)",
     )
+    parser.add_argument(
+        "--presets",
+        default="veryfast,faster,medium",
+        help="presets: x264 presets, the first the base",
+    )
+    parser.add_argument(
+        "--preset-periods", default="1,4", help="presets: encode every P-th frame, P,..."
+    )
+    parser.add_argument("--preset-crfs", default="21,25,29,33", help="presets: CRFs")
     parser.add_argument("--work-dir", type=Path, default=None, help="cached points and clips")
 
 
@@ -121,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     parts = [part for part in args.parts.split(",") if part]
-    unknown = set(parts) - {"propagation", "system", "lateness"}
+    unknown = set(parts) - {"propagation", "system", "lateness", "presets"}
     if unknown:
         raise SystemExit(f"--parts: unknown {sorted(unknown)}")
     video = _spliced(args) if args.splice else args.video
@@ -138,6 +154,8 @@ def run(args: argparse.Namespace) -> dict:
         result["system"] = _system(context, args)
     if "lateness" in parts:
         result["lateness"] = _lateness(context, args)
+    if "presets" in parts:
+        result["presets"] = _presets(context, args)
     _print_table(result)
     return result
 
@@ -506,6 +524,79 @@ def _lateness(context, args: argparse.Namespace) -> dict:
     }
 
 
+# --- 4. presets ------------------------------------------------------------------------------
+
+
+def _presets(context, args: argparse.Namespace) -> dict:
+    from stac_eval.bd_rate import bd_rate_pct
+    from stac_eval.progress import progress_bar
+
+    presets = [preset for preset in args.presets.split(",") if preset]
+    periods = [int(period) for period in args.preset_periods.split(",") if period]
+    crfs = [float(crf) for crf in args.preset_crfs.split(",") if crf]
+    results: dict = {}
+    with progress_bar(total=len(periods) * len(presets) * len(crfs), desc="presets") as bar:
+        for period in periods:
+            frames = context.frames[::period]
+            rows = {}
+            for preset in presets:
+                points = []
+                for crf in crfs:
+                    points.append(_preset_point(context, frames, preset, crf))
+                    bar.update(1)
+                rows[preset] = {"points": points}
+            base = rows[presets[0]]["points"]
+            for row in rows.values():
+                row["bd_rate_pct_vs_first"] = round(
+                    bd_rate_pct(
+                        [p["kbytes"] for p in base],
+                        [p["decoded_miou"] for p in base],
+                        [p["kbytes"] for p in row["points"]],
+                        [p["decoded_miou"] for p in row["points"]],
+                    ),
+                    2,
+                )
+            results[str(period)] = rows
+    return {
+        "how": "every P-th frame as one P chain (one thread, uniform QP, IDR only first); "
+        "decoded mIoU against the model on the raw frames; BD-rate against the first preset; "
+        "encode_ms: median per frame",
+        "periods": results,
+    }
+
+
+def _preset_point(context, frames: list, preset: str, crf: float) -> dict:
+    import time
+
+    from stac_codec.h264_decoder import H264Decoder
+    from stac_codec.h264_encoder import EncoderConfig, QPMapEncoder
+    from stac_edge_segmenter.metrics import mask_confusion, mean_iou
+
+    height, width = frames[0].image.shape[:2]
+    config = EncoderConfig(crf=crf, preset=preset, threads=1, gop_frames=100_000)
+    classes = context.model.num_classes
+    matrix = np.zeros((classes, classes + 1), np.int64)
+    decoder = H264Decoder(width, height)
+    total, times = 0, []
+    with QPMapEncoder(config, width, height) as encoder:
+        for frame in frames:
+            started = time.perf_counter()
+            packet = encoder.encode(frame.image)
+            times.append(1e3 * (time.perf_counter() - started))
+            total += packet.size_bytes
+            decoded = decoder.decode(packet.data)
+            if not decoded.ok:
+                raise RuntimeError(f"{preset} CRF {crf}: {decoded.detail}")
+            mask = context.model.predict(decoded.image, 1, with_probabilities=False).class_ids[0]
+            matrix += mask_confusion(context.truth.mask(frame.index), mask, classes)
+    return {
+        "crf": crf,
+        "kbytes": round(total / 1e3, 3),
+        "decoded_miou": round(mean_iou(matrix), 4),
+        "encode_ms": round(float(np.median(times)), 2),
+    }
+
+
 def _kbps(values, frames: int, fps: float) -> float:
     return float(8.0 * np.sum(values) * fps / frames / 1e3)
 
@@ -542,4 +633,15 @@ def _print_table(result: dict) -> None:
                     f"{value['decoded_miou']:.4f} = {value['timely_over_decoded']:.3f}; "
                     f"mean ms: {stages}; held ages {value['held_age_frames']}; by age {ages}"
                 )
+    presets = result.get("presets")
+    if presets:
+        print(f"\npresets: {presets['how']}")
+        for period, rows in presets["periods"].items():
+            for preset, row in rows.items():
+                points = "  ".join(
+                    f"CRF {p['crf']:g}: {p['kbytes']} kB {p['decoded_miou']:.4f} "
+                    f"{p['encode_ms']} ms"
+                    for p in row["points"]
+                )
+                print(f"  every {period}: {preset} BD {row['bd_rate_pct_vs_first']} %  {points}")
     print(json.dumps({"frames": result["frames"], "fps": result["fps"]}))
