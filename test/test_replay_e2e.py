@@ -32,7 +32,8 @@ def _argv(clip: Path, out: Path, cache: Path, labels: Path, model: Path) -> list
         "run", str(clip), "--out", str(out), "--cache-dir", str(cache),
         "--methods", ",".join(METHODS), "--crf", CRFS, "--labels", str(labels),
         "--stale-psnr-db", "25,99", "--jpeg-quality", "30,80",
-        "--model", str(model), "--edge-ms", "40/120", "--period-frames", "3",
+        "--model", str(model), "--edge-ms", "40/120", "--robot-encode-ms", "6/18",
+        "--period-frames", "3",
         "--min-map-interval-s", "0.3", "--link", "rate=600kbit,delay=20ms,loss=3%,seed=7",
         "--bootstrap", "40", "--max-frames", str(FRAMES),
     ]  # fmt: skip
