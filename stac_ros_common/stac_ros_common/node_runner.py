@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -90,6 +93,20 @@ def spin_until_shutdown(spin: Callable[[], None]) -> None:
             raise
 
 
+def leave_unfinished_workers() -> None:
+    """The last step of a node executable: when a worker thread is still busy after its close
+    stopped waiting (a niced map pass on a busy machine can take many seconds), end the process
+    here, without finalizing the interpreter. Finalization would stop that daemon thread inside
+    torch or rcl with pthread_exit, which C++ turns into std::terminate: exit code -6 instead of
+    0, for a pass whose result nobody would receive any more."""
+    busy = [t.name for t in threading.enumerate() if t.daemon and t.is_alive()]
+    if not busy:
+        return
+    print(f"exiting with unfinished work abandoned in: {', '.join(busy)}", flush=True)
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> None:
     """Init, spin until SIGINT/SIGTERM, and shut down cleanly (the Jazzy idiom)."""
     rclpy.init(args=args)
@@ -103,3 +120,4 @@ def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> No
         if node is not None:
             close_node(node)
         rclpy.try_shutdown()
+    leave_unfinished_workers()

@@ -51,7 +51,11 @@ from stac_edge_segmenter.model_parameters import (
 from stac_edge_segmenter.segmenter_node import SegmenterNode
 from stac_msgs.msg import EdgeHeartbeat
 from stac_ros_common.newest_item_worker import NewestItemWorker
-from stac_ros_common.node_runner import close_node, spin_until_shutdown
+from stac_ros_common.node_runner import (
+    close_node,
+    leave_unfinished_workers,
+    spin_until_shutdown,
+)
 from stac_ros_common.parameter_spec import ParameterSpec
 from stac_ros_common.parameters import declare_parameters
 from stac_ros_common.qos import EDGE_HEARTBEAT_QOS, EDGE_HEARTBEAT_TOPIC
@@ -417,6 +421,7 @@ def main(args: list[str] | None = None) -> None:
             close_node(edge)  # the robots' sessions first, then the edge node
         executor.shutdown()
         rclpy.try_shutdown()
+    leave_unfinished_workers()
 
 
 if __name__ == "__main__":
