@@ -450,10 +450,19 @@ def test_robot_timing_given_or_measured_once_and_cached(clip, tmp_path):
         with pytest.raises(ValueError):
             RobotTiming.parse(bad)
     images = [frame.image for frame in clip]
-    measured = measured_robot_timing(tmp_path, images, "veryfast", "medium", 2)
+    size = images[0].shape[1::-1]
+    loads = []
+
+    def load_frames(count: int) -> list:
+        loads.append(count)
+        return images[:count]
+
+    measured = measured_robot_timing(tmp_path, size, load_frames, "veryfast", "medium", 2)
     assert measured.source.startswith("measured now")
     assert measured.near_ms > 0 and measured.far_ms > 0
     assert measured.measurement["far_preset"] == "medium"
-    again = measured_robot_timing(tmp_path, images, "veryfast", "medium", 2)
+    assert len(loads) == 1
+    again = measured_robot_timing(tmp_path, size, load_frames, "veryfast", "medium", 2)
+    assert len(loads) == 1  # the cache answered before any frame was read
     assert again.source.startswith("measured, cached")
     assert (again.near_ms, again.far_ms) == (measured.near_ms, measured.far_ms)

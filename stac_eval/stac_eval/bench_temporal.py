@@ -282,7 +282,7 @@ def _context(args: argparse.Namespace) -> Context:
     args.threads = 1
     size = (index.width, index.height)
     timing = edge_timing(args, model, model_key, computer, source, default_cache_dir(), size)
-    robot = robot_timing(args, source, default_cache_dir(), ReplaySettings(fps=fps))
+    robot = robot_timing(args, source, default_cache_dir(), ReplaySettings(fps=fps), size)
     frames = list(source.frames(count))
     work_dir = args.work_dir or (default_cache_dir() / "temporal" / source.digest[:16])
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,17 +108,25 @@ def measure_robot(images: list[np.ndarray], preset: str, far_preset: str, far_ga
 
 
 def measured_robot_timing(
-    cache_dir: Path, images: list[np.ndarray], preset: str, far_preset: str, far_gap: int
+    cache_dir: Path,
+    frame_size: tuple[int, int],
+    load_frames: Callable[[int], list[np.ndarray]],
+    preset: str,
+    far_preset: str,
+    far_gap: int,
 ) -> RobotTiming:
-    """The cached measurement for this frame size and presets, else one made now (`images`:
-    the clip's first frames, at least far_gap * MEASURE_FRAMES for a full far sample)."""
-    width, height = images[0].shape[1::-1]
+    """The cached measurement for this frame size (width, height) and presets, else one made
+    now on `load_frames(count)`: the clip's first `count` RGB frames, called only then."""
+    width, height = frame_size
     key = f"{width}x{height}_{preset}_{far_preset or 'none'}_{far_gap}"
     path = cache_dir / "robot_timing" / f"{key}.json"
     if path.is_file():
         data = json.loads(path.read_text())
         if data.get("format") == TIMING_FORMAT:
             return RobotTiming(data["near_ms"], data["far_ms"], f"measured, cached in {path}", data)
+    images = load_frames(max(1, far_gap) * (MEASURE_FRAMES + 1))
+    if images[0].shape[1::-1] != (width, height):
+        raise ValueError(f"frames of {images[0].shape[1::-1]}, expected {width}x{height}")
     data = measure_robot(images, preset, far_preset, far_gap)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")

@@ -40,7 +40,7 @@ from stac_eval.replay.edge_profile import (
 )
 from stac_eval.replay.link import LinkConfig
 from stac_eval.replay.report import write_outputs
-from stac_eval.replay.robot_timing import MEASURE_FRAMES, RobotTiming, measured_robot_timing
+from stac_eval.replay.robot_timing import RobotTiming, measured_robot_timing
 from stac_eval.replay.simulation import (
     BASELINES,
     METHODS,
@@ -137,15 +137,21 @@ def edge_timing(args, model, model_key, computer, source, cache_dir, size) -> Ed
     return timing_from_file(Path(args.edge_profile))
 
 
-def robot_timing(args, source, cache_dir: Path, settings: ReplaySettings) -> RobotTiming:
+def robot_timing(
+    args, source, cache_dir: Path, settings: ReplaySettings, frame_size: tuple[int, int]
+) -> RobotTiming:
     """--robot-encode-ms, else x264 timed on the clip's first frames (cached)."""
     if args.robot_encode_ms:
         return RobotTiming.parse(args.robot_encode_ms)
     keyframes = settings.keyframes
-    gap = keyframes.far_gap_frames if keyframes.far_preset else 0
-    count = max(1, gap) * (MEASURE_FRAMES + 1)
-    images = [frame.image for frame in source.frames(count)]
-    return measured_robot_timing(cache_dir, images, settings.preset, keyframes.far_preset, gap)
+    return measured_robot_timing(
+        cache_dir,
+        frame_size,
+        lambda count: [frame.image for frame in source.frames(count)],
+        settings.preset,
+        keyframes.far_preset,
+        keyframes.far_gap_frames if keyframes.far_preset else 0,
+    )
 
 
 def run(args: argparse.Namespace, command: str) -> dict:
@@ -198,7 +204,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
             far_preset=args.keyframe_far_preset, far_gap_frames=args.keyframe_far_gap_frames
         ),
     )
-    robot = robot_timing(args, source, cache_dir, settings)
+    robot = robot_timing(args, source, cache_dir, settings, size)
     settings = dataclasses.replace(settings, robot_encode_ms=(robot.near_ms, robot.far_ms))
     decoded_cache = (
         cache_dir
