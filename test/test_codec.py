@@ -200,21 +200,22 @@ def test_base_quality_moves_mid_stream_without_a_keyframe(small_frames, config, 
     decode_all(before + after, 320, 180)
 
 
-def test_far_frames_get_the_far_presets_analysis_mid_stream(small_frames):
+@pytest.mark.parametrize("far_preset", ["medium", "slow"])
+def test_far_frames_get_the_far_presets_analysis_mid_stream(small_frames, far_preset):
     """Far frames are what the far preset makes of them, byte for byte; the others are not;
     switching needs no keyframe and delays nothing."""
     frames = small_frames * 2
     quiet = {"crf": 28.0, "emit_version_sei": False}
-    medium = encode_all(frames, EncoderConfig(preset="medium", **quiet))
-    far_config = EncoderConfig(far_preset="medium", **quiet)
+    far_alone = encode_all(frames, EncoderConfig(preset=far_preset, **quiet))
+    far_config = EncoderConfig(far_preset=far_preset, **quiet)
     all_far = encode_all(frames, far_config, far=True)
-    assert [p.data for p in all_far] == [p.data for p in medium]
+    assert [p.data for p in all_far] == [p.data for p in far_alone]
     assert all(p.far for p in all_far)
     with QPMapEncoder(far_config, 320, 180) as encoder:
         mixed = [encoder.encode(frame, far=index % 2 == 1) for index, frame in enumerate(frames)]
     assert [p.far for p in mixed] == [False, True] * 3
     assert [p.keyframe for p in mixed] == [True] + [False] * 5
-    assert [p.data for p in mixed] != [p.data for p in medium]
+    assert [p.data for p in mixed] != [p.data for p in far_alone]
     decode_all(mixed, 320, 180)
     with pytest.raises(ValueError, match="far_preset"):
         encode_all(frames[:1], EncoderConfig(), far=True)

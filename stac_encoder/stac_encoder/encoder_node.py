@@ -344,8 +344,8 @@ PARAMETERS = (
         "keyframe_far_gap_frames",
         KeyframeConfig.far_gap_frames,
         "Keyframe mode: a keyframe at least this many camera frames after the one before is "
-        "far (keyframe_far_preset); about 3x the encode time of preset veryfast for medium, "
-        "what streaming spends on the frames in between. 0 = never.",
+        "far (keyframe_far_preset); about 5.5x the encode time of preset veryfast for slow "
+        "(3x for medium), about what streaming spends on the frames in between. 0 = never.",
         0,
         100_000,
     ),

@@ -57,7 +57,8 @@ class KeyframeConfig:
     round trip holds, instead of at most two unanswered; far_preset / far_gap_frames: a
     keyframe at least far_gap_frames camera frames after the one before is encoded with x264's
     far_preset analysis ('' or 0: never; `RobotEncoderConfig.far_gap_frames`): x264 takes
-    about 3x veryfast's time for medium's, what streaming spends on the frames in between."""
+    about 5.5x veryfast's time for slow's (3x for medium's), about what streaming spends on
+    the frames in between."""
 
     stale_psnr_db: float = 24.0
     cut_explained: float = 0.5
@@ -65,7 +66,7 @@ class KeyframeConfig:
     edge_timeout_s: float = 2.0
     send_ahead: bool = True
     pipeline: bool = True
-    far_preset: str = "medium"
+    far_preset: str = "slow"
     far_gap_frames: int = 4
 
     def __post_init__(self) -> None:

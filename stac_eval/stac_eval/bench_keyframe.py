@@ -44,7 +44,7 @@ results and the reasons):
    encoded as one P chain (one thread, uniform QP) at each of --preset-crfs with each of
    --presets; the model on the decoded frames against the model on the raw ones (decoded
    mIoU), BD-rate of each preset against the first at equal decoded mIoU, and the median
-   encode time per frame (why keyframe mode's far keyframes get medium: `far_preset`).
+   encode time per frame (why keyframe mode's far keyframes get slow: `far_preset`).
 
 Points of `system` and `lateness` are cached under --work-dir like stac-bench temporal's.
 """
