@@ -5,6 +5,7 @@ bitrate target's window check."""
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import cv2
@@ -18,6 +19,7 @@ from stac_eval.replay.accounting import KEPT, PointResult
 from stac_eval.replay.edge_profile import EdgeTiming
 from stac_eval.replay.link import LinkConfig
 from stac_eval.replay.simulation import METHODS, PointReplay, ReplaySettings
+from stac_eval.replay.truth import write_atomically
 from stac_eval.replay.wire import (
     compressed_image_bytes,
     keyframe_request_bytes,
@@ -466,3 +468,26 @@ def test_robot_timing_given_or_measured_once_and_cached(clip, tmp_path):
     assert len(loads) == 1  # the cache answered before any frame was read
     assert again.source.startswith("measured, cached")
     assert (again.near_ms, again.far_ms) == (measured.near_ms, measured.far_ms)
+
+
+def test_cache_files_survive_runs_writing_them_at_once(tmp_path):
+    """Two replays sharing the cache write the same decoded mask at the same time (each its
+    own temporary file); the file is always one whole payload."""
+    path, errors = tmp_path / "mask.png", []
+
+    def write(payload: bytes) -> None:
+        try:
+            for _ in range(300):
+                write_atomically(path, payload)
+        except OSError as error:
+            errors.append(error)
+
+    payloads = [bytes([value]) * 4096 for value in (1, 2)]
+    threads = [threading.Thread(target=write, args=(payload,)) for payload in payloads]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert path.read_bytes() in payloads
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.png"]

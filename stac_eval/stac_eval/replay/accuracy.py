@@ -26,7 +26,7 @@ import numpy as np
 
 from stac_edge_segmenter.loading import SegmentationModel
 from stac_edge_segmenter.metrics import mask_confusion
-from stac_eval.replay.truth import decode_mask, encode_mask
+from stac_eval.replay.truth import decode_mask, encode_mask, write_atomically
 
 KINDS = ("decoded", "timely", "timely_held")
 
@@ -163,6 +163,4 @@ class DecodedMasks:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(encode_mask(mask))
-        tmp.replace(path)
+        write_atomically(path, encode_mask(mask))

@@ -40,6 +40,7 @@ import torch
 from stac_edge_segmenter.engines import create_engine
 from stac_edge_segmenter.loading import SegmentationModel
 from stac_edge_segmenter.model_parameters import MODEL_PARAMETERS
+from stac_eval.replay.truth import write_atomically
 from stac_sensitivity.online import QPMapComputer
 
 TIMING_FORMAT = "stac-replay-edge-timing-v1"
@@ -248,5 +249,5 @@ def measured_edge_timing(
             return EdgeTiming.from_measurement(data, f"measured, cached in {path}")
     data = measure_edge(model, computer, images, threads, engine_name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    write_atomically(path, (json.dumps(data, indent=2) + "\n").encode())
     return EdgeTiming.from_measurement(data, f"measured now, cached in {path}")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from stac_codec.h264_encoder import EncoderConfig, QPMapEncoder
+from stac_eval.replay.truth import write_atomically
 
 TIMING_FORMAT = "stac-replay-robot-timing-v1"
 MEASURE_CRF = 25.0
@@ -129,5 +130,5 @@ def measured_robot_timing(
         raise ValueError(f"frames of {images[0].shape[1::-1]}, expected {width}x{height}")
     data = measure_robot(images, preset, far_preset, far_gap)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    write_atomically(path, (json.dumps(data, indent=2) + "\n").encode())
     return RobotTiming(data["near_ms"], data["far_ms"], f"measured now, cached in {path}", data)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -100,10 +101,7 @@ class PseudoTruth:
         return TruthIndex(**data)
 
     def _write_index(self, index: TruthIndex) -> None:
-        path = self.directory / "index.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(index)))
-        tmp.replace(path)
+        write_atomically(self.directory / "index.json", json.dumps(asdict(index)).encode())
         self.index = index
 
     def ensure(self, max_frames: int, progress=None) -> TruthIndex:
@@ -140,7 +138,7 @@ class PseudoTruth:
                 images, batch_size=self.batch_size, with_probabilities=False
             ).class_ids
             for (index, _), mask in zip(batch, masks, strict=True):
-                (self.directory / f"{index:06d}.png").write_bytes(encode_mask(mask))
+                write_atomically(self.directory / f"{index:06d}.png", encode_mask(mask))
             if progress is not None:
                 progress.update(len(batch))
         count = batch[-1][0] + 1 if batch else (self.index.count if self.index else 0)
@@ -150,3 +148,11 @@ class PseudoTruth:
 
     def mask(self, index: int) -> np.ndarray:
         return decode_mask((self.directory / f"{index:06d}.png").read_bytes())
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all, also when other runs sharing the cache write the
+    same file at the same time (each through its own temporary file, then a rename)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
