@@ -412,6 +412,24 @@ def test_a_frame_enters_the_uplink_when_the_robot_has_encoded_it_and_the_frames_
     np.testing.assert_array_equal(waits, np.where(far & (sent > 0), 90.0, 10.0))
 
 
+def test_near_keyframes_take_the_far_preset_where_its_time_delays_no_mask(clip):
+    """FarWhenFree in the replay: masks back 12 ms after a near keyframe's capture (the
+    robot holds them at the next camera frame, 40 ms): a far keyframe that takes 10 ms more
+    is free and near keyframes take it; one that takes 60 ms more makes its mask a frame
+    or two older, and they do not (but for the probes)."""
+
+    def far_share(far_ms: float) -> float:
+        point = simulate(
+            clip, "uniform_keyframe", link="rate=100mbit,delay=1ms", timing=(5.0, 5.0),
+            robot_encode_ms=(5.0, far_ms),
+            keyframes=KeyframeConfig(max_interval_frames=2, stale_psnr_db=5.0),
+        )  # fmt: skip
+        return point.counters["far_encoded"] / point.counters["sent"]
+
+    assert far_share(15.0) > 0.8
+    assert far_share(65.0) < 0.3
+
+
 def test_lateness_breakdown_adds_up_to_capture_to_held_and_matches_the_robots_mask_age(clip):
     from stac_eval.replay.analysis import lateness_breakdown
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stac_codec.h264_decoder import H264Decoder
-from stac_encoder.keyframes import KeyframeConfig
+from stac_encoder.keyframes import FarWhenFree, KeyframeConfig
 from stac_encoder.rate_control import BitrateController, RateControlConfig
 from stac_encoder.robot_encoder import RobotEncoderConfig
 from stac_encoder.robot_loop import RobotLoop, RobotLoopConfig
@@ -52,6 +52,76 @@ def sent(outcomes) -> list[tuple[int, str]]:
     return [(o.flow_seq - 1, o.decision.reason) for o in outcomes if o.encoded is not None]
 
 
+def run_answering_late(loop: RobotLoop, frames, near_delay: int, far_delay: int) -> list:
+    """Feed frames at 25 fps; the edge's mask of a keyframe arrives `near_delay` camera
+    frames after it (`far_delay` for a far one), just before that frame."""
+    outcomes, due = [], {}
+    for index, frame in enumerate(frames):
+        for frame_seq in due.pop(index, []):
+            loop.submit_mask(np.zeros((HEIGHT, WIDTH), np.uint8), frame_seq)
+        outcome = loop.process(frame, index / FPS)
+        if outcome.encoded is not None:
+            delay = far_delay if outcome.encoded.packet.far else near_delay
+            due.setdefault(index + delay, []).append(outcome.encoded.frame_seq)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def test_near_keyframes_take_the_far_preset_only_while_it_delays_no_mask(worlds):
+    """FarWhenFree: masks of far keyframes held as young as near ones (the round trip had
+    slack before the next camera frame): near keyframes go far too, but for a probe now and
+    then; far masks a frame older: near keyframes stay near, but for a probe."""
+    frames = [pan(worlds[0], 0)] * 80  # a still scene: a keyframe every 2nd frame
+    config = {"max_interval_frames": 2, "far_gap_frames": 4}
+
+    def far_share(near_delay: int, far_delay: int, **extra) -> float:
+        loop = keyframe_loop(**config, **extra)
+        outcomes = run_answering_late(loop, frames, near_delay, far_delay)
+        fars = [o.encoded.packet.far for o in outcomes[1:] if o.encoded is not None]
+        assert len(fars) >= 35
+        return sum(fars) / len(fars)
+
+    assert far_share(1, 1) > 0.85  # free: far but for the probes
+    assert far_share(1, 2) < 0.15  # a frame older: near but for the probes (and the first)
+    assert far_share(1, 1, far_when_free=False) == 0.0
+
+
+def test_far_when_free_compares_the_ages_at_which_masks_were_first_held():
+    chooser = FarWhenFree()
+    assert chooser.choose()  # nothing learnt: try far
+    chooser.sent(10, far=True)
+    chooser.held(10, 12)
+    assert chooser.mean_age_frames(True) == 2.0
+    assert not chooser.choose()  # far known, near not: try near
+    chooser.sent(12, far=False)
+    chooser.sent(13, far=False)  # its mask never held: superseded by the next
+    chooser.sent(14, far=False)
+    chooser.held(14, 15)
+    chooser.held(13, 16)  # an older mask after a newer one teaches nothing
+    assert chooser.mean_age_frames(False) == 1.0
+    choices = [chooser.choose() for _ in range(2 * FarWhenFree.PROBE_EVERY)]
+    assert choices.count(True) == 2  # near masks are younger: far only as a probe
+    chooser.sent(20, far=True)
+    chooser.held(20, 21)  # far ages (2 + 1) / 2 = 1.5 > 1
+    assert not chooser.choose()
+    for seq in (30, 40, 50):
+        chooser.sent(seq, far=True)
+        chooser.held(seq, seq + 1)
+    assert chooser.mean_age_frames(True) == 1.2
+    chooser.sent(60, far=True)
+    chooser.held(60, 61)
+    chooser.sent(70, far=True)
+    chooser.held(70, 71)
+    chooser.sent(80, far=True)
+    chooser.held(80, 81)
+    chooser.sent(90, far=True)
+    chooser.held(90, 91)  # eight remembered: the age 2 is forgotten
+    assert chooser.mean_age_frames(True) == 1.0
+    assert sum(chooser.choose() for _ in range(FarWhenFree.PROBE_EVERY)) == (
+        FarWhenFree.PROBE_EVERY - 1
+    )
+
+
 def test_a_static_scene_sends_only_max_interval_keyframes(worlds):
     frames = [pan(worlds[0], 0)] * 31
     outcomes = run(keyframe_loop(max_interval_frames=10), frames)
@@ -64,7 +134,7 @@ def test_keyframes_far_from_the_one_before_get_the_far_preset_and_stream_frames_
     frames = [pan(worlds[0], 0)] * 16
     spaced = run(keyframe_loop(max_interval_frames=5, far_gap_frames=5), frames)
     assert [o.encoded.packet.far for o in spaced if o.encoded] == [False, True, True, True]
-    close = run(keyframe_loop(max_interval_frames=5, far_gap_frames=6), frames)
+    close = run(keyframe_loop(max_interval_frames=5, far_gap_frames=6, far_when_free=False), frames)
     assert not any(o.encoded.packet.far for o in close if o.encoded)
     off = run(keyframe_loop(max_interval_frames=5, far_preset=""), frames)
     assert not any(o.encoded.packet.far for o in off if o.encoded)

@@ -350,6 +350,14 @@ PARAMETERS = (
         100_000,
     ),
     ParameterSpec(
+        "keyframe_far_when_free",
+        KeyframeConfig.far_when_free,
+        "Keyframe mode: a keyframe nearer than keyframe_far_gap_frames gets "
+        "keyframe_far_preset too while that has delayed no mask: the robot compares the age "
+        "(camera frames) at which it first held the edge's masks of far and of near keyframes "
+        "(the last 8 of each; every 12th near keyframe tries the other preset).",
+    ),
+    ParameterSpec(
         "camera_qos",
         "sensor_data",
         "QoS of the camera subscription.",
@@ -416,6 +424,7 @@ def loop_config_from(params: dict) -> RobotLoopConfig:
             pipeline=params["keyframe_pipeline"],
             far_preset=params["keyframe_far_preset"],
             far_gap_frames=params["keyframe_far_gap_frames"],
+            far_when_free=params["keyframe_far_when_free"],
         ),
         rate=RateControlConfig(target_kbps=target),
         propagate_masks=params["publish_robot_mask"],

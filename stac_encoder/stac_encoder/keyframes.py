@@ -27,13 +27,16 @@ Both measures are computed on the flow's downscaled grey images (a few hundred m
 the warps reuse the shared per-frame flow (`frame_flow`). Keyframes are encoded as H.264
 P-frames predicted from the previous keyframe (the encoder only ever sees keyframes), IDR at
 cuts, on request and on loss; one far from the keyframe before it with a slower preset's
-analysis (`far_preset`), on the time streaming would have spent on the frames between.
+analysis (`far_preset`), on the time streaming would have spent on the frames between, and
+one nearer with it too while that has delayed no mask (`FarWhenFree`: the slower analysis is
+free where a mask would wait for the next camera frame anyway).
 Plain Python, no clock of its own: times are camera stamps.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import cv2
@@ -58,7 +61,9 @@ class KeyframeConfig:
     keyframe at least far_gap_frames camera frames after the one before is encoded with x264's
     far_preset analysis ('' or 0: never; `RobotEncoderConfig.far_gap_frames`): x264 takes
     about 5.5x veryfast's time for slow's (3x for medium's), about what streaming spends on
-    the frames in between."""
+    the frames in between; far_when_free: a nearer keyframe gets the far preset too while
+    the edge's masks of far keyframes have been held no older (in camera frames) than those
+    of near ones (`FarWhenFree`)."""
 
     stale_psnr_db: float = 24.0
     cut_explained: float = 0.5
@@ -68,6 +73,7 @@ class KeyframeConfig:
     pipeline: bool = True
     far_preset: str = "slow"
     far_gap_frames: int = 4
+    far_when_free: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.stale_psnr_db <= 99.0:
@@ -330,6 +336,63 @@ class EdgePacer:
 
 def _keep(history: list[float], value: float) -> list[float]:
     return (history + [value])[-EdgePacer.HISTORY :]
+
+
+class FarWhenFree:
+    """Whether a keyframe near the one before may take the far preset's analysis anyway.
+
+    A slower analysis delays the keyframe's mask by its extra encode time, but the robot holds
+    a mask only from the first camera frame after it arrives: where the round trip leaves
+    that much slack before the next camera frame (vtest.avi at 10 fps on this machine's edge:
+    a mask arrives about 120 ms after capture and is held at 200 ms), the smaller keyframe
+    costs nothing in time. The robot does not need a clock for that: it compares the age, in
+    camera frames, at which it first held the masks of far keyframes and of near ones (the
+    last HISTORY of each), and takes the far preset while far masks come no older on
+    average. Every PROBE_EVERY-th near keyframe goes the other way, so that a change of link,
+    edge or encode time shows. With nothing learnt yet it tries far first.
+    """
+
+    HISTORY = 8  # ages remembered per preset
+    PROBE_EVERY = 12  # near keyframes between two tries of the preset not preferred
+    PENDING = 64  # keyframes remembered whose mask was not held yet
+
+    def __init__(self) -> None:
+        self._pending: OrderedDict[int, bool] = OrderedDict()  # flow_seq -> far
+        self._ages: dict[bool, list[int]] = {True: [], False: []}
+        self._near_keyframes = 0
+
+    def choose(self) -> bool:
+        """For a keyframe nearer than far_gap_frames: True for the far preset."""
+        far_ages, near_ages = self._ages[True], self._ages[False]
+        if not far_ages:
+            return True
+        if not near_ages:
+            return False
+        prefer_far = float(np.mean(far_ages)) <= float(np.mean(near_ages))
+        self._near_keyframes += 1
+        if self._near_keyframes % self.PROBE_EVERY == 0:
+            return not prefer_far
+        return prefer_far
+
+    def sent(self, flow_seq: int, far: bool) -> None:
+        """The keyframe at camera frame `flow_seq` went out, far or not."""
+        self._pending[flow_seq] = far
+        while len(self._pending) > self.PENDING:
+            self._pending.popitem(last=False)
+
+    def held(self, source_flow_seq: int, flow_seq: int) -> None:
+        """The robot first holds the edge's mask of camera frame `source_flow_seq` at camera
+        frame `flow_seq` (masks of earlier keyframes not held by then never will be)."""
+        far = self._pending.pop(source_flow_seq, None)
+        for seq in [seq for seq in self._pending if seq < source_flow_seq]:
+            del self._pending[seq]
+        if far is not None:
+            self._ages[far] = (self._ages[far] + [flow_seq - source_flow_seq])[-self.HISTORY :]
+
+    def mean_age_frames(self, far: bool) -> float | None:
+        """The mean age at which masks of far (or near) keyframes were first held."""
+        ages = self._ages[far]
+        return float(np.mean(ages)) if ages else None
 
 
 class KeyframeSelector:

@@ -354,12 +354,14 @@ class RobotEncoder:
         pixel_format: str = "rgb24",
         flow_seq: int | None = None,
         idr_extra_qp: int = 0,
+        far: bool | None = None,
     ) -> EncodedFrameResult:
         """Encode one HxWx3 uint8 frame (rgb24 or bgr24) captured at `capture_stamp_s`.
 
         flow_seq: with a shared FrameFlow, the number under which the caller added this frame
         to it (default: its current frame). idr_extra_qp: added to every macroblock's offset
-        if this frame is an IDR picture (a bitrate target's cap on the IDR's size)."""
+        if this frame is an IDR picture (a bitrate target's cap on the IDR's size). far: the
+        far preset's analysis or not (None: by far_gap_frames; True needs encoder.far_preset)."""
         height, width = _check_frame(frame)
         if not math.isfinite(capture_stamp_s):
             raise ValueError(f"capture stamp must be finite, got {capture_stamp_s}")
@@ -395,7 +397,7 @@ class RobotEncoder:
             qp_map,
             force_keyframe=self._keyframe_requested,
             variance_aq_strength=self.last_variance_aq_strength,
-            far=self._is_far(flow_seq, previous_flow_seq),
+            far=self._is_far(flow_seq, previous_flow_seq) if far is None else far,
         )
         if self.config.hold_offset_qp:
             self._previous_input = self._held_reference(frame, packet, pixel_format)

@@ -31,6 +31,7 @@ import numpy as np
 
 from stac_encoder.frame_flow import FlowConfig, FrameFlow
 from stac_encoder.keyframes import (
+    FarWhenFree,
     KeyframeConfig,
     KeyframeDecision,
     KeyframeSelector,
@@ -105,6 +106,15 @@ class RobotLoop:
         self._capture_s: OrderedDict[int, float] = OrderedDict()  # flow_seq -> stamp
         self.rate = BitrateController(self.config.rate, self.config.encoder.encoder.crf)
         self._idr_requested = False
+        self.far_when_free = (
+            FarWhenFree()
+            if self.config.mode == "keyframe"
+            and self._encoder_config().far_gap_frames
+            and self.config.keyframes.far_when_free
+            else None
+        )
+        self._last_sent_flow_seq: int | None = None
+        self._held_source_seq: int | None = None  # the mask held at the last camera frame
 
     def _encoder_config(self) -> RobotEncoderConfig:
         """The encoder's settings; in keyframe mode with the keyframes' far preset."""
@@ -244,7 +254,12 @@ class RobotLoop:
             started = time.perf_counter()
             crf_used = self.encoder.base_quality
             encoded = self.encoder.encode(
-                frame, capture_s, pixel_format, self._flow_seq, idr_extra_qp=idr_extra_qp
+                frame,
+                capture_s,
+                pixel_format,
+                self._flow_seq,
+                idr_extra_qp=idr_extra_qp,
+                far=self._far_anyway(),
             )
             stage_ms["encode"] = _lap(started)
             stage_ms["map_warp"] = self.encoder.last_map_ms
@@ -260,6 +275,9 @@ class RobotLoop:
                 )
             if self._keyframes is not None:
                 self._keyframes.sent(encoded.frame_seq, capture_s)
+            if self.far_when_free is not None:
+                self.far_when_free.sent(self._flow_seq, encoded.packet.far)
+            self._last_sent_flow_seq = self._flow_seq
 
         mask, age_s = None, None
         if self._masks is not None:
@@ -268,10 +286,29 @@ class RobotLoop:
                 self._masks.scene_cut(self._flow_seq)
             mask = self._masks.current()
             stage_ms["mask_warp"] = _lap(started)
+            self._note_held(mask)
             if mask is not None:
                 source_s = self._capture_s.get(mask.source_seq)
                 age_s = None if source_s is None else capture_s - source_s
         return FrameOutcome(self._flow_seq, capture_s, encoded, decision, mask, age_s, stage_ms)
+
+    def _far_anyway(self) -> bool | None:
+        """The far preset for a keyframe nearer than far_gap_frames when `FarWhenFree` says
+        so (None: the encoder's own rule, by the gap)."""
+        if self.far_when_free is None or self._last_sent_flow_seq is None:
+            return None
+        gap = self._flow_seq - self._last_sent_flow_seq
+        if gap >= self.config.keyframes.far_gap_frames:
+            return None
+        return self.far_when_free.choose()
+
+    def _note_held(self, mask: PropagatedMask | None) -> None:
+        """Tell `FarWhenFree` the age at which a new mask is first held."""
+        source = None if mask is None else mask.source_seq
+        new = source is not None and source != self._held_source_seq
+        if new and self.far_when_free is not None:
+            self.far_when_free.held(source, self._flow_seq)
+        self._held_source_seq = source
 
     def capture_s_of(self, flow_seq: int) -> float | None:
         return self._capture_s.get(flow_seq)

@@ -205,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="keyframe methods: camera frames from the keyframe before that make one far (the "
         "encoder node's keyframe_far_gap_frames; 0: never)",
     )
+    run.add_argument(
+        "--no-keyframe-far-when-free",
+        dest="keyframe_far_when_free",
+        action="store_false",
+        help="keyframe methods: a keyframe nearer than --keyframe-far-gap-frames never gets the "
+        "far preset (default: it does while far keyframes' masks are held no older; the encoder "
+        "node's keyframe_far_when_free)",
+    )
     run.add_argument("--model", type=Path, default=None, help="model YAML (default: shipped)")
     run.add_argument("--calibration", type=Path, default=None, help="STAC calibration JSON")
     run.add_argument("--device", default="cpu", help="torch device")

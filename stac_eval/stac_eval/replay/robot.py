@@ -51,14 +51,16 @@ class EdgeUnit:
 @dataclass(frozen=True)
 class Uplinked:
     """The message a camera frame put on the uplink: its serialized size, what the edge gets,
-    whether it is an intra picture, its bytes for a bag, and the robot's encode time (s,
-    ReplaySettings.robot_encode_ms: the far or the near figure)."""
+    whether it is an intra picture, its bytes for a bag, the robot's encode time (s,
+    ReplaySettings.robot_encode_ms: the far or the near figure) and whether x264 ran the far
+    preset's analysis on it."""
 
     size_bytes: int
     unit: EdgeUnit
     keyframe: bool
     data: bytes
     encode_s: float = 0.0
+    far: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,14 @@ class H264Robot:
             size = encoded_frame_bytes(encoded.packet.size_bytes)
             near_ms, far_ms = self.encode_ms
             encode_s = 1e-3 * (far_ms if encoded.packet.far else near_ms)
-            uplinked = Uplinked(size, unit, encoded.packet.keyframe, encoded.packet.data, encode_s)
+            uplinked = Uplinked(
+                size,
+                unit,
+                encoded.packet.keyframe,
+                encoded.packet.data,
+                encode_s,
+                encoded.packet.far,
+            )
         return RobotFrame(
             uplinked,
             outcome.mask,

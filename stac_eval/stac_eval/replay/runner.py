@@ -201,7 +201,9 @@ def run(args: argparse.Namespace, command: str) -> dict:
         map_worker_nice=args.map_worker_nice,
         batch_size=args.batch_size,
         keyframes=KeyframeConfig(
-            far_preset=args.keyframe_far_preset, far_gap_frames=args.keyframe_far_gap_frames
+            far_preset=args.keyframe_far_preset,
+            far_gap_frames=args.keyframe_far_gap_frames,
+            far_when_free=args.keyframe_far_when_free,
         ),
     )
     robot = robot_timing(args, source, cache_dir, settings, size)

@@ -230,6 +230,7 @@ class PointReplay:
             (
                 "sent",
                 "keyframes",
+                "far_encoded",
                 "maps_sent",
                 "maps_lost",
                 "maps_applied",
@@ -306,6 +307,7 @@ class PointReplay:
             return
         self.counters["sent"] += 1
         self.counters["keyframes"] += int(sent.keyframe)
+        self.counters["far_encoded"] += int(sent.far)
         self.ledger.set(index, "idr", sent.keyframe and self.method.transport == "h264")
         self._robot_free_s = max(now, self._robot_free_s) + sent.encode_s
         self.ledger.set(index, "encoded_s", self._robot_free_s)
