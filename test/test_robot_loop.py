@@ -91,35 +91,33 @@ def test_far_when_free_compares_the_ages_at_which_masks_were_first_held():
     assert chooser.choose()  # nothing learnt: try far
     chooser.sent(10, far=True)
     chooser.held(10, 12)
-    assert chooser.mean_age_frames(True) == 2.0
+    assert chooser.median_age_frames(True) == 2.0
     assert not chooser.choose()  # far known, near not: try near
     chooser.sent(12, far=False)
     chooser.sent(13, far=False)  # its mask never held: superseded by the next
     chooser.sent(14, far=False)
     chooser.held(14, 15)
     chooser.held(13, 16)  # an older mask after a newer one teaches nothing
-    assert chooser.mean_age_frames(False) == 1.0
+    assert chooser.median_age_frames(False) == 1.0
     choices = [chooser.choose() for _ in range(2 * FarWhenFree.PROBE_EVERY)]
     assert choices.count(True) == 2  # near masks are younger: far only as a probe
     chooser.sent(20, far=True)
-    chooser.held(20, 21)  # far ages (2 + 1) / 2 = 1.5 > 1
+    chooser.held(20, 21)  # far ages 2, 1: median 1.5 > 1
     assert not chooser.choose()
     for seq in (30, 40, 50):
         chooser.sent(seq, far=True)
         chooser.held(seq, seq + 1)
-    assert chooser.mean_age_frames(True) == 1.2
+    assert chooser.median_age_frames(True) == 1.0
     chooser.sent(60, far=True)
-    chooser.held(60, 61)
-    chooser.sent(70, far=True)
-    chooser.held(70, 71)
-    chooser.sent(80, far=True)
-    chooser.held(80, 81)
-    chooser.sent(90, far=True)
-    chooser.held(90, 91)  # eight remembered: the age 2 is forgotten
-    assert chooser.mean_age_frames(True) == 1.0
+    chooser.held(60, 65)  # one mask the edge held back: the median does not move
+    assert chooser.median_age_frames(True) == 1.0
     assert sum(chooser.choose() for _ in range(FarWhenFree.PROBE_EVERY)) == (
         FarWhenFree.PROBE_EVERY - 1
     )
+    for seq in range(70, 80):
+        chooser.sent(seq, far=True)
+        chooser.held(seq, seq + 3)  # HISTORY ages of 3 replace what came before
+    assert chooser.median_age_frames(True) == 3.0
 
 
 def test_a_static_scene_sends_only_max_interval_keyframes(worlds):

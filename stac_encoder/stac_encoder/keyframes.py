@@ -62,8 +62,8 @@ class KeyframeConfig:
     far_preset analysis ('' or 0: never; `RobotEncoderConfig.far_gap_frames`): x264 takes
     about 5.5x veryfast's time for slow's (3x for medium's), about what streaming spends on
     the frames in between; far_when_free: a nearer keyframe gets the far preset too while
-    the edge's masks of far keyframes have been held no older (in camera frames) than those
-    of near ones (`FarWhenFree`)."""
+    the edge's masks of far keyframes have been held no older (median, in camera frames)
+    than those of near ones (`FarWhenFree`)."""
 
     stale_psnr_db: float = 24.0
     cut_explained: float = 0.5
@@ -347,9 +347,12 @@ class FarWhenFree:
     a mask arrives about 120 ms after capture and is held at 200 ms), the smaller keyframe
     costs nothing in time. The robot does not need a clock for that: it compares the age, in
     camera frames, at which it first held the masks of far keyframes and of near ones (the
-    last HISTORY of each), and takes the far preset while far masks come no older on
-    average. Every PROBE_EVERY-th near keyframe goes the other way, so that a change of link,
-    edge or encode time shows. With nothing learnt yet it tries far first.
+    last HISTORY of each), and takes the far preset while the median far mask comes no older
+    than the median near one (a median: a mask the edge delayed for its own reasons, a QP
+    map's pass, must not swing the choice for the many keyframes it takes the preset not
+    chosen to be tried again). Every PROBE_EVERY-th near keyframe goes the other way, so
+    that a change of link, edge or encode time shows. With nothing learnt yet it tries far
+    first.
     """
 
     HISTORY = 8  # ages remembered per preset
@@ -368,7 +371,7 @@ class FarWhenFree:
             return True
         if not near_ages:
             return False
-        prefer_far = float(np.mean(far_ages)) <= float(np.mean(near_ages))
+        prefer_far = float(np.median(far_ages)) <= float(np.median(near_ages))
         self._near_keyframes += 1
         if self._near_keyframes % self.PROBE_EVERY == 0:
             return not prefer_far
@@ -389,10 +392,10 @@ class FarWhenFree:
         if far is not None:
             self._ages[far] = (self._ages[far] + [flow_seq - source_flow_seq])[-self.HISTORY :]
 
-    def mean_age_frames(self, far: bool) -> float | None:
-        """The mean age at which masks of far (or near) keyframes were first held."""
+    def median_age_frames(self, far: bool) -> float | None:
+        """The median age at which masks of far (or near) keyframes were first held."""
         ages = self._ages[far]
-        return float(np.mean(ages)) if ages else None
+        return float(np.median(ages)) if ages else None
 
 
 class KeyframeSelector:
