@@ -355,7 +355,8 @@ PARAMETERS = (
         "Keyframe mode: a keyframe nearer than keyframe_far_gap_frames gets "
         "keyframe_far_preset too while that has delayed no mask: the robot compares the age "
         "(camera frames) at which it first held the edge's masks of far and of near keyframes "
-        "(the last 8 of each; every 12th near keyframe tries the other preset).",
+        "(median of the last 8 of each; a near keyframe tries the other preset 12 near "
+        "keyframes after the choice changed, then twice as many after each try, at most 96).",
     ),
     ParameterSpec(
         "camera_qos",

@@ -350,19 +350,24 @@ class FarWhenFree:
     last HISTORY of each), and takes the far preset while the median far mask comes no older
     than the median near one (a median: a mask the edge delayed for its own reasons, a QP
     map's pass, must not swing the choice for the many keyframes it takes the preset not
-    chosen to be tried again). Every PROBE_EVERY-th near keyframe goes the other way, so
-    that a change of link, edge or encode time shows. With nothing learnt yet it tries far
-    first.
+    chosen to be tried again). Now and then a near keyframe goes the other way, so that a
+    change of link, edge or encode time shows: PROBE_EVERY near keyframes after the choice
+    last changed, then twice as many after each probe that left it, up to PROBE_EVERY_MOST (a
+    probe of a far preset that does cost a frame makes that mask older and, at the edge's
+    pace, slows the keyframes after it). With nothing learnt yet it tries far first.
     """
 
     HISTORY = 8  # ages remembered per preset
-    PROBE_EVERY = 12  # near keyframes between two tries of the preset not preferred
+    PROBE_EVERY = 12  # near keyframes before the first try of the preset not preferred
+    PROBE_EVERY_MOST = 96  # ... and at most between two tries
     PENDING = 64  # keyframes remembered whose mask was not held yet
 
     def __init__(self) -> None:
         self._pending: OrderedDict[int, bool] = OrderedDict()  # flow_seq -> far
         self._ages: dict[bool, list[int]] = {True: [], False: []}
-        self._near_keyframes = 0
+        self._preferred: bool | None = None
+        self._probe_interval = self.PROBE_EVERY
+        self._since_probe = 0
 
     def choose(self) -> bool:
         """For a keyframe nearer than far_gap_frames: True for the far preset."""
@@ -372,10 +377,15 @@ class FarWhenFree:
         if not near_ages:
             return False
         prefer_far = float(np.median(far_ages)) <= float(np.median(near_ages))
-        self._near_keyframes += 1
-        if self._near_keyframes % self.PROBE_EVERY == 0:
-            return not prefer_far
-        return prefer_far
+        if prefer_far != self._preferred:
+            self._preferred = prefer_far
+            self._probe_interval, self._since_probe = self.PROBE_EVERY, 0
+        self._since_probe += 1
+        if self._since_probe < self._probe_interval:
+            return prefer_far
+        self._since_probe = 0
+        self._probe_interval = min(2 * self._probe_interval, self.PROBE_EVERY_MOST)
+        return not prefer_far
 
     def sent(self, flow_seq: int, far: bool) -> None:
         """The keyframe at camera frame `flow_seq` went out, far or not."""
