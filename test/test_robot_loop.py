@@ -88,6 +88,9 @@ def test_near_keyframes_take_the_far_preset_only_while_it_delays_no_mask(worlds)
 
 def test_far_when_free_compares_the_ages_at_which_masks_were_first_held():
     chooser = FarWhenFree()
+    # a far keyframe that takes a frame interval longer is never free: not even tried
+    assert not chooser.choose(extra_encode_s=0.056, frame_interval_s=0.04)
+    assert chooser.choose(extra_encode_s=0.037, frame_interval_s=0.1)
     assert chooser.choose()  # nothing learnt: try far
     chooser.sent(10, far=True)
     chooser.held(10, 12)

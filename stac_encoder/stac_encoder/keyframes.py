@@ -354,7 +354,10 @@ class FarWhenFree:
     change of link, edge or encode time shows: PROBE_EVERY near keyframes after the choice
     last changed, then twice as many after each probe that left it, up to PROBE_EVERY_MOST (a
     probe of a far preset that does cost a frame makes that mask older and, at the edge's
-    pace, slows the keyframes after it). With nothing learnt yet it tries far first.
+    pace, slows the keyframes after it). With nothing learnt yet it tries far first. None of
+    this where the far preset takes a camera frame interval or more beyond the near one's
+    time: its mask then always comes a frame later (the dashcam clip at 25 fps: 56 ms more for
+    slow's analysis), so such keyframes stay near without a try.
     """
 
     HISTORY = 8  # ages remembered per preset
@@ -369,8 +372,14 @@ class FarWhenFree:
         self._probe_interval = self.PROBE_EVERY
         self._since_probe = 0
 
-    def choose(self) -> bool:
-        """For a keyframe nearer than far_gap_frames: True for the far preset."""
+    def choose(
+        self, extra_encode_s: float | None = None, frame_interval_s: float | None = None
+    ) -> bool:
+        """For a keyframe nearer than far_gap_frames: True for the far preset. extra_encode_s:
+        how much longer a far keyframe takes to encode than a near one, frame_interval_s: the
+        camera's (None: not known yet)."""
+        if extra_encode_s is not None and frame_interval_s and extra_encode_s >= frame_interval_s:
+            return False
         far_ages, near_ages = self._ages[True], self._ages[False]
         if not far_ages:
             return True

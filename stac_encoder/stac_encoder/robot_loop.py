@@ -115,6 +115,8 @@ class RobotLoop:
         )
         self._last_sent_flow_seq: int | None = None
         self._held_source_seq: int | None = None  # the mask held at the last camera frame
+        self._encode_s: dict[bool, float] = {}  # near / far: the encoder's time, smoothed
+        self._assumed_encode_s: dict[bool, float] | None = None
 
     def _encoder_config(self) -> RobotEncoderConfig:
         """The encoder's settings; in keyframe mode with the keyframes' far preset."""
@@ -264,6 +266,7 @@ class RobotLoop:
             stage_ms["encode"] = _lap(started)
             stage_ms["map_warp"] = self.encoder.last_map_ms
             stage_ms["encode"] -= stage_ms["map_warp"]
+            self._note_encode_s(encoded.packet.far, 1e-3 * stage_ms["encode"])
             self._idr_requested = False
             if self.config.encoder.encoder.rate_control == "crf":
                 keyframe = encoded.packet.keyframe
@@ -300,7 +303,28 @@ class RobotLoop:
         gap = self._flow_seq - self._last_sent_flow_seq
         if gap >= self.config.keyframes.far_gap_frames:
             return None
-        return self.far_when_free.choose()
+        encode_s = self._assumed_encode_s or self._encode_s
+        extra_s = None
+        if True in encode_s and False in encode_s:
+            extra_s = encode_s[True] - encode_s[False]
+        return self.far_when_free.choose(extra_s, self._frame_interval_s())
+
+    def assume_encode_s(self, near_s: float, far_s: float) -> None:
+        """Take these as the encoder's time for a near and a far frame instead of measuring
+        it (the replay, which charges fixed figures)."""
+        self._assumed_encode_s = {False: float(near_s), True: float(far_s)}
+
+    def _note_encode_s(self, far: bool, seconds: float) -> None:
+        previous = self._encode_s.get(far)
+        self._encode_s[far] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+
+    def _frame_interval_s(self) -> float | None:
+        """The camera's frame interval: the last two capture stamps apart."""
+        if len(self._capture_s) < 2:
+            return None
+        stamps = list(self._capture_s.values())[-2:]
+        interval = stamps[1] - stamps[0]
+        return interval if interval > 0 else None
 
     def _note_held(self, mask: PropagatedMask | None) -> None:
         """Tell `FarWhenFree` the age at which a new mask is first held."""

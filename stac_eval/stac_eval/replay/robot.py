@@ -142,6 +142,7 @@ class H264Robot:
         )
         self.receiver = QPMapReceiver(max_abs_offset_qp) if method.maps else None
         self.encode_ms = settings.robot_encode_ms
+        self.loop.assume_encode_s(1e-3 * self.encode_ms[0], 1e-3 * self.encode_ms[1])
         self.held = HeldMask()
         self._index_of_seq: dict[int, int] = {}
 

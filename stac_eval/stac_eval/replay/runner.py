@@ -52,7 +52,7 @@ from stac_eval.replay.source import bag_labels, label_folder, open_source, read_
 from stac_eval.replay.truth import PseudoTruth, default_cache_dir, model_digest
 from stac_sensitivity.online import QPMapComputer
 
-REPLAY_VERSION = 8  # bump when a change alters results, so cached points are recomputed
+REPLAY_VERSION = 9  # bump when a change alters results, so cached points are recomputed
 DEFAULT_CRFS = (18, 25, 32, 39, 46)
 DEFAULT_JPEG_QUALITIES = (10, 20, 35, 55, 80)
 DEFAULT_STALE_PSNR_DB = (22, 26, 28, 30, 34, 99)
