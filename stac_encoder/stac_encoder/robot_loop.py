@@ -322,8 +322,8 @@ class RobotLoop:
         """The camera's frame interval: the last two capture stamps apart."""
         if len(self._capture_s) < 2:
             return None
-        stamps = list(self._capture_s.values())[-2:]
-        interval = stamps[1] - stamps[0]
+        newest_first = reversed(self._capture_s.values())
+        interval = next(newest_first) - next(newest_first)
         return interval if interval > 0 else None
 
     def _note_held(self, mask: PropagatedMask | None) -> None:
