@@ -100,6 +100,10 @@ def test_keyframe_mode_publishes_a_robot_mask_for_every_camera_frame():
         assert spin_for(10.0, lambda: all(s.get_publisher_count() for s in subscriptions)), (
             "the robot's outputs never matched this test's subscriptions"
         )
+        # matching is per side: this test's readers seeing the robot's writers does not mean
+        # the writers have matched the readers yet (a clean-clone CI run lost frame 0's mask
+        # so, 2026-12-04); give the robot's side the time to match too
+        spin_for(1.0)
         stamps = []
         for index, frame in enumerate(_frames()):
             msg = numpy_to_image(frame, "rgb8")
