@@ -77,7 +77,7 @@ def test_the_rogue_does_not_disturb_the_stream_and_every_frame_is_accounted(rogu
     assert rogue["frames_accounted"] == rogue["frames_published"]
     assert accounting["failed"] == 0 and rogue["keyframe_requests"] == 0
     assert accounting["lost_on_link"] == 0  # the rogue's units are not camera frames
-    assert not rogue["crashed"]
+    assert not rogue["crashed"], rogue["exit_codes"]
     check = rogue["frame_check"]
     assert (
         rogue["frames_with_robot_mask"] == rogue["frames_published"] == accounting["published"]
@@ -92,7 +92,7 @@ def test_a_killed_edge_comes_back_and_every_frame_is_accounted(edge_restart):
     assert accounting["lost_on_link"] >= 1  # frames sent while no edge was there
     assert edge_restart["keyframe_requests"] >= 1  # the new edge joined mid-stream
     assert edge_restart["recovery_ms"] is not None  # and published masks again
-    assert not edge_restart["crashed"]
+    assert not edge_restart["crashed"], edge_restart["exit_codes"]
     # the robot went on: its mask of every camera frame, the edge's outage included
     check = edge_restart["frame_check"]
     assert edge_restart["frames_with_robot_mask"] == edge_restart["frames_published"] >= 1, check
