@@ -67,3 +67,19 @@ def test_bad_thread_counts_are_refused(tmp_path, small_model):  # noqa: F811
     model = load_model(small_model, device="cpu")
     with pytest.raises(ValueError, match="threads"):
         measure_edge(model, QPMapComputer(model, None), [], 0, "onnxruntime")
+
+
+def test_a_measurement_names_the_providers_and_the_accelerator_it_ran_on(tmp_path, small_model):  # noqa: F811
+    """A CPU-only ONNX Runtime beside a CUDA model would time the CPU: the file must say so."""
+    clip = write_clip(tmp_path / "clip.avi", 4)
+    images = [frame.image for frame in open_source(str(clip)).frames(2)]
+    model = load_model(small_model, device="cpu")
+    computer = QPMapComputer(model, None)
+    on_torch = measure_edge(model, computer, images, 1, "torch")
+    assert on_torch["engine"] == "torch" and on_torch["engine_providers"] is None
+    assert on_torch["accelerator"] is None and on_torch["device"] == "cpu"
+    on_onnx = measure_edge(model, computer, images, 1, "onnxruntime")
+    if on_onnx["engine"] == "onnxruntime":
+        assert on_onnx["engine_providers"][-1] == "CPUExecutionProvider"
+    else:  # fell back to torch, and says why
+        assert on_onnx["engine_fallback_reason"] and on_onnx["engine_providers"] is None

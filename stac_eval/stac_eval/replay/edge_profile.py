@@ -189,7 +189,8 @@ def measure_edge(
     a warm-up (both return numpy arrays, so a GPU has finished when the clock stops), both on
     `threads` threads (torch's count is restored afterwards). The engine is built as the
     segmenter builds it; where it falls back to torch, the figures are torch's and the JSON
-    says so."""
+    says so, and it names ONNX Runtime's execution providers (a CPU-only ONNX Runtime beside a
+    CUDA model runs on the CPU) and the GPU."""
     if threads < 1:
         raise ValueError(f"edge threads must be >= 1, got {threads}")
     height, width = images[0].shape[:2]
@@ -223,9 +224,19 @@ def measure_edge(
         "engine": engine.name,
         "engine_requested": engine_name,
         "engine_fallback_reason": choice.fallback_reason,
+        "engine_providers": getattr(engine, "providers", None),
+        "accelerator": accelerator_name(model.device),
         "load_average_1min": round(load, 2),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def accelerator_name(device: torch.device) -> str | None:
+    """The GPU's name where the model runs on CUDA (a measurement says what it ran on), else
+    None."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_name(device)
 
 
 def measured_edge_timing(
