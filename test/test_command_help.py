@@ -155,3 +155,24 @@ def test_a_wrong_invocation_is_refused(text, error, capsys):
     with pytest.raises(SystemExit) as refused:
         PARSERS[words[0]]().parse_args(words[1:])
     assert refused.value.code == 2 and error in capsys.readouterr().err
+
+
+def test_one_benchmark_parses_without_importing_the_others():
+    """`stac-bench gpu` runs on a GPU machine that has no ROS: choosing one benchmark imports
+    that benchmark's module alone (the ROS benchmarks' modules import rclpy)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "class NoRos:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'rclpy':\n"
+        "            raise ImportError('no ROS on this machine')\n"
+        "sys.meta_path.insert(0, NoRos())\n"
+        "from stac_eval.bench import available_benchmarks, build_parser\n"
+        "args = build_parser(available_benchmarks(), 'gpu').parse_args(['gpu', '--out', 'x'])\n"
+        "assert args.device == 'cuda' and 'rclpy' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -53,13 +53,17 @@ def _module(name: str):
     return importlib.import_module(BENCHMARK_MODULES[name])
 
 
-def build_parser(available: dict[str, str]) -> argparse.ArgumentParser:
+def build_parser(available: dict[str, str], chosen: str | None = None) -> argparse.ArgumentParser:
+    """Every benchmark as a subcommand; only `chosen`'s module is imported for its options
+    when it is given (a GPU machine without ROS runs `stac-bench gpu`, although the ROS
+    benchmarks' modules import rclpy), every module's otherwise."""
     parser = argparse.ArgumentParser(prog="stac-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="benchmark", required=True)
     for name, help_text in available.items():
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--out", type=Path, required=True, help="JSON file to write")
-        _module(name).add_arguments(p)
+        if chosen is None or name == chosen:
+            _module(name).add_arguments(p)
     return parser
 
 
@@ -74,7 +78,9 @@ def available_benchmarks() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(available_benchmarks()).parse_args(argv)
+    available = available_benchmarks()
+    chosen = argv[0] if argv and argv[0] in available else None
+    args = build_parser(available, chosen).parse_args(argv)
     started = time.time()
     load_at_start = os.getloadavg()[0]
     result = _module(args.benchmark).run(args)
