@@ -67,6 +67,8 @@ def test_bad_thread_counts_are_refused(tmp_path, small_model):  # noqa: F811
     model = load_model(small_model, device="cpu")
     with pytest.raises(ValueError, match="threads"):
         measure_edge(model, QPMapComputer(model, None), [], 0, "onnxruntime")
+    with pytest.raises(ValueError, match="passes"):
+        measure_edge(model, QPMapComputer(model, None), [], 1, "torch", passes=0)
 
 
 def test_a_measurement_names_the_providers_and_the_accelerator_it_ran_on(tmp_path, small_model):  # noqa: F811
@@ -75,8 +77,11 @@ def test_a_measurement_names_the_providers_and_the_accelerator_it_ran_on(tmp_pat
     images = [frame.image for frame in open_source(str(clip)).frames(2)]
     model = load_model(small_model, device="cpu")
     computer = QPMapComputer(model, None)
-    on_torch = measure_edge(model, computer, images, 1, "torch")
+    on_torch = measure_edge(model, computer, images, 1, "torch", forwards=5, passes=3)
     assert on_torch["engine"] == "torch" and on_torch["engine_providers"] is None
+    assert (on_torch["forwards"], on_torch["passes"]) == (5, 3)
+    low, high = on_torch["map_ms_quartiles"]
+    assert low <= on_torch["map_ms"] <= high
     assert on_torch["accelerator"] is None and on_torch["device"] == "cpu"
     on_onnx = measure_edge(model, computer, images, 1, "onnxruntime")
     if on_onnx["engine"] == "onnxruntime":

@@ -236,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     timing = sub.add_parser(
         "edge-timing",
         help="measure the edge's compute times on this machine (e.g. --device cuda)",
-        description="Medians of 6 forwards and 4 sensitivity passes on the source's first "
-        "frames, written as JSON that `stac-replay run --edge-profile FILE` reads.",
+        description="Medians of --forwards forwards and --passes sensitivity passes on the "
+        "source's first 4 frames, written as JSON that `stac-replay run --edge-profile FILE` "
+        "reads.",
     )
     timing.add_argument("source", help="video file, or rosbag2")
     timing.add_argument("--out", type=Path, required=True, help="JSON file to write")
@@ -254,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument(
         "--engine", choices=ENGINE_NAMES, default=DEFAULT_ENGINE, help="inference engine"
     )
+    timing.add_argument("--forwards", type=int, default=6, help="timed forwards (median)")
+    timing.add_argument("--passes", type=int, default=4, help="timed sensitivity passes (median)")
 
     convert = sub.add_parser("convert", help="write a video file as a rosbag2 of images")
     convert.add_argument("video", help="video file")
@@ -321,7 +324,7 @@ def _edge_timing(args: argparse.Namespace) -> int:
     source = open_source(args.source, args.topic)
     images = [frame.image for frame in source.frames(4)]
     computer = QPMapComputer(model, args.calibration)
-    data = measure_edge(model, computer, images, threads, args.engine)
+    data = measure_edge(model, computer, images, threads, args.engine, args.forwards, args.passes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(data, indent=2))

@@ -184,15 +184,19 @@ def measure_edge(
     images: list[np.ndarray],
     threads: int,
     engine_name: str,
+    forwards: int = 6,
+    passes: int = 4,
 ) -> dict:
-    """Medians of 6 forwards on the engine and 4 sensitivity passes on up to 4 frames, after
-    a warm-up (both return numpy arrays, so a GPU has finished when the clock stops), both on
-    `threads` threads (torch's count is restored afterwards). The engine is built as the
-    segmenter builds it; where it falls back to torch, the figures are torch's and the JSON
-    says so, and it names ONNX Runtime's execution providers (a CPU-only ONNX Runtime beside a
-    CUDA model runs on the CPU) and the GPU."""
+    """Medians of `forwards` forwards on the engine and `passes` sensitivity passes, cycling
+    over the frames given (up to 4), after a warm-up (both return numpy arrays, so a GPU has
+    finished when the clock stops), on `threads` threads (torch's count is restored
+    afterwards). The engine is built as the segmenter builds it; where it falls back to torch,
+    the figures are torch's and the JSON says so. The JSON also names ONNX Runtime's execution
+    providers (a CPU-only ONNX Runtime beside a CUDA model runs on the CPU) and the GPU."""
     if threads < 1:
         raise ValueError(f"edge threads must be >= 1, got {threads}")
+    if forwards < 1 or passes < 1:
+        raise ValueError(f"forwards and passes must be >= 1, got {forwards} and {passes}")
     height, width = images[0].shape[:2]
     load = os.getloadavg()[0]
     caller_threads = torch.get_num_threads()
@@ -202,22 +206,27 @@ def measure_edge(
         engine = choice.engine
         engine.segment_batch(images[0][None])
         computer.compute(images[0])
-        forwards = []
-        for image in images + images[:2]:
+        forward_ms = []
+        for index in range(forwards):
             started = time.perf_counter()
-            engine.segment_batch(image[None])
-            forwards.append(1e3 * (time.perf_counter() - started))
-        passes = []
-        for image in images:
+            engine.segment_batch(images[index % len(images)][None])
+            forward_ms.append(1e3 * (time.perf_counter() - started))
+        pass_ms = []
+        for index in range(passes):
             started = time.perf_counter()
-            computer.compute(image)
-            passes.append(1e3 * (time.perf_counter() - started))
+            computer.compute(images[index % len(images)])
+            pass_ms.append(1e3 * (time.perf_counter() - started))
     finally:
         torch.set_num_threads(caller_threads)
     return {
         "format": TIMING_FORMAT,
-        "segment_ms": round(statistics.median(forwards), 1),
-        "map_ms": round(statistics.median(passes), 1),
+        "segment_ms": round(statistics.median(forward_ms), 1),
+        "map_ms": round(statistics.median(pass_ms), 1),
+        "forwards": forwards,
+        "passes": passes,
+        # the spread of the timed runs (the median is the profile's figure)
+        "segment_ms_quartiles": _quartiles(forward_ms),
+        "map_ms_quartiles": _quartiles(pass_ms),
         "frame_size": [width, height],
         "device": str(model.device),
         "threads": threads,
@@ -229,6 +238,14 @@ def measure_edge(
         "load_average_1min": round(load, 2),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _quartiles(values: list[float]) -> list[float]:
+    """The first and third quartiles, rounded as the medians are (a single value twice)."""
+    if len(values) < 2:
+        return [round(values[0], 1)] * 2
+    first, _, third = statistics.quantiles(values, n=4)
+    return [round(first, 1), round(third, 1)]
 
 
 def accelerator_name(device: torch.device) -> str | None:
