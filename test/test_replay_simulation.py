@@ -6,6 +6,7 @@ bitrate target's window check."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -292,19 +293,34 @@ def test_window_errors_of_a_perfect_and_of_a_lagging_stream():
     assert late["step_settle_s"] == pytest.approx(1.0, abs=0.11)
 
 
-def test_edge_profiles_fast_from_published_figures_and_a_measured_file(tmp_path):
+def test_edge_profiles_fast_from_the_h200_or_published_figures_and_a_measured_file(tmp_path):
     import json
 
+    from stac_edge_segmenter.loading import DEFAULT_CONFIG, read_spec
     from stac_eval.replay.edge_profile import (
         FAST_BATCH1_MS_224,
+        H200_SHIPPED_MODEL_MS,
         TIMING_FORMAT,
         fast_edge_timing,
         timing_from_file,
     )
 
-    def model(input_size):
-        return SimpleNamespace(spec=SimpleNamespace(input_size=input_size))
+    shipped = read_spec(DEFAULT_CONFIG)
 
+    def model(input_size, weights=Path("elsewhere.pt")):
+        return SimpleNamespace(spec=SimpleNamespace(input_size=input_size, weights=weights))
+
+    # the shipped model: the H200 measurement at the clip's size, or the nearest in pixels
+    dashcam = fast_edge_timing(model((480, 360), shipped.weights), 960, 540)
+    assert (dashcam.segment_ms, dashcam.map_ms) == H200_SHIPPED_MODEL_MS[(960, 540)]
+    assert dashcam.profile == "fast" and "H200" in dashcam.source
+    assert "nearest" not in dashcam.source
+    vtest = fast_edge_timing(model((480, 360), shipped.weights), 768, 576)
+    assert (vtest.segment_ms, vtest.map_ms) == H200_SHIPPED_MODEL_MS[(768, 576)]
+    full_hd = fast_edge_timing(model((480, 360), shipped.weights), 1920, 1080)
+    assert (full_hd.segment_ms, full_hd.map_ms) == H200_SHIPPED_MODEL_MS[(960, 540)]
+    assert "nearest in pixels to this 1920x1080" in full_hd.source
+    # any other model: published figures, labelled as such
     working = fast_edge_timing(model((480, 360)), 960, 540)
     assert working.profile == "fast" and "not measured" in working.source
     assert FAST_BATCH1_MS_224 < working.segment_ms < working.map_ms

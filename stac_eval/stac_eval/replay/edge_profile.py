@@ -11,13 +11,14 @@ only what the edge can take), so the system comparison runs under two edge profi
   too), measured once per model, frame size, device, thread count and engine and cached (the
   replay is deterministic: a rerun reuses the figure); the load average at the measurement
   is kept with it;
-- `fast`: a datacenter-GPU edge, from published figures for this class of model
-  (EfficientNet-B0, the family of the shipped EfficientNet-Lite0 backbone), scaled to the
-  model's working resolution; NOT measured here (no GPU was at hand). The constants and their
-  sources are below and in docs/system_comparison.md;
+- `fast`: a datacenter-GPU edge. For the shipped model, measured on an NVIDIA H200 (torch on
+  CUDA, `stac-replay edge-timing --device cuda`, stac_eval/results/gpu_edge_h200.json) at
+  the two clips' frame sizes, the nearest in pixels taken for another size; for any other
+  model, published figures for this class of model (EfficientNet-B0), scaled to the model's
+  working resolution, not measured. The constants and their sources are below and in
+  docs/system_comparison.md;
 - a JSON file (`--edge-profile FILE`): a measurement written by `stac-replay edge-timing
-  --device cuda --out FILE` on a machine with a GPU, the path to replace the published
-  figures by a measured GPU run;
+  --device cuda --out FILE` on a machine with a GPU (how the H200 figures were taken);
 - `--edge-ms FORWARD/SENSITIVITY`: fixed numbers.
 """
 
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 from stac_edge_segmenter.engines import create_engine
-from stac_edge_segmenter.loading import SegmentationModel
+from stac_edge_segmenter.loading import DEFAULT_CONFIG, SegmentationModel, read_spec
 from stac_edge_segmenter.model_parameters import MODEL_PARAMETERS
 from stac_eval.replay.truth import write_atomically
 from stac_sensitivity.online import QPMapComputer
@@ -46,7 +47,19 @@ from stac_sensitivity.online import QPMapComputer
 TIMING_FORMAT = "stac-replay-edge-timing-v1"
 PROFILES = ("measured", "fast")
 
-# Published figures behind the `fast` profile (EfficientNet-B0 at 224x224):
+# The `fast` profile of the shipped model: an NVIDIA H200 edge (torch 2.11 on CUDA 13, eager,
+# batch 1, the machine's 16 CPU threads for the allocation and the class ids), 2026-12-04, the
+# median over three runs of `stac-replay edge-timing CLIP --device cuda --engine torch
+# --forwards 40 --passes 40` of each run's median (stac_eval/results/gpu_edge_h200.json):
+# frame size (width, height) -> (segmentation forward ms, sensitivity pass ms).
+H200_SHIPPED_MODEL_MS = {(960, 540): (5.5, 17.2), (768, 576): (7.7, 15.7)}
+H200_SOURCE = (
+    "measured on an NVIDIA H200 (torch on CUDA, eager, 16 CPU threads; 2026-12-04, the median "
+    "of three runs of stac-replay edge-timing --device cuda --engine torch --forwards 40 "
+    "--passes 40, stac_eval/results/gpu_edge_h200.json)"
+)
+
+# Published figures behind the `fast` profile of any other model (EfficientNet-B0, 224x224):
 # - batch-1 latency on an NVIDIA A100, TensorFlow FP32: 6.77 ms (NVIDIA TensorRT TensorFlow
 #   quantization toolkit, "Model Zoo Results", EfficientNet-B0 baseline row): what a framework's
 #   eager forward of this network costs at batch 1 (kernel launches dominate);
@@ -145,11 +158,37 @@ class EdgeTiming:
 
 
 def fast_edge_timing(model: SegmentationModel, width: int, height: int) -> EdgeTiming:
-    """The `fast` profile for frames of width x height: the published batch-1 latency plus
-    the published per-image compute scaled by the pixels the network sees (its working
-    resolution, or the frame's own size), and the sensitivity pass as that forward times the
-    published training / inference ratio. The allocation's CPU part (macroblock aggregation,
-    the residual's flow) is left out."""
+    """The `fast` profile for frames of width x height: the H200 measurement for the shipped
+    model (`h200_edge_timing`), the published figures for any other (`published_edge_timing`)."""
+    if _is_shipped_model(model):
+        return h200_edge_timing(width, height)
+    return published_edge_timing(model, width, height)
+
+
+def _is_shipped_model(model: SegmentationModel) -> bool:
+    """Whether `model` runs the shipped weights (which the H200 figures were measured with)."""
+    shipped = read_spec(DEFAULT_CONFIG).weights
+    return Path(model.spec.weights).resolve() == Path(shipped).resolve()
+
+
+def h200_edge_timing(width: int, height: int) -> EdgeTiming:
+    """The shipped model's H200 figures at the measured frame size nearest in pixels (the
+    network sees its 480x360 working resolution whatever the size; the class ids at the
+    frame's size and the allocation on the CPU are what the size changes)."""
+    size = min(H200_SHIPPED_MODEL_MS, key=lambda s: (abs(s[0] * s[1] - width * height), s))
+    forward_ms, map_ms = H200_SHIPPED_MODEL_MS[size]
+    source = f"{H200_SOURCE} at {size[0]}x{size[1]}"
+    if size != (width, height):
+        source += f", the measured size nearest in pixels to this {width}x{height} source"
+    return EdgeTiming(forward_ms, map_ms, source, "fast")
+
+
+def published_edge_timing(model: SegmentationModel, width: int, height: int) -> EdgeTiming:
+    """Published figures for frames of width x height: the batch-1 latency plus the published
+    per-image compute scaled by the pixels the network sees (its working resolution, or the
+    frame's own size), and the sensitivity pass as that forward times the published training
+    / inference ratio. The allocation's CPU part (macroblock aggregation, the residual's flow)
+    is left out."""
     working = model.spec.input_size or (width, height)
     scale = working[0] * working[1] / REFERENCE_PIXELS
     forward_ms = FAST_BATCH1_MS_224 + FAST_INFERENCE_MS_PER_IMAGE_224 * scale
