@@ -380,12 +380,12 @@ class FarWhenFree:
         camera's (None: not known yet)."""
         if extra_encode_s is not None and frame_interval_s and extra_encode_s >= frame_interval_s:
             return False
-        far_ages, near_ages = self._ages[True], self._ages[False]
-        if not far_ages:
+        far_age, near_age = self.median_age_frames(True), self.median_age_frames(False)
+        if far_age is None:
             return True
-        if not near_ages:
+        if near_age is None:
             return False
-        prefer_far = float(np.median(far_ages)) <= float(np.median(near_ages))
+        prefer_far = far_age <= near_age
         if prefer_far != self._preferred:
             self._preferred = prefer_far
             self._probe_interval, self._since_probe = self.PROBE_EVERY, 0

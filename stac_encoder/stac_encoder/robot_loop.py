@@ -101,7 +101,8 @@ class RobotLoop:
         self._masks: MaskPropagator | None = None
         self._keyframes: KeyframeSelector | None = None
         self._cuts: SceneCuts | None = None
-        self.encoder = RobotEncoder(self._encoder_config(), flow=self._flow)
+        encoder_config = self._encoder_config()
+        self.encoder = RobotEncoder(encoder_config, flow=self._flow)
         self._flow_seq = 0
         self._capture_s: OrderedDict[int, float] = OrderedDict()  # flow_seq -> stamp
         self.rate = BitrateController(self.config.rate, self.config.encoder.encoder.crf)
@@ -109,7 +110,7 @@ class RobotLoop:
         self.far_when_free = (
             FarWhenFree()
             if self.config.mode == "keyframe"
-            and self._encoder_config().far_gap_frames
+            and encoder_config.far_gap_frames
             and self.config.keyframes.far_when_free
             else None
         )
