@@ -88,3 +88,12 @@ def test_a_measurement_names_the_providers_and_the_accelerator_it_ran_on(tmp_pat
         assert on_onnx["engine_providers"][-1] == "CPUExecutionProvider"
     else:  # fell back to torch, and says why
         assert on_onnx["engine_fallback_reason"] and on_onnx["engine_providers"] is None
+
+
+def test_a_report_names_the_cpu_its_floats_came_from():
+    """The sensitivity pass's floats differ between machines (a stream point of `stac` moved
+    between two days' runs of one commit), so a report says which processor it ran on."""
+    from stac_eval.replay.runner import versions
+
+    cpu = versions()["cpu"]
+    assert torch.backends.cpu.get_cpu_capability() in cpu and "cores" in cpu

@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -419,8 +420,27 @@ def versions() -> dict:
         "opencv": cv2.__version__,
         "pyav": av.__version__,
         "x264": f"libx264 API build {X264_BUILD}",
+        "cpu": cpu_description(),
         "git_commit": _git_commit(),
     }
+
+
+def cpu_description() -> str:
+    """The processor and the instruction set torch's CPU kernels dispatch to: the sensitivity
+    pass's floats (hence a QP map's levels where a macroblock sits at a boundary) can differ
+    from one machine to another, so a report says which one it ran on."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores, torch {torch.backends.cpu.get_cpu_capability()}"
 
 
 def _git_commit() -> str | None:
