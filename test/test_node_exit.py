@@ -47,3 +47,39 @@ def test_without_busy_workers_the_process_finalizes_as_usual():
     result = run_exit_script("idle")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "finalized normally"
+
+
+FAILING_NODE_SCRIPT = textwrap.dedent(
+    """
+    import threading, time
+    import torch
+    from stac_ros_common.node_runner import run_node
+
+    weights = torch.randn(400, 400)
+
+    def map_pass_forever():
+        while True:
+            weights.mm(weights)
+
+    threading.Thread(target=map_pass_forever, name="maps", daemon=True).start()
+    time.sleep(0.3)
+
+    def make_node():
+        raise ValueError("bad parameter")
+
+    run_node(make_node, args=[])
+    """
+)
+
+
+def test_a_node_that_fails_while_a_worker_is_busy_exits_1_with_its_traceback(monkeypatch):
+    """Without this the traceback is followed by 'terminate called without an active
+    exception' and the process aborts (exit -6): the failure's own exit code is lost."""
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    result = subprocess.run(
+        [sys.executable, "-c", FAILING_NODE_SCRIPT], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.count("ValueError: bad parameter") == 1
+    assert "terminate called" not in result.stderr
+    assert "unfinished work abandoned in: maps" in result.stdout

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 
 import rclpy
 from rclpy.executors import ExternalShutdownException
@@ -93,31 +95,51 @@ def spin_until_shutdown(spin: Callable[[], None]) -> None:
             raise
 
 
-def leave_unfinished_workers() -> None:
+def _busy_workers() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.daemon and t.is_alive()]
+
+
+def leave_unfinished_workers(exit_code: int = 0) -> None:
     """The last step of a node executable: when a worker thread is still busy after its close
     stopped waiting (a niced map pass on a busy machine can take many seconds), end the process
-    here, without finalizing the interpreter. Finalization would stop that daemon thread inside
-    torch or rcl with pthread_exit, which C++ turns into std::terminate: exit code -6 instead of
-    0, for a pass whose result nobody would receive any more."""
-    busy = [t.name for t in threading.enumerate() if t.daemon and t.is_alive()]
+    here with `exit_code`, without finalizing the interpreter. Finalization would stop that
+    daemon thread inside torch or rcl with pthread_exit, which C++ turns into std::terminate:
+    exit code -6 instead of 0, for a pass whose result nobody would receive any more."""
+    busy = _busy_workers()
     if not busy:
         return
     print(f"exiting with unfinished work abandoned in: {', '.join(busy)}", flush=True)
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(exit_code)
+
+
+@contextlib.contextmanager
+def ending_cleanly() -> Iterator[None]:
+    """A node executable's body: on a normal end, `leave_unfinished_workers`; when an
+    exception escapes (a bad parameter at start, a bug) while a worker is busy, its traceback
+    and exit code 1 instead of the abort finalization would turn it into (exit -6, the
+    traceback followed by 'terminate called without an active exception')."""
+    try:
+        yield
+    except Exception:
+        if _busy_workers():
+            traceback.print_exc()
+            leave_unfinished_workers(exit_code=1)
+        raise
+    leave_unfinished_workers()
 
 
 def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> None:
     """Init, spin until SIGINT/SIGTERM, and shut down cleanly (the Jazzy idiom)."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = make_node()
-        spin_until_shutdown(lambda: rclpy.spin(node))
-    except KeyboardInterrupt:  # during start-up
-        pass
-    finally:
-        if node is not None:
-            close_node(node)
-        rclpy.try_shutdown()
-    leave_unfinished_workers()
+    with ending_cleanly():
+        rclpy.init(args=args)
+        node = None
+        try:
+            node = make_node()
+            spin_until_shutdown(lambda: rclpy.spin(node))
+        except KeyboardInterrupt:  # during start-up
+            pass
+        finally:
+            if node is not None:
+                close_node(node)
+            rclpy.try_shutdown()

@@ -53,7 +53,7 @@ from stac_msgs.msg import EdgeHeartbeat
 from stac_ros_common.newest_item_worker import NewestItemWorker
 from stac_ros_common.node_runner import (
     close_node,
-    leave_unfinished_workers,
+    ending_cleanly,
     spin_until_shutdown,
 )
 from stac_ros_common.parameter_spec import ParameterSpec
@@ -407,21 +407,21 @@ def robot_node_arguments(ros_arguments: list[str]) -> list[str]:
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    edge = None
-    executor = SingleThreadedExecutor()
-    try:
-        edge = EdgeNode(executor, sys.argv if args is None else args)
-        executor.add_node(edge)
-        spin_until_shutdown(executor.spin)
-    except KeyboardInterrupt:  # during start-up
-        pass
-    finally:
-        if edge is not None:
-            close_node(edge)  # the robots' sessions first, then the edge node
-        executor.shutdown()
-        rclpy.try_shutdown()
-    leave_unfinished_workers()
+    with ending_cleanly():
+        rclpy.init(args=args)
+        edge = None
+        executor = SingleThreadedExecutor()
+        try:
+            edge = EdgeNode(executor, sys.argv if args is None else args)
+            executor.add_node(edge)
+            spin_until_shutdown(executor.spin)
+        except KeyboardInterrupt:  # during start-up
+            pass
+        finally:
+            if edge is not None:
+                close_node(edge)  # the robots' sessions first, then the edge node
+            executor.shutdown()
+            rclpy.try_shutdown()
 
 
 if __name__ == "__main__":
