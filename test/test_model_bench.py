@@ -4,6 +4,7 @@ every inference engine side by side."""
 import json
 
 import pytest
+from test_replay_sources import small_model  # noqa: F401
 
 from stac_eval import bench
 
@@ -50,3 +51,27 @@ def test_bench_gpu_skips_cleanly_without_a_gpu(tmp_path):
     assert bench.main(["gpu", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["measured"] is False and "no CUDA device" in result["skipped"]
+
+
+def test_gpu_cpu_mask_agreement_counts_equal_class_ids_frame_by_frame(tmp_path, small_model):  # noqa: F811
+    """`stac-bench gpu --video`'s check (the replay's fast profile times a GPU but takes the
+    CPU's masks), here between two CPU engines of one model: torch against itself agrees
+    everywhere, ONNX Runtime's graph of the same model on nearly every pixel."""
+    from test_replay_sources import write_clip
+
+    from stac_edge_segmenter.engines import TorchEngine, create_engine
+    from stac_edge_segmenter.loading import load_model
+    from stac_eval.bench_gpu import agreement_on_frames
+    from stac_eval.replay.source import open_source
+
+    clip = write_clip(tmp_path / "clip.avi", 3)
+    frames = [frame.image for frame in open_source(str(clip)).frames(3)]
+    model = load_model(small_model, device="cpu")
+    torch_engine = TorchEngine(model)
+    references = {
+        "torch": TorchEngine(model),
+        "onnxruntime": create_engine(model, "onnxruntime").engine,
+    }
+    shares = agreement_on_frames(torch_engine, references, frames)
+    assert shares["torch"] == 1.0
+    assert 0.99 <= shares["onnxruntime"] <= 1.0

@@ -4,9 +4,12 @@ Forward (uint8 frames in, class ids out, `engines.Engine.segment_batch`) for tor
 and ONNX Runtime's CUDA execution provider (TensorRT's where installed: onnxruntime-gpu); the
 map pass (forward + backward to the input, `sensitivity.compute_sensitivity`, the part of a
 QP map that needs the GPU) for torch on CUDA. Per-frame milliseconds, the median of
-`--repeats` timed runs after a warm-up, at 480x360 and at 960x540. Without a CUDA device, or
-without ONNX Runtime's CUDA provider, the parts that need them are skipped and the JSON says
-why: the command always succeeds, so it can be run blind on any machine.
+`--repeats` timed runs after a warm-up, at 480x360 and at 960x540. With `--video`, also the
+share of pixels where torch on CUDA gives the same class ids as the CPU engines (torch, ONNX
+Runtime) on the clip's first `--frames` frames: the replay's `fast` profile times a GPU edge
+but takes its masks from the CPU. Without a CUDA device, or without ONNX Runtime's CUDA
+provider, the parts that need them are skipped and the JSON says why: the command always
+succeeds, so it can be run blind on any machine.
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ import torch
 
 from stac_edge_segmenter.engines import (
     ENGINE_NAMES,
+    Engine,
     EngineError,
     TorchEngine,
     agreement,
     build_onnxruntime_engine,
+    create_engine,
 )
 from stac_edge_segmenter.loading import DEFAULT_CONFIG, build_model, read_spec
+from stac_eval.replay.source import open_source
 from stac_sensitivity.sensitivity import compute_sensitivity
 
 BATCHES = (1, 4, 16)
@@ -39,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda", help="CUDA device (cuda, cuda:1, ...)")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per case")
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES), help="batch sizes")
+    parser.add_argument(
+        "--video", type=Path, default=None, help="clip for the GPU / CPU mask agreement"
+    )
+    parser.add_argument("--frames", type=int, default=30, help="frames of --video")
 
 
 def _median_ms_per_frame(call: Callable[[], object], repeats: int, batch: int) -> float:
@@ -96,8 +106,36 @@ def run(args: argparse.Namespace) -> dict:
             engines["onnxruntime"], engines["torch"], check
         )
     result.update(forward_ms=forward, map_pass_ms=map_pass, engines_known=list(ENGINE_NAMES))
+    if args.video is not None:
+        result["agreement_with_cpu"] = _agreement_with_cpu(args, engines["torch"])
     _print_table(result)
     return result
+
+
+def _agreement_with_cpu(args: argparse.Namespace, gpu_engine: Engine) -> dict:
+    frames = [frame.image for frame in open_source(str(args.video)).frames(args.frames)]
+    cpu_model = build_model(read_spec(args.config), "cpu")
+    cpu_engines: dict[str, Engine] = {"torch": TorchEngine(cpu_model)}
+    choice = create_engine(cpu_model, "onnxruntime")
+    if choice.engine.name == "onnxruntime":
+        cpu_engines["onnxruntime"] = choice.engine
+    return {
+        "video": str(args.video),
+        "frames": len(frames),
+        **agreement_on_frames(gpu_engine, cpu_engines, frames),
+    }
+
+
+def agreement_on_frames(
+    engine: Engine, references: dict[str, Engine], frames: list[np.ndarray]
+) -> dict[str, float]:
+    """The share of pixels where `engine`'s class ids equal each reference engine's, one frame
+    at a time (the edge's batch of one)."""
+    batches = [frame[None] for frame in frames]
+    return {
+        name: round(agreement(engine, reference, batches), 6)
+        for name, reference in references.items()
+    }
 
 
 def _print_table(result: dict) -> None:
@@ -109,3 +147,5 @@ def _print_table(result: dict) -> None:
         print(f"{case:<24}{cells}{map_ms:>10.2f}")
     if result.get("onnxruntime_skipped"):
         print(f"onnxruntime skipped: {result['onnxruntime_skipped']}")
+    if "agreement_with_cpu" in result:
+        print(f"class ids, CUDA torch against the CPU: {result['agreement_with_cpu']}")
