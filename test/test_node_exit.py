@@ -81,5 +81,7 @@ def test_a_node_that_fails_while_a_worker_is_busy_exits_1_with_its_traceback(mon
     )
     assert result.returncode == 1, result.stderr[-2000:]
     assert result.stderr.count("ValueError: bad parameter") == 1
+    # the error is the last line: a launcher reports a dead node's last log line
+    assert result.stderr.strip().splitlines()[-1] == "ValueError: bad parameter"
     assert "terminate called" not in result.stderr
     assert "unfinished work abandoned in: maps" in result.stdout

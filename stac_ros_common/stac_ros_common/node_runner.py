@@ -99,32 +99,40 @@ def _busy_workers() -> list[str]:
     return [t.name for t in threading.enumerate() if t.daemon and t.is_alive()]
 
 
-def leave_unfinished_workers(exit_code: int = 0) -> None:
+def _announce_abandoned(busy: list[str]) -> None:
+    print(f"exiting with unfinished work abandoned in: {', '.join(busy)}", flush=True)
+
+
+def leave_unfinished_workers() -> None:
     """The last step of a node executable: when a worker thread is still busy after its close
     stopped waiting (a niced map pass on a busy machine can take many seconds), end the process
-    here with `exit_code`, without finalizing the interpreter. Finalization would stop that
-    daemon thread inside torch or rcl with pthread_exit, which C++ turns into std::terminate:
-    exit code -6 instead of 0, for a pass whose result nobody would receive any more."""
+    here, without finalizing the interpreter. Finalization would stop that daemon thread inside
+    torch or rcl with pthread_exit, which C++ turns into std::terminate: exit code -6 instead of
+    0, for a pass whose result nobody would receive any more."""
     busy = _busy_workers()
     if not busy:
         return
-    print(f"exiting with unfinished work abandoned in: {', '.join(busy)}", flush=True)
+    _announce_abandoned(busy)
     sys.stderr.flush()
-    os._exit(exit_code)
+    os._exit(0)
 
 
 @contextlib.contextmanager
 def ending_cleanly() -> Iterator[None]:
     """A node executable's body: on a normal end, `leave_unfinished_workers`; when an
-    exception escapes (a bad parameter at start, a bug) while a worker is busy, its traceback
-    and exit code 1 instead of the abort finalization would turn it into (exit -6, the
-    traceback followed by 'terminate called without an active exception')."""
+    exception escapes (a bad parameter at start, a bug) while a worker is alive, exit code 1
+    with the traceback as the log's last lines (what a launcher shows of a dead node) instead
+    of the abort finalization would turn it into (exit -6, the traceback followed by
+    'terminate called without an active exception')."""
     try:
         yield
     except Exception:
-        if _busy_workers():
+        busy = _busy_workers()
+        if busy:
+            _announce_abandoned(busy)
             traceback.print_exc()
-            leave_unfinished_workers(exit_code=1)
+            sys.stderr.flush()
+            os._exit(1)
         raise
     leave_unfinished_workers()
 
