@@ -267,7 +267,8 @@ class RobotLoop:
             stage_ms["encode"] = _lap(started)
             stage_ms["map_warp"] = self.encoder.last_map_ms
             stage_ms["encode"] -= stage_ms["map_warp"]
-            self._note_encode_s(encoded.packet.far, 1e-3 * stage_ms["encode"])
+            if self.far_when_free is not None:  # the one reader of the encode times
+                self._note_encode_s(encoded.packet.far, 1e-3 * stage_ms["encode"])
             self._idr_requested = False
             if self.config.encoder.encoder.rate_control == "crf":
                 keyframe = encoded.packet.keyframe
