@@ -54,6 +54,7 @@ ROGUE_TO_NODE = {"image": "stac_encoder", "encoded": "stac_segmenter"}
 # the model, torch's allocator filling its caches), not growth.
 WARMUP_S = 10.0
 RESTARTS = ("start_edge", "start_robot")
+NO_PERIODIC_IDR_FRAMES = 100_000  # encoder_node's largest gop_frames: hours at camera rates
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,13 @@ def scenarios(duration_s: float, flood_s: float, clip_fps: float) -> list[Scenar
         Scenario(
             "edge_restart",
             f"the edge process killed (SIGKILL) at {restart_at:.0f} s and started again at "
-            f"{back_at:.0f} s; the robot streams on",
-            {"events": (FaultEvent(restart_at, "kill_edge"), FaultEvent(back_at, "start_edge"))},
+            f"{back_at:.0f} s; the robot streams on, with no periodic IDR (the new edge must "
+            "ask for a keyframe: a GOP boundary arriving before the robot's service is matched "
+            "would otherwise heal the stream by chance)",
+            {
+                "events": (FaultEvent(restart_at, "kill_edge"), FaultEvent(back_at, "start_edge")),
+                "robot_gop_frames": NO_PERIODIC_IDR_FRAMES,
+            },
         ),
         Scenario(
             "robot_restart",

@@ -71,6 +71,9 @@ class GraphRunConfig:
     mode: str = "stream"  # the robot's mode: stream or keyframe
     budget_shift_qp: int = 0
     period_frames: int = 5
+    # The robot's gop_frames parameter (None: the launch file's). A GOP longer than the run
+    # leaves the keyframe request as the only way back into a stream joined mid-GOP.
+    robot_gop_frames: int | None = None
     edge_process: str = "container"
     encoded_qos: str = "reliable"  # the edge's subscription: reliable or best_effort
     # torch threads per edge process; None: two in all (2 for the container, 1 per node)
@@ -315,6 +318,8 @@ class GraphRun:
             camera_qos="reliable",
             mode=config.mode,
         )
+        if config.robot_gop_frames is not None:
+            robot_args += ["-p", f"gop_frames:={config.robot_gop_frames}"]
         self._side_starts["robot"] = [("stac_encoder", "encoder_node", robot_args)]
         self._start_side("edge")
         self._start_side("robot")
