@@ -64,10 +64,13 @@ def test_lateness_splits_capture_to_held_by_stage_on_each_link(data_dir, tmp_pat
     links = "rate=10mbit,delay=20ms,loss=0%;rate=10mbit,delay=5ms,loss=0%"
     argv = [
         "keyframe", "--video", str(clip), "--max-frames", "14", "--parts", "lateness",
-        "--edge-ms", "7.3/30.47", "--links", links, "--work-dir", str(tmp_path), "--out", str(out),
+        "--edge-ms", "7.3/30.47", "--links", links, "--robot-encode-ms", "12.32/68.3",
+        "--work-dir", str(tmp_path), "--out", str(out),
     ]  # fmt: skip
     assert bench.main(argv) == 0
-    rows = json.loads(out.read_text())["lateness"]["links"]
+    lateness = json.loads(out.read_text())["lateness"]
+    assert lateness["robot_encode_ms"] == {"near": 12.32, "far": 68.3}
+    rows = lateness["links"]
     assert len(rows) == 2
     slow, fast = rows.values()
     for row in (slow, fast):
@@ -75,6 +78,8 @@ def test_lateness_splits_capture_to_held_by_stage_on_each_link(data_dir, tmp_pat
         for value in row.values():
             assert 0.0 < value["timely_miou"] <= value["decoded_miou"] <= 1.0
             assert value["stages_ms"]["forward"]["mean"] == 7.3
+            # every frame sent waits at least x264's given time for a near frame on the robot
+            assert value["stages_ms"]["robot_encode"]["mean"] >= 12.32
     # 40 ms of round trip alone is one frame at 25 fps: the mask is at least two frames old
     # when first held; with 10 ms of round trip it can be one
     assert min(int(age) for age in slow["uniform"]["held_age_frames"]) >= 2

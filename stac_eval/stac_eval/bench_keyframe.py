@@ -112,6 +112,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--edge-profile", default="measured", help="system: measured, fast or a timing JSON"
     )
     parser.add_argument(
+        "--robot-encode-ms",
+        default="",
+        help="system, lateness: the robot's x264 time per frame, MS or NEAR_MS/FAR_MS (else "
+        "timed on the clip, cached), as stac-replay run's",
+    )
+    parser.add_argument(
         "--splice", type=Path, default=None, help="system: a second clip to cut into --video"
     )
     parser.add_argument(
@@ -171,6 +177,8 @@ def _context(args: argparse.Namespace, video: Path):
     argv += ["--edge-profile", args.edge_profile]
     if args.edge_ms:
         argv += ["--edge-ms", args.edge_ms]
+    if args.robot_encode_ms:
+        argv += ["--robot-encode-ms", args.robot_encode_ms]
     if args.work_dir:
         argv += ["--work-dir", str(args.work_dir / "points")]
     return temporal_context(parser.parse_args(argv))
@@ -482,6 +490,7 @@ def _system(context, args: argparse.Namespace) -> dict:
         "how": f"PointReplay at CRF {args.crf:g}, stale 99 dB (a keyframe whenever the edge can "
         "take one), robot warp; 'defaults' = the node's defaults, each other entry changes one",
         "edge_timing": context.timing.as_json(),
+        "robot_encode_ms": dict(zip(("near", "far"), context.robot_encode_ms, strict=True)),
         "link": context.link.as_json(),
         "points": results,
     }
@@ -520,6 +529,7 @@ def _lateness(context, args: argparse.Namespace) -> dict:
         "held, by stage, and timely mIoU by the held mask's age (replay.analysis."
         "lateness_breakdown)",
         "edge_timing": context.timing.as_json(),
+        "robot_encode_ms": dict(zip(("near", "far"), context.robot_encode_ms, strict=True)),
         "links": results,
     }
 

@@ -103,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--edge-profile",
         default="measured",
-        help="edge compute times: measured (here, cached), fast (published GPU figures) or a "
+        help="edge compute times: measured (here, cached), fast (a GPU edge: the shipped model "
+        "as measured on an NVIDIA H200, any other model published figures) or a "
         "JSON file from `stac-replay edge-timing`",
     )
     parser.add_argument(

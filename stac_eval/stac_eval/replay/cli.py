@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--edge-profile",
         default="measured",
-        help=f"edge compute times: {' or '.join(PROFILES)} (published GPU figures, not "
-        "measured), or a JSON file from `stac-replay edge-timing`",
+        help=f"edge compute times: {' or '.join(PROFILES)} (fast: a GPU edge, the shipped "
+        "model as measured on an NVIDIA H200, any other model published figures), or a JSON "
+        "file from `stac-replay edge-timing`",
     )
     run.add_argument(
         "--engine",
