@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stac_codec.h264_encoder import PRESETS
 from stac_codec.qp_map import QPLevelMap
 from stac_codec.qp_map_wire import encode_qp_map
 from stac_edge_segmenter.loading import load_model
@@ -74,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--calibration", type=Path, default=None, help="stac-calibrate output (default: found)"
     )
     parser.add_argument("--model", type=Path, default=None, help="model YAML (default: shipped)")
+    parser.add_argument(
+        "--preset",
+        default="veryfast",
+        choices=PRESETS,
+        help="x264 preset of every H.264 method (keyframe mode codes its far keyframes with "
+        "slow's analysis: --preset slow measures the pictures it sends)",
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="frames per DNN batch")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
@@ -128,7 +136,8 @@ class SpatialBenchmark:
         )
 
     def _run_crf(self, point, crf, images, oracle, truth) -> None:
-        uniform = [code_intra(frame, crf) for frame in images]
+        preset = self.args.preset
+        uniform = [code_intra(frame, crf, preset=preset) for frame in images]
         decoded = np.stack([c.decoded_rgb for c in uniform])
         practical = self._sensitivity(decoded)
         decoded_energy = [macroblock_ac_energy(frame) for frame in decoded]
@@ -136,7 +145,9 @@ class SpatialBenchmark:
         self._record_predicted(
             "uniform", point, practical.class_ids, [c.slice_bytes for c in uniform], truth
         )
-        aq = [code_intra(f, crf, aq_strength=X264_DEFAULT_AQ_STRENGTH) for f in images]
+        aq = [
+            code_intra(f, crf, aq_strength=X264_DEFAULT_AQ_STRENGTH, preset=preset) for f in images
+        ]
         self._record(
             "x264_aq", point, [c.decoded_rgb for c in aq], [c.slice_bytes for c in aq], truth
         )
@@ -166,7 +177,13 @@ class SpatialBenchmark:
 
     def _run_map(self, method, point, crf, images, allocations: list[QPLevelMap], truth):
         coded = [
-            code_intra(frame, crf, allocation.offsets_qp, aq_strength=self.calibration.aq_strength)
+            code_intra(
+                frame,
+                crf,
+                allocation.offsets_qp,
+                aq_strength=self.calibration.aq_strength,
+                preset=self.args.preset,
+            )
             for frame, allocation in zip(images, allocations, strict=True)
         ]
         feedback = [len(encode_qp_map(allocation)) for allocation in allocations]
@@ -226,7 +243,8 @@ def run(args: argparse.Namespace) -> dict:
         }
         or "not recorded (built-in defaults: chosen on CamVid val in the feasibility experiment)",
         "two_level": {"top_fraction": args.two_level_top_fraction, "offsets_qp": [-6, 6]},
-        "encoder": "x264 veryfast, intra (fresh encoder per frame, IDR), threads 1, slice bytes",
+        "encoder": f"x264 {args.preset}, intra (fresh encoder per frame, IDR), threads 1, "
+        "slice bytes",
         "seconds_coding_and_inference": round(time.time() - started, 1),
     }
     out_stem = args.out.with_suffix("")
