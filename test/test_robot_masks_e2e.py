@@ -40,7 +40,7 @@ def test_keyframe_mode_publishes_a_robot_mask_for_every_camera_frame():
     from stac_msgs.msg import EncodedFrame, MaskAge, SegmentationMask
     from stac_ros_common.image_conversion import numpy_to_image
     from stac_ros_common.image_pixels import to_uint8_field
-    from stac_ros_common.qos import ENCODED_QOS, MASK_FEEDBACK_QOS, OUTPUT_QOS, camera_qos
+    from stac_ros_common.qos import ENCODED_QOS, MASK_FEEDBACK_QOS, ROBOT_MASK_QOS, camera_qos
 
     args = ros_args(
         REPO_ROOT / "launch" / "robot.launch.py",
@@ -75,10 +75,13 @@ def test_keyframe_mode_publishes_a_robot_mask_for_every_camera_frame():
     subscriptions = [
         node.create_subscription(EncodedFrame, "/stac/encoded", on_encoded, ENCODED_QOS),
         node.create_subscription(
-            Image, "/stac/robot_mask", lambda m: masks.__setitem__(stamp_ns(m), m), OUTPUT_QOS
+            Image, "/stac/robot_mask", lambda m: masks.__setitem__(stamp_ns(m), m), ROBOT_MASK_QOS
         ),
         node.create_subscription(
-            MaskAge, "/stac/robot_mask_age", lambda m: ages.__setitem__(stamp_ns(m), m), OUTPUT_QOS
+            MaskAge,
+            "/stac/robot_mask_age",
+            lambda m: ages.__setitem__(stamp_ns(m), m),
+            ROBOT_MASK_QOS,
         ),
     ]
     camera = node.create_publisher(Image, "/camera/image_raw", camera_qos("reliable"))

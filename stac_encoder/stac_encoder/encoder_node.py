@@ -66,6 +66,7 @@ from stac_ros_common.qos import (
     MASK_FEEDBACK_QOS,
     OUTPUT_QOS,
     QP_MAP_QOS,
+    ROBOT_MASK_QOS,
     camera_qos,
 )
 from stac_ros_common.rejections import RejectionLog
@@ -453,8 +454,8 @@ class EncoderNode(Node):
         self.loop = RobotLoop(loop_config_from(self.params))
         self.statistics = NodeStatistics()
         self._publisher = self.create_publisher(EncodedFrame, "encoded", ENCODED_QOS)
-        self._mask_publisher = self.create_publisher(Image, "robot_mask", OUTPUT_QOS)
-        self._age_publisher = self.create_publisher(MaskAge, "robot_mask_age", OUTPUT_QOS)
+        self._mask_publisher = self.create_publisher(Image, "robot_mask", ROBOT_MASK_QOS)
+        self._age_publisher = self.create_publisher(MaskAge, "robot_mask_age", ROBOT_MASK_QOS)
         self._overlay_publisher = self.create_publisher(Image, "robot_overlay", OUTPUT_QOS)
         self.create_subscription(
             Image, "image", self._on_image, camera_qos(self.params["camera_qos"])

@@ -52,6 +52,7 @@ from stac_ros_common.qos import (
     OUTPUT_QOS,
     QP_MAP_QOS,
     RELIABLE_CAMERA_QOS,
+    ROBOT_MASK_QOS,
     STATISTICS_TOPIC,
 )
 
@@ -78,8 +79,8 @@ BAG_TOPICS = {
         "stac_msgs/msg/SegmentationMask",
         MASK_FEEDBACK_QOS,
     ),
-    "/stac/robot_mask": (Image, "sensor_msgs/msg/Image", OUTPUT_QOS),
-    "/stac/robot_mask_age": (MaskAge, "stac_msgs/msg/MaskAge", OUTPUT_QOS),
+    "/stac/robot_mask": (Image, "sensor_msgs/msg/Image", ROBOT_MASK_QOS),
+    "/stac/robot_mask_age": (MaskAge, "stac_msgs/msg/MaskAge", ROBOT_MASK_QOS),
     ROOT_STATISTICS_TOPIC: (Statistics, "stac_msgs/msg/Statistics", OUTPUT_QOS),
 }
 
