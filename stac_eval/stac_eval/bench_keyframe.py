@@ -490,10 +490,15 @@ def _system(context, args: argparse.Namespace) -> dict:
         "how": f"PointReplay at CRF {args.crf:g}, stale 99 dB (a keyframe whenever the edge can "
         "take one), robot warp; 'defaults' = the node's defaults, each other entry changes one",
         "edge_timing": context.timing.as_json(),
-        "robot_encode_ms": dict(zip(("near", "far"), context.robot_encode_ms, strict=True)),
+        "robot_encode_ms": _robot_encode_json(context),
         "link": context.link.as_json(),
         "points": results,
     }
+
+
+def _robot_encode_json(context) -> dict[str, float]:
+    """The robot's x264 times charged, ms per near / far frame (--robot-encode-ms or timed)."""
+    return dict(zip(("near", "far"), context.robot_encode_ms, strict=True))
 
 
 # --- 3. lateness ------------------------------------------------------------------------------
@@ -529,7 +534,7 @@ def _lateness(context, args: argparse.Namespace) -> dict:
         "held, by stage, and timely mIoU by the held mask's age (replay.analysis."
         "lateness_breakdown)",
         "edge_timing": context.timing.as_json(),
-        "robot_encode_ms": dict(zip(("near", "far"), context.robot_encode_ms, strict=True)),
+        "robot_encode_ms": _robot_encode_json(context),
         "links": results,
     }
 

@@ -95,12 +95,16 @@ def spin_until_shutdown(spin: Callable[[], None]) -> None:
             raise
 
 
-def _busy_workers() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.daemon and t.is_alive()]
-
-
-def _announce_abandoned(busy: list[str]) -> None:
+def _exit_if_workers_busy(code: int, last_words: Callable[[], None] = lambda: None) -> None:
+    """End the process now, with `code`, when a daemon worker thread is still alive: say which,
+    then `last_words` (they stay the log's last lines), without finalizing the interpreter."""
+    busy = [t.name for t in threading.enumerate() if t.daemon and t.is_alive()]
+    if not busy:
+        return
     print(f"exiting with unfinished work abandoned in: {', '.join(busy)}", flush=True)
+    last_words()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def leave_unfinished_workers() -> None:
@@ -109,12 +113,7 @@ def leave_unfinished_workers() -> None:
     here, without finalizing the interpreter. Finalization would stop that daemon thread inside
     torch or rcl with pthread_exit, which C++ turns into std::terminate: exit code -6 instead of
     0, for a pass whose result nobody would receive any more."""
-    busy = _busy_workers()
-    if not busy:
-        return
-    _announce_abandoned(busy)
-    sys.stderr.flush()
-    os._exit(0)
+    _exit_if_workers_busy(0)
 
 
 @contextlib.contextmanager
@@ -127,12 +126,7 @@ def ending_cleanly() -> Iterator[None]:
     try:
         yield
     except Exception:
-        busy = _busy_workers()
-        if busy:
-            _announce_abandoned(busy)
-            traceback.print_exc()
-            sys.stderr.flush()
-            os._exit(1)
+        _exit_if_workers_busy(1, traceback.print_exc)
         raise
     leave_unfinished_workers()
 
