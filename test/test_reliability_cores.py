@@ -262,3 +262,42 @@ def test_start_up_failures_name_each_exited_process_with_its_code_and_last_line(
     finally:
         processes["robot"].kill()
         processes["robot"].wait()
+
+
+def test_the_runner_kills_only_what_ignores_sigterm_and_times_each_end(tmp_path, monkeypatch):
+    """SIGTERM to every process; one that ignores it is killed after the grace, and each
+    process's exit code and time from SIGTERM to its end are kept (a node that hangs in its
+    shutdown shows as -9 after the grace, one that ends shows its own time)."""
+    import subprocess
+    import sys
+
+    from stac_eval.ros import graph_runner
+    from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig
+
+    monkeypatch.setattr(graph_runner, "SHUTDOWN_GRACE_S", 1.0)
+    run = GraphRun(GraphRunConfig(video_uri="unused", out_dir=tmp_path, launch_dir=tmp_path))
+    ignoring = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    ignoring += "print('ready', flush=True); time.sleep(60)"
+    run._processes = {
+        "ends": subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]),
+        "hangs": subprocess.Popen([sys.executable, "-c", ignoring], stdout=subprocess.PIPE),
+    }
+    assert run._processes["hangs"].stdout.readline() == b"ready\n"  # its handler is set
+    run._end_processes()
+    assert run.result.exit_codes == {"ends": -15, "hangs": -9}
+    assert run.result.exit_after_sigterm_s["ends"] < 1.0
+    assert run.result.exit_after_sigterm_s["hangs"] >= 1.0
+
+
+def test_a_crashed_scenario_keeps_its_logs(tmp_path):
+    from stac_eval.ros.bench_faults import keep_logs
+    from stac_eval.ros.recorder_node import GraphRunResult
+
+    run_dir = tmp_path / "scratch"
+    run_dir.mkdir()
+    (run_dir / "encoder_node.log").write_text("[INFO] started\n")
+    result = GraphRunResult()
+    result.logs = {"encoder_node": run_dir / "encoder_node.log", "gone": run_dir / "none.log"}
+    kept = keep_logs(result, tmp_path / "out.json.logs" / "camera_flood")
+    assert sorted(p.name for p in kept.iterdir()) == ["encoder_node.log"]
+    assert (kept / "encoder_node.log").read_text() == "[INFO] started\n"

@@ -10,11 +10,12 @@ came for; frame_check: the frames without one, those while the robot was down, a
 nodes' counters agree), frames_accounted (from the counters; must equal what the source
 says it published), lost_on_link, recovery_ms (for restarts: from the restart to the next
 mask; otherwise the longest outage the edge measured from a loss, damage or join to its next
-mask), max_rss_mb and rss_growth_mb per
-process (memory must stay bounded), crashed (a process that died on its own or logged a
-traceback), and what each scenario adds (keyframe requests, rejected messages, ...). At the top
-level, the bit-flip sweep's corrupt_passed_as_decoded (stac_eval.bitflip): damaged access units
-that came out of the decoder as good pictures, target 0.
+mask), max_rss_mb and rss_growth_mb per process (memory must stay bounded), crashed (a
+process that died on its own or logged a traceback, or did not end within 30 s of SIGTERM:
+exit_after_sigterm_s; the processes' logs of such a scenario are kept in OUT.logs/SCENARIO,
+`logs_kept`), and what each scenario adds (keyframe requests, rejected messages, ...). At the
+top level, the bit-flip sweep's corrupt_passed_as_decoded (stac_eval.bitflip): damaged access
+units that came out of the decoder as good pictures, target 0.
 
 Loss scenarios use the edge's best-effort subscription, so that a lost datagram is a lost
 frame the edge must heal with a keyframe request; with the reliable default, DDS retransmits
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +166,13 @@ def run(args: argparse.Namespace) -> dict:
             continue
         with tempfile.TemporaryDirectory(prefix=f"stac-fault-{scenario.name}-") as out_dir:
             config = GraphRunConfig(out_dir=Path(out_dir), **{**base, **scenario.overrides})
-            results[scenario.name] = scenario_figures(scenario, GraphRun(config).run())
+            result = GraphRun(config).run()
+            figures = scenario_figures(scenario, result)
+            if figures["crashed"]:
+                logs_dir = Path(f"{args.out}.logs") / scenario.name
+                figures["logs_kept"] = str(keep_logs(result, logs_dir))
+                print(f"stac-bench faults: {scenario.name} crashed; logs in {logs_dir}")
+            results[scenario.name] = figures
     sweep = sweep_video(video=args.video, flips=args.flips)
     out = {
         "clip": str(args.video),
@@ -211,8 +219,19 @@ def scenario_figures(scenario: Scenario, result: GraphRunResult) -> dict:
         "rejections_logged": rejection_kinds(logs),
         "link": result.link,
         "exit_codes": result.exit_codes,
+        "exit_after_sigterm_s": result.exit_after_sigterm_s,
         "killed": result.killed,
     }
+
+
+def keep_logs(result: GraphRunResult, logs_dir: Path) -> Path:
+    """Copy the processes' logs out of the run's scratch folder (which goes with the run),
+    so that a scenario that crashed can be looked into afterwards."""
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    for name, path in result.logs.items():
+        if path.is_file():
+            shutil.copyfile(path, logs_dir / f"{name}.log")
+    return logs_dir
 
 
 def robot_counters_after_restart(result: GraphRunResult) -> dict:
@@ -268,8 +287,9 @@ def rss_growth_mb(samples: dict[str, list[float]]) -> dict[str, float]:
 
 
 def crashed(result: GraphRunResult, logs: dict[str, str]) -> bool:
-    """A process that exited with an error at the end, or logged a traceback (the processes
-    the scenario killed on purpose excepted)."""
+    """A process that exited with an error at the end (killed: it did not end within the
+    runner's grace after SIGTERM), or logged a traceback (the processes the scenario killed
+    on purpose excepted)."""
     if any(code != 0 for code in result.exit_codes.values()):
         return True
     return any("Traceback" in text for text in logs.values())

@@ -43,6 +43,7 @@ FAULT_ACTIONS = ("kill_edge", "start_edge", "kill_robot", "start_robot", "start_
 # The nodes of each side's processes (their statistics retire when the process is killed).
 SIDE_NODES = {"edge": ("stac_segmenter", "stac_sensitivity"), "robot": ("stac_encoder",)}
 RSS_SAMPLE_PERIOD_S = 1.0
+SHUTDOWN_GRACE_S = 30.0  # from SIGTERM to SIGKILL, for all processes together
 
 
 @dataclass(frozen=True)
@@ -505,12 +506,28 @@ class GraphRun:
             if process.poll() is None:
                 with contextlib.suppress(OSError, ValueError):
                     self.result.peak_rss_mb[name] = _process_peak_rss_mb(process.pid)
+        self._end_processes()
+
+    def _end_processes(self) -> None:
+        """SIGTERM to every process, SIGKILL to those not ended SHUTDOWN_GRACE_S later; each
+        one's exit code and how long it took to end (0 for one that had ended before)."""
         for process in self._processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for name, process in self._processes.items():
-            try:
-                self.result.exit_codes[name] = process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                self.result.exit_codes[name] = process.wait()
+        sigterm_s = time.monotonic()
+        pending = dict(self._processes)
+        while True:
+            for name, process in list(pending.items()):
+                if process.poll() is not None:
+                    self._note_exit(name, process.returncode, sigterm_s)
+                    del pending[name]
+            if not pending or time.monotonic() >= sigterm_s + SHUTDOWN_GRACE_S:
+                break
+            time.sleep(0.05)
+        for name, process in pending.items():
+            process.kill()
+            self._note_exit(name, process.wait(), sigterm_s)
+
+    def _note_exit(self, name: str, code: int, sigterm_s: float) -> None:
+        self.result.exit_codes[name] = code
+        self.result.exit_after_sigterm_s[name] = round(time.monotonic() - sigterm_s, 2)

@@ -143,6 +143,9 @@ class GraphRunResult:
     robot_outages_ns: list[tuple[int, int]] = field(default_factory=list)
     statistics: dict[str, Statistics] = field(default_factory=dict)
     exit_codes: dict[str, int] = field(default_factory=dict)
+    # seconds from the runner's SIGTERM to each process's exit (SHUTDOWN_GRACE_S and more: it
+    # did not end by itself and was killed)
+    exit_after_sigterm_s: dict[str, float] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_at_play_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
