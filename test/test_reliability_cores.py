@@ -274,7 +274,7 @@ def test_the_runner_kills_only_what_ignores_sigterm_and_times_each_end(tmp_path,
     from stac_eval.ros import graph_runner
     from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig
 
-    monkeypatch.setattr(graph_runner, "SHUTDOWN_GRACE_S", 1.0)
+    monkeypatch.setattr(graph_runner, "SHUTDOWN_GRACE_S", 3.0)
     run = GraphRun(GraphRunConfig(video_uri="unused", out_dir=tmp_path, launch_dir=tmp_path))
     ignoring = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
     ignoring += "print('ready', flush=True); time.sleep(60)"
@@ -285,8 +285,8 @@ def test_the_runner_kills_only_what_ignores_sigterm_and_times_each_end(tmp_path,
     assert run._processes["hangs"].stdout.readline() == b"ready\n"  # its handler is set
     run._end_processes()
     assert run.result.exit_codes == {"ends": -15, "hangs": -9}
-    assert run.result.exit_after_sigterm_s["ends"] < 1.0
-    assert run.result.exit_after_sigterm_s["hangs"] >= 1.0
+    # the one that ended is not charged the grace; the one that hung waited all of it
+    assert run.result.exit_after_sigterm_s["ends"] < 3.0 <= run.result.exit_after_sigterm_s["hangs"]
 
 
 def test_a_crashed_scenario_keeps_its_logs(tmp_path):
