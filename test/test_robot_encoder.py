@@ -14,6 +14,7 @@ from stac_encoder.robot_encoder import (
     QPMapUpdate,
     RobotEncoder,
     RobotEncoderConfig,
+    blurred_where_unimportant,
 )
 
 WIDTH, HEIGHT = 96, 64  # 6 x 4 macroblocks
@@ -366,6 +367,52 @@ def test_an_idr_picture_is_never_held_back_and_requests_still_get_one():
             now = np.abs(decoded.image[right].astype(int) - frame[right].astype(int)).mean()
             held = np.abs(decoded.image[right].astype(int) - video[1][right].astype(int)).mean()
             assert now < 0.75 * held
+
+
+def test_blur_follows_the_map_offsets_between_macroblock_centres():
+    """blurred_where_unimportant: untouched where no offset is positive, the whole blur
+    inside a block of macroblocks at the full offset, part of it at half the offset."""
+    import cv2
+
+    rng = np.random.default_rng(4)
+    frame = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    flat = np.zeros((4, 6), np.int8)
+    assert blurred_where_unimportant(frame, flat - 3, 2.0, 8.0) is frame
+    assert blurred_where_unimportant(frame, None, 2.0, 8.0) is frame
+    offsets = flat.copy()
+    offsets[:, 3:] = 8  # right half: the whole blur
+    offsets[:, :2] = 4  # left third: half of it
+    out = blurred_where_unimportant(frame, offsets, 2.0, 8.0).astype(int)
+    blur = cv2.GaussianBlur(frame, (0, 0), 2.0).astype(int)
+    assert np.abs(out[:, 64:] - blur[:, 64:]).max() <= 1
+    half = (frame[:, :16].astype(int) + blur[:, :16]) / 2
+    assert np.abs(out[:, :16] - half).max() <= 1
+    assert np.abs(out[:, :16] - blur[:, :16]).mean() > 10  # not the whole blur there
+
+
+def test_blurred_macroblocks_cost_fewer_bytes_and_idr_pictures_can_keep_their_texture():
+    """blur_sigma_px: a half of fresh noise every frame marked unimportant costs fewer
+    bytes blurred; blur_p_frames_only leaves IDR pictures as the camera gave them."""
+    rng = np.random.default_rng(5)
+    video = [f.copy() for f in frames(6)]
+    for frame in video:
+        frame[:, 48:] = rng.integers(0, 256, (HEIGHT, 48, 3), dtype=np.uint8)
+    sizes = {}
+    for name, config in {
+        "plain": {},
+        "blur": {"blur_sigma_px": 3.0},
+        "p_only": {"blur_sigma_px": 3.0, "blur_p_frames_only": True},
+    }.items():
+        encoder = _hold_encoder(**config)
+        encoder.submit_qp_map(QPMapUpdate(1, 1, 0.0, _right_half_unimportant()))
+        sizes[name] = [encoder.encode(f, i * 0.1).packet.size_bytes for i, f in enumerate(video)]
+    assert sum(sizes["blur"]) < 0.8 * sum(sizes["plain"])
+    assert sizes["p_only"][0] == sizes["plain"][0] and sizes["blur"][0] < sizes["plain"][0]
+    assert sum(sizes["p_only"][1:]) < 0.8 * sum(sizes["plain"][1:])
+    with pytest.raises(ValueError, match="blur_sigma_px"):
+        RobotEncoderConfig(blur_sigma_px=-1.0)
+    with pytest.raises(ValueError, match="blur_full_offset_qp"):
+        RobotEncoderConfig(blur_full_offset_qp=0.0)
 
 
 def test_reference_aware_offsets_are_lower_where_the_previous_frame_predicts():

@@ -135,6 +135,15 @@ class RobotEncoderConfig:
     again. Off: x264's own AQ at the asked strength, a new encoder and an IDR picture when a
     map asks for another.
 
+    Importance-guided blur (blur_sigma_px > 0; 0 = off): before x264 sees a frame, each
+    macroblock is blended towards a Gaussian blur of the frame (sigma blur_sigma_px, full-res
+    pixels) by its map offset over blur_full_offset_qp (0 at offset <= 0, the whole blur from
+    blur_full_offset_qp up; the weights interpolated bilinearly between macroblock centres, so
+    no seam is drawn at a macroblock's edge). The map's offsets act only where x264 codes a
+    residual; texture the DNN does not need, blurred away, costs no residual in any frame
+    kind, and a P-frame's blurred area predicts well from a blurred reference (more skips).
+    blur_p_frames_only: IDR pictures keep their texture.
+
     far_gap_frames (> 0, needs encoder.far_preset; 0 = off): a frame at least this many camera
     frames after the frame encoded before it (keyframe mode's keyframes) is encoded with
     encoder.far_preset's analysis (`QPMapEncoder.encode(far=True)`): content that moved over
@@ -157,6 +166,9 @@ class RobotEncoderConfig:
     map_fade_px: float = 16.0
     aq_motion_fade_px: float = 0.25
     far_gap_frames: int = 0
+    blur_sigma_px: float = 0.0
+    blur_full_offset_qp: float = 8.0
+    blur_p_frames_only: bool = False
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.max_map_age_s) or self.max_map_age_s <= 0:
@@ -184,6 +196,14 @@ class RobotEncoderConfig:
         if not (math.isfinite(self.aq_motion_fade_px) and self.aq_motion_fade_px >= 0.0):
             raise ValueError(
                 f"aq_motion_fade_px must be >= 0 (0 = off), got {self.aq_motion_fade_px}"
+            )
+        if not (math.isfinite(self.blur_sigma_px) and 0.0 <= self.blur_sigma_px <= 32.0):
+            raise ValueError(
+                f"blur_sigma_px must be in [0, 32] (0 = off), got {self.blur_sigma_px}"
+            )
+        if not (math.isfinite(self.blur_full_offset_qp) and 0.0 < self.blur_full_offset_qp <= 51):
+            raise ValueError(
+                f"blur_full_offset_qp must be in (0, 51], got {self.blur_full_offset_qp}"
             )
         if self.far_gap_frames < 0:
             raise ValueError(f"far_gap_frames must be >= 0 (0 = off), got {self.far_gap_frames}")
@@ -389,6 +409,10 @@ class RobotEncoder:
         if idr and idr_extra_qp:
             qp_map = _raised(qp_map, idr_extra_qp, height, width)
         frame = self._held_back(frame, qp_map, idr)
+        if self.config.blur_sigma_px and not (idr and self.config.blur_p_frames_only):
+            frame = blurred_where_unimportant(
+                frame, qp_map, self.config.blur_sigma_px, self.config.blur_full_offset_qp
+            )
         self.last_qp_map = qp_map
         previous_flow_seq = self._flow_seq_of.get(self._frame_seq)
         self.last_variance_aq_strength = self._faded_aq_strength(idr, previous_flow_seq)
@@ -646,6 +670,27 @@ def _macroblock_means(values: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     counts[:height, :width] = 1.0
     shape = (rows, MACROBLOCK_SIZE, cols, MACROBLOCK_SIZE)
     return padded.reshape(shape).sum((1, 3)) / counts.reshape(shape).sum((1, 3))
+
+
+def blurred_where_unimportant(
+    frame: np.ndarray, qp_map: np.ndarray | None, sigma_px: float, full_offset_qp: float
+) -> np.ndarray:
+    """`frame` (HxWx3 uint8) blended towards its Gaussian blur (sigma_px) by each macroblock's
+    offset over full_offset_qp, clipped to [0, 1], the weights bilinear between macroblock
+    centres; the frame itself where no macroblock has a positive offset."""
+    if qp_map is None or sigma_px <= 0.0:
+        return frame
+    weights = np.clip(qp_map.astype(np.float32) / float(full_offset_qp), 0.0, 1.0)
+    if not weights.any():
+        return frame
+    rows, cols = weights.shape
+    height, width = frame.shape[:2]
+    per_pixel = cv2.resize(
+        weights, (cols * MACROBLOCK_SIZE, rows * MACROBLOCK_SIZE), interpolation=cv2.INTER_LINEAR
+    )[:height, :width, None]
+    blur = cv2.GaussianBlur(frame, (0, 0), sigma_px).astype(np.float32)
+    source = frame.astype(np.float32)
+    return np.rint(source + per_pixel * (blur - source)).astype(np.uint8)
 
 
 def _raised(qp_map: np.ndarray | None, extra_qp: int, height: int, width: int) -> np.ndarray:
