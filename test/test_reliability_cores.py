@@ -265,26 +265,45 @@ def test_start_up_failures_name_each_exited_process_with_its_code_and_last_line(
 
 
 def test_the_runner_kills_only_what_ignores_sigterm_and_times_each_end(tmp_path, monkeypatch):
-    """SIGTERM to every process; one that ignores it is killed after the grace, and each
-    process's exit code and time from SIGTERM to its end are kept (a node that hangs in its
-    shutdown shows as -9 after the grace, one that ends shows its own time)."""
-    import subprocess
+    """SIGTERM to every process; one that ignores it is asked for its threads' stacks (a node
+    writes them to its log) and killed after the grace, and each process's exit code and time
+    from SIGTERM to its end are kept (a node that hangs in its shutdown shows as -9 after the
+    grace, with its stacks in its log; one that ends shows its own time)."""
     import sys
+    import time
 
     from stac_eval.ros import graph_runner
     from stac_eval.ros.graph_runner import GraphRun, GraphRunConfig
 
     monkeypatch.setattr(graph_runner, "SHUTDOWN_GRACE_S", 3.0)
     run = GraphRun(GraphRunConfig(video_uri="unused", out_dir=tmp_path, launch_dir=tmp_path))
-    ignoring = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-    ignoring += "print('ready', flush=True); time.sleep(60)"
-    run._processes = {
-        "ends": subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]),
-        "hangs": subprocess.Popen([sys.executable, "-c", ignoring], stdout=subprocess.PIPE),
-    }
-    assert run._processes["hangs"].stdout.readline() == b"ready\n"  # its handler is set
+    hanging = (
+        "import signal, time\n"
+        "from stac_ros_common.node_runner import ending_cleanly\n"
+        "def stuck_in_shutdown():\n"
+        "    time.sleep(60)\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "with ending_cleanly():\n"
+        "    print('ready', flush=True)\n"
+        "    stuck_in_shutdown()\n"
+    )
+    log = tmp_path / "hangs.log"
+    with log.open("w") as output:
+        run._processes = {
+            "ends": subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]),
+            "hangs": subprocess.Popen(
+                [sys.executable, "-c", hanging], stdout=output, stderr=subprocess.STDOUT
+            ),
+        }
+    run.result.logs["hangs"] = log
+    deadline = time.monotonic() + 30.0
+    while "ready" not in log.read_text() and time.monotonic() < deadline:  # handlers are set
+        time.sleep(0.05)
     run._end_processes()
     assert run.result.exit_codes == {"ends": -15, "hangs": -9}
+    assert run.result.stacks_requested == ["hangs"]
+    stacks = log.read_text()
+    assert "most recent call first" in stacks and "in stuck_in_shutdown" in stacks
     # the one that hung waited out the grace (it is killed only after it); the one that ended
     # was timed when it ended, before that
     ended_s, hung_s = (run.result.exit_after_sigterm_s[name] for name in ("ends", "hangs"))

@@ -24,6 +24,7 @@ from sensor_msgs.msg import Image
 from stac_encoder.frame_sources import SourceError, SourceStats, read_frames
 from stac_msgs.msg import EncodedFrame
 from stac_ros_common.image_conversion import numpy_to_image
+from stac_ros_common.node_runner import enable_stack_dumps
 from stac_ros_common.parameter_spec import ParameterSpec
 from stac_ros_common.parameters import declare_parameters
 from stac_ros_common.qos import ENCODED_QOS, camera_qos
@@ -175,6 +176,7 @@ class VideoSourceNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
+    enable_stack_dumps()
     rclpy.init(args=args)
     node = None
     try:

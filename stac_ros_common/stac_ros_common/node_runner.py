@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import faulthandler
 import os
+import signal
 import sys
 import threading
 import time
@@ -18,6 +20,11 @@ from rclpy.node import Node
 from stac_msgs.msg import Statistics
 from stac_ros_common.qos import OUTPUT_QOS, STATISTICS_TOPIC
 from stac_ros_common.statistics import NodeStatistics
+
+# `kill -USR1 PID` makes a node write every thread's Python stack to stderr (its log) and
+# go on: what a node that hangs is doing, without a debugger (the graph runner asks a node that
+# outlives its shutdown grace before it kills it).
+STACK_DUMP_SIGNAL = signal.SIGUSR1
 
 # The topic every node publishes through its StatisticsReporter.
 ENDPOINTS = {
@@ -95,6 +102,12 @@ def spin_until_shutdown(spin: Callable[[], None]) -> None:
             raise
 
 
+def enable_stack_dumps() -> None:
+    """STACK_DUMP_SIGNAL writes every thread's Python stack to stderr and the process goes on
+    (Python's faulthandler: it works while a thread is stuck in C code, GIL held or not)."""
+    faulthandler.register(STACK_DUMP_SIGNAL, file=sys.stderr, all_threads=True)
+
+
 def _exit_if_workers_busy(code: int, last_words: Callable[[], None] = lambda: None) -> None:
     """End the process now, with `code`, when a daemon worker thread is still alive: say which,
     then `last_words` (they stay the log's last lines), without finalizing the interpreter."""
@@ -122,7 +135,9 @@ def ending_cleanly() -> Iterator[None]:
     exception escapes (a bad parameter at start, a bug) while a worker is alive, exit code 1
     with the traceback as the log's last lines (what a launcher shows of a dead node) instead
     of the abort finalization would turn it into (exit -6, the traceback followed by
-    'terminate called without an active exception')."""
+    'terminate called without an active exception'). STACK_DUMP_SIGNAL dumps the threads'
+    stacks meanwhile (`enable_stack_dumps`)."""
+    enable_stack_dumps()
     try:
         yield
     except Exception:

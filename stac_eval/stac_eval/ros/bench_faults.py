@@ -12,10 +12,12 @@ says it published), lost_on_link, recovery_ms (for restarts: from the restart to
 mask; otherwise the longest outage the edge measured from a loss, damage or join to its next
 mask), max_rss_mb and rss_growth_mb per process (memory must stay bounded), crashed (a
 process that died on its own or logged a traceback, or did not end within 30 s of SIGTERM:
-exit_after_sigterm_s; the processes' logs of such a scenario are kept in OUT.logs/SCENARIO,
-`logs_kept`), and what each scenario adds (keyframe requests, rejected messages, ...). At the
-top level, the bit-flip sweep's corrupt_passed_as_decoded (stac_eval.bitflip): damaged access
-units that came out of the decoder as good pictures, target 0.
+exit_after_sigterm_s; such a process is asked for its threads' stacks first,
+`stacks_requested`, which it writes to its log; the processes' logs of such a scenario are
+kept in OUT.logs/SCENARIO, `logs_kept`), and what each scenario adds (keyframe requests,
+rejected messages, ...). At the top level, the bit-flip sweep's corrupt_passed_as_decoded
+(stac_eval.bitflip): damaged access units that came out of the decoder as good pictures,
+target 0.
 
 Loss scenarios use the edge's best-effort subscription, so that a lost datagram is a lost
 frame the edge must heal with a keyframe request; with the reliable default, DDS retransmits
@@ -220,6 +222,7 @@ def scenario_figures(scenario: Scenario, result: GraphRunResult) -> dict:
         "link": result.link,
         "exit_codes": result.exit_codes,
         "exit_after_sigterm_s": result.exit_after_sigterm_s,
+        "stacks_requested": result.stacks_requested,
         "killed": result.killed,
     }
 

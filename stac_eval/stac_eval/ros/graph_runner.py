@@ -25,6 +25,7 @@ from stac_eval.kernel_link import KernelLink, KernelLinkError, LinkSettings
 from stac_eval.launch_args import ros_args
 from stac_eval.progress import progress_bar
 from stac_eval.ros.recorder_node import GraphRecorder, GraphRunResult
+from stac_ros_common.node_runner import STACK_DUMP_SIGNAL
 
 # How the edge runs: executable -> package. "container": both edge nodes in one process
 # (one decoder, one model); "separate": one process each, as on two machines.
@@ -44,6 +45,7 @@ FAULT_ACTIONS = ("kill_edge", "start_edge", "kill_robot", "start_robot", "start_
 SIDE_NODES = {"edge": ("stac_segmenter", "stac_sensitivity"), "robot": ("stac_encoder",)}
 RSS_SAMPLE_PERIOD_S = 1.0
 SHUTDOWN_GRACE_S = 30.0  # from SIGTERM to SIGKILL, for all processes together
+STACK_DUMP_WAIT_S = 2.0  # from asking a process that outlived the grace for its stacks to SIGKILL
 
 
 @dataclass(frozen=True)
@@ -509,8 +511,10 @@ class GraphRun:
         self._end_processes()
 
     def _end_processes(self) -> None:
-        """SIGTERM to every process, SIGKILL to those not ended SHUTDOWN_GRACE_S later; each
-        one's exit code and how long it took to end (0 for one that had ended before)."""
+        """SIGTERM to every process, SIGKILL to those not ended SHUTDOWN_GRACE_S later, after
+        asking each of those for its threads' stacks (STACK_DUMP_SIGNAL: a node writes them to
+        its log; the names are kept in `stacks_requested`); each one's exit code and how long
+        it took to end (0 for one that had ended before)."""
         for process in self._processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -524,6 +528,15 @@ class GraphRun:
             if not pending or time.monotonic() >= sigterm_s + SHUTDOWN_GRACE_S:
                 break
             time.sleep(0.05)
+        for name, process in pending.items():
+            print(
+                f"{name} did not end within {SHUTDOWN_GRACE_S:.0f} s of SIGTERM: asking for "
+                f"its stacks ({self.result.logs.get(name, 'no log')}), then SIGKILL",
+                flush=True,
+            )
+            self.result.stacks_requested.append(name)
+            process.send_signal(STACK_DUMP_SIGNAL)
+        time.sleep(STACK_DUMP_WAIT_S if pending else 0.0)
         for name, process in pending.items():
             process.kill()
             self._note_exit(name, process.wait(), sigterm_s)

@@ -146,6 +146,8 @@ class GraphRunResult:
     # seconds from the runner's SIGTERM to each process's exit (SHUTDOWN_GRACE_S and more: it
     # did not end by itself and was killed)
     exit_after_sigterm_s: dict[str, float] = field(default_factory=dict)
+    # the processes asked for their threads' stacks before the kill (written to their logs)
+    stacks_requested: list[str] = field(default_factory=list)
     cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_at_play_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)

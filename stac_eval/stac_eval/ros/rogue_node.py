@@ -30,6 +30,7 @@ from stac_codec.qp_map import QPLevelMap
 from stac_codec.qp_map_wire import encode_qp_map
 from stac_msgs.msg import EncodedFrame, QPMap
 from stac_ros_common.image_pixels import to_uint8_field
+from stac_ros_common.node_runner import enable_stack_dumps
 from stac_ros_common.parameter_spec import ParameterSpec
 from stac_ros_common.parameters import declare_parameters
 from stac_ros_common.qos import ENCODED_QOS, QP_MAP_QOS, RELIABLE_CAMERA_QOS
@@ -147,6 +148,7 @@ class RogueNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
+    enable_stack_dumps()
     rclpy.init(args=args)
     node = None
     try:
