@@ -322,3 +322,19 @@ def test_a_crashed_scenario_keeps_its_logs(tmp_path):
     kept = keep_logs(result, tmp_path / "out.json.logs" / "camera_flood")
     assert sorted(p.name for p in kept.iterdir()) == ["encoder_node.log"]
     assert (kept / "encoder_node.log").read_text() == "[INFO] started\n"
+
+
+def test_memory_is_reported_as_growth_and_as_a_series():
+    """rss_growth_mb: the last quarter's median after warm-up less the first quarter's (a
+    one-sample swing is not growth); rss_mb_series: the medians of each 10 samples."""
+    from stac_eval.ros.bench_faults import WARMUP_S, rss_growth_mb, rss_series
+
+    warmup = [100.0] * int(WARMUP_S)
+    steady = warmup + [500.0] * 39 + [900.0]  # one swing at the end
+    growing = warmup + [500.0 + i for i in range(40)]
+    assert rss_growth_mb({"steady": steady, "growing": growing}) == {
+        "steady": 0.0,
+        "growing": 30.0,
+    }
+    series = rss_series({"growing": growing, "none": []})
+    assert series == {"growing": [100.0, 504.5, 514.5, 524.5, 534.5]}

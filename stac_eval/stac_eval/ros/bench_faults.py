@@ -10,9 +10,9 @@ came for; frame_check: the frames without one, those while the robot was down, a
 nodes' counters agree), frames_accounted (from the counters; must equal what the source
 says it published), lost_on_link, recovery_ms (for restarts: from the restart to the next
 mask; otherwise the longest outage the edge measured from a loss, damage or join to its next
-mask), max_rss_mb and rss_growth_mb per process (memory must stay bounded), crashed (a
-process that died on its own or logged a traceback, or did not end within 30 s of SIGTERM:
-exit_after_sigterm_s; such a process is asked for its threads' stacks first,
+mask), max_rss_mb, rss_growth_mb and rss_mb_series (every 10 s) per process (memory must
+stay bounded), crashed (a process that died on its own or logged a traceback, or did not end
+within 30 s of SIGTERM: exit_after_sigterm_s; such a process is asked for its threads' stacks first,
 `stacks_requested`, which it writes to its log; the processes' logs of such a scenario are
 kept in OUT.logs/SCENARIO, `logs_kept`), and what each scenario adds (keyframe requests,
 rejected messages, ...). At the top level, the bit-flip sweep's corrupt_passed_as_decoded
@@ -57,6 +57,7 @@ ROGUE_TO_NODE = {"image": "stac_encoder", "encoded": "stac_segmenter"}
 # Memory samples (one a second) of a process's first WARMUP_S seconds are start-up (imports,
 # the model, torch's allocator filling its caches), not growth.
 WARMUP_S = 10.0
+RSS_SERIES_STEP_S = 10.0  # the memory series kept in each scenario's figures
 RESTARTS = ("start_edge", "start_robot")
 NO_PERIODIC_IDR_FRAMES = 100_000  # encoder_node's largest gop_frames: hours at camera rates
 
@@ -211,6 +212,7 @@ def scenario_figures(scenario: Scenario, result: GraphRunResult) -> dict:
         "recovery_ms": recovery_ms(result, edge),
         "max_rss_mb": {n: round(max(v), 1) for n, v in result.rss_mb.items() if v},
         "rss_growth_mb": rss_growth_mb(result.rss_mb),
+        "rss_mb_series": rss_series(result.rss_mb),
         "crashed": crashed(result, logs),
         "accounting": accounting,
         "keyframes": sum(1 for r in result.encoded if r.keyframe),
@@ -287,6 +289,18 @@ def rss_growth_mb(samples: dict[str, list[float]]) -> dict[str, float]:
             late, early = np.median(settled[-quarter:]), np.median(settled[:quarter])
             growth[name] = round(float(late - early), 1)
     return growth
+
+
+def rss_series(samples: dict[str, list[float]], step_s: float = RSS_SERIES_STEP_S) -> dict:
+    """Per process: its resident memory every step_s seconds (the one-a-second samples'
+    median over each step, MiB), so that a trend can be told from the allocator's swings."""
+    step = max(int(step_s), 1)
+    return {
+        name: [round(float(np.median(values[i : i + step])), 1)
+               for i in range(0, len(values), step)]
+        for name, values in samples.items()
+        if values
+    }  # fmt: skip
 
 
 def crashed(result: GraphRunResult, logs: dict[str, str]) -> bool:
