@@ -12,12 +12,12 @@ says it published), lost_on_link, recovery_ms (for restarts: from the restart to
 mask; otherwise the longest outage the edge measured from a loss, damage or join to its next
 mask), max_rss_mb, rss_growth_mb and rss_mb_series (every 10 s) per process (memory must
 stay bounded), crashed (a process that died on its own or logged a traceback, or did not end
-within 30 s of SIGTERM: exit_after_sigterm_s; such a process is asked for its threads' stacks first,
-`stacks_requested`, which it writes to its log; the processes' logs of such a scenario are
-kept in OUT.logs/SCENARIO, `logs_kept`), and what each scenario adds (keyframe requests,
-rejected messages, ...). At the top level, the bit-flip sweep's corrupt_passed_as_decoded
-(stac_eval.bitflip): damaged access units that came out of the decoder as good pictures,
-target 0.
+within 30 s of SIGTERM: exit_after_sigterm_s; such a process is asked for its threads'
+stacks first, `stacks_requested`, which it writes to its log; the processes' logs of such a
+scenario are kept in OUT.logs/SCENARIO, `logs_kept`), and what each scenario adds (keyframe
+requests, rejected messages, ...). At the top level, the bit-flip sweep's
+corrupt_passed_as_decoded (stac_eval.bitflip): damaged access units that came out of the
+decoder as good pictures, target 0.
 
 Loss scenarios use the edge's best-effort subscription, so that a lost datagram is a lost
 frame the edge must heal with a keyframe request; with the reliable default, DDS retransmits
@@ -46,7 +46,12 @@ from stac_eval.bench_codec import default_video
 from stac_eval.bitflip import sweep_video
 from stac_eval.kernel_link import LinkSettings, netem_available
 from stac_eval.ros.demo import find_launch_dir
-from stac_eval.ros.graph_runner import FaultEvent, GraphRun, GraphRunConfig
+from stac_eval.ros.graph_runner import (
+    RSS_SAMPLE_PERIOD_S,
+    FaultEvent,
+    GraphRun,
+    GraphRunConfig,
+)
 from stac_eval.ros.recorder_node import GraphRunResult
 
 COUNTERS = (
@@ -54,8 +59,8 @@ COUNTERS = (
     "frames_pending", "frames_lost", "qp_maps", "qp_maps_rejected", "keyframe_requests",
 )  # fmt: skip
 ROGUE_TO_NODE = {"image": "stac_encoder", "encoded": "stac_segmenter"}
-# Memory samples (one a second) of a process's first WARMUP_S seconds are start-up (imports,
-# the model, torch's allocator filling its caches), not growth.
+# Memory samples (one every RSS_SAMPLE_PERIOD_S) of a process's first WARMUP_S seconds are
+# start-up (imports, the model, torch's allocator filling its caches), not growth.
 WARMUP_S = 10.0
 RSS_SERIES_STEP_S = 10.0  # the memory series kept in each scenario's figures
 RESTARTS = ("start_edge", "start_robot")
@@ -283,7 +288,7 @@ def rss_growth_mb(samples: dict[str, list[float]]) -> dict[str, float]:
     median of the first quarter (medians: the allocator's short swings are not growth)."""
     growth = {}
     for name, values in samples.items():
-        settled = values[int(WARMUP_S) :]
+        settled = values[_samples_in(WARMUP_S) :]
         if len(settled) >= 4:
             quarter = len(settled) // 4
             late, early = np.median(settled[-quarter:]), np.median(settled[:quarter])
@@ -292,15 +297,20 @@ def rss_growth_mb(samples: dict[str, list[float]]) -> dict[str, float]:
 
 
 def rss_series(samples: dict[str, list[float]], step_s: float = RSS_SERIES_STEP_S) -> dict:
-    """Per process: its resident memory every step_s seconds (the one-a-second samples'
-    median over each step, MiB), so that a trend can be told from the allocator's swings."""
-    step = max(int(step_s), 1)
+    """Per process: its resident memory every step_s seconds (the samples' median over each
+    step, MiB), so that a trend can be told from the allocator's swings."""
+    step = max(_samples_in(step_s), 1)
     return {
         name: [round(float(np.median(values[i : i + step])), 1)
                for i in range(0, len(values), step)]
         for name, values in samples.items()
         if values
     }  # fmt: skip
+
+
+def _samples_in(seconds: float) -> int:
+    """How many memory samples the runner takes in `seconds` (one every RSS_SAMPLE_PERIOD_S)."""
+    return round(seconds / RSS_SAMPLE_PERIOD_S)
 
 
 def crashed(result: GraphRunResult, logs: dict[str, str]) -> bool:

@@ -536,7 +536,8 @@ class GraphRun:
             )
             self.result.stacks_requested.append(name)
             process.send_signal(STACK_DUMP_SIGNAL)
-        time.sleep(STACK_DUMP_WAIT_S if pending else 0.0)
+        if pending:
+            time.sleep(STACK_DUMP_WAIT_S)
         for name, process in pending.items():
             process.kill()
             self._note_exit(name, process.wait(), sigterm_s)
